@@ -1,0 +1,193 @@
+"""Shared test helpers: a real dashboard process on 127.0.0.1, real clients.
+
+Every test that needs a dashboard starts dashboard.py as its own process on
+port 0 and talks to it over loopback with real HTTP and WebSocket frames.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+from websockets.sync.client import ClientConnection, connect
+
+HERE = Path(__file__).resolve().parent
+SECRET = "test-secret-0123456789abcdef"
+LISTENING = re.compile(r"listening on http://[^:]+:(\d+)")
+
+
+def go_report(**overrides: Any) -> dict[str, Any]:
+    """A report shaped like the Go agent's ServerInfo: every Go field, no extensions."""
+    report: dict[str, Any] = {
+        "name": "ignored", "group": "ignored", "id": "ignored", "lastReportTime": 0,
+        "hostInfo": {
+            "kernelArch": "x86_64", "kernelVersion": "6.1.0-18-amd64",
+            "virtualizationSystem": "kvm", "uptime": 86400, "bootTime": 1764000000,
+            "os": "linux", "platform": "debian", "platformFamily": "debian",
+            "platformVersion": "12.5", "avgStat": {"load1": 0.5, "load5": 0.4, "load15": 0.3},
+        },
+        "cpuInfo": {"percent": 12.5, "info": ["Intel Xeon E5-2680 v4 @ 2.40GHz x 2"]},
+        "virtualMemoryInfo": {"total": 2 * 2**30, "used": 2**30, "usedPercent": 50.0},
+        "swapMemoryInfo": {"total": 2**30, "used": 0, "free": 2**30, "usedPercent": 0.0},
+        "diskInfo": {"total": 40 * 2**30, "used": 10 * 2**30, "usedPercent": 25.0,
+                     "partitions": [{"mountPoint": "/", "fstype": "ext4", "total": 40 * 2**30,
+                                     "free": 30 * 2**30, "used": 10 * 2**30,
+                                     "usedPercent": 25.0}]},
+        "networkInfo": {"netInSpeed": 1000, "netOutSpeed": 2000,
+                        "netInTransfer": 10**9, "netOutTransfer": 2 * 10**9},
+        "ip": "203.0.113.7", "loc": "",
+    }
+    report.update(overrides)
+    return report
+
+
+def server_entry(sid: str, **fields: Any) -> dict[str, Any]:
+    return {"id": sid, "secret": SECRET, **fields}
+
+
+class Dashboard:
+    """dashboard.py running as a child process, with its log collected."""
+
+    def __init__(self, directory: Path, config: dict[str, Any]) -> None:
+        self.directory = directory
+        self.config_path = directory / "servers.json"
+        self.write_config(config)
+        self.port = 0
+        self.process: subprocess.Popen[str] | None = None
+        self.lines: list[str] = []
+        self.changed = threading.Condition()
+
+    def write_config(self, config: dict[str, Any] | str) -> None:
+        text = config if isinstance(config, str) else json.dumps(config)
+        self.config_path.write_text(text)
+
+    def start(self, *extra: str) -> Dashboard:
+        """Start (or restart, on the same port) and wait until it listens."""
+        args = [sys.executable, str(HERE / "dashboard.py"), "--config", str(self.config_path),
+                "--host", "127.0.0.1", "--port", str(self.port), *extra]
+        self.process = subprocess.Popen(args, stderr=subprocess.PIPE, text=True)
+        mark = len(self.lines)
+        threading.Thread(target=self._collect, args=(self.process,), daemon=True).start()
+        line = self.wait_for_log(LISTENING, after=mark, timeout=15)
+        self.port = int(LISTENING.search(line).group(1))  # type: ignore[union-attr]
+        return self
+
+    def _collect(self, process: subprocess.Popen[str]) -> None:
+        assert process.stderr is not None
+        for line in process.stderr:
+            with self.changed:
+                self.lines.append(line.rstrip("\n"))
+                self.changed.notify_all()
+
+    def wait_for_log(self, pattern: str | re.Pattern[str], after: int = 0,
+                     timeout: float = 10) -> str:
+        """The first log line from index `after` on that matches `pattern`."""
+        regex = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        with self.changed:
+            while True:
+                for line in self.lines[after:]:
+                    if regex.search(line):
+                        return line
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise AssertionError(f"no log line matching {regex.pattern!r} in "
+                                         f"{timeout} s; log:\n" + "\n".join(self.lines[-30:]))
+                self.changed.wait(remaining)
+
+    def log_text(self) -> str:
+        with self.changed:
+            return "\n".join(self.lines)
+
+    def url(self, path: str = "/", scheme: str = "http") -> str:
+        return f"{scheme}://127.0.0.1:{self.port}{path}"
+
+    def get(self, path: str) -> tuple[int, dict[str, str], bytes]:
+        """A real HTTP GET: status, headers, body (error statuses included)."""
+        try:
+            with urllib.request.urlopen(self.url(path), timeout=10) as response:
+                return response.status, dict(response.headers), response.read()
+        except urllib.error.HTTPError as error:
+            return error.code, dict(error.headers), error.read()
+
+    def get_json(self, path: str) -> Any:
+        status, _, body = self.get(path)
+        assert status == 200, (path, status, body)
+        return json.loads(body)
+
+    def agent(self, sid: str, secret: str = SECRET, **kwargs: Any) -> ClientConnection:
+        return connect(self.url("/ws-report", "ws"), open_timeout=10,
+                       additional_headers={"X-SERVER-ID": sid, "X-AUTH-SECRET": secret},
+                       **kwargs)
+
+    def viewer(self, **kwargs: Any) -> ClientConnection:
+        return connect(self.url("/ws-frontend", "ws"), open_timeout=10, **kwargs)
+
+    def signal(self, sig: signal.Signals) -> None:
+        assert self.process is not None
+        self.process.send_signal(sig)
+
+    def stop(self, timeout: float = 10) -> int:
+        """SIGTERM and wait; the exit code."""
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout)
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+
+
+@pytest.fixture
+def make_dashboard(tmp_path: Path):
+    """Factory: make_dashboard(servers=[...]) starts a dashboard; all are killed after."""
+    started: list[Dashboard] = []
+
+    def make(servers: list[dict[str, Any]] | None = None, start: bool = True,
+             **top: Any) -> Dashboard:
+        if servers is None:
+            servers = [server_entry("alpha", name="Alpha", group="Web", countryCode="DE"),
+                       server_entry("beta", name="Beta"), server_entry("never")]
+        directory = tmp_path / f"dashboard{len(started)}"
+        directory.mkdir()
+        dashboard = Dashboard(directory, {"servers": servers, **top})
+        started.append(dashboard)
+        return dashboard.start() if start else dashboard
+
+    yield make
+    for dashboard in started:
+        dashboard.kill()
+
+
+def recv_json(ws: ClientConnection, timeout: float = 5) -> dict[str, Any]:
+    return json.loads(ws.recv(timeout=timeout))
+
+
+def recv_until(ws: ClientConnection, predicate: Any, timeout: float = 5) -> dict[str, Any]:
+    """Read viewer messages until one satisfies `predicate`; fail after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while (remaining := deadline - time.monotonic()) > 0:
+        message = recv_json(ws, remaining)
+        if predicate(message):
+            return message
+    raise AssertionError("no matching message within timeout")
+
+
+def server_in(message: dict[str, Any], sid: str) -> dict[str, Any] | None:
+    return next((s for s in message["servers"] if s["id"] == sid), None)
+
+
+os.environ.setdefault("PYTHONUNBUFFERED", "1")

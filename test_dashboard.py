@@ -1,0 +1,492 @@
+"""Tests for dashboard.py: pure functions directly, the rest against a real process."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import signal
+import socket
+import threading
+import time
+from typing import Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.sync.client import connect
+
+import dashboard
+from conftest import SECRET, Dashboard, go_report, recv_json, recv_until, server_entry, server_in
+
+# --- configuration -----------------------------------------------------------
+
+
+def config_error(data: Any) -> str:
+    with pytest.raises(dashboard.ConfigError) as caught:
+        dashboard.parse_config(data, "servers.json")
+    return str(caught.value)
+
+
+def test_config_defaults_and_warnings() -> None:
+    config, warnings = dashboard.parse_config(
+        {"servers": [{"id": "web-1", "secret": "short", "colour": "red"},
+                     {"id": "db_2", "secret": dashboard.PLACEHOLDER_SECRET, "countryCode": "NL"}],
+         "prot": 1}, "servers.json")
+    web, db = config.servers["web-1"], config.servers["db_2"]
+    assert (web.name, web.group, web.country_code) == ("web-1", "Default", "")
+    assert db.country_code == "nl"
+    assert (config.host, config.port) == ("0.0.0.0", 8900)
+    text = "\n".join(warnings)
+    assert "'prot'" in text and "'colour'" in text  # typos are named
+    assert "shorter than 16" in text and "placeholder secret" in text
+
+
+@pytest.mark.parametrize(("data", "expected"), [
+    ([], "top level must be an object"),
+    ({"servers": [{"id": "ab", "secret": SECRET}]}, 'servers[0]: field "id"'),
+    ({"servers": [{"id": "bad id!", "secret": SECRET}]}, 'field "id" must be 3-50'),
+    ({"servers": [{"id": "web-1"}]}, "servers[0] (id 'web-1'): field \"secret\" is missing"),
+    ({"servers": [{"id": "web-1", "secret": SECRET}, {"id": "web-1", "secret": SECRET}]},
+     "servers[1] (id 'web-1'): field \"id\" repeats"),
+    ({"servers": [{"id": "web-1", "secret": SECRET, "countryCode": "DEU"}]}, '"countryCode"'),
+    ({"servers": [{"id": "web-1", "secret": SECRET, "name": 5}]}, 'field "name"'),
+    ({"port": "80", "servers": []}, 'field "port"'),
+    ({"servers": {}}, 'field "servers" must be a list'),
+])
+def test_config_errors_name_the_field(data: Any, expected: str) -> None:
+    message = config_error(data)
+    assert message.startswith("servers.json")
+    assert expected in message
+
+
+def test_broken_config_exits_2_naming_file_and_fix(make_dashboard: Any) -> None:
+    dash: Dashboard = make_dashboard(start=False)
+    dash.write_config({"servers": [{"id": "web-1", "secret": ""}]})
+    with pytest.raises(AssertionError):
+        dash.start()
+    assert dash.process is not None and dash.process.wait(10) == 2
+    log = dash.log_text()
+    assert str(dash.config_path) in log and 'field "secret"' in log and "token_urlsafe" in log
+    assert "Traceback" not in log
+    dash.write_config("{not json")
+    with pytest.raises(AssertionError):
+        dash.start()
+    assert dash.process.wait(10) == 2 and "not valid JSON" in dash.log_text()
+
+
+def test_shipped_config_is_valid_and_warns_about_its_placeholder() -> None:
+    config, warnings = dashboard.load_config(dashboard.DEFAULT_CONFIG)
+    assert list(config.servers) == ["local"]
+    assert any("placeholder secret" in w for w in warnings)
+
+
+# --- validating reports ------------------------------------------------------
+
+
+def test_go_agent_report_validates_and_unknown_fields_are_dropped() -> None:
+    report = go_report(surprise={"x": 1})
+    report["hostInfo"]["extra"] = "<b>"
+    record = dashboard.validate_report(json.dumps(report))
+    assert "surprise" not in record and "extra" not in record["hostInfo"]
+    assert record["diskInfo"]["partitions"][0]["mountPoint"] == "/"
+    view = dashboard.server_view(dashboard.ServerConfig("web-1", "Web", "G", SECRET, "de"),
+                                 record, 1764000000, True)
+    assert "ip" not in view and SECRET not in json.dumps(view)
+    assert (view["name"], view["loc"], view["online"]) == ("Web", "de", True)
+    assert view["cpuInfo"]["percent"] == 12.5
+
+
+def test_nulls_from_go_are_accepted() -> None:
+    record = dashboard.validate_report(json.dumps(go_report(diskInfo={
+        "total": 1, "used": 0, "usedPercent": 0, "partitions": None}, swapMemoryInfo=None)))
+    assert "partitions" not in record["diskInfo"] and "swapMemoryInfo" not in record
+
+
+def with_field(path: str, value: Any) -> str:
+    report = go_report()
+    *parents, leaf = path.split(".")
+    target = report
+    for key in parents:
+        target = target[key]
+    target[leaf] = value
+    return json.dumps(report)
+
+
+BAD_REPORTS = [
+    ("not json {", "not_json"),
+    ("[1, 2]", "not_object"),
+    ('"text"', "not_object"),
+    ("[" * 30_000 + "]" * 30_000, "not_json"),  # deep nesting, under 64 KiB
+    (with_field("cpuInfo.percent", "12"), "wrong_type"),
+    (with_field("cpuInfo.percent", True), "wrong_type"),
+    (with_field("cpuInfo", [1]), "wrong_type"),
+    (with_field("cpuInfo.info", "x"), "wrong_type"),
+    (with_field("cpuInfo.percent", 100.5), "out_of_range"),
+    (with_field("diskInfo.usedPercent", -1), "negative"),
+    (with_field("networkInfo.netInSpeed", -5), "negative"),
+    (with_field("virtualMemoryInfo.total", 2**70), "out_of_range"),
+    (with_field("hostInfo.platform", "x" * 257), "string_too_long"),
+    (with_field("diskInfo.partitions", [go_report()["diskInfo"]["partitions"][0]] * 65),
+     "too_many_items"),
+    (with_field("cpuInfo.percent", 1e400), "not_finite"),
+    (json.dumps(go_report()).replace('"percent": 12.5', '"percent": NaN'), "not_finite"),
+    (json.dumps(go_report()).replace('"percent": 12.5', '"percent": Infinity'), "not_finite"),
+    (b"\xff\xfe{", "not_json"),
+]
+
+
+@pytest.mark.parametrize(("frame", "reason"), BAD_REPORTS)
+def test_bad_reports_are_refused_with_a_reason(frame: str | bytes, reason: str) -> None:
+    with pytest.raises(dashboard.ReportError) as caught:
+        dashboard.validate_report(frame)
+    assert caught.value.reason == reason
+
+
+def test_offline_rule() -> None:
+    assert dashboard.offline_after(dashboard.DEFAULT_REPORT_INTERVAL) == 9
+    assert dashboard.offline_after(5) == 15
+    assert dashboard.offline_after(30) == 65
+    assert dashboard.offline_after(600) == 65
+
+
+# --- HTTP --------------------------------------------------------------------
+
+
+def test_http_endpoints(make_dashboard: Any) -> None:
+    dash: Dashboard = make_dashboard()
+    status, headers, body = dash.get("/")
+    assert status == 200 and headers["Content-Type"] == "text/html; charset=utf-8"
+    assert body == (dashboard.HERE / "index.html").read_bytes()
+    assert "script-src 'sha256-" in headers["Content-Security-Policy"]
+    assert dash.get("/index.html")[2] == body
+    servers = dash.get_json("/api/servers")
+    assert [s["id"] for s in servers] == ["alpha", "beta", "never"]
+    assert servers[0] == {"id": "alpha", "name": "Alpha", "group": "Web", "loc": "de",
+                          "online": False, "lastReportTime": 0}
+    assert dash.get_json("/healthz") == {"status": "ok", "servers": 3, "agents": 0, "viewers": 0}
+    for path in ("/nope", "/ws-reportx", "/api/servers/alpha"):
+        assert dash.get(path)[0] == 404
+
+
+def test_api_servers_matches_what_a_viewer_gets(make_dashboard: Any) -> None:
+    dash: Dashboard = make_dashboard()
+    with dash.agent("alpha") as agent, dash.viewer() as viewer:
+        recv_json(viewer)
+        agent.send(json.dumps(go_report()))
+        update = recv_json(viewer)
+        assert server_in(update, "alpha") == server_in(
+            {"servers": dash.get_json("/api/servers")}, "alpha")
+
+
+def test_metrics_parse_as_prometheus_text(make_dashboard: Any) -> None:
+    dash: Dashboard = make_dashboard()
+    with dash.agent("alpha") as agent, dash.viewer() as viewer:
+        recv_json(viewer)
+        agent.send(json.dumps(go_report()))
+        agent.send("garbage")
+        recv_until(viewer, lambda m: server_in(m, "alpha"))
+        status, headers, body = dash.get("/metrics")
+    assert status == 200 and headers["Content-Type"].startswith("text/plain; version=0.0.4")
+    samples = {(s.name, s.labels.get("id", s.labels.get("reason"))): s.value
+               for family in text_string_to_metric_families(body.decode())
+               for s in family.samples}
+    assert samples[("sss_up", "alpha")] == 1 and samples[("sss_up", "never")] == 0
+    assert samples[("sss_cpu_percent", "alpha")] == 12.5
+    assert samples[("sss_memory_total_bytes", "alpha")] == 2 * 2**30
+    assert samples[("sss_load15", "alpha")] == 0.3
+    assert samples[("sss_network_transmit_bytes_per_second", "alpha")] == 2000
+    assert samples[("sss_network_receive_bytes_total", "alpha")] == 10**9
+    assert samples[("sss_uptime_seconds", "alpha")] == 86400
+    assert abs(samples[("sss_last_report_timestamp_seconds", "alpha")] - time.time()) < 60
+    assert samples[("sss_agents_connected", None)] == 1
+    assert samples[("sss_viewers_connected", None)] == 1
+    assert samples[("sss_reports_accepted_total", None)] == 1
+    assert samples[("sss_reports_rejected_total", "not_json")] == 1
+    assert ("sss_cpu_percent", "never") not in samples
+    assert SECRET not in body.decode()
+
+
+# --- agents: authentication and connections ----------------------------------
+
+
+def handshake_status(dash: Dashboard, headers: Any, source: str = "127.0.0.1") -> int:
+    sock = socket.create_connection(("127.0.0.1", dash.port), timeout=10,
+                                    source_address=(source, 0))
+    try:
+        with connect(dash.url("/ws-report", "ws"), sock=sock, additional_headers=headers,
+                     open_timeout=10):
+            return 101
+    except InvalidStatus as error:
+        return error.response.status_code
+
+
+def test_agent_auth_happens_before_the_upgrade(make_dashboard: Any) -> None:
+    dash: Dashboard = make_dashboard()
+    assert handshake_status(dash, {"X-SERVER-ID": "alpha", "X-AUTH-SECRET": SECRET}) == 101
+    assert handshake_status(dash, {"X-SERVER-ID": "alpha", "X-AUTH-SECRET": "guess-123"}) == 401
+    assert handshake_status(dash, {"X-SERVER-ID": "ghost", "X-AUTH-SECRET": SECRET}) == 401
+    assert handshake_status(dash, {"X-SERVER-ID": "alpha"}) == 401
+    twice = [("X-SERVER-ID", "alpha"), ("X-SERVER-ID", "alpha"), ("X-AUTH-SECRET", SECRET)]
+    assert handshake_status(dash, twice) == 400
+    status, _, body = dash.get("/ws-report")  # plain HTTP, no credentials
+    assert status == 401 and b"X-SERVER-ID" in body
+    dash.wait_for_log(r"agent rejected: id='ghost' from 127\.0\.0\.1: id not in servers.json")
+    dash.wait_for_log(r"agent rejected: id='alpha' from 127\.0\.0\.1: wrong secret")
+    assert "guess-123" not in dash.log_text() and SECRET not in dash.log_text()
+
+
+def test_a_newer_connection_replaces_the_older(make_dashboard: Any) -> None:
+    dash: Dashboard = make_dashboard()
+    with dash.agent("alpha") as first:
+        first.send(json.dumps(go_report()))
+        with dash.agent("alpha") as second:
+            with pytest.raises(ConnectionClosed):
+                first.recv(timeout=5)
+            assert first.close_code == 1008 and "replaced" in (first.close_reason or "")
+            second.send(json.dumps(go_report()))
+            dash.wait_for_log("agent replaced: id=alpha")
+            time.sleep(0.5)
+            assert dash.get_json("/healthz")["agents"] == 1
+            assert dash.get_json("/api/servers")[0]["online"] is True
+
+
+# --- viewers -----------------------------------------------------------------
+
+
+def cpu_of(message: dict[str, Any], sid: str) -> float | None:
+    server = server_in(message, sid) or {}
+    return server.get("cpuInfo", {}).get("percent")
+
+
+def test_snapshot_then_updates_within_a_second(make_dashboard: Any) -> None:
+    dash: Dashboard = make_dashboard()
+    with dash.viewer() as viewer, dash.agent("alpha") as agent:
+        snapshot = recv_json(viewer)
+        assert snapshot["type"] == "snapshot" and abs(snapshot["time"] - time.time()) < 60
+        assert [s["id"] for s in snapshot["servers"]] == ["alpha", "beta", "never"]
+        never = server_in(snapshot, "never")
+        assert never == {"id": "never", "name": "never", "group": "Default", "loc": "",
+                         "online": False, "lastReportTime": 0}
+        for load in (10.0, 20.0, 30.0):
+            sent = time.monotonic()
+            agent.send(json.dumps(go_report(cpuInfo={"percent": load, "info": []})))
+            update = recv_until(viewer, lambda m, want=load: cpu_of(m, "alpha") == want)
+            assert time.monotonic() - sent < 1.0
+            assert update["type"] == "update" and [s["id"] for s in update["servers"]] == ["alpha"]
+            alpha = server_in(update, "alpha")
+            assert alpha["online"] is True and abs(alpha["lastReportTime"] - time.time()) < 5
+            assert "ip" not in alpha and alpha["name"] == "Alpha" and alpha["loc"] == "de"
+
+
+def test_updates_are_coalesced(make_dashboard: Any) -> None:
+    dash: Dashboard = make_dashboard()
+    with dash.viewer() as viewer, dash.agent("alpha") as a, dash.agent("beta") as b:
+        recv_json(viewer)
+        started = time.monotonic()
+        for i in range(40):
+            for agent in (a, b):
+                agent.send(json.dumps(go_report(cpuInfo={"percent": i, "info": []})))
+        messages = []
+        final = {}
+        while set(final.values()) != {39} and time.monotonic() - started < 10:
+            messages.append(recv_json(viewer))
+            final.update((s["id"], s["cpuInfo"]["percent"]) for s in messages[-1]["servers"])
+        elapsed = time.monotonic() - started
+        assert final == {"alpha": 39, "beta": 39}
+        # 80 reports arrived; a viewer got a handful of messages, ~4 a second at most.
+        assert len(messages) <= 4 * elapsed + 2, (len(messages), elapsed)
+
+
+def test_offline_after_silence_and_back(make_dashboard: Any) -> None:
+    dash: Dashboard = make_dashboard()
+    with dash.viewer() as viewer, dash.agent("alpha") as agent:
+        recv_json(viewer)
+        agent.send(json.dumps(go_report(reportInterval=0.5)))  # offline after 2*0.5+5 = 6 s
+        recv_until(viewer, lambda m: (server_in(m, "alpha") or {}).get("online") is True)
+        silent_since = time.monotonic()
+        recv_until(viewer, lambda m: (server_in(m, "alpha") or {}).get("online") is False,
+                   timeout=12)
+        assert time.monotonic() - silent_since > 5
+        dash.wait_for_log("server offline: id=alpha")
+        agent.send(json.dumps(go_report(reportInterval=0.5)))
+        recv_until(viewer, lambda m: (server_in(m, "alpha") or {}).get("online") is True)
+    with dash.viewer() as viewer:  # the agent left: offline at once
+        assert server_in(recv_json(viewer), "alpha")["online"] is False
+
+
+def test_stuck_viewer_is_cut_and_others_keep_up(make_dashboard: Any) -> None:
+    sids = [f"srv-{i:02d}" for i in range(20)]
+    dash: Dashboard = make_dashboard([server_entry(sid) for sid in sids])
+    # A browser that completes the handshake and then never reads a byte.
+    stuck = socket.socket()
+    stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    stuck.connect(("127.0.0.1", dash.port))
+    stuck.sendall(b"GET /ws-frontend HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+                  b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                  b"Sec-WebSocket-Version: 13\r\n\r\n")
+    dash.wait_for_log("viewer connected")
+    partition = {"mountPoint": "/" + "m" * 250, "fstype": "ext4", "total": 10, "free": 5,
+                 "used": 5, "usedPercent": 50.0}
+    # ~25 KiB per report, so each coalesced update carries ~500 KiB.
+    frames = [json.dumps(go_report(cpuInfo={"percent": p, "info": []},
+                                   diskInfo={"total": 10, "used": 5, "usedPercent": 50.0,
+                                             "partitions": [partition] * 64}))
+              for p in range(10)]
+    stop = threading.Event()
+    with contextlib.ExitStack() as stack:
+        agents = [stack.enter_context(dash.agent(sid)) for sid in sids]
+
+        def load() -> None:
+            for round_number in range(600):  # bounded: at most ~150 s
+                if stop.is_set():
+                    return
+                for agent in agents:
+                    agent.send(frames[round_number % 10])
+                time.sleep(0.25)
+
+        sender = threading.Thread(target=load, daemon=True)
+        healthy = stack.enter_context(dash.viewer(max_size=None))
+        recv_json(healthy)
+        sender.start()
+        try:
+            dash.wait_for_log("viewer disconnected: not reading", timeout=90)
+            assert recv_json(healthy)["type"] == "update"  # it kept receiving meanwhile
+        finally:
+            stop.set()
+            sender.join(10)
+        with pytest.raises(TimeoutError):
+            while True:  # drain what the load queued
+                healthy.recv(timeout=1)
+        sent = time.monotonic()
+        agents[0].send(json.dumps(go_report(cpuInfo={"percent": 99.0, "info": []})))
+        update = recv_json(healthy)
+        assert time.monotonic() - sent < 1.0
+        assert server_in(update, sids[0])["cpuInfo"]["percent"] == 99.0
+        assert dash.get_json("/healthz")["viewers"] == 1
+    stuck.close()
+
+
+# --- bad input over the wire ---------------------------------------------------
+
+
+def test_bad_reports_are_dropped_counted_and_logged(make_dashboard: Any) -> None:
+    dash: Dashboard = make_dashboard()
+    with dash.agent("alpha") as agent, dash.viewer() as viewer:
+        recv_json(viewer)
+        for frame, _ in BAD_REPORTS[:4]:
+            agent.send(frame)
+        agent.send(json.dumps(go_report()))  # a good one resets the count
+        recv_until(viewer, lambda m: server_in(m, "alpha"))
+        for frame, _ in BAD_REPORTS[4:8]:
+            agent.send(frame)
+        agent.send(json.dumps(go_report(cpuInfo={"percent": 77, "info": []})))
+        update = recv_until(viewer, lambda m: server_in(m, "alpha"))
+        assert server_in(update, "alpha")["cpuInfo"]["percent"] == 77
+    dash.wait_for_log(r"report dropped: id=alpha: not_json")
+    metrics = dash.get("/metrics")[2].decode()
+    assert 'sss_reports_rejected_total{reason="not_object"} 2' in metrics
+    assert 'sss_reports_rejected_total{reason="wrong_type"} 4' in metrics
+    assert "Traceback" not in dash.log_text()
+
+
+def test_five_bad_reports_in_a_row_close_with_1007(make_dashboard: Any) -> None:
+    dash: Dashboard = make_dashboard()
+    with dash.agent("alpha") as agent:
+        for frame, _ in BAD_REPORTS[8:13]:
+            agent.send(frame)
+        with pytest.raises(ConnectionClosed):
+            agent.recv(timeout=5)
+        assert agent.close_code == 1007
+    dash.wait_for_log("agent closed: id=alpha sent 5 invalid reports in a row")
+    with dash.agent("beta") as other:  # the dashboard is fine
+        other.send(json.dumps(go_report()))
+    assert dash.get_json("/healthz")["status"] == "ok"
+
+
+def test_oversized_frame_closes_with_1009(make_dashboard: Any) -> None:
+    dash: Dashboard = make_dashboard()
+    with dash.agent("alpha") as agent:
+        agent.send("x" * (dashboard.MAX_FRAME_BYTES + 1))
+        with pytest.raises(ConnectionClosed):
+            agent.recv(timeout=5)
+        assert agent.close_code == 1009
+    dash.wait_for_log("report dropped: id=alpha: too_large")
+    assert 'reason="too_large"} 1' in dash.get("/metrics")[2].decode()
+
+
+def test_failed_handshakes_ban_one_address_only(make_dashboard: Any) -> None:
+    dash: Dashboard = make_dashboard()
+    wrong = {"X-SERVER-ID": "alpha", "X-AUTH-SECRET": "wrong"}
+    right = {"X-SERVER-ID": "alpha", "X-AUTH-SECRET": SECRET}
+    statuses = [handshake_status(dash, wrong, "127.0.0.2") for _ in range(10)]
+    assert statuses == [401] * 10
+    assert handshake_status(dash, right, "127.0.0.2") == 429  # even with the right secret
+    assert handshake_status(dash, right, "127.0.0.1") == 101  # others are unaffected
+    assert handshake_status(dash, right, "127.0.0.2") == 429
+    assert dash.log_text().count("address 127.0.0.2 banned") == 1
+
+
+def test_no_secret_or_ip_reaches_a_browser(make_dashboard: Any) -> None:
+    dash: Dashboard = make_dashboard()
+    with dash.viewer() as viewer, dash.agent("alpha") as agent:
+        payloads = [viewer.recv(timeout=5)]
+        agent.send(json.dumps(go_report(ip="198.51.100.23", loc="fr")))
+        payloads.append(viewer.recv(timeout=5))
+        payloads += [dash.get(path)[2].decode() for path in ("/api/servers", "/metrics",
+                                                               "/healthz", "/")]
+    for payload in payloads:
+        assert SECRET not in payload and "198.51.100.23" not in payload
+        assert "127.0.0.1" not in payload
+    # countryCode from servers.json wins over the agent's loc
+    assert server_in(json.loads(payloads[1]), "alpha")["loc"] == "de"
+
+
+# --- signals -----------------------------------------------------------------
+
+
+def test_sighup_reloads_servers(make_dashboard: Any) -> None:
+    dash: Dashboard = make_dashboard()
+    with dash.viewer() as viewer, dash.agent("alpha") as alpha, dash.agent("beta") as beta, \
+            dash.agent("never") as never:
+        recv_json(viewer)
+        dash.write_config({"servers": [
+            server_entry("alpha", name="Alpha renamed", group="Web"),
+            {"id": "beta", "secret": "a-brand-new-secret-value"},
+            server_entry("gamma", name="Gamma"),
+        ]})
+        dash.signal(signal.SIGHUP)
+        snapshot = recv_until(viewer, lambda m: m["type"] == "snapshot")
+        assert [s["id"] for s in snapshot["servers"]] == ["alpha", "beta", "gamma"]
+        assert server_in(snapshot, "alpha")["name"] == "Alpha renamed"
+        assert server_in(snapshot, "gamma")["online"] is False
+        for removed_or_rekeyed in (beta, never):
+            with pytest.raises(ConnectionClosed):
+                removed_or_rekeyed.recv(timeout=5)
+            assert removed_or_rekeyed.close_code == 1008
+        alpha.send(json.dumps(go_report()))  # untouched agent stays connected
+        update = recv_until(viewer, lambda m: server_in(m, "alpha"))
+        assert server_in(update, "alpha")["online"] is True
+        dash.wait_for_log(r"config reloaded: 3 servers \(1 added, 1 removed\)")
+
+        mark = len(dash.lines)
+        dash.write_config("{broken")
+        dash.signal(signal.SIGHUP)
+        dash.wait_for_log("config reload failed, keeping the previous config", after=mark)
+        alpha.send(json.dumps(go_report()))
+        recv_until(viewer, lambda m: server_in(m, "alpha"))
+        assert handshake_status(dash, {"X-SERVER-ID": "gamma", "X-AUTH-SECRET": SECRET}) == 101
+        assert dash.process is not None and dash.process.poll() is None
+
+
+def test_sigterm_closes_everything_with_1001_and_exits_0(make_dashboard: Any) -> None:
+    dash: Dashboard = make_dashboard()
+    with dash.viewer() as viewer, dash.agent("alpha") as agent:
+        recv_json(viewer)
+        dash.signal(signal.SIGTERM)
+        for ws in (viewer, agent):
+            with pytest.raises(ConnectionClosed):
+                while True:
+                    ws.recv(timeout=5)
+            assert ws.close_code == 1001
+        assert dash.process is not None and dash.process.wait(5) == 0
+    assert "Traceback" not in dash.log_text()
