@@ -56,32 +56,19 @@ def server_entry(sid: str, **fields: Any) -> dict[str, Any]:
     return {"id": sid, "secret": SECRET, **fields}
 
 
-class Dashboard:
-    """dashboard.py running as a child process, with its log collected."""
+class LoggedProcess:
+    """A child process whose stderr lines are collected for wait_for_log()."""
 
-    def __init__(self, directory: Path, config: dict[str, Any]) -> None:
-        self.directory = directory
-        self.config_path = directory / "servers.json"
-        self.write_config(config)
-        self.port = 0
+    def __init__(self) -> None:
         self.process: subprocess.Popen[str] | None = None
         self.lines: list[str] = []
         self.changed = threading.Condition()
 
-    def write_config(self, config: dict[str, Any] | str) -> None:
-        text = config if isinstance(config, str) else json.dumps(config)
-        self.config_path.write_text(text)
-
-    def start(self, *extra: str) -> Dashboard:
-        """Start (or restart, on the same port) and wait until it listens."""
-        args = [sys.executable, str(HERE / "dashboard.py"), "--config", str(self.config_path),
-                "--host", "127.0.0.1", "--port", str(self.port), *extra]
-        self.process = subprocess.Popen(args, stderr=subprocess.PIPE, text=True)
-        mark = len(self.lines)
+    def spawn(self, args: list[str], **popen: Any) -> int:
+        """Start `args`; the index in self.lines where its output begins."""
+        self.process = subprocess.Popen(args, stderr=subprocess.PIPE, text=True, **popen)
         threading.Thread(target=self._collect, args=(self.process,), daemon=True).start()
-        line = self.wait_for_log(LISTENING, after=mark, timeout=15)
-        self.port = int(LISTENING.search(line).group(1))  # type: ignore[union-attr]
-        return self
+        return len(self.lines)
 
     def _collect(self, process: subprocess.Popen[str]) -> None:
         assert process.stderr is not None
@@ -106,9 +93,54 @@ class Dashboard:
                                          f"{timeout} s; log:\n" + "\n".join(self.lines[-30:]))
                 self.changed.wait(remaining)
 
+    def count_log(self, pattern: str) -> int:
+        regex = re.compile(pattern)
+        with self.changed:
+            return sum(1 for line in self.lines if regex.search(line))
+
     def log_text(self) -> str:
         with self.changed:
             return "\n".join(self.lines)
+
+    def signal(self, sig: signal.Signals) -> None:
+        assert self.process is not None
+        self.process.send_signal(sig)
+
+    def stop(self, timeout: float = 10) -> int:
+        """SIGTERM and wait; the exit code."""
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout)
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+
+
+class Dashboard(LoggedProcess):
+    """dashboard.py as a child process on 127.0.0.1."""
+
+    def __init__(self, directory: Path, config: dict[str, Any]) -> None:
+        super().__init__()
+        self.directory = directory
+        self.config_path = directory / "servers.json"
+        self.write_config(config)
+        self.port = 0
+
+    def write_config(self, config: dict[str, Any] | str) -> None:
+        text = config if isinstance(config, str) else json.dumps(config)
+        self.config_path.write_text(text)
+
+    def start(self, *extra: str) -> Dashboard:
+        """Start (or restart, on the same port) and wait until it listens."""
+        mark = self.spawn([sys.executable, str(HERE / "dashboard.py"), "--config",
+                           str(self.config_path), "--host", "127.0.0.1", "--port",
+                           str(self.port), *extra])
+        line = self.wait_for_log(LISTENING, after=mark, timeout=15)
+        self.port = int(LISTENING.search(line).group(1))  # type: ignore[union-attr]
+        return self
 
     def url(self, path: str = "/", scheme: str = "http") -> str:
         return f"{scheme}://127.0.0.1:{self.port}{path}"
@@ -134,22 +166,6 @@ class Dashboard:
     def viewer(self, **kwargs: Any) -> ClientConnection:
         return connect(self.url("/ws-frontend", "ws"), open_timeout=10, **kwargs)
 
-    def signal(self, sig: signal.Signals) -> None:
-        assert self.process is not None
-        self.process.send_signal(sig)
-
-    def stop(self, timeout: float = 10) -> int:
-        """SIGTERM and wait; the exit code."""
-        assert self.process is not None
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(timeout)
-
-    def kill(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(10)
-
 
 @pytest.fixture
 def make_dashboard(tmp_path: Path):
@@ -170,6 +186,23 @@ def make_dashboard(tmp_path: Path):
     yield make
     for dashboard in started:
         dashboard.kill()
+
+
+@pytest.fixture
+def make_agent():
+    """Factory: make_agent(*args) runs agent.py with `args`; all are killed after."""
+    started: list[LoggedProcess] = []
+
+    def make(*args: str, env: dict[str, str] | None = None) -> LoggedProcess:
+        agent = LoggedProcess()
+        agent.spawn([sys.executable, str(HERE / "agent.py"), *args],
+                    env={**os.environ, **(env or {})})
+        started.append(agent)
+        return agent
+
+    yield make
+    for agent in started:
+        agent.kill()
 
 
 def recv_json(ws: ClientConnection, timeout: float = 5) -> dict[str, Any]:

@@ -687,7 +687,7 @@ async def serve_agent(hub: Hub, ws: ServerConnection, sid: str) -> None:
             hub.reject_report(sid, ReportError("too_large", f"frame over {MAX_FRAME_BYTES} bytes"))
     finally:
         if hub.detach_agent(sid, ws):
-            log.info("agent disconnected: id=%s", sid)
+            log.info("agent disconnected: id=%s (%s %s)", sid, ws.close_code, ws.close_reason)
 
 
 async def serve_viewer(hub: Hub, ws: ServerConnection) -> None:

@@ -1,0 +1,647 @@
+#!/usr/bin/env python3
+"""SimpleServerStatus agent: report this machine's metrics to a dashboard.
+
+    $ SSS_SECRET_FILE=/etc/sss-agent.secret python3 agent.py \\
+          --server ws://dashboard.example:8900/ws-report --id web-1
+    2026-11-26 05:20:11 INFO reporting to ws://dashboard.example:8900/ws-report as web-1
+    2026-11-26 05:20:11 INFO connected to ws://dashboard.example:8900/ws-report
+
+    $ python3 agent.py --once --id web-1 | head -c 120
+    {"name":"web-1","group":"","id":"web-1","lastReportTime":1795672811,"hostInfo":...
+
+One sample per interval goes to the dashboard as the JSON message described in
+PROTOCOL.md (the original SimpleServerStatus ServerInfo, plus our extensions).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import fnmatch
+import json
+import logging
+import os
+import random
+import signal
+import socket
+import ssl
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any, NamedTuple
+from urllib.parse import urlsplit
+
+import psutil
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus, InvalidURI
+
+__version__ = "0.1.0"
+
+log = logging.getLogger("sss.agent")
+
+BACKOFF_INITIAL = 3.0  # the seed's timings
+BACKOFF_FACTOR = 1.2
+BACKOFF_CAP = 600.0
+BACKOFF_JITTER = 0.1  # each wait is 90-100 % of the schedule
+STABLE_CONNECTION = 30.0  # only a connection up this long resets the backoff
+PING_INTERVAL = 30.0
+PING_TIMEOUT = 15.0  # a dead dashboard is noticed within 30 + 15 s
+QUEUE_SIZE = 100  # the seed's send queue
+ADAPT_HIGH_CPU = 80.0
+ADAPT_LOW_CPU = 30.0
+ADAPT_STREAK = 3  # samples in a row before the interval moves (hysteresis)
+ADAPT_FACTOR = 1.2
+
+DEFAULT_EXCLUDED_NICS = ("lo", "docker*", "veth*", "br-*", "virbr*", "vnet*", "tun*", "tap*",
+                         "cni*", "cali*", "flannel*", "kube*", "ifb*")
+VIRTUAL_FSTYPES = frozenset({"squashfs", "tmpfs", "devtmpfs", "overlay", "ramfs", "iso9660"})
+PROC = Path("/proc")
+
+
+# --- settings ----------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    server: str
+    server_id: str
+    secret: str
+    interval: float = 5.0
+    min_interval: float = 2.0
+    max_interval: float = 30.0
+    adaptive: bool = True
+    nics: tuple[str, ...] = ()
+    exclude_nics: tuple[str, ...] = ()
+    exclude_mounts: tuple[str, ...] = ()
+    ca_file: str | None = None
+    once: bool = False
+
+
+class UsageError(Exception):
+    """A missing or bad setting; the message names the flag and the variable."""
+
+
+def parse_settings(argv: list[str] | None, environ: Mapping[str, str]) -> tuple[Settings, str]:
+    """Flags first, then SSS_* variables; returns the settings and the log level."""
+    parser = argparse.ArgumentParser(
+        description="SimpleServerStatus agent: reports this machine to a dashboard.",
+        epilog="Every flag may come from the environment instead: SSS_SERVER, SSS_ID, "
+               "SSS_SECRET or SSS_SECRET_FILE.")
+    parser.add_argument("--server", default=environ.get("SSS_SERVER"),
+                        help="dashboard URL, ws://HOST:8900/ws-report or wss://... (SSS_SERVER)")
+    parser.add_argument("--id", dest="server_id", default=environ.get("SSS_ID"),
+                        help="this server's id in the dashboard's servers.json (SSS_ID)")
+    parser.add_argument("--secret", default=environ.get("SSS_SECRET"),
+                        help="its secret; prefer --secret-file or SSS_SECRET (not shown in ps)")
+    parser.add_argument("--secret-file", default=environ.get("SSS_SECRET_FILE"),
+                        help="file holding the secret (SSS_SECRET_FILE)")
+    parser.add_argument("--interval", type=float, default=5.0, help="base report interval, s")
+    parser.add_argument("--min-interval", type=float, default=2.0, help="shortest interval, s")
+    parser.add_argument("--max-interval", type=float, default=30.0, help="longest interval, s")
+    parser.add_argument("--no-adaptive", action="store_true",
+                        help="always report every --interval seconds")
+    parser.add_argument("--nic", action="append", default=[], metavar="GLOB",
+                        help="count only these interfaces (repeatable; default: physical ones)")
+    parser.add_argument("--exclude-nic", action="append", default=[], metavar="GLOB",
+                        help="also leave out these interfaces (repeatable)")
+    parser.add_argument("--exclude-mount", action="append", default=[], metavar="GLOB",
+                        help="leave out these mount points (repeatable)")
+    parser.add_argument("--ca-file", help="CA bundle trusting a self-signed wss:// dashboard")
+    parser.add_argument("--log-level", default="INFO",
+                        choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument("--once", action="store_true",
+                        help="print one message as JSON on stdout and exit (no network)")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    args = parser.parse_args(argv)
+
+    if args.secret_file and not args.secret:
+        try:
+            args.secret = Path(args.secret_file).read_text().strip()
+        except OSError as exc:
+            raise UsageError(f"--secret-file (SSS_SECRET_FILE) {args.secret_file}: "
+                             f"{exc.strerror}") from exc
+    if not args.once:
+        if not args.server:
+            raise UsageError("--server (or SSS_SERVER) is required: the dashboard's "
+                             "ws://HOST:8900/ws-report")
+        if urlsplit(args.server).scheme not in ("ws", "wss") or not urlsplit(args.server).netloc:
+            raise UsageError(f"--server (SSS_SERVER) must look like ws://HOST:8900/ws-report "
+                             f"or wss://..., got {args.server!r}")
+        if not args.server_id:
+            raise UsageError("--id (or SSS_ID) is required: this server's id in servers.json")
+        if not args.secret:
+            raise UsageError("--secret, --secret-file (or SSS_SECRET, SSS_SECRET_FILE) is "
+                             "required: this server's secret in servers.json")
+    if not 0 < args.min_interval <= args.interval <= args.max_interval:
+        raise UsageError("--min-interval, --interval and --max-interval must be positive and "
+                         f"in that order, got {args.min_interval}, {args.interval}, "
+                         f"{args.max_interval}")
+    if args.ca_file and not os.path.isfile(args.ca_file):
+        raise UsageError(f"--ca-file {args.ca_file}: no such file")
+    settings = Settings(
+        server=args.server or "", server_id=args.server_id or "", secret=args.secret or "",
+        interval=args.interval, min_interval=args.min_interval, max_interval=args.max_interval,
+        adaptive=not args.no_adaptive, nics=tuple(args.nic),
+        exclude_nics=tuple(args.exclude_nic), exclude_mounts=tuple(args.exclude_mount),
+        ca_file=args.ca_file, once=args.once)
+    return settings, args.log_level
+
+
+# --- collection --------------------------------------------------------------
+
+
+class Partition(NamedTuple):
+    device: str
+    mount_point: str
+    fstype: str
+    total: int
+    used: int
+    free: int
+
+
+class Sample(NamedTuple):
+    """Raw readings at one instant; messages are computed from two of these."""
+
+    monotonic: float
+    wall: float
+    cpu: tuple[float, float]  # busy and total CPU seconds since boot
+    memory: tuple[int, int, float]  # total, used, percent
+    swap: tuple[int, int, int, float]  # total, used, free, percent
+    partitions: tuple[Partition, ...]
+    nic_bytes: Mapping[str, tuple[int, int]]  # name -> (received, sent)
+    disk_io: tuple[int, int]  # bytes read, written
+    load: tuple[float, float, float]
+    boot_time: float
+    tcp: int
+    udp: int
+    processes: int
+
+
+class HostFacts(NamedTuple):
+    """What does not change while the agent runs."""
+
+    os: str
+    platform: str
+    platform_family: str
+    platform_version: str
+    kernel_version: str
+    kernel_arch: str
+    virtualization: str
+    cpu_info: tuple[str, ...]
+
+
+def read_text(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace")
+    except OSError:
+        return ""
+
+
+def parse_os_release(text: str) -> dict[str, str]:
+    fields = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition("=")
+        if sep:
+            fields[key.strip()] = value.strip().strip('"').strip("'")
+    return fields
+
+
+def detect_virtualization(root: Path = Path("/")) -> str:
+    """kvm, xen, vmware, hyperv, virtualbox, lxc, docker, openvz or none, as Linux shows it."""
+    if (root / ".dockerenv").exists() or "docker" in read_text(root / "proc/1/cgroup"):
+        return "docker"
+    if b"container=lxc" in read_text(root / "proc/1/environ").encode() \
+            or (root / "dev/lxd").exists():
+        return "lxc"
+    if (root / "proc/vz").exists() and not (root / "proc/bc").exists():
+        return "openvz"
+    dmi = " ".join(read_text(root / "sys/class/dmi/id" / name)
+                   for name in ("sys_vendor", "product_name", "bios_vendor")).lower()
+    for needle, name in (("vmware", "vmware"), ("virtualbox", "virtualbox"),
+                         ("microsoft", "hyperv"), ("xen", "xen"), ("kvm", "kvm"),
+                         ("qemu", "kvm"), ("amazon ec2", "kvm"), ("google", "kvm"),
+                         ("openstack", "kvm"), ("droplet", "kvm")):
+        if needle in dmi:
+            return name
+    if (root / "proc/xen").exists():
+        return "xen"
+    return "none"
+
+
+def host_facts() -> HostFacts:
+    release = parse_os_release(read_text(Path("/etc/os-release")))
+    cpuinfo = read_text(PROC / "cpuinfo")
+    model = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines()
+                  if line.startswith(("model name", "Hardware", "Model"))), "") or "unknown CPU"
+    uname = os.uname()
+    return HostFacts(
+        os=sys.platform, platform=release.get("ID", uname.sysname.lower()),
+        platform_family=release.get("ID_LIKE", release.get("ID", "")).split(" ")[0],
+        platform_version=release.get("VERSION_ID", ""), kernel_version=uname.release,
+        kernel_arch=uname.machine, virtualization=detect_virtualization(),
+        cpu_info=(f"{model} x {psutil.cpu_count() or 1} Virtual Core",))
+
+
+def count_sockets(kind: str) -> int:
+    """Open sockets of `kind` (tcp, udp) from /proc/net: far cheaper than net_connections()."""
+    total = 0
+    for suffix in ("", "6"):
+        try:
+            with open(PROC / "net" / f"{kind}{suffix}", "rb") as table:
+                total += max(table.read().count(b"\n") - 1, 0)  # minus the header line
+        except OSError:
+            pass
+    return total
+
+
+def collect_sample(settings: Settings) -> Sample:
+    """Read every number once; the only function here that touches the system."""
+    memory = psutil.virtual_memory()
+    swap = psutil.swap_memory()
+    partitions = []
+    for part in psutil.disk_partitions(all=False):
+        if not keep_partition(part.device, part.mountpoint, part.fstype, settings.exclude_mounts):
+            continue
+        try:
+            usage = psutil.disk_usage(part.mountpoint)
+        except OSError:
+            continue  # unmounted meanwhile, or no permission
+        partitions.append(Partition(part.device, part.mountpoint, part.fstype,
+                                    usage.total, usage.used, usage.free))
+    nics = psutil.net_io_counters(pernic=True)
+    io = psutil.disk_io_counters()
+    return Sample(
+        monotonic=time.monotonic(), wall=time.time(), cpu=cpu_seconds(psutil.cpu_times()),
+        memory=(memory.total, memory.used, memory.percent),
+        swap=(swap.total, swap.used, swap.free, swap.percent),
+        partitions=tuple(partitions),
+        nic_bytes={name: (c.bytes_recv, c.bytes_sent) for name, c in nics.items()
+                   if keep_nic(name, settings.nics, settings.exclude_nics)},
+        disk_io=(io.read_bytes, io.write_bytes) if io else (0, 0),
+        load=os.getloadavg(), boot_time=psutil.boot_time(),
+        tcp=count_sockets("tcp"), udp=count_sockets("udp"), processes=len(psutil.pids()))
+
+
+# --- sample -> message (pure) -------------------------------------------------
+
+
+def keep_nic(name: str, include: tuple[str, ...], exclude: tuple[str, ...]) -> bool:
+    """Physical interfaces by default; --nic replaces the default, --exclude-nic adds to it."""
+    if include:
+        return any(fnmatch.fnmatchcase(name, p) for p in include) \
+            and not any(fnmatch.fnmatchcase(name, p) for p in exclude)
+    return not any(fnmatch.fnmatchcase(name, p) for p in DEFAULT_EXCLUDED_NICS + exclude)
+
+
+def keep_partition(device: str, mount_point: str, fstype: str,
+                   exclude_mounts: tuple[str, ...]) -> bool:
+    return (fstype not in VIRTUAL_FSTYPES and not device.startswith("/dev/loop")
+            and not any(fnmatch.fnmatchcase(mount_point, p) for p in exclude_mounts))
+
+
+def disk_totals(partitions: tuple[Partition, ...]) -> tuple[int, int, int]:
+    """(total, used, free) with each filesystem counted once.
+
+    Bind mounts and btrfs subvolumes show the same device and the same numbers:
+    take one. ZFS datasets of one pool each report their own `used` and the
+    pool's shared `free`: add the used, take the free once.
+    """
+    spaces: dict[str, tuple[int, int, int]] = {}  # key -> (total, used, free)
+    for p in partitions:
+        if p.fstype == "zfs":
+            key = "zfs:" + p.device.split("/", 1)[0]
+            _, used, free = spaces.get(key, (0, 0, 0))
+            used, free = used + p.used, max(free, p.free)
+            spaces[key] = (used + free, used, free)
+        else:
+            spaces.setdefault(p.device, (p.total, p.used, p.free))
+    return (sum(s[0] for s in spaces.values()), sum(s[1] for s in spaces.values()),
+            sum(s[2] for s in spaces.values()))
+
+
+def cpu_seconds(times: Any) -> tuple[float, float]:
+    """(busy, total) from psutil.cpu_times(); guest time is already in user time."""
+    named = times._asdict()
+    total = sum(named.values()) - named.get("guest", 0) - named.get("guest_nice", 0)
+    return total - named.get("idle", 0) - named.get("iowait", 0), total
+
+
+def cpu_percent(before: tuple[float, float], after: tuple[float, float]) -> float:
+    """Busy share between two readings, as top shows it (the first reading primes)."""
+    busy = after[0] - before[0]
+    total = after[1] - before[1]
+    if total <= 0:
+        return 0.0
+    return round(min(max(busy / total * 100, 0.0), 100.0), 1)
+
+
+def rate(before: int, after: int, seconds: float) -> int:
+    """Bytes per second; a counter that went backwards (reboot, wrap) gives 0."""
+    if seconds <= 0 or after < before:
+        return 0
+    return int((after - before) / seconds)
+
+
+def nic_rates(before: Mapping[str, tuple[int, int]], after: Mapping[str, tuple[int, int]],
+              seconds: float) -> tuple[int, int]:
+    """Summed receive and send speed; an interface that appears or resets adds 0."""
+    received = sent = 0
+    for name, (rx, tx) in after.items():
+        if name in before:
+            received += rate(before[name][0], rx, seconds)
+            sent += rate(before[name][1], tx, seconds)
+    return received, sent
+
+
+def percent_of(part: float, whole: float) -> float:
+    return round(part / whole * 100, 2) if whole > 0 else 0.0
+
+
+def build_message(server_id: str, facts: HostFacts, before: Sample, after: Sample,
+                  report_interval: float) -> dict[str, Any]:
+    """The report for the interval between two samples, in PROTOCOL.md's format."""
+    seconds = after.monotonic - before.monotonic
+    disk_total, disk_used, disk_free = disk_totals(after.partitions)
+    net_in, net_out = nic_rates(before.nic_bytes, after.nic_bytes, seconds)
+    swap_total, swap_used, swap_free, swap_percent = after.swap
+    return {
+        "name": server_id, "group": "", "id": server_id, "lastReportTime": int(after.wall),
+        "hostInfo": {
+            "kernelArch": facts.kernel_arch, "kernelVersion": facts.kernel_version,
+            "virtualizationSystem": facts.virtualization,
+            "uptime": max(int(after.wall - after.boot_time), 0),
+            "bootTime": int(after.boot_time), "os": facts.os, "platform": facts.platform,
+            "platformFamily": facts.platform_family, "platformVersion": facts.platform_version,
+            "avgStat": {"load1": round(after.load[0], 2), "load5": round(after.load[1], 2),
+                        "load15": round(after.load[2], 2)},
+        },
+        "cpuInfo": {"percent": cpu_percent(before.cpu, after.cpu),
+                    "info": list(facts.cpu_info)},
+        "virtualMemoryInfo": {"total": after.memory[0], "used": after.memory[1],
+                              "usedPercent": round(after.memory[2], 2)},
+        "swapMemoryInfo": {"total": swap_total, "used": swap_used, "free": swap_free,
+                           "usedPercent": round(swap_percent, 2)},
+        "diskInfo": {
+            "total": disk_total, "used": disk_used,
+            "usedPercent": percent_of(disk_used, disk_used + disk_free),  # as df shows it
+            "partitions": [{"mountPoint": p.mount_point, "fstype": p.fstype, "total": p.total,
+                            "free": p.free, "used": p.used,
+                            "usedPercent": percent_of(p.used, p.used + p.free)}
+                           for p in after.partitions],
+        },
+        "networkInfo": {"netInSpeed": net_in, "netOutSpeed": net_out,
+                        "netInTransfer": sum(rx for rx, _ in after.nic_bytes.values()),
+                        "netOutTransfer": sum(tx for _, tx in after.nic_bytes.values())},
+        "ip": "", "loc": "",
+        "reportInterval": round(report_interval, 2),
+        "extraInfo": {"tcpConnections": after.tcp, "udpConnections": after.udp,
+                      "processes": after.processes,
+                      "diskReadSpeed": rate(before.disk_io[0], after.disk_io[0], seconds),
+                      "diskWriteSpeed": rate(before.disk_io[1], after.disk_io[1], seconds)},
+    }
+
+
+def encode(message: dict[str, Any]) -> str:
+    return json.dumps(message, separators=(",", ":"))
+
+
+# --- pacing: adaptive interval and reconnect backoff (pure) --------------------
+
+
+class Pace(NamedTuple):
+    interval: float
+    high_streak: int = 0
+    low_streak: int = 0
+
+
+def adapt(pace: Pace, cpu: float, settings: Settings) -> Pace:
+    """Lengthen under sustained high CPU, shorten under sustained low load.
+
+    Only ADAPT_STREAK samples in a row on one side move the interval, and a move
+    restarts the count, so one spike or one quiet second changes nothing.
+    """
+    if not settings.adaptive:
+        return pace
+    high = pace.high_streak + 1 if cpu > ADAPT_HIGH_CPU else 0
+    low = pace.low_streak + 1 if cpu < ADAPT_LOW_CPU else 0
+    if high >= ADAPT_STREAK:
+        return Pace(min(pace.interval * ADAPT_FACTOR, settings.max_interval))
+    if low >= ADAPT_STREAK:
+        return Pace(max(pace.interval / ADAPT_FACTOR, settings.min_interval))
+    return Pace(pace.interval, high, low)
+
+
+def backoff_delays() -> Iterator[float]:
+    """3, 3.6, 4.32, ... capped at 600 s (the seed's schedule, without jitter)."""
+    delay = BACKOFF_INITIAL
+    while True:
+        yield delay
+        delay = min(delay * BACKOFF_FACTOR, BACKOFF_CAP)
+
+
+def jittered(delay: float, rng: random.Random) -> float:
+    """Spread reconnects of a fleet: 90-100 % of the scheduled delay."""
+    return delay * (1 - BACKOFF_JITTER * rng.random())
+
+
+def explain_failure(exc: BaseException, settings: Settings) -> str:
+    """A connection failure in plain words, with the setting to check."""
+    host = urlsplit(settings.server).hostname or settings.server
+    if isinstance(exc, InvalidStatus):
+        status = exc.response.status_code
+        if status == 401:
+            return (f"dashboard rejected id {settings.server_id}: check --id/--secret against "
+                    "servers.json")
+        if status == 429:
+            return "dashboard refuses this address after repeated failed attempts (HTTP 429)"
+        return f"dashboard answered HTTP {status}: check the path in --server (/ws-report)"
+    if isinstance(exc, socket.gaierror):
+        return f"cannot resolve {host}: check --server"
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return (f"TLS certificate of {host} rejected ({exc.verify_message}): "
+                "pass --ca-file for a self-signed dashboard")
+    if isinstance(exc, ConnectionRefusedError):
+        return f"connection refused by {host}: is the dashboard running? check --server"
+    if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
+        return f"timed out connecting to {host}: a firewall may drop packets; check --server"
+    if isinstance(exc, ConnectionClosed):
+        code = exc.rcvd.code if exc.rcvd else (exc.sent.code if exc.sent else 1006)
+        reason = exc.rcvd.reason if exc.rcvd else ""
+        return f"connection closed ({code}{': ' + reason if reason else ''})"
+    if isinstance(exc, InvalidURI):
+        return f"{exc}: check --server"
+    return f"cannot connect to {settings.server}: {type(exc).__name__}: {exc}"
+
+
+# --- transport ---------------------------------------------------------------
+
+
+class Reporter:
+    """Collects on its own schedule and sends through a bounded queue."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.queue: asyncio.Queue[str] = asyncio.Queue(QUEUE_SIZE)
+        self.connection: ClientConnection | None = None
+        self.pace = Pace(settings.interval)
+        self.dropping = False
+        self.stopping = False
+
+    async def collect(self) -> None:
+        """Sample every interval; enqueue while connected, drop (logged once) while not."""
+        facts = host_facts()
+        before = collect_sample(self.settings)
+        while True:
+            await asyncio.sleep(self.pace.interval)
+            try:
+                after = collect_sample(self.settings)
+                message = build_message(self.settings.server_id, facts, before, after,
+                                        self.pace.interval)
+            except (OSError, psutil.Error) as exc:  # keep reporting whatever else happens
+                log.warning("sample failed: %s", exc)
+                continue
+            before = after
+            self.pace = adapt(self.pace, message["cpuInfo"]["percent"], self.settings)
+            if self.connection is None:
+                if not self.dropping:
+                    log.info("not connected: samples are dropped until the dashboard is back")
+                self.dropping = True
+                continue
+            self.dropping = False
+            if self.queue.full():
+                self.queue.get_nowait()  # the oldest sample is the least useful
+            self.queue.put_nowait(encode(message))
+
+    async def send_queued(self, ws: ClientConnection) -> None:
+        while True:
+            await ws.send(await self.queue.get())
+
+    async def report(self, ws: ClientConnection) -> None:
+        """Send queued samples; raise ConnectionClosed as soon as the connection drops."""
+        async def watch_close() -> None:
+            while True:
+                await ws.recv()  # the dashboard sends nothing; this raises on close
+
+        tasks = [asyncio.ensure_future(self.send_queued(ws)), asyncio.ensure_future(watch_close())]
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in tasks:
+                task.cancel()
+        for task in done:
+            task.result()
+
+    async def connect_forever(self) -> None:
+        """Connect, report, and reconnect on the seed's backoff; never gives up."""
+        settings = self.settings
+        context = ssl.create_default_context(cafile=settings.ca_file) \
+            if settings.server.startswith("wss:") else None
+        rng = random.Random()
+        delays = backoff_delays()
+        attempts = 0  # in the current outage
+        outage_start: float | None = None  # None until the first connection is lost
+        last_cause = ""
+        while True:
+            attempts += 1
+            connected_at = None
+            try:
+                async with connect(settings.server, ssl=context, open_timeout=10,
+                                   additional_headers={"X-SERVER-ID": settings.server_id,
+                                                       "X-AUTH-SECRET": settings.secret},
+                                   user_agent_header=f"sss-agent/{__version__}",
+                                   ping_interval=PING_INTERVAL, ping_timeout=PING_TIMEOUT,
+                                   close_timeout=1) as ws:
+                    connected_at = time.monotonic()
+                    if outage_start is not None or attempts > 1:
+                        since = connected_at - (outage_start or connected_at)
+                        log.info("reconnected after %d attempt%s (%.0f s without dashboard)",
+                                 attempts, "" if attempts == 1 else "s", since)
+                    else:
+                        log.info("connected to %s", settings.server)
+                    attempts, last_cause, outage_start = 0, "", None
+                    self.connection = ws
+                    await self.report(ws)
+            except Exception as exc:  # whatever went wrong, explain it and retry
+                if self.stopping:
+                    return
+                cause = explain_failure(exc, settings)
+                if connected_at is not None:
+                    log.warning("lost the dashboard: %s", cause)
+                    outage_start = time.monotonic()
+                elif outage_start is None and attempts == 1:
+                    log.warning("%s; retrying with backoff", cause)
+                    outage_start = time.monotonic()
+                elif cause != last_cause:
+                    log.warning("%s; retrying with backoff", cause)
+                else:
+                    log.debug("still failing: %s", cause)
+                last_cause = cause
+            finally:
+                self.connection = None
+                while not self.queue.empty():
+                    self.queue.get_nowait()  # stale once the connection is gone
+            if connected_at is not None and time.monotonic() - connected_at >= STABLE_CONNECTION:
+                delays = backoff_delays()
+            delay = jittered(next(delays), rng)
+            log.debug("next attempt in %.1f s", delay)
+            await asyncio.sleep(delay)
+
+    async def close(self) -> None:
+        self.stopping = True
+        if self.connection is not None:
+            await self.connection.close(1000, "agent shutting down")
+
+
+async def run(settings: Settings) -> None:
+    """Report until SIGTERM or SIGINT, then close with 1000."""
+    reporter = Reporter(settings)
+    loop = asyncio.get_running_loop()
+    stop = loop.create_future()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, lambda: stop.done() or stop.set_result(None))
+    log.info("reporting to %s as %s", settings.server, settings.server_id)
+    tasks = [asyncio.ensure_future(reporter.collect()),
+             asyncio.ensure_future(reporter.connect_forever())]
+    await asyncio.wait([stop, *tasks], return_when=asyncio.FIRST_COMPLETED)
+    for task in tasks:
+        if task.done():
+            task.result()  # a bug surfaced as a traceback, not a silent hang
+    with contextlib.suppress(asyncio.TimeoutError, ConnectionClosed):
+        await asyncio.wait_for(reporter.close(), 1.5)
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    log.info("stopped")
+
+
+def print_once(settings: Settings) -> None:
+    """--once: the exact message, computed over one second; no network."""
+    before = collect_sample(settings)
+    time.sleep(1)
+    after = collect_sample(settings)
+    message = build_message(settings.server_id or socket.gethostname(), host_facts(),
+                            before, after, settings.interval)
+    print(encode(message))
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        settings, log_level = parse_settings(argv, os.environ)
+    except UsageError as exc:
+        print(f"agent.py: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(message)s",
+                        datefmt="%Y-%m-%d %H:%M:%S")
+    logging.getLogger("websockets").setLevel(logging.CRITICAL)  # we explain failures ourselves
+    if settings.once:
+        print_once(settings)
+        return 0
+    asyncio.run(run(settings))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

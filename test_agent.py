@@ -1,0 +1,329 @@
+"""Tests for agent.py: the pure pieces directly, the transport against real servers."""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from typing import Any
+
+import psutil
+import pytest
+from websockets.sync.server import ServerConnection, serve
+
+import agent
+import dashboard
+from conftest import HERE, SECRET, Dashboard, go_report, server_in
+
+SETTINGS = agent.Settings(server="ws://127.0.0.1:1/ws-report", server_id="web-1", secret=SECRET)
+FACTS = agent.HostFacts("linux", "debian", "debian", "12", "6.1.0", "x86_64", "kvm",
+                        ("Test CPU x 2 Virtual Core",))
+
+
+def sample(at: float = 100.0, **fields: Any) -> agent.Sample:
+    """A synthetic sample; fields override the defaults."""
+    values: dict[str, Any] = dict(
+        monotonic=at, wall=1_764_000_000 + at, cpu=(10.0, 100.0),
+        memory=(2 * 2**30, 2**30, 50.0), swap=(2**30, 0, 2**30, 0.0),
+        partitions=(agent.Partition("/dev/vda1", "/", "ext4", 100, 40, 60),),
+        nic_bytes={"eth0": (1000, 2000)}, disk_io=(0, 0), load=(0.5, 0.25, 0.125),
+        boot_time=1_764_000_000.0, tcp=3, udp=1, processes=42)
+    values.update(fields)
+    return agent.Sample(**values)
+
+
+# --- the message ---------------------------------------------------------------
+
+
+def assert_go_types(reference: Any, ours: Any, path: str = "report") -> None:
+    """Every field the Go model has is present with a JSON type Go can decode."""
+    if isinstance(reference, dict):
+        assert isinstance(ours, dict), path
+        for key, value in reference.items():
+            assert key in ours, f"{path}.{key} missing"
+            assert_go_types(value, ours[key], f"{path}.{key}")
+    elif isinstance(reference, list):
+        assert isinstance(ours, list), path
+        for item in ours:
+            assert_go_types(reference[0], item, f"{path}[]")
+    elif isinstance(reference, (bool, str)):
+        assert type(ours) is type(reference), path
+    elif isinstance(reference, int):  # Go uint64/int64: a float would not decode
+        assert type(ours) is int and ours >= 0, path
+    else:
+        assert type(ours) in (int, float), path
+
+
+def test_message_from_this_machine_is_complete_and_valid() -> None:
+    settings = agent.Settings(server="", server_id="web-1", secret="")
+    before = agent.collect_sample(settings)
+    time.sleep(0.2)
+    after = agent.collect_sample(settings)
+    message = agent.build_message("web-1", agent.host_facts(), before, after, 5.0)
+    assert_go_types(go_report(), message)
+    record = dashboard.validate_report(agent.encode(message))
+    assert set(record) >= set(dashboard.VIEW_FIELDS)
+    # Plausible numbers, checked against psutil directly.
+    memory = psutil.virtual_memory()
+    assert message["virtualMemoryInfo"]["total"] == memory.total
+    assert 0 <= message["cpuInfo"]["percent"] <= 100
+    assert abs(message["hostInfo"]["uptime"] - (time.time() - psutil.boot_time())) < 5
+    assert message["hostInfo"]["kernelVersion"] and message["hostInfo"]["platform"]
+    assert message["diskInfo"]["total"] > 0 and message["diskInfo"]["partitions"]
+    assert message["extraInfo"]["processes"] == pytest.approx(len(psutil.pids()), abs=20)
+    assert message["reportInterval"] == 5.0
+    assert message["id"] == "web-1" and message["ip"] == ""
+
+
+def test_speeds_are_deltas_and_counter_resets_give_zero() -> None:
+    before = sample(100.0, nic_bytes={"eth0": (1000, 2000), "eth1": (10, 10)},
+                    disk_io=(5000, 5000), cpu=(10.0, 100.0))
+    after = sample(102.0, nic_bytes={"eth0": (3000, 2500), "eth1": (5, 5), "eth2": (10**9, 1)},
+                   disk_io=(9000, 1000), cpu=(15.0, 120.0))
+    message = agent.build_message("web-1", FACTS, before, after, 5.0)
+    # eth0: +2000/+500 over 2 s; eth1 went backwards: 0; eth2 appeared: 0.
+    assert message["networkInfo"]["netInSpeed"] == 1000
+    assert message["networkInfo"]["netOutSpeed"] == 250
+    assert message["networkInfo"]["netInTransfer"] == 3000 + 5 + 10**9
+    assert message["extraInfo"]["diskReadSpeed"] == 2000
+    assert message["extraInfo"]["diskWriteSpeed"] == 0  # counter reset
+    assert message["cpuInfo"]["percent"] == 25.0  # 5 busy of 20 seconds
+    assert agent.cpu_percent((10.0, 100.0), (10.0, 100.0)) == 0.0  # no time passed
+    assert agent.rate(10, 5, 1.0) == 0 and agent.rate(0, 10, 0) == 0
+
+
+def test_virtual_interfaces_are_left_out_by_default() -> None:
+    names = ["eth0", "ens3", "lo", "docker0", "veth1a2b", "br-5f2", "virbr0", "vnet3", "tun0",
+             "tap1", "cni0", "cali123", "flannel.1", "kube-ipvs0", "ifb0", "wg0"]
+    kept = [n for n in names if agent.keep_nic(n, (), ())]
+    assert kept == ["eth0", "ens3", "wg0"]
+    assert [n for n in names if agent.keep_nic(n, (), ("wg*",))] == ["eth0", "ens3"]
+    assert [n for n in names if agent.keep_nic(n, ("docker0", "eth*"), ())] == ["eth0",
+                                                                                "docker0"]
+
+
+def test_disk_counts_each_filesystem_once() -> None:
+    gib = 2**30
+    parts = (
+        agent.Partition("/dev/vda1", "/", "ext4", 100 * gib, 40 * gib, 55 * gib),
+        agent.Partition("/dev/vda1", "/srv/bind", "ext4", 100 * gib, 40 * gib, 55 * gib),
+        agent.Partition("/dev/vdb", "/data", "btrfs", 50 * gib, 10 * gib, 40 * gib),
+        agent.Partition("/dev/vdb", "/data/@home", "btrfs", 50 * gib, 10 * gib, 40 * gib),
+        agent.Partition("tank/home", "/tank/home", "zfs", 30 * gib, 10 * gib, 20 * gib),
+        agent.Partition("tank/backup", "/tank/backup", "zfs", 25 * gib, 5 * gib, 20 * gib),
+    )
+    total, used, free = agent.disk_totals(parts)
+    assert used == (40 + 10 + 15) * gib
+    assert free == (55 + 40 + 20) * gib
+    assert total == (100 + 50 + 35) * gib
+    message = agent.build_message("web-1", FACTS, sample(), sample(101.0, partitions=parts), 5)
+    assert [p["mountPoint"] for p in message["diskInfo"]["partitions"]] == [
+        "/", "/srv/bind", "/data", "/data/@home", "/tank/home", "/tank/backup"]
+    assert message["diskInfo"]["usedPercent"] == round(65 / 180 * 100, 2)
+
+
+def test_pseudo_filesystems_are_skipped() -> None:
+    assert agent.keep_partition("/dev/vda1", "/", "ext4", ())
+    assert not agent.keep_partition("/dev/loop3", "/snap/core/1", "squashfs", ())
+    assert not agent.keep_partition("/dev/loop0", "/mnt/img", "ext4", ())
+    assert not agent.keep_partition("tmpfs", "/run", "tmpfs", ())
+    assert not agent.keep_partition("overlay", "/var/lib/docker/x", "overlay", ())
+    assert not agent.keep_partition("/dev/vdb", "/mnt/backup", "ext4", ("/mnt/*",))
+
+
+def test_backoff_follows_the_seed() -> None:
+    delays = agent.backoff_delays()
+    first = [next(delays) for _ in range(40)]
+    assert first[:4] == pytest.approx([3, 3.6, 4.32, 5.184])
+    assert max(first) == 600 and first[-1] == 600
+    rng = random.Random(7)
+    for delay in first:
+        for _ in range(20):
+            assert 0.9 * delay <= agent.jittered(delay, rng) <= delay
+
+
+def test_adaptive_interval_moves_both_ways_with_hysteresis() -> None:
+    settings = agent.Settings(server="", server_id="", secret="", interval=5, min_interval=2,
+                              max_interval=30)
+    pace = agent.Pace(5.0)
+    for cpu in (95, 95, 50, 95, 95):  # a dip resets the streak: no change
+        pace = agent.adapt(pace, cpu, settings)
+    assert pace.interval == 5.0
+    pace = agent.adapt(pace, 95, settings)
+    assert pace.interval == pytest.approx(6.0)
+    for _ in range(60):
+        pace = agent.adapt(pace, 99, settings)
+    assert pace.interval == 30
+    for _ in range(2):
+        pace = agent.adapt(pace, 5, settings)
+    assert pace.interval == 30
+    pace = agent.adapt(pace, 5, settings)
+    assert pace.interval == pytest.approx(25.0)
+    for _ in range(100):
+        pace = agent.adapt(pace, 5, settings)
+    assert pace.interval == 2
+    fixed = agent.Settings(server="", server_id="", secret="", adaptive=False)
+    assert agent.adapt(agent.Pace(5.0), 99, fixed) == agent.Pace(5.0)
+
+
+def test_virtualization_detection(tmp_path: Any) -> None:
+    assert agent.detect_virtualization(tmp_path) == "none"
+    dmi = tmp_path / "sys/class/dmi/id"
+    dmi.mkdir(parents=True)
+    (dmi / "sys_vendor").write_text("QEMU\n")
+    assert agent.detect_virtualization(tmp_path) == "kvm"
+    (dmi / "sys_vendor").write_text("Microsoft Corporation\n")
+    assert agent.detect_virtualization(tmp_path) == "hyperv"
+    (tmp_path / "proc/1").mkdir(parents=True)
+    (tmp_path / "proc/1/environ").write_bytes(b"PATH=/bin\0container=lxc\0")
+    assert agent.detect_virtualization(tmp_path) == "lxc"
+    (tmp_path / ".dockerenv").write_text("")
+    assert agent.detect_virtualization(tmp_path) == "docker"
+
+
+# --- settings ----------------------------------------------------------------
+
+
+def test_settings_from_flags_environment_and_secret_file(tmp_path: Any) -> None:
+    secret_file = tmp_path / "secret"
+    secret_file.write_text(SECRET + "\n")
+    env = {"SSS_SERVER": "ws://127.0.0.1:8900/ws-report", "SSS_ID": "web-1",
+           "SSS_SECRET_FILE": str(secret_file)}
+    settings, level = agent.parse_settings(["--interval", "10"], env)
+    assert (settings.server_id, settings.secret, settings.interval) == ("web-1", SECRET, 10)
+    assert level == "INFO"
+    settings, _ = agent.parse_settings(["--id", "db-1", "--no-adaptive"], env)
+    assert settings.server_id == "db-1" and not settings.adaptive
+
+
+@pytest.mark.parametrize(("argv", "env", "expected"), [
+    ([], {}, "--server (or SSS_SERVER) is required"),
+    (["--server", "http://x/ws-report"], {}, "--server (SSS_SERVER) must look like"),
+    (["--server", "ws://x/ws-report"], {}, "--id (or SSS_ID) is required"),
+    (["--server", "ws://x/ws-report", "--id", "a"], {}, "SSS_SECRET"),
+    (["--secret-file", "/nonexistent/secret"], {}, "--secret-file (SSS_SECRET_FILE)"),
+    (["--once", "--interval", "1", "--min-interval", "2"], {}, "--min-interval"),
+])
+def test_bad_settings_name_the_flag_and_variable(argv: list[str], env: dict[str, str],
+                                                 expected: str) -> None:
+    with pytest.raises(agent.UsageError, match=expected.replace("(", r"\(").replace(")", r"\)")):
+        agent.parse_settings(argv, env)
+
+
+def test_cli_usage_error_is_one_line_and_exit_2() -> None:
+    result = subprocess.run([sys.executable, str(HERE / "agent.py")], capture_output=True,
+                            text=True, timeout=30, env={"PATH": "/usr/bin:/bin"})
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0 and "SSS_SERVER" in result.stderr
+
+
+def test_once_prints_the_message_without_a_dashboard() -> None:
+    result = subprocess.run([sys.executable, str(HERE / "agent.py"), "--once", "--id", "web-1"],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    message = json.loads(result.stdout)
+    assert_go_types(go_report(), message)
+    dashboard.validate_report(result.stdout)
+
+
+# --- end to end ----------------------------------------------------------------
+
+
+def agent_args(dash: Dashboard, sid: str = "alpha", secret: str = SECRET) -> list[str]:
+    return ["--server", dash.url("/ws-report", "ws"), "--id", sid, "--secret", secret,
+            "--interval", "1", "--min-interval", "1", "--no-adaptive", "--log-level", "DEBUG"]
+
+
+def wait_online(dash: Dashboard, sid: str, online: bool = True, timeout: float = 15) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        server = server_in({"servers": dash.get_json("/api/servers")}, sid)
+        if server and server["online"] is online and (not online or "cpuInfo" in server):
+            return server
+        time.sleep(0.2)
+    raise AssertionError(f"{sid} not online={online} within {timeout} s")
+
+
+def test_agent_reports_and_survives_a_dashboard_restart(make_dashboard: Any,
+                                                        make_agent: Any) -> None:
+    dash: Dashboard = make_dashboard()
+    reporter = make_agent(*agent_args(dash))
+    server = wait_online(dash, "alpha")
+    assert server["virtualMemoryInfo"]["total"] == psutil.virtual_memory().total
+    assert server["reportInterval"] == 1.0 and "tcpConnections" in server["extraInfo"]
+    first = server["lastReportTime"]
+    time.sleep(2.2)
+    assert wait_online(dash, "alpha")["lastReportTime"] > first  # it keeps reporting
+    assert dash.stop() == 0
+    reporter.wait_for_log("lost the dashboard", timeout=10)
+    mark = len(reporter.lines)
+    dash.start()
+    reporter.wait_for_log(r"reconnected after \d+ attempts?", after=mark, timeout=20)
+    wait_online(dash, "alpha")
+    assert reporter.process is not None and reporter.process.poll() is None
+
+
+def test_wrong_secret_is_explained_and_retried_slowly(make_dashboard: Any,
+                                                      make_agent: Any) -> None:
+    dash: Dashboard = make_dashboard()
+    reporter = make_agent(*agent_args(dash, secret="not-the-secret"))
+    reporter.wait_for_log("dashboard rejected id alpha: check --id/--secret against servers.json")
+    time.sleep(20)
+    attempts = dash.count_log("agent rejected: id='alpha'")
+    assert 3 <= attempts <= 6, attempts  # 0, 3, 6.6, 10.9, 16.1 s on the seed's backoff
+    assert reporter.count_log("WARNING dashboard rejected id alpha") == 1  # once per outage
+    assert reporter.process is not None and reporter.process.poll() is None
+    assert "Traceback" not in reporter.log_text()
+
+
+def test_accept_then_close_cannot_make_it_hot_loop(make_agent: Any) -> None:
+    handshakes: list[float] = []
+
+    def hang_up(ws: ServerConnection) -> None:
+        handshakes.append(time.monotonic())
+
+    with serve(hang_up, "127.0.0.1", 0) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        port = server.socket.getsockname()[1]
+        try:
+            reporter = make_agent("--server", f"ws://127.0.0.1:{port}/ws-report", "--id", "x",
+                                  "--secret", SECRET, "--interval", "1", "--min-interval", "1")
+            reporter.wait_for_log("lost the dashboard")
+            time.sleep(12)
+        finally:
+            server.shutdown()
+    # Without the 30 s stability rule this would be ~1 attempt a second, or worse.
+    assert 3 <= len(handshakes) <= 4, handshakes
+    gaps = [b - a for a, b in zip(handshakes, handshakes[1:])]
+    assert all(gap >= 0.9 * 3 - 0.1 for gap in gaps), gaps
+    assert gaps == sorted(gaps) or max(gaps) - min(gaps) < 1.5  # growing, give or take jitter
+
+
+def test_sigterm_closes_with_1000_and_exits_0(make_dashboard: Any, make_agent: Any) -> None:
+    dash: Dashboard = make_dashboard()
+    reporter = make_agent(*agent_args(dash))
+    wait_online(dash, "alpha")
+    reporter.signal(signal.SIGTERM)
+    assert reporter.process is not None and reporter.process.wait(5) == 0
+    dash.wait_for_log(r"agent disconnected: id=alpha \(1000 agent shutting down\)")
+    assert "Traceback" not in reporter.log_text()
+    wait_online(dash, "alpha", online=False, timeout=3)
+
+
+def test_silent_dashboard_is_noticed_by_the_heartbeat(make_dashboard: Any,
+                                                      make_agent: Any) -> None:
+    dash: Dashboard = make_dashboard()
+    reporter = make_agent(*agent_args(dash))
+    wait_online(dash, "alpha")
+    mark = len(reporter.lines)
+    dash.signal(signal.SIGSTOP)  # alive, port open, answers nothing: like dropped packets
+    try:
+        line = reporter.wait_for_log("lost the dashboard", after=mark, timeout=60)
+    finally:
+        dash.signal(signal.SIGCONT)
+    assert "1011" in line or "ping" in line or "closed" in line
+    reporter.wait_for_log(r"reconnected after \d+ attempts?", after=mark, timeout=30)
