@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
+import os
+import re
 import signal
 import socket
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
+import bench
 import dashboard
 from conftest import SECRET, Dashboard, go_report, recv_json, recv_until, server_entry, server_in
 
@@ -490,3 +496,206 @@ def test_sigterm_closes_everything_with_1001_and_exits_0(make_dashboard: Any) ->
             assert ws.close_code == 1001
         assert dash.process is not None and dash.process.wait(5) == 0
     assert "Traceback" not in dash.log_text()
+
+
+# --- the page, in a real browser -------------------------------------------------
+
+CHROMIUM = Path("/usr/bin/chromium")
+SCREENSHOTS = Path(__file__).resolve().parent / "screenshots"
+XSS_NAME = "<img src=x onerror=alert(1)>"
+
+
+@pytest.fixture(scope="module")
+def browser() -> Any:
+    if not CHROMIUM.exists():
+        if os.environ.get("CI") == "true":
+            pytest.fail("CI=true but /usr/bin/chromium is missing: apt-get install chromium")
+        pytest.skip("browser tests need Debian's chromium at /usr/bin/chromium "
+                    "(apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update",
+                  "--disable-sync"])
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page_on(browser: Any) -> Any:
+    """page_on(dash, **context) opens the dashboard's page; records requests and dialogs."""
+    contexts = []
+
+    def open_page(dash: Dashboard, path: str = "/", **context: Any) -> Any:
+        ctx = browser.new_context(**context)
+        contexts.append(ctx)
+        page = ctx.new_page()
+        page.requests = []  # type: ignore[attr-defined]
+        page.dialogs = []  # type: ignore[attr-defined]
+        page.on("request", lambda r: page.requests.append(r.url))
+        page.on("websocket", lambda ws: page.requests.append(ws.url))
+        page.on("dialog", lambda d: (page.dialogs.append(d.message), d.dismiss()))
+        page.goto(dash.url(path))
+        return page
+
+    yield open_page
+    for ctx in contexts:
+        ctx.close()
+
+
+def card(page: Any, sid: str) -> Any:
+    return page.locator(f'article.card[data-id="{sid}"]')
+
+
+def test_page_shows_a_live_agent(make_dashboard: Any, make_agent: Any, page_on: Any) -> None:
+    dash: Dashboard = make_dashboard()
+    make_agent("--server", dash.url("/ws-report", "ws"), "--id", "alpha", "--secret", SECRET,
+               "--interval", "1", "--min-interval", "1", "--no-adaptive")
+    page = page_on(dash)
+    alpha = card(page, "alpha")
+    alpha.and_(page.locator(".online")).wait_for(timeout=15_000)
+    assert alpha.locator("h3").inner_text() == "Alpha"
+    assert re.fullmatch(r"\d+\.\d %", alpha.locator(".bar").nth(0).locator(".val").inner_text())
+    ram_title = alpha.locator(".bar").nth(1).locator(".val").get_attribute("title")
+    assert f"of {psutil.virtual_memory().total:,} bytes" in ram_title
+    assert page.locator("#state").inner_text() == "live"
+    assert page.locator("#online").inner_text() == "1"
+    assert page.locator("#total").inner_text() == "3"
+    assert alpha.locator(".bar").nth(0).locator(".track").get_attribute("aria-label") == "CPU"
+    # Updates keep coming: "updated N s ago" never grows past a few seconds.
+    for _ in range(6):
+        page.wait_for_timeout(1000)
+        seconds = int(re.search(r"updated (\d+) s ago", alpha.locator(".ago").inner_text())[1])
+        assert seconds <= 3
+    alpha.locator("button.more").click()
+    details = alpha.locator(".details")
+    assert "Processes" in details.inner_text() and "/" in details.locator("td").first.inner_text()
+    never = card(page, "never")
+    assert "waiting for first report" in never.inner_text()
+    origin = dash.url("/").rstrip("/")
+    ws_origin = dash.url("/", "ws").rstrip("/")
+    assert page.requests and all(u.startswith((origin, ws_origin)) for u in page.requests), \
+        page.requests
+
+
+def test_page_marks_a_stopped_agent_offline_and_reconnects(make_dashboard: Any,
+                                                            make_agent: Any,
+                                                            page_on: Any) -> None:
+    dash: Dashboard = make_dashboard()
+    reporter = make_agent("--server", dash.url("/ws-report", "ws"), "--id", "alpha", "--secret",
+                          SECRET, "--interval", "1", "--min-interval", "1", "--no-adaptive")
+    page = page_on(dash)
+    alpha = card(page, "alpha")
+    alpha.and_(page.locator(".online")).wait_for(timeout=15_000)
+    assert reporter.stop() == 0
+    alpha.and_(page.locator(".offline")).wait_for(timeout=10_000)
+    page.wait_for_timeout(1100)
+    assert "offline, last seen" in alpha.locator(".ago").inner_text()
+    assert page.locator("#online").inner_text() == "0"
+    # Dashboard restarts: the page notices, then reconnects by itself.
+    assert dash.stop() == 0
+    page.locator("#state", has_text="reconnecting").wait_for(timeout=5_000)
+    dash.start()
+    page.locator("#state", has_text="live").wait_for(timeout=10_000)
+    assert card(page, "alpha").count() == 1 and page.locator("#total").inner_text() == "3"
+
+
+def test_page_shows_hostile_names_as_text(make_dashboard: Any, page_on: Any) -> None:
+    dash: Dashboard = make_dashboard([server_entry("evil", name=XSS_NAME, group="<b>g</b>")])
+    page = page_on(dash)
+    evil = card(page, "evil")
+    evil.wait_for()
+    with dash.agent("evil") as agent:
+        agent.send(json.dumps(go_report(hostInfo={**go_report()["hostInfo"],
+                                                  "platform": "<script>alert(2)</script>"})))
+        evil.and_(page.locator(".online")).wait_for(timeout=5_000)
+    assert evil.locator("h3").inner_text() == XSS_NAME
+    assert "<script>alert(2)</script>" in evil.locator(".sys").inner_text()
+    assert page.locator("img").count() == 0 and page.locator("main b").count() == 0
+    assert "<b>g</b>" in page.locator("button.group-head").inner_text()
+    page.wait_for_timeout(500)
+    assert page.dialogs == []
+    csp = dash.get("/")[1]["Content-Security-Policy"]
+    assert "default-src 'none'" in csp and "connect-src 'self'" in csp
+    assert "unsafe-inline" not in csp
+
+
+def test_page_search_sort_groups_and_theme_are_remembered(make_dashboard: Any,
+                                                          page_on: Any) -> None:
+    dash: Dashboard = make_dashboard()
+    page = page_on(dash)
+    card(page, "alpha").wait_for()
+    page.locator("button.group-head", has_text="Web").click()
+    page.fill("#search", "bet")
+    assert card(page, "beta").is_visible() and not card(page, "alpha").is_visible()
+    page.select_option("#sort", "cpu")
+    page.click("#theme")  # auto -> light
+    page.click("#theme")  # light -> dark
+    page.reload()
+    card(page, "beta").wait_for()
+    assert page.input_value("#search") == "bet" and page.input_value("#sort") == "cpu"
+    assert page.locator("html").get_attribute("data-theme") == "dark"
+    page.fill("#search", "")
+    web = page.locator("button.group-head", has_text="Web")
+    assert web.get_attribute("aria-expanded") == "false"
+    assert not card(page, "alpha").is_visible() and card(page, "beta").is_visible()
+
+
+def luminance(css_color: str) -> float:
+    r, g, b = (int(v) for v in re.findall(r"\d+", css_color)[:3])
+    return (0.2126 * r + 0.7152 * g + 0.0722 * b) / 255
+
+
+def test_page_screenshots_dark_mode_and_narrow_screens(make_dashboard: Any,
+                                                       page_on: Any) -> None:
+    dash: Dashboard = make_dashboard()
+    with dash.agent("alpha") as agent:
+        agent.send(json.dumps(go_report(cpuInfo={"percent": 93.0, "info": ["Test CPU"]})))
+        SCREENSHOTS.mkdir(exist_ok=True)
+        for scheme in ("light", "dark"):
+            page = page_on(dash, color_scheme=scheme, viewport={"width": 1280, "height": 800})
+            card(page, "alpha").and_(page.locator(".online")).wait_for(timeout=5_000)
+            assert page.locator("html").get_attribute("data-theme") == scheme
+            backgrounds = page.eval_on_selector_all(
+                "article.card, header.top, body",
+                "nodes => nodes.map(n => getComputedStyle(n).backgroundColor)")
+            for colour in backgrounds:
+                assert (luminance(colour) < 0.3) == (scheme == "dark"), colour
+            fill = card(page, "alpha").locator(".fill").first
+            assert "bad" in fill.get_attribute("class")  # 93 % is red
+            page.screenshot(path=str(SCREENSHOTS / f"page-{scheme}.png"), full_page=True)
+        page = page_on(dash, viewport={"width": 375, "height": 800})
+        card(page, "alpha").and_(page.locator(".online")).wait_for(timeout=5_000)
+        assert page.evaluate("document.documentElement.scrollWidth") <= 375
+        page.screenshot(path=str(SCREENSHOTS / "page-375px.png"), full_page=True)
+
+
+def test_page_memory_stays_flat_with_500_servers(make_dashboard: Any, page_on: Any) -> None:
+    count, seconds, bound_mb = 500, 60, 8
+    sids = [f"host-{i:03d}" for i in range(count)]
+    dash: Dashboard = make_dashboard([server_entry(sid, group=f"Rack {i % 5}")
+                                      for i, sid in enumerate(sids)])
+    sent: list[int] = []
+    load = threading.Thread(target=lambda: sent.append(asyncio.run(bench.fake_agents(
+        dash.url("/ws-report", "ws"), sids, SECRET, duration=seconds + 20))), daemon=True)
+    load.start()
+    page = page_on(dash)
+    page.locator("#online", has_text=str(count)).wait_for(timeout=30_000)
+    cdp = page.context.new_cdp_session(page)
+
+    def heap_mb() -> float:
+        cdp.send("HeapProfiler.collectGarbage")
+        return cdp.send("Runtime.getHeapUsage")["usedSize"] / 2**20
+
+    page.wait_for_timeout(10_000)  # charts fill their buffers, caches warm up
+    start = heap_mb()
+    page.wait_for_timeout((seconds - 10) * 1000)
+    assert page.locator("#online").inner_text() == str(count)  # still all live
+    end = heap_mb()
+    print(f"JS heap with {count} servers: {start:.1f} MB -> {end:.1f} MB")
+    load.join(40)
+    assert sent and sent[0] >= count * seconds  # the load really ran
+    # Stated bound: the JS heap grows by less than 8 MB over the last 50 s of updates.
+    assert end - start < bound_mb, (start, end)
