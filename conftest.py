@@ -10,6 +10,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -24,7 +25,7 @@ from websockets.sync.client import ClientConnection, connect
 
 HERE = Path(__file__).resolve().parent
 SECRET = "test-secret-0123456789abcdef"
-LISTENING = re.compile(r"listening on http://[^:]+:(\d+)")
+LISTENING = re.compile(r"listening on https?://[^:]+:(\d+)")
 
 
 def go_report(**overrides: Any) -> dict[str, Any]:
@@ -50,6 +51,13 @@ def go_report(**overrides: Any) -> dict[str, Any]:
     }
     report.update(overrides)
     return report
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on (for a moment)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def server_entry(sid: str, **fields: Any) -> dict[str, Any]:

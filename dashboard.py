@@ -26,6 +26,7 @@ import logging
 import math
 import re
 import signal
+import ssl
 import time
 from pathlib import Path
 from typing import Any
@@ -376,7 +377,51 @@ def render_metrics(states: list[ServerState], agents: int, viewers: int,
     return "\n".join(lines) + "\n"
 
 
-# --- the page ----------------------------------------------------------------
+# --- files served over HTTP ---------------------------------------------------
+
+INSTALL_PLACEHOLDER = b"__SSS_DASHBOARD_URL__"
+HOST_HEADER = re.compile(r"(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::\d{1,5})?")
+SAFE_URL = re.compile(r"https?://[A-Za-z0-9.\[\]:-]+(?:/[A-Za-z0-9._~/-]*)?")
+
+
+@dataclasses.dataclass(frozen=True)
+class Files:
+    """What the dashboard serves besides JSON, read once at start."""
+
+    page: bytes | None
+    agent: bytes | None
+    installer: bytes | None
+    agent_unit: bytes | None
+
+    @classmethod
+    def beside(cls, directory: Path) -> Files:
+        def read(name: str) -> bytes | None:
+            try:
+                return (directory / name).read_bytes()
+            except OSError:
+                return None
+        return cls(read("index.html"), read("agent.py"), read("install.sh"),
+                   read("deploy/sss-agent.service"))
+
+
+def dashboard_url(public_url: str, host_header: str | None, tls: bool) -> str | None:
+    """This dashboard's URL as agents should see it, or None when it cannot be trusted.
+
+    The Host header ends up inside a shell script that people run as root, so it is
+    accepted only when it is a plain host name or address with an optional port.
+    """
+    if public_url:
+        return public_url.rstrip("/")
+    if host_header and HOST_HEADER.fullmatch(host_header):
+        return f"{'https' if tls else 'http'}://{host_header}"
+    return None
+
+
+def installer_for(template: bytes, url: str) -> bytes:
+    """install.sh with this dashboard's URL as its default."""
+    return template.replace(INSTALL_PLACEHOLDER, url.encode(), 1)
+
+
 
 
 def content_security_policy(html: str) -> str:
@@ -416,11 +461,14 @@ def json_response(payload: str) -> Response:
 class Hub:
     """Servers, agents, viewers and counters; every method runs on the event loop."""
 
-    def __init__(self, config: Config, config_path: Path, page: bytes | None) -> None:
+    def __init__(self, config: Config, config_path: Path, files: Files,
+                 public_url: str = "", tls: bool = False) -> None:
         self.config = config
         self.config_path = config_path
-        self.page = page
-        self.page_csp = content_security_policy(page.decode()) if page else ""
+        self.files = files
+        self.page_csp = content_security_policy(files.page.decode()) if files.page else ""
+        self.public_url = public_url
+        self.tls = tls
         self.servers = {sid: self._new_state(cfg) for sid, cfg in config.servers.items()}
         self.viewers: set[ServerConnection] = set()
         self.dirty: set[str] = set()
@@ -640,10 +688,24 @@ def route_request(hub: Hub, connection: ServerConnection, request: Request) -> R
     if path == "/ws-frontend":
         return None
     if path in ("/", "/index.html"):
-        if hub.page is None:
+        if hub.files.page is None:
             return text_response(404, "index.html is missing beside dashboard.py")
-        return http_response(200, hub.page, "text/html; charset=utf-8",
+        return http_response(200, hub.files.page, "text/html; charset=utf-8",
                              {"Content-Security-Policy": hub.page_csp})
+    if path in ("/agent.py", "/sss-agent.service"):
+        body = hub.files.agent if path == "/agent.py" else hub.files.agent_unit
+        if body is None:
+            return text_response(404, f"{path[1:]} is missing beside dashboard.py")
+        return http_response(200, body, "text/plain; charset=utf-8")
+    if path == "/install.sh":
+        url = dashboard_url(hub.public_url, request.headers.get("Host"), hub.tls)
+        if hub.files.installer is None:
+            return text_response(404, "install.sh is missing beside dashboard.py")
+        if url is None:
+            return text_response(400, "unusable Host header; start the dashboard with "
+                                      "--public-url")
+        return http_response(200, installer_for(hub.files.installer, url),
+                             "text/x-shellscript; charset=utf-8")
     if path == "/api/servers":
         return json_response(hub.servers_json())
     if path == "/healthz":
@@ -718,16 +780,10 @@ async def housekeeping(hub: Hub) -> None:
         hub.tick()
 
 
-def read_page() -> bytes | None:
-    try:
-        return (HERE / "index.html").read_bytes()
-    except OSError:
-        return None
-
-
-async def run(config: Config, config_path: Path) -> None:
+async def run(config: Config, config_path: Path, public_url: str = "",
+              tls: ssl.SSLContext | None = None) -> None:
     """Serve until SIGTERM or SIGINT; SIGHUP reloads servers.json."""
-    hub = Hub(config, config_path, read_page())
+    hub = Hub(config, config_path, Files.beside(HERE), public_url, tls is not None)
     loop = asyncio.get_running_loop()
     stop = loop.create_future()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -742,9 +798,9 @@ async def run(config: Config, config_path: Path) -> None:
 
     async with serve(handle, config.host, config.port, process_request=process_request,
                      max_size=MAX_FRAME_BYTES, server_header=f"sss-dashboard/{__version__}",
-                     ) as server:
+                     ssl=tls) as server:
         port = next(iter(server.sockets)).getsockname()[1]
-        log.info("listening on http://%s:%d (%d servers configured)",
+        log.info("listening on %s://%s:%d (%d servers configured)", "https" if tls else "http",
                  config.host, port, len(config.servers))
         ticker = asyncio.ensure_future(housekeeping(hub))
         await stop
@@ -764,6 +820,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="servers.json to use (default: the one beside dashboard.py)")
     parser.add_argument("--host", help="address to listen on (overrides the file's host)")
     parser.add_argument("--port", type=int, help="port to listen on (overrides the file's port)")
+    parser.add_argument("--public-url", default="",
+                        help="URL agents use to reach this dashboard, e.g. behind a proxy: "
+                             "https://status.example.com/ (default: from each request)")
+    parser.add_argument("--certfile", help="serve https and wss with this PEM certificate chain")
+    parser.add_argument("--keyfile", help="private key for --certfile (default: in certfile)")
     parser.add_argument("--log-level", default="INFO",
                         choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -780,8 +841,21 @@ def main(argv: list[str] | None = None) -> int:
         log.warning("%s", warning)
     config = dataclasses.replace(config, host=args.host or config.host,
                                  port=config.port if args.port is None else args.port)
+    if args.public_url and not SAFE_URL.fullmatch(args.public_url):
+        log.error("--public-url must look like https://status.example.com/ (letters, digits, "
+                  ". - _ ~ / only), got %r", args.public_url)
+        return 2
+    tls = None
+    if args.certfile:
+        try:
+            tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            tls.load_cert_chain(args.certfile, args.keyfile)
+        except (OSError, ssl.SSLError) as exc:
+            log.error("--certfile %s / --keyfile %s: cannot load: %s", args.certfile,
+                      args.keyfile, exc)
+            return 2
     try:
-        asyncio.run(run(config, args.config))
+        asyncio.run(run(config, args.config, args.public_url, tls))
     except OSError as exc:
         log.error("cannot listen on %s:%d: %s", config.host, config.port, exc.strerror or exc)
         return 1

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
 import random
+import re
+import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -17,7 +21,7 @@ from websockets.sync.server import ServerConnection, serve
 
 import agent
 import dashboard
-from conftest import HERE, SECRET, Dashboard, go_report, server_in
+from conftest import HERE, SECRET, Dashboard, LoggedProcess, free_port, go_report, server_in
 
 SETTINGS = agent.Settings(server="ws://127.0.0.1:1/ws-report", server_id="web-1", secret=SECRET)
 FACTS = agent.HostFacts("linux", "debian", "debian", "12", "6.1.0", "x86_64", "kvm",
@@ -327,3 +331,79 @@ def test_silent_dashboard_is_noticed_by_the_heartbeat(make_dashboard: Any,
         dash.signal(signal.SIGCONT)
     assert "1011" in line or "ping" in line or "closed" in line
     reporter.wait_for_log(r"reconnected after \d+ attempts?", after=mark, timeout=30)
+
+
+# --- install.sh ------------------------------------------------------------------
+
+
+def test_install_sh_is_shellcheck_clean() -> None:
+    shellcheck = shutil.which("shellcheck")
+    if shellcheck is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("CI=true but shellcheck is missing: apt-get install shellcheck")
+        pytest.skip("shellcheck is missing (apt-get install shellcheck)")
+    result = subprocess.run([shellcheck, "--shell=sh", str(HERE / "install.sh")],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout
+
+
+def test_install_sh_installs_upgrades_and_uninstalls(make_dashboard: Any,
+                                                     tmp_path: Path) -> None:
+    dash: Dashboard = make_dashboard()
+    prefix, env_file = tmp_path / "opt/sss-agent", tmp_path / "etc/sss-agent.env"
+    # PIP_NO_INDEX: the venv reuses this machine's packages, and the test reaches no index.
+    environ = {**os.environ, "PIP_NO_INDEX": "1"}
+
+    def install(*args: str, dashboard_url: str = dash.url("")) -> subprocess.CompletedProcess:
+        script = f'curl -fsSL {dashboard_url}/install.sh | sh -s -- "$@"'
+        return subprocess.run(["sh", "-c", script, "sh", "--prefix", str(prefix), "--env-file",
+                               str(env_file), "--no-systemd", "--system-site-packages", *args],
+                              env=environ, capture_output=True, text=True, timeout=300)
+
+    first = install("--id", "alpha", "--secret", SECRET)
+    assert first.returncode == 0, first.stderr + first.stdout
+    assert (prefix / "agent.py").read_bytes() == (HERE / "agent.py").read_bytes()
+    assert env_file.stat().st_mode & 0o777 == 0o600
+    settings = env_file.read_text()
+    assert f"SSS_SERVER=ws://127.0.0.1:{dash.port}/ws-report\n" in settings
+    assert f"SSS_SECRET={SECRET}\n" in settings
+    start = re.search(r"sss-agent:   (set -a; .*)", first.stdout)
+    assert start, first.stdout
+    installed = LoggedProcess()
+    installed.spawn(["sh", "-c", start[1]])
+    try:
+        wait_online(dash, "alpha", timeout=20)
+    finally:
+        installed.kill()
+    unit = (prefix / "sss-agent.service").read_text()
+    assert f"ExecStart={prefix}/venv/bin/python3 {prefix}/agent.py" in unit
+    assert f"EnvironmentFile={env_file}" in unit
+
+    (prefix / "agent.py").write_text("# an older agent\n")
+    second = install()  # an upgrade: no settings given, the old ones stay
+    assert second.returncode == 0, second.stderr
+    assert (prefix / "agent.py").read_bytes() == (HERE / "agent.py").read_bytes()
+    assert env_file.read_text() == settings
+
+    third = install("--uninstall")
+    assert third.returncode == 0, third.stderr
+    assert not prefix.exists() and not env_file.exists()
+
+
+def test_install_sh_failure_names_the_step_and_leaves_nothing(make_dashboard: Any,
+                                                              tmp_path: Path) -> None:
+    dash: Dashboard = make_dashboard()
+    prefix = tmp_path / "sss-agent"
+    script = (dashboard.HERE / "install.sh").read_text()
+    closed = f"http://127.0.0.1:{free_port()}"
+    result = subprocess.run(["sh", "-c", script, "install.sh", "--prefix", str(prefix),
+                             "--no-systemd", "--system-site-packages", "--dashboard", closed,
+                             "--id", "alpha", "--secret", SECRET],
+                            env={**os.environ, "PIP_NO_INDEX": "1"}, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 1
+    assert "failed while downloading agent.py" in result.stderr
+    assert "check that the dashboard is reachable" in result.stderr
+    assert not prefix.exists()
+    assert dash.get("/healthz")[0] == 200
+

@@ -7,10 +7,15 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import socket
+import ssl
+import subprocess
+import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +27,17 @@ from websockets.sync.client import connect
 
 import bench
 import dashboard
-from conftest import SECRET, Dashboard, go_report, recv_json, recv_until, server_entry, server_in
+from conftest import (
+    SECRET,
+    Dashboard,
+    LoggedProcess,
+    free_port,
+    go_report,
+    recv_json,
+    recv_until,
+    server_entry,
+    server_in,
+)
 
 # --- configuration -----------------------------------------------------------
 
@@ -699,3 +714,170 @@ def test_page_memory_stays_flat_with_500_servers(make_dashboard: Any, page_on: A
     assert sent and sent[0] >= count * seconds  # the load really ran
     # Stated bound: the JS heap grows by less than 8 MB over the last 50 s of updates.
     assert end - start < bound_mb, (start, end)
+
+
+# --- deployment: served files, units, TLS, reverse proxies ---------------------------
+
+README = (Path(__file__).resolve().parent / "README.md").read_text()
+
+
+def readme_block(language: str) -> str:
+    blocks = re.findall(rf"```{language}\n(.*?)```", README, re.DOTALL)
+    assert len(blocks) == 1, f"README must hold exactly one {language} block"
+    return blocks[0]
+
+
+def raw_get(port: int, path: str, host: str) -> bytes:
+    """An HTTP request with a Host header no HTTP library would send."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def test_dashboard_serves_its_agent_and_installer(make_dashboard: Any) -> None:
+    dash: Dashboard = make_dashboard()
+    status, headers, body = dash.get("/agent.py")
+    assert status == 200 and body == (dashboard.HERE / "agent.py").read_bytes()
+    status, headers, body = dash.get("/install.sh")
+    assert status == 200 and headers["Content-Type"].startswith("text/x-shellscript")
+    assert f'DASHBOARD_URL="http://127.0.0.1:{dash.port}"'.encode() in body
+    unit = dash.get("/sss-agent.service")[2]
+    assert unit == (dashboard.HERE / "deploy/sss-agent.service").read_bytes()
+    # A hostile Host header must not end up in a script people run as root.
+    answer = raw_get(dash.port, "/install.sh", 'x";touch /tmp/pwned;"')
+    assert answer.startswith(b"HTTP/1.1 400") and b"pwned" not in answer
+    assert dashboard.dashboard_url("", "[::1]:8900", tls=True) == "https://[::1]:8900"
+    assert dashboard.dashboard_url("", "a b", tls=False) is None
+    assert dashboard.dashboard_url("https://s.example/status/", "x", False) == \
+        "https://s.example/status"
+
+
+def test_public_url_goes_into_the_installer(make_dashboard: Any) -> None:
+    dash: Dashboard = make_dashboard(start=False).start("--public-url",
+                                                        "https://status.example.com/status/")
+    body = dash.get("/install.sh")[2]
+    assert b'DASHBOARD_URL="https://status.example.com/status"' in body
+
+
+def test_bad_public_url_and_certificate_are_clear_errors(make_dashboard: Any) -> None:
+    dash: Dashboard = make_dashboard(start=False)
+    for flags, expected in ((["--public-url", "http://x/$(reboot)"], "--public-url"),
+                            (["--certfile", "/nonexistent.pem"], "--certfile")):
+        with pytest.raises(AssertionError):
+            dash.start(*flags)
+        assert dash.process is not None and dash.process.wait(10) == 2
+        assert expected in dash.log_text() and "Traceback" not in dash.log_text()
+
+
+@pytest.fixture
+def systemd_analyze() -> str:
+    path = shutil.which("systemd-analyze")
+    if path is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("CI=true but systemd-analyze is missing: apt-get install systemd")
+        pytest.skip("systemd-analyze is missing (apt-get install systemd)")
+    return path
+
+
+def test_systemd_units_verify(systemd_analyze: str, tmp_path: Path) -> None:
+    """Both units, with their /opt paths pointing at a real Python as when installed."""
+    for name, prefix in (("sss-dashboard.service", "/opt/sss-dashboard"),
+                         ("sss-agent.service", "/opt/sss-agent")):
+        home = tmp_path / name.split(".")[0]
+        (home / "venv/bin").mkdir(parents=True)
+        (home / "venv/bin/python3").symlink_to(sys.executable)
+        text = (dashboard.HERE / "deploy" / name).read_text()
+        assert "DynamicUser=yes" in text and "CapabilityBoundingSet=\n" in text
+        assert "MemoryMax=" in text and "Restart=always" in text
+        unit = tmp_path / name
+        unit.write_text(text.replace(prefix, str(home)))
+        result = subprocess.run([systemd_analyze, "verify", str(unit)], capture_output=True,
+                                text=True, timeout=60)
+        problems = [line for line in result.stderr.splitlines()
+                    if name in line and "sysinit.target" not in line]
+        assert result.returncode == 0 or not problems, result.stderr
+        assert not problems, result.stderr
+
+
+def test_tls_carries_reports_to_a_viewer(make_dashboard: Any, make_agent: Any,
+                                         tmp_path: Path) -> None:
+    trustme = pytest.importorskip("trustme")
+    ca = trustme.CA()
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    ca.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(
+        str(tmp_path / "server.pem"))
+    dash: Dashboard = make_dashboard(start=False).start("--certfile", str(tmp_path / "server.pem"))
+    wss = dash.url("/ws-report", "wss")
+    rejected = make_agent("--server", wss, "--id", "beta", "--secret", SECRET)
+    rejected.wait_for_log(r"TLS certificate of 127\.0\.0\.1 rejected .*--ca-file")
+    make_agent("--server", wss, "--id", "alpha", "--secret", SECRET, "--ca-file",
+               str(tmp_path / "ca.pem"), "--interval", "1", "--min-interval", "1")
+    context = ssl.create_default_context(cafile=str(tmp_path / "ca.pem"))
+    with connect(dash.url("/ws-frontend", "wss"), ssl=context, open_timeout=10) as viewer:
+        recv_until(viewer, lambda m: (server_in(m, "alpha") or {}).get("online") is True,
+                   timeout=15)
+    with urllib.request.urlopen(dash.url("/healthz", "https"), context=context,
+                                timeout=10) as response:
+        assert json.loads(response.read())["agents"] == 1
+
+
+def start_proxy(kind: str, tmp_path: Path, dashboard_port: int) -> tuple[LoggedProcess, int]:
+    """nginx or Caddy on loopback, configured with README's block (ports changed)."""
+    binary = shutil.which(kind) or shutil.which(kind, path="/usr/sbin:/usr/bin")
+    if binary is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI=true but {kind} is missing: apt-get install {kind}")
+        pytest.skip(f"{kind} is missing (apt-get install {kind})")
+    port = free_port()
+    proxy = LoggedProcess()
+    if kind == "nginx":
+        site = readme_block("nginx").replace("listen 80;", f"listen 127.0.0.1:{port};")
+        site = site.replace("127.0.0.1:8900", f"127.0.0.1:{dashboard_port}")
+        conf = tmp_path / "nginx.conf"
+        conf.write_text(f"pid {tmp_path}/nginx.pid;\nerror_log stderr;\nevents {{}}\n"
+                        f"http {{\naccess_log off;\nclient_body_temp_path {tmp_path};\n"
+                        f"proxy_temp_path {tmp_path};\n{site}}}\n")
+        proxy.spawn([binary, "-p", str(tmp_path), "-c", str(conf), "-g", "daemon off;"])
+    else:
+        site = readme_block("caddy").replace("status.example.com", f"http://127.0.0.1:{port}")
+        site = site.replace("127.0.0.1:8900", f"127.0.0.1:{dashboard_port}")
+        conf = tmp_path / "Caddyfile"
+        conf.write_text("{\n\tadmin off\n}\n" + site)
+        proxy.spawn([binary, "run", "--config", str(conf), "--adapter", "caddyfile"],
+                    env={**os.environ, "HOME": str(tmp_path), "XDG_DATA_HOME": str(tmp_path),
+                         "XDG_CONFIG_HOME": str(tmp_path)})
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
+            return proxy, port
+        time.sleep(0.1)
+    proxy.kill()
+    raise AssertionError(f"{kind} did not start:\n{proxy.log_text()}")
+
+
+@pytest.mark.parametrize("kind", ["nginx", "caddy"])
+def test_agent_and_page_work_through_a_reverse_proxy(kind: str, make_dashboard: Any,
+                                                     make_agent: Any, page_on: Any,
+                                                     tmp_path: Path) -> None:
+    dash: Dashboard = make_dashboard()
+    proxy, port = start_proxy(kind, tmp_path, dash.port)
+    try:
+        base = f"http://127.0.0.1:{port}/status/"
+        make_agent("--server", f"ws://127.0.0.1:{port}/status/ws-report", "--id", "alpha",
+                   "--secret", SECRET, "--interval", "1", "--min-interval", "1")
+        with urllib.request.urlopen(base + "healthz", timeout=10) as response:
+            assert json.loads(response.read())["servers"] == 3
+        page = page_on(dash, "/")  # direct, then the same page through the proxy
+        page.goto(base)
+        alpha = card(page, "alpha")
+        alpha.and_(page.locator(".online")).wait_for(timeout=20_000)
+        assert page.locator("#state").inner_text() == "live"
+        assert any(u.startswith(f"ws://127.0.0.1:{port}/status/ws-frontend")
+                   for u in page.requests), page.requests
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=10) as response:
+            assert response.url == base  # the bare sub-path redirects
+    finally:
+        proxy.kill()

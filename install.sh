@@ -1,0 +1,191 @@
+#!/bin/sh
+# Install (or upgrade, or remove) the SimpleServerStatus agent on a Debian or Ubuntu box.
+#
+#   curl -fsSL http://DASHBOARD:8900/install.sh | sudo sh -s -- --id ID --secret SECRET
+#
+# The dashboard serves this file with its own address filled in below, and serves
+# agent.py and the systemd unit too: nothing is fetched from anywhere else but the
+# distribution's and PyPI's packages.
+set -eu
+
+DASHBOARD_URL="__SSS_DASHBOARD_URL__"  # filled in by the dashboard that serves this file
+PREFIX=/opt/sss-agent
+ENV_FILE=
+SERVER=
+ID=
+SECRET=
+SYSTEMD=auto
+SYSTEM_SITE=no
+UNINSTALL=no
+UNIT_DIR=/etc/systemd/system
+STEP="starting"
+FRESH=no
+
+usage() {
+    cat <<EOF
+Usage: install.sh --id ID --secret SECRET [options]
+
+  --id ID              this server's id in the dashboard's servers.json
+  --secret SECRET      its secret (kept in the env file, mode 600)
+  --dashboard URL      dashboard to fetch the agent from and report to (default: $DASHBOARD_URL)
+  --server URL         report to this ws:// or wss:// URL instead of DASHBOARD/ws-report
+  --prefix DIR         install into DIR (default /opt/sss-agent)
+  --env-file FILE      settings file (default /etc/sss-agent.env, or DIR/sss-agent.env with --prefix)
+  --no-systemd         do not install the service; print how to start the agent
+  --system-site-packages
+                       let the agent's venv use Debian's python3-psutil and python3-websockets
+  --uninstall          remove everything this script installed
+  -h, --help           this text
+
+Running it again upgrades agent.py in place and keeps the settings unless new ones are given.
+EOF
+}
+
+say() { printf 'sss-agent: %s\n' "$*"; }
+fail() {
+    printf 'sss-agent: failed while %s: %s\n' "$STEP" "$1" >&2
+    [ $# -gt 1 ] && printf 'sss-agent: %s\n' "$2" >&2
+    if [ "$FRESH" = yes ] && [ -d "$PREFIX" ]; then
+        rm -rf "$PREFIX"  # nothing half-installed stays behind
+        say "removed the partial install in $PREFIX" >&2
+    fi
+    exit 1
+}
+
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --id) ID=${2:?--id needs a value}; shift 2 ;;
+        --secret) SECRET=${2:?--secret needs a value}; shift 2 ;;
+        --dashboard) DASHBOARD_URL=${2:?--dashboard needs a URL}; shift 2 ;;
+        --server) SERVER=${2:?--server needs a URL}; shift 2 ;;
+        --prefix) PREFIX=${2:?--prefix needs a directory}; shift 2 ;;
+        --env-file) ENV_FILE=${2:?--env-file needs a path}; shift 2 ;;
+        --no-systemd) SYSTEMD=no; shift ;;
+        --system-site-packages) SYSTEM_SITE=yes; shift ;;
+        --uninstall) UNINSTALL=yes; shift ;;
+        -h|--help) usage; exit 0 ;;
+        *) usage >&2; printf '\nsss-agent: unknown option %s\n' "$1" >&2; exit 2 ;;
+    esac
+done
+
+if [ -z "$ENV_FILE" ]; then
+    if [ "$PREFIX" = /opt/sss-agent ]; then ENV_FILE=/etc/sss-agent.env; else ENV_FILE="$PREFIX/sss-agent.env"; fi
+fi
+if [ "$SYSTEMD" = auto ]; then
+    if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then SYSTEMD=yes; else SYSTEMD=no; fi
+fi
+UNIT="$UNIT_DIR/sss-agent.service"
+
+uninstall() {
+    STEP="uninstalling"
+    if [ "$SYSTEMD" = yes ] && [ -f "$UNIT" ]; then
+        systemctl disable --now sss-agent.service >/dev/null 2>&1 || true
+        rm -f "$UNIT"
+        systemctl daemon-reload
+    fi
+    rm -rf "$PREFIX"
+    rm -f "$ENV_FILE"
+    say "removed $PREFIX and $ENV_FILE"
+}
+
+fetch() {  # fetch URL FILE: curl, wget or python3, whichever this box has
+    if command -v curl >/dev/null 2>&1; then curl -fsSL "$1" -o "$2"
+    elif command -v wget >/dev/null 2>&1; then wget -q -O "$2" "$1"
+    else python3 -c 'import sys, urllib.request; urllib.request.urlretrieve(sys.argv[1], sys.argv[2])' "$1" "$2"
+    fi
+}
+
+env_value() {  # env_value NAME: the value NAME has in the existing env file, if any
+    [ -f "$ENV_FILE" ] && sed -n "s/^$1=//p" "$ENV_FILE" | tail -n 1
+    return 0
+}
+
+apt_install() {
+    command -v apt-get >/dev/null 2>&1 || return 1
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null 2>&1 ||
+        { apt-get update -qq >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null 2>&1; }
+}
+
+make_venv() {  # make_venv [--system-site-packages]
+    rm -rf "$PREFIX/venv"
+    python3 -m venv "$@" "$PREFIX/venv" >/dev/null 2>&1
+}
+
+if [ "$UNINSTALL" = yes ]; then uninstall; exit 0; fi
+
+# Settings: new values win, otherwise keep what an earlier install wrote.
+STEP="reading the settings"
+case "$DASHBOARD_URL" in __SSS*) DASHBOARD_URL= ;; esac
+DASHBOARD_URL=${DASHBOARD_URL%/}
+if [ -z "$SERVER" ] && [ -n "$DASHBOARD_URL" ]; then
+    SERVER="$(printf '%s' "$DASHBOARD_URL" | sed 's#^http:#ws:#; s#^https:#wss:#')/ws-report"
+fi
+SERVER=${SERVER:-$(env_value SSS_SERVER)}
+ID=${ID:-$(env_value SSS_ID)}
+SECRET=${SECRET:-$(env_value SSS_SECRET)}
+[ -n "$ID" ] || fail "no --id given" "pass --id with this server's id from the dashboard's servers.json"
+[ -n "$SECRET" ] || fail "no --secret given" "pass --secret with this server's secret from servers.json"
+[ -n "$SERVER" ] || fail "no dashboard known" "pass --dashboard http://HOST:8900"
+[ -n "$DASHBOARD_URL" ] || DASHBOARD_URL=$(printf '%s' "${SERVER%/ws-report}" | sed 's#^ws:#http:#; s#^wss:#https:#')
+
+STEP="checking python3"
+if ! command -v python3 >/dev/null 2>&1; then
+    apt_install python3 || fail "python3 is missing" "install Python 3.9 or newer, then run this again"
+fi
+python3 -c 'import sys; sys.exit(sys.version_info < (3, 9))' ||
+    fail "python3 is older than 3.9" "install Python 3.9 or newer, then run this again"
+
+[ -d "$PREFIX" ] || FRESH=yes
+mkdir -p "$PREFIX" || fail "cannot create $PREFIX" "run as root (sudo sh) or pass --prefix"
+
+STEP="creating the virtual environment in $PREFIX/venv"
+SITE=
+[ "$SYSTEM_SITE" = yes ] && SITE=--system-site-packages
+# shellcheck disable=SC2086  # $SITE is one optional word
+if ! make_venv $SITE; then
+    apt_install python3-venv || fail "python3 -m venv does not work" "apt-get install python3-venv, then run this again"
+    # shellcheck disable=SC2086
+    make_venv $SITE || fail "python3 -m venv does not work" "apt-get install python3-venv, then run this again"
+fi
+
+STEP="installing websockets and psutil"
+PIP="$PREFIX/venv/bin/python3 -m pip install -q --disable-pip-version-check"
+if ! $PIP "websockets>=15.0" psutil >/dev/null 2>&1; then
+    # No compiler for psutil: Debian's build of it, through the system site packages.
+    say "pip could not install psutil; using Debian's python3-psutil"
+    apt_install python3-psutil || fail "neither pip nor apt-get could install psutil" "apt-get install python3-psutil, then run this again"
+    make_venv --system-site-packages || fail "python3 -m venv does not work" "apt-get install python3-venv"
+    $PIP "websockets>=15.0" >/dev/null 2>&1 || fail "pip could not install websockets" "check that this box can reach PyPI"
+fi
+
+STEP="downloading agent.py from $DASHBOARD_URL"
+fetch "$DASHBOARD_URL/agent.py" "$PREFIX/agent.py.new" ||
+    fail "could not fetch $DASHBOARD_URL/agent.py" "check that the dashboard is reachable from here"
+"$PREFIX/venv/bin/python3" "$PREFIX/agent.py.new" --version >/dev/null 2>&1 ||
+    fail "the downloaded agent.py does not run" "check $DASHBOARD_URL/agent.py in a browser"
+mv "$PREFIX/agent.py.new" "$PREFIX/agent.py"
+
+STEP="writing $ENV_FILE"
+mkdir -p "$(dirname "$ENV_FILE")"
+(umask 077 && printf 'SSS_SERVER=%s\nSSS_ID=%s\nSSS_SECRET=%s\n' "$SERVER" "$ID" "$SECRET" > "$ENV_FILE.new") ||
+    fail "cannot write $ENV_FILE" "run as root (sudo sh) or pass --env-file"
+mv "$ENV_FILE.new" "$ENV_FILE"
+
+STEP="writing the systemd unit"
+fetch "$DASHBOARD_URL/sss-agent.service" "$PREFIX/sss-agent.service.in" ||
+    fail "could not fetch $DASHBOARD_URL/sss-agent.service" "check that the dashboard is reachable"
+sed "s#/opt/sss-agent#$PREFIX#g; s#/etc/sss-agent.env#$ENV_FILE#g" "$PREFIX/sss-agent.service.in" > "$PREFIX/sss-agent.service"
+rm -f "$PREFIX/sss-agent.service.in"
+FRESH=no  # from here on a failure leaves a working install behind
+
+if [ "$SYSTEMD" = yes ]; then
+    STEP="starting sss-agent.service"
+    cp "$PREFIX/sss-agent.service" "$UNIT"
+    systemctl daemon-reload
+    systemctl enable sss-agent.service >/dev/null 2>&1 || fail "systemctl enable failed" "see: systemctl status sss-agent"
+    systemctl restart sss-agent.service || fail "the service did not start" "see: journalctl -u sss-agent"
+    say "installed and started: reporting to $SERVER as $ID (journalctl -u sss-agent -f)"
+else
+    say "installed in $PREFIX without systemd; start the agent with:"
+    say "  set -a; . $ENV_FILE; set +a; $PREFIX/venv/bin/python3 $PREFIX/agent.py"
+fi
