@@ -1,20 +1,61 @@
 #!/usr/bin/env python3
-"""Benchmarks: the agent's footprint and the dashboard's capacity (placeholder; see issue)."""
+"""Benchmarks: the agent's footprint and the dashboard's capacity, measured here.
+
+    $ python3 bench.py agent --duration 60
+    agent (1 s interval, 57 samples)       CPU/sample  RSS MB  USS MB  RSS growth MB
+    agent.py                                  0.42 ms    27.9    22.1    0.00
+    floor (imports + one connection)          0.03 ms    26.3    20.5    0.00
+
+    $ python3 bench.py dashboard --agents 500 1000 2000 --viewers 20 --duration 30
+    agents  reports/s  CPU cores  CPU/report  floor/report  ratio  peak RSS MB  p50 ms  p99 ms ...
+
+Everything runs on 127.0.0.1: a real dashboard.py process, real agent.py or
+load-generator processes holding real WebSocket connections.
+"""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
+import os
 import random
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
+import psutil
 from websockets.asyncio.client import connect
+from websockets.asyncio.server import serve
 
 import agent
 
+HERE = Path(__file__).resolve().parent
+SECRET = "bench-secret-" + "x" * 16
+STAMP = 987654321987  # placeholder in a report template, replaced by a per-report stamp
 FAKE_FACTS = agent.HostFacts("linux", "debian", "debian", "12", "6.1.0-18-amd64", "x86_64",
                              "kvm", ("Intel Xeon E5-2680 v4 @ 2.40GHz x 2 Virtual Core",))
+
+# The floor for the agent: what any Python agent costs before it collects anything.
+AGENT_FLOOR = """
+import asyncio, sys
+import psutil
+from websockets.asyncio.client import connect
+async def main():
+    headers = {"X-SERVER-ID": "floor", "X-AUTH-SECRET": sys.argv[2]}
+    async with connect(sys.argv[1], additional_headers=headers) as ws:
+        await asyncio.Future()
+asyncio.run(main())
+"""
+
+
+# --- made-up but realistic reports ----------------------------------------------
 
 
 def fake_report(server_id: str, rng: random.Random, stamp: int = 0) -> dict[str, Any]:
@@ -22,35 +63,325 @@ def fake_report(server_id: str, rng: random.Random, stamp: int = 0) -> dict[str,
     gib = 2**30
     partitions = (agent.Partition("/dev/vda1", "/", "ext4", 40 * gib, 12 * gib, 26 * gib),
                   agent.Partition("/dev/vdb", "/data", "ext4", 200 * gib, 90 * gib, 100 * gib))
-    busy = rng.uniform(0, 100)
     common: dict[str, Any] = dict(
         wall=time.time(), memory=(2 * gib, int(rng.uniform(0.2, 0.9) * 2 * gib), 50.0),
         swap=(gib, 0, gib, 0.0), partitions=partitions, load=(0.5, 0.4, 0.3),
         boot_time=time.time() - 86400, tcp=40, udp=4, processes=120)
     before = agent.Sample(monotonic=0.0, cpu=(0.0, 0.0), disk_io=(0, 0),
                           nic_bytes={"eth0": (10**9, 10**9)}, **common)
-    rx, tx = rng.randrange(1, 10**6), rng.randrange(1, 10**6)
-    after = agent.Sample(monotonic=1.0, cpu=(busy, 100.0), disk_io=(4096, 8192),
-                         nic_bytes={"eth0": (10**9 + rx, 10**9 + tx + stamp)}, **common)
-    return agent.build_message(server_id, FAKE_FACTS, before, after, 1.0)
+    after = agent.Sample(monotonic=1.0, cpu=(rng.uniform(0, 100), 100.0), disk_io=(4096, 8192),
+                         nic_bytes={"eth0": (10**9 + rng.randrange(1, 10**6), 10**9)}, **common)
+    message = agent.build_message(server_id, FAKE_FACTS, before, after, 1.0)
+    message["networkInfo"]["netOutTransfer"] = stamp
+    return message
 
 
 async def fake_agents(url: str, ids: list[str], secret: str, duration: float,
-                      interval: float = 1.0) -> int:
-    """One connection per id, each reporting every `interval` s for `duration` s."""
+                      interval: float = 1.0, sent_at: dict[int, float] | None = None) -> int:
+    """One connection per id, each reporting every `interval` s for `duration` s, staggered.
+
+    With `sent_at`, each report carries a unique stamp (as netOutTransfer) and its send
+    time is recorded there, so a viewer in this process can measure the latency.
+    """
     deadline = time.monotonic() + duration
     sent = 0
 
     async def one(server_id: str, offset: float) -> None:
         nonlocal sent
-        rng = random.Random(server_id)
+        template = json.dumps(fake_report(server_id, random.Random(server_id), STAMP))
         headers = {"X-SERVER-ID": server_id, "X-AUTH-SECRET": secret}
-        async with connect(url, additional_headers=headers, open_timeout=30) as ws:
-            await asyncio.sleep(offset)  # stagger like a real fleet
-            while time.monotonic() < deadline:
-                await ws.send(json.dumps(fake_report(server_id, rng)))
+        async with connect(url, additional_headers=headers, open_timeout=60,
+                           ping_interval=None) as ws:
+            await asyncio.sleep(offset)
+            next_at = time.monotonic()
+            while next_at < deadline:
+                stamp = random.getrandbits(40)
+                if sent_at is not None:
+                    sent_at[stamp] = time.monotonic()
+                await ws.send(template.replace(str(STAMP), str(stamp), 1))
                 sent += 1
-                await asyncio.sleep(interval)
+                next_at += interval
+                await asyncio.sleep(max(next_at - time.monotonic(), 0))
 
     await asyncio.gather(*(one(sid, i * interval / len(ids)) for i, sid in enumerate(ids)))
     return sent
+
+
+async def watch(url: str, duration: float, sent_at: dict[int, float] | None,
+                latencies: list[float], received: list[int]) -> None:
+    """A viewer: counts bytes, and with `sent_at` matches stamps to measure latency."""
+    deadline = time.monotonic() + duration
+    async with connect(url, max_size=None, open_timeout=60) as ws:
+        while (remaining := deadline - time.monotonic()) > 0:
+            try:
+                frame = await asyncio.wait_for(ws.recv(), remaining)
+            except asyncio.TimeoutError:
+                break
+            now = time.monotonic()
+            received[0] += len(frame)
+            if sent_at is None:
+                continue
+            for server in json.loads(frame)["servers"]:
+                stamp = server.get("networkInfo", {}).get("netOutTransfer")
+                if stamp in sent_at:
+                    latencies.append(now - sent_at.pop(stamp))
+
+
+# --- processes and measurements ------------------------------------------------
+
+
+def start_dashboard(directory: Path, server_ids: list[str]) -> tuple[subprocess.Popen, int]:
+    """dashboard.py on 127.0.0.1, port 0, with a generated servers.json."""
+    config = directory / "servers.json"
+    config.write_text(json.dumps({"servers": [{"id": sid, "secret": SECRET}
+                                              for sid in server_ids]}))
+    return start_server([sys.executable, str(HERE / "dashboard.py"), "--config", str(config),
+                         "--host", "127.0.0.1", "--port", "0"], directory / "dashboard.log")
+
+
+def start_server(args: list[str], log_path: Path) -> tuple[subprocess.Popen, int]:
+    """Start a server logging to a file (a pipe nobody drains would block it); its port."""
+    with open(log_path, "w") as log_file:
+        process = subprocess.Popen(args, stderr=log_file)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and process.poll() is None:
+        match = re.search(r"listening on http://[^:]+:(\d+)", log_path.read_text())
+        if match:
+            return process, int(match.group(1))
+        time.sleep(0.1)
+    stop(process)
+    raise SystemExit(f"{args[1]} did not start:\n{log_path.read_text()}")
+
+
+def cpu_seconds(process: psutil.Process) -> float:
+    times = process.cpu_times()
+    return times.user + times.system
+
+
+def stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def reports_accepted(port: int) -> int:
+    import urllib.request
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    return int(float(re.search(r"^sss_reports_accepted_total (\S+)", text, re.M).group(1)))
+
+
+# --- bench: agent --------------------------------------------------------------
+
+
+def bench_agent(duration: float) -> dict[str, Any]:
+    """agent.py at 1 Hz against a real dashboard, next to the floor process."""
+    with tempfile.TemporaryDirectory() as tmp:
+        dash, port = start_dashboard(Path(tmp), ["bench", "floor"])
+        url = f"ws://127.0.0.1:{port}/ws-report"
+        reporter = subprocess.Popen([sys.executable, str(HERE / "agent.py"), "--server", url,
+                                     "--id", "bench", "--secret", SECRET, "--interval", "1",
+                                     "--min-interval", "1", "--no-adaptive",
+                                     "--log-level", "WARNING"])
+        floor = subprocess.Popen([sys.executable, "-c", AGENT_FLOOR, url, SECRET])
+        try:
+            procs = {"agent": psutil.Process(reporter.pid), "floor": psutil.Process(floor.pid)}
+            warmup = min(5.0, duration / 3)
+            time.sleep(warmup)  # imports done, connection open, first samples sent
+            start = {name: (cpu_seconds(p), p.memory_full_info()) for name, p in procs.items()}
+            reports_start = reports_accepted(port)
+            rss: dict[str, list[int]] = {name: [] for name in procs}
+            deadline = time.monotonic() + duration - warmup
+            while time.monotonic() < deadline:
+                for name, p in procs.items():
+                    rss[name].append(p.memory_info().rss)
+                time.sleep(min(1.0, max(deadline - time.monotonic(), 0)))
+            samples = reports_accepted(port) - reports_start
+            result: dict[str, Any] = {"samples": samples, "duration": duration}
+            for name, p in procs.items():
+                cpu0, mem0 = start[name]
+                mem = p.memory_full_info()
+                result[name] = {
+                    "cpu_ms_per_sample": (cpu_seconds(p) - cpu0) * 1000 / max(samples, 1),
+                    "rss_mb": mem.rss / 2**20, "uss_mb": mem.uss / 2**20,
+                    "rss_growth_mb": (mem.rss - mem0.rss) / 2**20,
+                    "rss_max_mb": max(rss[name]) / 2**20,
+                }
+            return result
+        finally:
+            for process in (reporter, floor, dash):
+                stop(process)
+
+
+def print_agent(result: dict[str, Any]) -> None:
+    print(f"agent bench: {result['samples']} samples at 1 s, {result['duration']:.0f} s, "
+          f"{os.cpu_count()} cores")
+    print(f"{'':34} {'CPU/sample':>10} {'RSS MB':>7} {'USS MB':>7} {'RSS growth MB':>14}")
+    for name, label in (("agent", "agent.py"), ("floor", "floor (imports + 1 connection)")):
+        r = result[name]
+        print(f"{label:34} {r['cpu_ms_per_sample']:7.3f} ms {r['rss_mb']:7.1f} "
+              f"{r['uss_mb']:7.1f} {r['rss_growth_mb']:14.2f}")
+    above = result["agent"]["rss_mb"] - result["floor"]["rss_mb"]
+    print(f"agent RSS above the floor: {above:.1f} MB")
+
+
+# --- bench: dashboard ------------------------------------------------------------
+
+
+async def generate_load(url: str, ids: list[str], viewers: int, duration: float,
+                        viewer_url: str) -> dict[str, Any]:
+    """One load-generator process: its share of agents, plus the viewers."""
+    sent_at: dict[int, float] = {}
+    latencies: list[float] = []
+    received = [[0] for _ in range(viewers)]
+    watchers = [watch(viewer_url, duration + 2, sent_at if i == 0 else None, latencies,
+                      received[i]) for i in range(viewers)]
+    sent, *_ = await asyncio.gather(fake_agents(url, ids, SECRET, duration, sent_at=sent_at),
+                                    *watchers)
+    return {"sent": sent, "latencies": latencies, "viewer_bytes": [r[0] for r in received]}
+
+
+async def floor_server() -> None:
+    """The floor for the dashboard: the same websockets server, only receiving."""
+    async def receive(ws: Any) -> None:
+        async for _ in ws:
+            pass
+    async with serve(receive, "127.0.0.1", 0, max_size=64 * 1024) as server:
+        print(f"listening on http://127.0.0.1:{server.sockets[0].getsockname()[1]}",
+              file=sys.stderr, flush=True)
+        await asyncio.Future()
+
+
+def run_load(target_port: int, ids: list[str], viewers: int, duration: float,
+             target: psutil.Process) -> dict[str, Any]:
+    """Drive `target` with generator processes; measure its CPU and memory meanwhile."""
+    generators = max((os.cpu_count() or 2) - 1, 1)
+    url = f"ws://127.0.0.1:{target_port}/ws-report"
+    viewer_url = f"ws://127.0.0.1:{target_port}/ws-frontend"
+    procs = []
+    for g in range(generators):
+        share = ids[g::generators]
+        procs.append(subprocess.Popen(
+            [sys.executable, str(HERE / "bench.py"), "_load", "--url", url, "--viewer-url",
+             viewer_url, "--viewers", str(viewers if g == 0 else 0), "--duration",
+             str(duration), "--ids", ",".join(share)], stdout=subprocess.PIPE, text=True))
+    # Measure the middle of the run: connections are up and the stagger has settled.
+    warmup = min(5.0 + len(ids) / 500, duration / 3)
+    time.sleep(warmup)
+    cpu0, wall0 = cpu_seconds(target), time.monotonic()
+    peak = target.memory_info().rss
+    while time.monotonic() - wall0 < duration - warmup - 1:
+        peak = max(peak, target.memory_info().rss)
+        time.sleep(0.5)
+    cpu = (cpu_seconds(target) - cpu0) / (time.monotonic() - wall0)
+    outputs = [json.loads(p.communicate(timeout=duration + 120)[0]) for p in procs]
+    return {"cpu_cores": cpu, "peak_rss_mb": peak / 2**20, "generators": outputs,
+            "window": time.monotonic() - wall0}
+
+
+def bench_dashboard(agents: int, viewers: int, duration: float) -> dict[str, Any]:
+    ids = [f"agent-{i:05d}" for i in range(agents)]
+    with tempfile.TemporaryDirectory() as tmp:
+        dash, port = start_dashboard(Path(tmp), ids)
+        try:
+            accepted0 = reports_accepted(port)
+            load = run_load(port, ids, viewers, duration, psutil.Process(dash.pid))
+            accepted = reports_accepted(port) - accepted0
+        finally:
+            stop(dash)
+    with tempfile.TemporaryDirectory() as tmp:
+        floor, floor_port = start_server([sys.executable, str(HERE / "bench.py"), "_floor"],
+                                         Path(tmp) / "floor.log")
+        try:
+            floor_load = run_load(floor_port, ids, 0, duration, psutil.Process(floor.pid))
+        finally:
+            stop(floor)
+    sent = sum(g["sent"] for g in load["generators"])
+    latencies = sorted(x for g in load["generators"] for x in g["latencies"])
+    viewer_bytes = load["generators"][0]["viewer_bytes"]
+    reports_per_s = sent / duration
+    floor_sent = sum(g["sent"] for g in floor_load["generators"])
+    cpu_per_report = load["cpu_cores"] / reports_per_s
+    floor_per_report = floor_load["cpu_cores"] / (floor_sent / duration)
+    bytes_per_viewer = statistics.mean(viewer_bytes) / (duration + 2) if viewer_bytes else 0
+    return {
+        "agents": agents, "viewers": viewers, "duration": duration, "cores": os.cpu_count(),
+        "reports_sent": sent, "reports_accepted": accepted,
+        "reports_per_second": accepted / duration,
+        "cpu_cores": load["cpu_cores"], "cpu_ms_per_report": cpu_per_report * 1000,
+        "floor_cpu_cores": floor_load["cpu_cores"],
+        "floor_cpu_ms_per_report": floor_per_report * 1000,
+        "cpu_ratio_to_floor": cpu_per_report / floor_per_report if floor_per_report else None,
+        "peak_rss_mb": load["peak_rss_mb"], "floor_peak_rss_mb": floor_load["peak_rss_mb"],
+        "latency_p50_ms": percentile(latencies, 50) * 1000 if latencies else None,
+        "latency_p99_ms": percentile(latencies, 99) * 1000 if latencies else None,
+        "latency_samples": len(latencies),
+        "viewer_bytes_per_second": bytes_per_viewer,
+        "viewer_bytes_per_report": bytes_per_viewer / reports_per_s if reports_per_s else 0,
+    }
+
+
+def percentile(values: list[float], pct: float) -> float:
+    return values[min(int(len(values) * pct / 100), len(values) - 1)]
+
+
+def print_dashboard(results: list[dict[str, Any]]) -> None:
+    first = results[0]
+    print(f"dashboard bench: {first['viewers']} viewers, {first['duration']:.0f} s per run, "
+          f"{first['cores']} cores (dashboard and load generators share them)")
+    print(f"{'agents':>6} {'reports/s':>9} {'CPU cores':>9} {'ms/report':>9} "
+          f"{'floor ms':>8} {'ratio':>5} {'peak RSS MB':>11} {'p50 ms':>7} {'p99 ms':>7} "
+          f"{'viewer KiB/s':>12} {'B/report':>8}")
+    for r in results:
+        p50 = f"{r['latency_p50_ms']:7.0f}" if r["latency_p50_ms"] is not None else "      –"
+        p99 = f"{r['latency_p99_ms']:7.0f}" if r["latency_p99_ms"] is not None else "      –"
+        ratio = f"{r['cpu_ratio_to_floor']:5.2f}" if r["cpu_ratio_to_floor"] else "    –"
+        print(f"{r['agents']:6d} {r['reports_per_second']:9.0f} {r['cpu_cores']:9.2f} "
+              f"{r['cpu_ms_per_report']:9.3f} {r['floor_cpu_ms_per_report']:8.3f} {ratio} "
+              f"{r['peak_rss_mb']:11.1f} {p50} {p99} "
+              f"{r['viewer_bytes_per_second'] / 1024:12.1f} {r['viewer_bytes_per_report']:8.0f}")
+
+
+# --- main ----------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Measure agent.py and dashboard.py.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    agent_cmd = commands.add_parser("agent", help="the agent's CPU and memory")
+    agent_cmd.add_argument("--duration", type=float, default=60)
+    agent_cmd.add_argument("--json", action="store_true")
+    dash_cmd = commands.add_parser("dashboard", help="the dashboard's capacity")
+    dash_cmd.add_argument("--agents", type=int, nargs="+", default=[2000])
+    dash_cmd.add_argument("--viewers", type=int, default=20)
+    dash_cmd.add_argument("--duration", type=float, default=30)
+    dash_cmd.add_argument("--json", action="store_true")
+    load_cmd = commands.add_parser("_load")  # internal: one load-generator process
+    load_cmd.add_argument("--url")
+    load_cmd.add_argument("--viewer-url")
+    load_cmd.add_argument("--viewers", type=int)
+    load_cmd.add_argument("--duration", type=float)
+    load_cmd.add_argument("--ids")
+    commands.add_parser("_floor")  # internal: the bare receiving server
+    args = parser.parse_args(argv)
+
+    if args.command == "_load":
+        result = asyncio.run(generate_load(args.url, args.ids.split(","), args.viewers,
+                                           args.duration, args.viewer_url))
+        print(json.dumps(result))
+    elif args.command == "_floor":
+        asyncio.run(floor_server())
+    elif args.command == "agent":
+        result = bench_agent(args.duration)
+        print(json.dumps(result, indent=2)) if args.json else print_agent(result)
+    else:
+        results = [bench_dashboard(n, args.viewers, args.duration) for n in args.agents]
+        print(json.dumps(results, indent=2)) if args.json else print_dashboard(results)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

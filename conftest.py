@@ -6,6 +6,7 @@ port 0 and talks to it over loopback with real HTTP and WebSocket frames.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -73,8 +74,9 @@ class LoggedProcess:
         self.changed = threading.Condition()
 
     def spawn(self, args: list[str], **popen: Any) -> int:
-        """Start `args`; the index in self.lines where its output begins."""
-        self.process = subprocess.Popen(args, stderr=subprocess.PIPE, text=True, **popen)
+        """Start `args` in its own process group; where its lines begin in self.lines."""
+        self.process = subprocess.Popen(args, stderr=subprocess.PIPE, text=True,
+                                        start_new_session=True, **popen)
         threading.Thread(target=self._collect, args=(self.process,), daemon=True).start()
         return len(self.lines)
 
@@ -122,8 +124,10 @@ class LoggedProcess:
         return self.process.wait(timeout)
 
     def kill(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
+        """Kill it and whatever it started (nginx workers, a shell's child)."""
+        if self.process is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(10)
 
 

@@ -64,9 +64,10 @@ def assert_go_types(reference: Any, ours: Any, path: str = "report") -> None:
 
 def test_message_from_this_machine_is_complete_and_valid() -> None:
     settings = agent.Settings(server="", server_id="web-1", secret="")
-    before = agent.collect_sample(settings)
+    collector = agent.Collector(settings)
+    before = collector.sample()
     time.sleep(0.2)
-    after = agent.collect_sample(settings)
+    after = collector.sample()
     message = agent.build_message("web-1", agent.host_facts(), before, after, 5.0)
     assert_go_types(go_report(), message)
     record = dashboard.validate_report(agent.encode(message))
@@ -98,6 +99,40 @@ def test_speeds_are_deltas_and_counter_resets_give_zero() -> None:
     assert message["cpuInfo"]["percent"] == 25.0  # 5 busy of 20 seconds
     assert agent.cpu_percent((10.0, 100.0), (10.0, 100.0)) == 0.0  # no time passed
     assert agent.rate(10, 5, 1.0) == 0 and agent.rate(0, 10, 0) == 0
+
+
+def test_socket_counts_match_proc_net_tables() -> None:
+    text = ("sockets: used 15\nTCP: inuse 4 orphan 0 tw 42 alloc 4 mem 16\nUDP: inuse 2 mem 0\n"
+            "UDPLITE: inuse 0\nTCP6: inuse 3\nUDP6: inuse 1\n")
+    assert agent.socket_counts(text) == (4 + 3 + 42, 2 + 1)
+    assert agent.socket_counts("") == (0, 0)
+
+    def table_lines(kind: str) -> int:  # the slow way, for comparison
+        return sum(len(Path(f"/proc/net/{kind}{v}").read_text().splitlines()) - 1
+                   for v in ("", "6") if Path(f"/proc/net/{kind}{v}").exists())
+
+    sample = agent.Collector(SETTINGS).sample()
+    assert abs(sample.tcp - table_lines("tcp")) <= 5  # sockets come and go between reads
+    assert abs(sample.udp - table_lines("udp")) <= 5
+
+
+def test_swap_and_disk_io_match_psutil() -> None:
+    meminfo = Path("/proc/meminfo").read_text()
+    swap = psutil.swap_memory()
+    total, used, free, _ = agent.swap_from_meminfo(meminfo)
+    assert total == swap.total and abs(free - swap.free) < 2**20  # swap moves between reads
+    assert used == total - free
+    assert agent.swap_from_meminfo("SwapTotal: 1000 kB\nSwapFree: 250 kB\n") == (
+        1024000, 768000, 256000, 75.0)
+    collector = agent.Collector(SETTINGS)
+    ours = agent.disk_bytes(Path("/proc/diskstats").read_text(), collector.is_disk)
+    theirs = psutil.disk_io_counters()
+    if theirs is not None:
+        assert abs(ours[0] - theirs.read_bytes) < 2**24
+        assert abs(ours[1] - theirs.write_bytes) < 2**26
+    stats = ("   8       0 sda 10 0 100 0 20 0 200 0 0 0 0\n"
+             "   8       1 sda1 5 0 60 0 10 0 150 0 0 0 0\n")
+    assert agent.disk_bytes(stats, lambda name: name == "sda") == (100 * 512, 200 * 512)
 
 
 def test_virtual_interfaces_are_left_out_by_default() -> None:
@@ -407,3 +442,30 @@ def test_install_sh_failure_names_the_step_and_leaves_nothing(make_dashboard: An
     assert not prefix.exists()
     assert dash.get("/healthz")[0] == 200
 
+
+
+# --- benchmarks (a smoke run, so bench.py cannot rot; no timing is asserted) --------
+
+
+def run_bench(*args: str) -> Any:
+    result = subprocess.run([sys.executable, str(HERE / "bench.py"), *args, "--json"],
+                            capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_agent_bench_smoke() -> None:
+    result = run_bench("agent", "--duration", "4")
+    assert result["samples"] >= 1
+    for name in ("agent", "floor"):
+        assert result[name]["rss_mb"] > 5 and result[name]["uss_mb"] > 1
+        assert result[name]["cpu_ms_per_sample"] >= 0
+
+
+def test_dashboard_bench_smoke() -> None:
+    (result,) = run_bench("dashboard", "--agents", "20", "--viewers", "2", "--duration", "4")
+    assert result["agents"] == 20 and result["reports_accepted"] > 20
+    assert result["reports_accepted"] <= result["reports_sent"]
+    assert result["latency_samples"] > 0 and result["latency_p99_ms"] is not None
+    assert result["viewer_bytes_per_second"] > 0 and result["peak_rss_mb"] > 5
+    assert result["floor_cpu_ms_per_report"] >= 0
