@@ -25,6 +25,7 @@ import logging
 import math
 import os
 import random
+import re
 import signal
 import socket
 import ssl
@@ -201,6 +202,28 @@ def read_text(path: Path) -> str:
         return ""
 
 
+class ProcFiles:
+    """/proc files kept open and re-read with pread: half the cost of open, read, close."""
+
+    def __init__(self) -> None:
+        self.fds: dict[str, int] = {}
+
+    def read(self, name: str) -> str:
+        fd = self.fds.get(name)
+        try:
+            if fd is None:
+                fd = self.fds[name] = os.open(PROC / name, os.O_RDONLY)
+            chunks, offset = [], 0
+            while True:
+                chunk = os.pread(fd, 65536, offset)
+                chunks.append(chunk)
+                if len(chunk) < 65536:
+                    return b"".join(chunks).decode(errors="replace")
+                offset += len(chunk)
+        except OSError:
+            return ""  # not Linux, or not allowed: those numbers read as zero
+
+
 def parse_os_release(text: str) -> dict[str, str]:
     fields = {}
     for line in text.splitlines():
@@ -262,6 +285,7 @@ class Collector:
         self.mounts_read = -math.inf
         self.nic_wanted: dict[str, bool] = {}  # name -> keep_nic(), bounded below
         self.whole_disks: dict[str, bool] = {}  # diskstats name -> is a disk, not a partition
+        self.proc = ProcFiles()
 
     def mount_points(self) -> list[tuple[str, str, str]]:
         if time.monotonic() - self.mounts_read > self.MOUNTS_REFRESH:
@@ -287,7 +311,8 @@ class Collector:
         return self.whole_disks[name]
 
     def sample(self) -> Sample:
-        memory = psutil.virtual_memory()
+        read = self.proc.read
+        meminfo = meminfo_bytes(read("meminfo"))
         partitions = []
         for device, mount_point, fstype in self.mount_points():
             try:
@@ -296,17 +321,14 @@ class Collector:
                 continue  # unmounted meanwhile, or no permission
             partitions.append(Partition(device, mount_point, fstype,
                                         usage.total, usage.used, usage.free))
-        nics = psutil.net_io_counters(pernic=True)
-        tcp, udp = socket_counts(read_text(PROC / "net/sockstat")
-                                 + read_text(PROC / "net/sockstat6"))
+        tcp, udp = socket_counts(read("net/sockstat") + read("net/sockstat6"))
         return Sample(
-            monotonic=time.monotonic(), wall=time.time(), cpu=cpu_seconds(psutil.cpu_times()),
-            memory=(memory.total, memory.used, memory.percent),
-            swap=swap_from_meminfo(read_text(PROC / "meminfo")),
+            monotonic=time.monotonic(), wall=time.time(),
+            cpu=cpu_from_stat(read("stat")),
+            memory=memory_from_meminfo(meminfo), swap=swap_from_meminfo(meminfo),
             partitions=tuple(partitions),
-            nic_bytes={name: (c.bytes_recv, c.bytes_sent) for name, c in nics.items()
-                       if self.wanted(name)},
-            disk_io=disk_bytes(read_text(PROC / "diskstats"), self.is_disk),
+            nic_bytes=nic_counters(read("net/dev"), self.wanted),
+            disk_io=disk_bytes(read("diskstats"), self.is_disk),
             load=os.getloadavg(), boot_time=self.boot_time,
             processes=len(psutil.pids()), tcp=tcp, udp=udp)
 
@@ -330,19 +352,48 @@ def socket_counts(sockstat: str) -> tuple[int, int]:
     return tcp, fields.get("UDP.inuse", 0) + fields.get("UDP6.inuse", 0)
 
 
-def swap_from_meminfo(meminfo: str) -> tuple[int, int, int, float]:
-    """(total, used, free, percent) as psutil.swap_memory() has them, from /proc/meminfo.
+MEMINFO_FIELDS = re.compile(
+    r"^(MemTotal|MemFree|MemAvailable|Buffers|Cached|SReclaimable|SwapTotal|SwapFree):\s+(\d+)",
+    re.MULTILINE)
 
-    psutil also reads /proc/vmstat for swap-in/out counts we do not report: twice the cost.
+
+def meminfo_bytes(meminfo: str) -> dict[str, int]:
+    """The fields of /proc/meminfo we use, in bytes (one regex pass: cheaper than splitting)."""
+    return {key: int(kib) * 1024 for key, kib in MEMINFO_FIELDS.findall(meminfo)}
+
+
+def memory_from_meminfo(m: dict[str, int]) -> tuple[int, int, float]:
+    """(total, used, percent) exactly as psutil.virtual_memory() computes them on Linux.
+
+    Read here rather than through psutil so one read of /proc/meminfo serves memory
+    and swap: reading /proc files is most of what a sample costs.
     """
-    kib = {}
-    for line in meminfo.splitlines():
-        if line.startswith(("SwapTotal:", "SwapFree:")):
-            key, value = line.split(":", 1)
-            kib[key] = int(value.split()[0]) * 1024
-    total, free = kib.get("SwapTotal", 0), kib.get("SwapFree", 0)
+    total, free = m.get("MemTotal", 0), m.get("MemFree", 0)
+    # MemAvailable exists since Linux 3.14; before, psutil estimates it much like this.
+    cached = m.get("Cached", 0) + m.get("SReclaimable", 0)
+    available = m.get("MemAvailable", free + cached + m.get("Buffers", 0))
+    if available > total:  # distorted inside some containers; psutil falls back likewise
+        available = free
+    used = total - available  # psutil 7: what `free` shows as used
+    return total, used, round(used / total * 100, 1) if total else 0.0
+
+
+def swap_from_meminfo(m: dict[str, int]) -> tuple[int, int, int, float]:
+    """(total, used, free, percent) as psutil.swap_memory() has them, from /proc/meminfo."""
+    total, free = m.get("SwapTotal", 0), m.get("SwapFree", 0)
     used = max(total - free, 0)
     return total, used, free, round(used / total * 100, 1) if total else 0.0
+
+
+def nic_counters(net_dev: str, wanted: Any) -> dict[str, tuple[int, int]]:
+    """name -> (received, sent) bytes from /proc/net/dev, for the wanted interfaces."""
+    counters = {}
+    for line in net_dev.splitlines()[2:]:  # two header lines
+        name, _, rest = line.partition(":")
+        name, fields = name.strip(), rest.split()
+        if len(fields) >= 9 and wanted(name):
+            counters[name] = (int(fields[0]), int(fields[8]))
+    return counters
 
 
 def disk_bytes(diskstats: str, is_disk: Any) -> tuple[int, int]:
@@ -390,11 +441,16 @@ def disk_totals(partitions: tuple[Partition, ...]) -> tuple[int, int, int]:
             sum(s[2] for s in spaces.values()))
 
 
-def cpu_seconds(times: Any) -> tuple[float, float]:
-    """(busy, total) from psutil.cpu_times(); guest time is already in user time."""
-    named = times._asdict()
-    total = sum(named.values()) - named.get("guest", 0) - named.get("guest_nice", 0)
-    return total - named.get("idle", 0) - named.get("iowait", 0), total
+def cpu_from_stat(stat: str) -> tuple[float, float]:
+    """(busy, total) clock ticks from the first line of /proc/stat, as psutil counts them.
+
+    Fields: user nice system idle iowait irq softirq steal guest guest_nice; guest time
+    is already inside user and nice, so it is not added again.
+    """
+    ticks = [int(v) for v in stat.split("\n", 1)[0].split()[1:]]
+    total = sum(ticks[:8])
+    idle = sum(ticks[3:5])  # idle + iowait
+    return float(total - idle), float(total)
 
 
 def cpu_percent(before: tuple[float, float], after: tuple[float, float]) -> float:

@@ -26,6 +26,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -177,15 +178,31 @@ def reports_accepted(port: int) -> int:
 # --- bench: agent --------------------------------------------------------------
 
 
+def time_sampling(duration: float, result: list[float]) -> None:
+    """CPU of collect + build + encode alone, at 1 Hz as in the agent (caches cold)."""
+    settings = agent.Settings(server="", server_id="bench", secret="")
+    collector, facts = agent.Collector(settings), agent.host_facts()
+    before = collector.sample()
+    deadline = time.monotonic() + duration
+    while time.monotonic() + 1 < deadline:
+        time.sleep(1)
+        start = time.thread_time()
+        after = collector.sample()
+        agent.encode(agent.build_message("bench", facts, before, after, 1.0))
+        result.append(time.thread_time() - start)
+        before = after
+
+
 def bench_agent(duration: float) -> dict[str, Any]:
     """agent.py at 1 Hz against a real dashboard, next to the floor process."""
     with tempfile.TemporaryDirectory() as tmp:
         dash, port = start_dashboard(Path(tmp), ["bench", "floor"])
         url = f"ws://127.0.0.1:{port}/ws-report"
-        reporter = subprocess.Popen([sys.executable, str(HERE / "agent.py"), "--server", url,
+        # Started as the systemd unit starts it: `python3 -m agent`, from bytecode.
+        reporter = subprocess.Popen([sys.executable, "-m", "agent", "--server", url,
                                      "--id", "bench", "--secret", SECRET, "--interval", "1",
                                      "--min-interval", "1", "--no-adaptive",
-                                     "--log-level", "WARNING"])
+                                     "--log-level", "WARNING"], cwd=HERE)
         floor = subprocess.Popen([sys.executable, "-c", AGENT_FLOOR, url, SECRET])
         try:
             procs = {"agent": psutil.Process(reporter.pid), "floor": psutil.Process(floor.pid)}
@@ -194,13 +211,19 @@ def bench_agent(duration: float) -> dict[str, Any]:
             start = {name: (cpu_seconds(p), p.memory_full_info()) for name, p in procs.items()}
             reports_start = reports_accepted(port)
             rss: dict[str, list[int]] = {name: [] for name in procs}
+            sampling: list[float] = []
+            timer = threading.Thread(target=time_sampling, args=(duration - warmup, sampling))
+            timer.start()
             deadline = time.monotonic() + duration - warmup
             while time.monotonic() < deadline:
                 for name, p in procs.items():
                     rss[name].append(p.memory_info().rss)
                 time.sleep(min(1.0, max(deadline - time.monotonic(), 0)))
             samples = reports_accepted(port) - reports_start
-            result: dict[str, Any] = {"samples": samples, "duration": duration}
+            timer.join()
+            result: dict[str, Any] = {
+                "samples": samples, "duration": duration,
+                "sampling_ms": statistics.median(sampling) * 1000 if sampling else None}
             for name, p in procs.items():
                 cpu0, mem0 = start[name]
                 mem = p.memory_full_info()
@@ -226,6 +249,9 @@ def print_agent(result: dict[str, Any]) -> None:
               f"{r['uss_mb']:7.1f} {r['rss_growth_mb']:14.2f}")
     above = result["agent"]["rss_mb"] - result["floor"]["rss_mb"]
     print(f"agent RSS above the floor: {above:.1f} MB")
+    if result["sampling_ms"] is not None:
+        print(f"of which collect + build + encode (median, in-process, 1 Hz): "
+              f"{result['sampling_ms']:.3f} ms per sample")
 
 
 # --- bench: dashboard ------------------------------------------------------------

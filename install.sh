@@ -164,6 +164,9 @@ fetch "$DASHBOARD_URL/agent.py" "$PREFIX/agent.py.new" ||
 "$PREFIX/venv/bin/python3" "$PREFIX/agent.py.new" --version >/dev/null 2>&1 ||
     fail "the downloaded agent.py does not run" "check $DASHBOARD_URL/agent.py in a browser"
 mv "$PREFIX/agent.py.new" "$PREFIX/agent.py"
+# Run as `python3 -m agent` from this bytecode: compiling agent.py at every start costs memory.
+"$PREFIX/venv/bin/python3" -m compileall -q "$PREFIX/agent.py" >/dev/null ||
+    fail "could not compile agent.py" "check that $PREFIX is writable"
 
 STEP="writing $ENV_FILE"
 mkdir -p "$(dirname "$ENV_FILE")"
@@ -187,5 +190,5 @@ if [ "$SYSTEMD" = yes ]; then
     say "installed and started: reporting to $SERVER as $ID (journalctl -u sss-agent -f)"
 else
     say "installed in $PREFIX without systemd; start the agent with:"
-    say "  set -a; . $ENV_FILE; set +a; $PREFIX/venv/bin/python3 $PREFIX/agent.py"
+    say "  set -a; . $ENV_FILE; set +a; cd $PREFIX && venv/bin/python3 -m agent"
 fi

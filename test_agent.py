@@ -116,20 +116,42 @@ def test_socket_counts_match_proc_net_tables() -> None:
     assert abs(sample.udp - table_lines("udp")) <= 5
 
 
-def test_swap_and_disk_io_match_psutil() -> None:
-    meminfo = Path("/proc/meminfo").read_text()
-    swap = psutil.swap_memory()
-    total, used, free, _ = agent.swap_from_meminfo(meminfo)
-    assert total == swap.total and abs(free - swap.free) < 2**20  # swap moves between reads
-    assert used == total - free
-    assert agent.swap_from_meminfo("SwapTotal: 1000 kB\nSwapFree: 250 kB\n") == (
-        1024000, 768000, 256000, 75.0)
+def test_proc_readings_match_psutil() -> None:
+    """Our one-read parsers of /proc agree with psutil's functions on this machine."""
+    meminfo = agent.meminfo_bytes(Path("/proc/meminfo").read_text())
+    memory, swap = psutil.virtual_memory(), psutil.swap_memory()
+    total, used, percent = agent.memory_from_meminfo(meminfo)
+    assert total == memory.total
+    assert abs(used - memory.used) < 64 * 2**20 and abs(percent - memory.percent) < 1
+    swap_total, swap_used, swap_free, _ = agent.swap_from_meminfo(meminfo)
+    assert swap_total == swap.total and abs(swap_free - swap.free) < 2**20
+    assert swap_used == swap_total - swap_free
+    small_swap = agent.meminfo_bytes("SwapTotal: 1000 kB\nSwapFree: 250 kB\n")
+    assert agent.swap_from_meminfo(small_swap) == (1024000, 768000, 256000, 75.0)
+    assert agent.memory_from_meminfo(agent.meminfo_bytes(
+        "MemTotal: 1000 kB\nMemFree: 100 kB\nMemAvailable: 600 kB\nBuffers: 50 kB\n"
+        "Cached: 300 kB\nSReclaimable: 50 kB\n")) == (1024000, 409600, 40.0)
+
+    assert agent.cpu_from_stat("cpu  100 0 50 800 50 0 0 0 20 0\n") == (150.0, 1000.0)
+    _, total = agent.cpu_from_stat(Path("/proc/stat").read_text().splitlines()[0])
+    times = psutil.cpu_times()
+    psutil_total = sum(times) - times.guest - times.guest_nice
+    assert abs(total / os.sysconf("SC_CLK_TCK") - psutil_total) < 5
+
+    net_dev = Path("/proc/net/dev").read_text()
+    ours = agent.nic_counters(net_dev, lambda name: True)
+    assert set(ours) == set(psutil.net_io_counters(pernic=True))
+    sample_dev = ("Inter-|   Receive\n face |bytes packets\n"
+                  "  eth0: 1000 10 0 0 0 0 0 0 2000 20 0 0 0 0 0 0\n"
+                  "    lo: 5 1 0 0 0 0 0 0 5 1 0 0 0 0 0 0\n")
+    assert agent.nic_counters(sample_dev, lambda n: n != "lo") == {"eth0": (1000, 2000)}
+
     collector = agent.Collector(SETTINGS)
-    ours = agent.disk_bytes(Path("/proc/diskstats").read_text(), collector.is_disk)
-    theirs = psutil.disk_io_counters()
-    if theirs is not None:
-        assert abs(ours[0] - theirs.read_bytes) < 2**24
-        assert abs(ours[1] - theirs.write_bytes) < 2**26
+    disks = agent.disk_bytes(Path("/proc/diskstats").read_text(), collector.is_disk)
+    io = psutil.disk_io_counters()
+    if io is not None:
+        assert abs(disks[0] - io.read_bytes) < 2**24
+        assert abs(disks[1] - io.write_bytes) < 2**26
     stats = ("   8       0 sda 10 0 100 0 20 0 200 0 0 0 0\n"
              "   8       1 sda1 5 0 60 0 10 0 150 0 0 0 0\n")
     assert agent.disk_bytes(stats, lambda name: name == "sda") == (100 * 512, 200 * 512)
@@ -411,7 +433,8 @@ def test_install_sh_installs_upgrades_and_uninstalls(make_dashboard: Any,
     finally:
         installed.kill()
     unit = (prefix / "sss-agent.service").read_text()
-    assert f"ExecStart={prefix}/venv/bin/python3 {prefix}/agent.py" in unit
+    assert f"WorkingDirectory={prefix}\nExecStart={prefix}/venv/bin/python3 -m agent" in unit
+    assert list((prefix / "__pycache__").glob("agent.*.pyc"))
     assert f"EnvironmentFile={env_file}" in unit
 
     (prefix / "agent.py").write_text("# an older agent\n")
