@@ -275,7 +275,8 @@ async def floor_server() -> None:
     async def receive(ws: Any) -> None:
         async for _ in ws:
             pass
-    async with serve(receive, "127.0.0.1", 0, max_size=64 * 1024) as server:
+    # The same transport settings as the dashboard's agent channel (no compression).
+    async with serve(receive, "127.0.0.1", 0, max_size=64 * 1024, compression=None) as server:
         print(f"listening on http://127.0.0.1:{server.sockets[0].getsockname()[1]}",
               file=sys.stderr, flush=True)
         await asyncio.Future()

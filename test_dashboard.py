@@ -387,6 +387,21 @@ def test_stuck_viewer_is_cut_and_others_keep_up(make_dashboard: Any) -> None:
     stuck.close()
 
 
+def test_viewer_compression_is_opt_in_and_never_for_agents(make_dashboard: Any) -> None:
+    def extensions(ws: Any) -> str:
+        return ws.response.headers.get("Sec-WebSocket-Extensions", "")
+
+    plain: Dashboard = make_dashboard()
+    with plain.viewer() as viewer, plain.agent("alpha") as agent:
+        assert extensions(viewer) == "" and extensions(agent) == ""
+    compressed: Dashboard = make_dashboard(start=False).start("--viewer-compression")
+    with compressed.viewer() as viewer, compressed.agent("alpha") as agent:
+        assert "permessage-deflate" in extensions(viewer)
+        assert extensions(agent) == ""
+        agent.send(json.dumps(go_report()))
+        assert cpu_of(recv_until(viewer, lambda m: server_in(m, "alpha")), "alpha") == 12.5
+
+
 # --- bad input over the wire ---------------------------------------------------
 
 
