@@ -1,13 +1,13 @@
 #!/usr/bin/env python3
 """SimpleServerStatus agent: report this machine's metrics to a dashboard.
 
-    $ SSS_SECRET_FILE=/etc/sss-agent.secret python3 agent.py \\
-          --server ws://dashboard.example:8900/ws-report --id web-1
-    2026-11-26 05:20:11 INFO reporting to ws://dashboard.example:8900/ws-report as web-1
-    2026-11-26 05:20:11 INFO connected to ws://dashboard.example:8900/ws-report
+    $ python3 agent.py --server ws://127.0.0.1:8900/ws-report --id local \\
+          --secret-file /etc/sss-agent.secret
+    2026-11-26 05:29:10 INFO reporting to ws://127.0.0.1:8900/ws-report as local
+    2026-11-26 05:29:10 INFO connected to ws://127.0.0.1:8900/ws-report
 
-    $ python3 agent.py --once --id web-1 | head -c 120
-    {"name":"web-1","group":"","id":"web-1","lastReportTime":1795672811,"hostInfo":...
+    $ python3 agent.py --once --id web-1 | head -c 110
+    {"name":"web-1","group":"","id":"web-1","lastReportTime":1795670948,"hostInfo":{"kernelArch":"x86_64","kernelV
 
 One sample per interval goes to the dashboard as the JSON message described in
 PROTOCOL.md (the original SimpleServerStatus ServerInfo, plus our extensions).

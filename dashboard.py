@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
 """SimpleServerStatus dashboard: agents report over WebSocket, browsers watch live.
 
-    $ python3 dashboard.py --config servers.json
-    2026-11-26 05:12:40 WARNING servers.json: server 'local' uses the placeholder secret ...
-    2026-11-26 05:12:40 INFO listening on http://0.0.0.0:8900 (1 servers configured)
-    2026-11-26 05:12:41 INFO agent connected: id=local from 127.0.0.1
-    2026-11-26 05:12:44 INFO viewer connected (1 watching)
+    $ python3 dashboard.py
+    2026-11-26 05:29:09 WARNING /work/main/servers.json: servers[0] (id 'local') uses the pl...
+    2026-11-26 05:29:09 INFO listening on http://0.0.0.0:8900 (1 servers configured)
+    2026-11-26 05:29:10 INFO agent connected: id=local from 127.0.0.1
+    2026-11-26 05:29:11 INFO viewer connected (1 watching)
+    2026-11-26 05:29:14 INFO agent disconnected: id=local (1000 agent shutting down)
 
 Agents connect to /ws-report with the headers X-SERVER-ID and X-AUTH-SECRET and
 send one JSON report per interval; browsers connect to /ws-frontend and get a
@@ -441,6 +442,29 @@ class Files:
                    read("deploy/sss-agent.service"))
 
 
+@dataclasses.dataclass(frozen=True)
+class Options:
+    """Command-line settings beyond servers.json."""
+
+    public_url: str = ""
+    tls: ssl.SSLContext | None = None
+    viewer_compression: bool = False
+    trusted_proxies: frozenset[str] = frozenset()
+
+
+def client_address(peer: str, headers: Headers, trusted_proxies: frozenset[str]) -> str:
+    """The agent's address: the peer, or what a trusted proxy says it forwarded for.
+
+    Only the last X-Forwarded-For entry is the proxy's own; earlier ones are whatever the
+    client claimed.
+    """
+    if peer in trusted_proxies:
+        forwarded = ",".join(headers.get_all("X-Forwarded-For")).split(",")[-1].strip()
+        if forwarded:
+            return forwarded[:64]
+    return peer
+
+
 def dashboard_url(public_url: str, host_header: str | None, tls: bool) -> str | None:
     """This dashboard's URL as agents should see it, or None when it cannot be trusted.
 
@@ -499,13 +523,12 @@ class Hub:
     """Servers, agents, viewers and counters; every method runs on the event loop."""
 
     def __init__(self, config: Config, config_path: Path, files: Files,
-                 public_url: str = "", tls: bool = False) -> None:
+                 options: Options | None = None) -> None:
         self.config = config
         self.config_path = config_path
         self.files = files
         self.page_csp = content_security_policy(files.page.decode()) if files.page else ""
-        self.public_url = public_url
-        self.tls = tls
+        self.options = options or Options()
         self.servers = {sid: self._new_state(cfg) for sid, cfg in config.servers.items()}
         self.viewers: set[ServerConnection] = set()
         self.dirty: set[str] = set()
@@ -726,7 +749,8 @@ def route_request(hub: Hub, connection: ServerConnection, request: Request) -> R
     """process_request: answer HTTP, authenticate agents, let WebSockets through."""
     path = urlsplit(request.path).path
     if path == "/ws-report":
-        address = connection.remote_address[0] if connection.remote_address else "?"
+        peer = connection.remote_address[0] if connection.remote_address else "?"
+        address = client_address(peer, request.headers, hub.options.trusted_proxies)
         status, reason, _ = hub.check_agent(address, request.headers)
         if status != 200:
             return text_response(status, reason)
@@ -748,7 +772,8 @@ def route_request(hub: Hub, connection: ServerConnection, request: Request) -> R
             return text_response(404, f"{path[1:]} is missing beside dashboard.py")
         return http_response(200, body, "text/plain; charset=utf-8")
     if path == "/install.sh":
-        url = dashboard_url(hub.public_url, request.headers.get("Host"), hub.tls)
+        url = dashboard_url(hub.options.public_url, request.headers.get("Host"),
+                            hub.options.tls is not None)
         if hub.files.installer is None:
             return text_response(404, "install.sh is missing beside dashboard.py")
         if url is None:
@@ -768,7 +793,8 @@ def route_request(hub: Hub, connection: ServerConnection, request: Request) -> R
 async def serve_agent(hub: Hub, ws: ServerConnection, sid: str) -> None:
     """Apply each report of one agent until it leaves or misbehaves."""
     older = hub.attach_agent(sid, ws)
-    address = ws.remote_address[0] if ws.remote_address else "?"
+    peer = ws.remote_address[0] if ws.remote_address else "?"
+    address = client_address(peer, ws.request.headers, hub.options.trusted_proxies)
     if older is not None:
         log.info("agent replaced: id=%s by a new connection from %s", sid, address)
         hub.close_later(older, 1008, "replaced by a newer connection for this id")
@@ -830,10 +856,10 @@ async def housekeeping(hub: Hub) -> None:
         hub.tick()
 
 
-async def run(config: Config, config_path: Path, public_url: str = "",
-              tls: ssl.SSLContext | None = None, viewer_compression: bool = False) -> None:
+async def run(config: Config, config_path: Path, options: Options) -> None:
     """Serve until SIGTERM or SIGINT; SIGHUP reloads servers.json."""
-    hub = Hub(config, config_path, Files.beside(HERE), public_url, tls is not None)
+    hub = Hub(config, config_path, Files.beside(HERE), options)
+    tls = options.tls
     loop = asyncio.get_running_loop()
     stop = loop.create_future()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -849,7 +875,7 @@ async def run(config: Config, config_path: Path, public_url: str = "",
     async with serve(handle, config.host, config.port, process_request=process_request,
                      max_size=MAX_FRAME_BYTES, server_header=f"sss-dashboard/{__version__}",
                      compression=None, ssl=tls,
-                     extensions=[VIEWER_COMPRESSION] if viewer_compression else None,
+                     extensions=[VIEWER_COMPRESSION] if options.viewer_compression else None,
                      ) as server:
         port = next(iter(server.sockets)).getsockname()[1]
         log.info("listening on %s://%s:%d (%d servers configured)", "https" if tls else "http",
@@ -880,6 +906,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--viewer-compression", action="store_true",
                         help="compress updates to browsers (permessage-deflate): ~5x less "
                              "traffic for slow links, more CPU per viewer")
+    parser.add_argument("--trusted-proxy", action="append", default=[], metavar="ADDRESS",
+                        help="a reverse proxy's address (repeatable): agents behind it are "
+                             "known by its X-Forwarded-For, so one bad client cannot get "
+                             "the proxy banned for everyone")
     parser.add_argument("--log-level", default="INFO",
                         choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -910,7 +940,9 @@ def main(argv: list[str] | None = None) -> int:
                       args.keyfile, exc)
             return 2
     try:
-        asyncio.run(run(config, args.config, args.public_url, tls, args.viewer_compression))
+        options = Options(args.public_url, tls, args.viewer_compression,
+                          frozenset(args.trusted_proxy))
+        asyncio.run(run(config, args.config, options))
     except OSError as exc:
         log.error("cannot listen on %s:%d: %s", config.host, config.port, exc.strerror or exc)
         return 1

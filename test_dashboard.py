@@ -22,6 +22,7 @@ from typing import Any
 import psutil
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
@@ -230,11 +231,13 @@ def test_metrics_parse_as_prometheus_text(make_dashboard: Any) -> None:
 # --- agents: authentication and connections ----------------------------------
 
 
-def handshake_status(dash: Dashboard, headers: Any, source: str = "127.0.0.1") -> int:
-    sock = socket.create_connection(("127.0.0.1", dash.port), timeout=10,
-                                    source_address=(source, 0))
+def handshake_status(dash: Dashboard, headers: Any, source: str = "127.0.0.1",
+                     port: int = 0, path: str = "/ws-report") -> int:
+    """Status of an agent handshake from `source` (to the dashboard, or to a proxy's port)."""
+    port = port or dash.port
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10, source_address=(source, 0))
     try:
-        with connect(dash.url("/ws-report", "ws"), sock=sock, additional_headers=headers,
+        with connect(f"ws://127.0.0.1:{port}{path}", sock=sock, additional_headers=headers,
                      open_timeout=10):
             return 101
     except InvalidStatus as error:
@@ -894,5 +897,28 @@ def test_agent_and_page_work_through_a_reverse_proxy(kind: str, make_dashboard: 
                    for u in page.requests), page.requests
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=10) as response:
             assert response.url == base  # the bare sub-path redirects
+    finally:
+        proxy.kill()
+
+
+def test_trusted_proxy_bans_the_client_not_the_proxy(make_dashboard: Any,
+                                                     tmp_path: Path) -> None:
+    headers = Headers([("X-Forwarded-For", "10.9.9.9, 203.0.113.5")])
+    trusted = frozenset({"127.0.0.1"})
+    assert dashboard.client_address("127.0.0.1", headers, trusted) == "203.0.113.5"
+    assert dashboard.client_address("127.0.0.9", headers, trusted) == "127.0.0.9"
+    assert dashboard.client_address("127.0.0.1", Headers(), trusted) == "127.0.0.1"
+
+    dash: Dashboard = make_dashboard(start=False).start("--trusted-proxy", "127.0.0.1")
+    proxy, port = start_proxy("nginx", tmp_path, dash.port)
+    try:
+        wrong = {"X-SERVER-ID": "alpha", "X-AUTH-SECRET": "guess"}
+        right = {"X-SERVER-ID": "alpha", "X-AUTH-SECRET": SECRET}
+        via_proxy = {"port": port, "path": "/status/ws-report"}
+        assert [handshake_status(dash, wrong, "127.0.0.2", **via_proxy)
+                for _ in range(10)] == [401] * 10
+        assert handshake_status(dash, right, "127.0.0.2", **via_proxy) == 429
+        assert handshake_status(dash, right, "127.0.0.3", **via_proxy) == 101
+        dash.wait_for_log("address 127.0.0.2 banned")
     finally:
         proxy.kill()
