@@ -131,13 +131,14 @@ async def watch(url: str, duration: float, sent_at: dict[int, float] | None,
 # --- processes and measurements ------------------------------------------------
 
 
-def start_dashboard(directory: Path, server_ids: list[str]) -> tuple[subprocess.Popen, int]:
+def start_dashboard(directory: Path, server_ids: list[str],
+                    *flags: str) -> tuple[subprocess.Popen, int]:
     """dashboard.py on 127.0.0.1, port 0, with a generated servers.json."""
     config = directory / "servers.json"
     config.write_text(json.dumps({"servers": [{"id": sid, "secret": SECRET}
                                               for sid in server_ids]}))
     return start_server([sys.executable, str(HERE / "dashboard.py"), "--config", str(config),
-                         "--host", "127.0.0.1", "--port", "0"], directory / "dashboard.log")
+                         "--host", "127.0.0.1", "--port", "0", *flags], directory / "dashboard.log")
 
 
 def start_server(args: list[str], log_path: Path) -> tuple[subprocess.Popen, int]:
@@ -309,10 +310,12 @@ def run_load(target_port: int, ids: list[str], viewers: int, duration: float,
             "window": time.monotonic() - wall0}
 
 
-def bench_dashboard(agents: int, viewers: int, duration: float) -> dict[str, Any]:
+def bench_dashboard(agents: int, viewers: int, duration: float,
+                    compression: bool = False) -> dict[str, Any]:
     ids = [f"agent-{i:05d}" for i in range(agents)]
     with tempfile.TemporaryDirectory() as tmp:
-        dash, port = start_dashboard(Path(tmp), ids)
+        flags = ["--viewer-compression"] if compression else []
+        dash, port = start_dashboard(Path(tmp), ids, *flags)
         try:
             accepted0 = reports_accepted(port)
             load = run_load(port, ids, viewers, duration, psutil.Process(dash.pid))
@@ -336,6 +339,7 @@ def bench_dashboard(agents: int, viewers: int, duration: float) -> dict[str, Any
     bytes_per_viewer = statistics.mean(viewer_bytes) / (duration + 2) if viewer_bytes else 0
     return {
         "agents": agents, "viewers": viewers, "duration": duration, "cores": os.cpu_count(),
+        "viewer_compression": compression,
         "reports_sent": sent, "reports_accepted": accepted,
         "reports_per_second": accepted / duration,
         "cpu_cores": load["cpu_cores"], "cpu_ms_per_report": cpu_per_report * 1000,
@@ -357,8 +361,9 @@ def percentile(values: list[float], pct: float) -> float:
 
 def print_dashboard(results: list[dict[str, Any]]) -> None:
     first = results[0]
-    print(f"dashboard bench: {first['viewers']} viewers, {first['duration']:.0f} s per run, "
-          f"{first['cores']} cores (dashboard and load generators share them)")
+    print(f"dashboard bench: {first['viewers']} viewers"
+          f"{' (compressed)' if first['viewer_compression'] else ''}, {first['duration']:.0f} s "
+          f"per run, {first['cores']} cores (dashboard and load generators share them)")
     print(f"{'agents':>6} {'reports/s':>9} {'CPU cores':>9} {'ms/report':>9} "
           f"{'floor ms':>8} {'ratio':>5} {'peak RSS MB':>11} {'p50 ms':>7} {'p99 ms':>7} "
           f"{'viewer KiB/s':>12} {'B/report':>8}")
@@ -385,6 +390,8 @@ def main(argv: list[str] | None = None) -> int:
     dash_cmd.add_argument("--agents", type=int, nargs="+", default=[2000])
     dash_cmd.add_argument("--viewers", type=int, default=20)
     dash_cmd.add_argument("--duration", type=float, default=30)
+    dash_cmd.add_argument("--viewer-compression", action="store_true",
+                          help="start the dashboard with --viewer-compression")
     dash_cmd.add_argument("--json", action="store_true")
     load_cmd = commands.add_parser("_load")  # internal: one load-generator process
     load_cmd.add_argument("--url")
@@ -405,7 +412,8 @@ def main(argv: list[str] | None = None) -> int:
         result = bench_agent(args.duration)
         print(json.dumps(result, indent=2)) if args.json else print_agent(result)
     else:
-        results = [bench_dashboard(n, args.viewers, args.duration) for n in args.agents]
+        results = [bench_dashboard(n, args.viewers, args.duration, args.viewer_compression)
+                   for n in args.agents]
         print(json.dumps(results, indent=2)) if args.json else print_dashboard(results)
     return 0
 

@@ -483,8 +483,6 @@ def installer_for(template: bytes, url: str) -> bytes:
     return template.replace(INSTALL_PLACEHOLDER, url.encode(), 1)
 
 
-
-
 def content_security_policy(html: str) -> str:
     """A CSP allowing only this page's own inline script and style, by hash."""
     def hashes(tag: str) -> str:
@@ -717,6 +715,7 @@ class Hub:
 
     def _disconnect(self, state: ServerState, reason: str) -> None:
         ws, state.connection = state.connection, None
+        self._set_online(state, False)
         if ws is not None:
             log.info("agent disconnected: id=%s: %s", state.config.id, reason)
             self.close_later(ws, 1008, reason)
