@@ -10,6 +10,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -59,6 +60,17 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def require_tool(name: str, package: str) -> str:
+    """Path of a system tool a test needs: skip without it, but fail under CI=true."""
+    path = shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/bin:/sbin:/bin")
+    if path is None:
+        missing = f"{name} is missing (apt-get install {package})"
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI=true but {missing}")
+        pytest.skip(missing)
+    return path
 
 
 def server_entry(sid: str, **fields: Any) -> dict[str, Any]:

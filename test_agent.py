@@ -6,7 +6,6 @@ import json
 import os
 import random
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -21,7 +20,16 @@ from websockets.sync.server import ServerConnection, serve
 
 import agent
 import dashboard
-from conftest import HERE, SECRET, Dashboard, LoggedProcess, free_port, go_report, server_in
+from conftest import (
+    HERE,
+    SECRET,
+    Dashboard,
+    LoggedProcess,
+    free_port,
+    go_report,
+    require_tool,
+    server_in,
+)
 
 SETTINGS = agent.Settings(server="ws://127.0.0.1:1/ws-report", server_id="web-1", secret=SECRET)
 FACTS = agent.HostFacts("linux", "debian", "debian", "12", "6.1.0", "x86_64", "kvm",
@@ -210,22 +218,23 @@ def test_backoff_follows_the_seed() -> None:
 def test_adaptive_interval_moves_both_ways_with_hysteresis() -> None:
     settings = agent.Settings(server="", server_id="", secret="", interval=5, min_interval=2,
                               max_interval=30)
-    pace = agent.Pace(5.0)
-    for cpu in (95, 95, 50, 95, 95):  # a dip resets the streak: no change
-        pace = agent.adapt(pace, cpu, settings)
+
+    def feed(pace: agent.Pace, *loads: float) -> agent.Pace:
+        for cpu in loads:
+            pace = agent.adapt(pace, cpu, settings)
+        return pace
+
+    pace = feed(agent.Pace(5.0), 95, 95, 50, 95, 95)  # a dip resets the streak: no change
     assert pace.interval == 5.0
-    pace = agent.adapt(pace, 95, settings)
+    pace = feed(pace, 95)
     assert pace.interval == pytest.approx(6.0)
-    for _ in range(60):
-        pace = agent.adapt(pace, 99, settings)
+    pace = feed(pace, *[99] * 60)
     assert pace.interval == 30
-    for _ in range(2):
-        pace = agent.adapt(pace, 5, settings)
+    pace = feed(pace, 5, 5)
     assert pace.interval == 30
-    pace = agent.adapt(pace, 5, settings)
+    pace = feed(pace, 5)
     assert pace.interval == pytest.approx(25.0)
-    for _ in range(100):
-        pace = agent.adapt(pace, 5, settings)
+    pace = feed(pace, *[5] * 100)
     assert pace.interval == 2
     fixed = agent.Settings(server="", server_id="", secret="", adaptive=False)
     assert agent.adapt(agent.Pace(5.0), 99, fixed) == agent.Pace(5.0)
@@ -394,11 +403,7 @@ def test_silent_dashboard_is_noticed_by_the_heartbeat(make_dashboard: Any,
 
 
 def test_install_sh_is_shellcheck_clean() -> None:
-    shellcheck = shutil.which("shellcheck")
-    if shellcheck is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("CI=true but shellcheck is missing: apt-get install shellcheck")
-        pytest.skip("shellcheck is missing (apt-get install shellcheck)")
+    shellcheck = require_tool("shellcheck", "shellcheck")
     result = subprocess.run([shellcheck, "--shell=sh", str(HERE / "install.sh")],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout

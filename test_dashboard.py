@@ -7,7 +7,6 @@ import contextlib
 import json
 import os
 import re
-import shutil
 import signal
 import socket
 import ssl
@@ -36,6 +35,7 @@ from conftest import (
     go_report,
     recv_json,
     recv_until,
+    require_tool,
     server_entry,
     server_in,
 )
@@ -540,11 +540,7 @@ XSS_NAME = "<img src=x onerror=alert(1)>"
 
 @pytest.fixture(scope="module")
 def browser() -> Any:
-    if not CHROMIUM.exists():
-        if os.environ.get("CI") == "true":
-            pytest.fail("CI=true but /usr/bin/chromium is missing: apt-get install chromium")
-        pytest.skip("browser tests need Debian's chromium at /usr/bin/chromium "
-                    "(apt-get install chromium)")
+    require_tool(str(CHROMIUM), "chromium")
     from playwright.sync_api import sync_playwright
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(
@@ -792,12 +788,7 @@ def test_bad_public_url_and_certificate_are_clear_errors(make_dashboard: Any) ->
 
 @pytest.fixture
 def systemd_analyze() -> str:
-    path = shutil.which("systemd-analyze")
-    if path is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("CI=true but systemd-analyze is missing: apt-get install systemd")
-        pytest.skip("systemd-analyze is missing (apt-get install systemd)")
-    return path
+    return require_tool("systemd-analyze", "systemd")
 
 
 def test_systemd_units_verify(systemd_analyze: str, tmp_path: Path) -> None:
@@ -844,11 +835,7 @@ def test_tls_carries_reports_to_a_viewer(make_dashboard: Any, make_agent: Any,
 
 def start_proxy(kind: str, tmp_path: Path, dashboard_port: int) -> tuple[LoggedProcess, int]:
     """nginx or Caddy on loopback, configured with README's block (ports changed)."""
-    binary = shutil.which(kind) or shutil.which(kind, path="/usr/sbin:/usr/bin")
-    if binary is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI=true but {kind} is missing: apt-get install {kind}")
-        pytest.skip(f"{kind} is missing (apt-get install {kind})")
+    binary = require_tool(kind, kind)
     port = free_port()
     proxy = LoggedProcess()
     if kind == "nginx":
