@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import dataclasses
 import fnmatch
+import functools
 import json
 import logging
 import math
@@ -283,9 +284,12 @@ class Collector:
         self.boot_time = psutil.boot_time()
         self.mounts: list[tuple[str, str, str]] = []
         self.mounts_read = -math.inf
-        self.nic_wanted: dict[str, bool] = {}  # name -> keep_nic(), bounded below
-        self.whole_disks: dict[str, bool] = {}  # diskstats name -> is a disk, not a partition
         self.proc = ProcFiles()
+        # Bounded memos: interface names churn with containers (veth*).
+        self.wanted = functools.lru_cache(maxsize=256)(
+            lambda nic: keep_nic(nic, settings.nics, settings.exclude_nics))
+        self.is_disk = functools.lru_cache(maxsize=256)(  # a disk, not a partition
+            lambda name: os.path.exists(f"/sys/block/{name.replace('/', '!')}"))
 
     def mount_points(self) -> list[tuple[str, str, str]]:
         if time.monotonic() - self.mounts_read > self.MOUNTS_REFRESH:
@@ -295,20 +299,6 @@ class Collector:
                                              self.settings.exclude_mounts)]
             self.mounts_read = time.monotonic()
         return self.mounts
-
-    def wanted(self, nic: str) -> bool:
-        if nic not in self.nic_wanted:
-            if len(self.nic_wanted) > 256:  # veth names churn with containers
-                self.nic_wanted.clear()
-            self.nic_wanted[nic] = keep_nic(nic, self.settings.nics, self.settings.exclude_nics)
-        return self.nic_wanted[nic]
-
-    def is_disk(self, name: str) -> bool:
-        if name not in self.whole_disks:
-            if len(self.whole_disks) > 256:
-                self.whole_disks.clear()
-            self.whole_disks[name] = os.path.exists(f"/sys/block/{name.replace('/', '!')}")
-        return self.whole_disks[name]
 
     def sample(self) -> Sample:
         read = self.proc.read

@@ -631,6 +631,22 @@ def test_page_marks_a_stopped_agent_offline_and_reconnects(make_dashboard: Any,
     assert card(page, "alpha").count() == 1 and page.locator("#total").inner_text() == "3"
 
 
+def test_page_says_stale_when_a_live_socket_goes_quiet(make_dashboard: Any, make_agent: Any,
+                                                        page_on: Any) -> None:
+    dash: Dashboard = make_dashboard()
+    make_agent("--server", dash.url("/ws-report", "ws"), "--id", "alpha", "--secret", SECRET,
+               "--interval", "1", "--min-interval", "1", "--no-adaptive")
+    page = page_on(dash)
+    card(page, "alpha").and_(page.locator(".online")).wait_for(timeout=15_000)
+    dash.signal(signal.SIGSTOP)  # the socket stays open, nothing arrives
+    try:
+        page.locator("#state", has_text=re.compile(r"^stale for \d+ s$")).wait_for(
+            timeout=50_000)
+    finally:
+        dash.signal(signal.SIGCONT)
+    page.locator("#state", has_text="live").wait_for(timeout=10_000)
+
+
 def test_page_shows_hostile_names_as_text(make_dashboard: Any, page_on: Any) -> None:
     dash: Dashboard = make_dashboard([server_entry("evil", name=XSS_NAME, group="<b>g</b>")])
     page = page_on(dash)
