@@ -685,15 +685,13 @@ class Reporter:
                 cause = explain_failure(exc, settings)
                 if connected_at is not None:
                     log.warning("lost the dashboard: %s", cause)
-                    outage_start = time.monotonic()
-                elif outage_start is None and attempts == 1:
-                    log.warning("%s; retrying with backoff", cause)
-                    outage_start = time.monotonic()
+                    outage_start = None
                 elif cause != last_cause:
                     log.warning("%s; retrying with backoff", cause)
                 else:
                     log.debug("still failing: %s", cause)
                 last_cause = cause
+                outage_start = outage_start or time.monotonic()
             finally:
                 self.connection = None
                 while not self.queue.empty():

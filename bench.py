@@ -28,6 +28,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -170,7 +171,6 @@ def stop(process: subprocess.Popen) -> None:
 
 
 def reports_accepted(port: int) -> int:
-    import urllib.request
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
         text = response.read().decode()
     return int(float(re.search(r"^sss_reports_accepted_total (\S+)", text, re.M).group(1)))

@@ -720,15 +720,16 @@ class Hub:
             log.info("agent disconnected: id=%s: %s", state.config.id, reason)
             self.close_later(ws, 1008, reason)
 
+    def agents_connected(self) -> int:
+        return sum(s.connection is not None for s in self.servers.values())
+
     def metrics(self) -> str:
-        states = list(self.servers.values())
-        agents = sum(s.connection is not None for s in states)
-        return render_metrics(states, agents, len(self.viewers), self.accepted, self.rejected)
+        return render_metrics(list(self.servers.values()), self.agents_connected(),
+                              len(self.viewers), self.accepted, self.rejected)
 
     def health(self) -> str:
         return json.dumps({"status": "ok", "servers": len(self.servers),
-                           "agents": sum(s.connection is not None for s in self.servers.values()),
-                           "viewers": len(self.viewers)})
+                           "agents": self.agents_connected(), "viewers": len(self.viewers)})
 
     def servers_json(self) -> str:
         return "[" + ",".join(s.view_json for s in self.servers.values()) + "]"
