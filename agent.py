@@ -19,6 +19,7 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import errno
 import fnmatch
 import functools
 import json
@@ -37,9 +38,25 @@ from pathlib import Path
 from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
-import psutil
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidStatus, InvalidURI
+
+def require(module: str, apt: str, pip: str) -> Any:
+    """Import a dependency, or exit 2 with one line naming it and how to install it."""
+    try:
+        return __import__(module)
+    except ImportError:
+        print(f"agent.py needs {module}, which is not installed: {apt} (or: pip install {pip})",
+              file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+require("websockets", "apt-get install python3-websockets", "websockets")
+from websockets.asyncio.client import ClientConnection, connect  # noqa: E402
+from websockets.exceptions import (  # noqa: E402
+    ConnectionClosed,
+    InvalidMessage,
+    InvalidStatus,
+    InvalidURI,
+)
 
 __version__ = "0.1.0"
 
@@ -53,6 +70,8 @@ STABLE_CONNECTION = 30.0  # only a connection up this long resets the backoff
 PING_INTERVAL = 30.0
 PING_TIMEOUT = 15.0  # a dead dashboard is noticed within 30 + 15 s
 QUEUE_SIZE = 100  # the seed's send queue
+MAX_INTERVAL = 3600.0  # the longest reportInterval a dashboard accepts (PROTOCOL.md)
+CHECK_TIMEOUT = 10.0  # --check: how long to wait for the dashboard's answer
 ADAPT_HIGH_CPU = 80.0
 ADAPT_LOW_CPU = 30.0
 ADAPT_STREAK = 3  # samples in a row before the interval moves (hysteresis)
@@ -81,6 +100,7 @@ class Settings:
     exclude_mounts: tuple[str, ...] = ()
     ca_file: str | None = None
     once: bool = False
+    check: bool = False
 
 
 class UsageError(Exception):
@@ -91,8 +111,8 @@ def parse_settings(argv: list[str] | None, environ: Mapping[str, str]) -> tuple[
     """Flags first, then SSS_* variables; returns the settings and the log level."""
     parser = argparse.ArgumentParser(
         description="SimpleServerStatus agent: reports this machine to a dashboard.",
-        epilog="Every flag may come from the environment instead: SSS_SERVER, SSS_ID, "
-               "SSS_SECRET or SSS_SECRET_FILE.")
+        epilog="The connection settings may come from the environment instead: SSS_SERVER, "
+               "SSS_ID, SSS_SECRET, SSS_SECRET_FILE (flags win).")
     parser.add_argument("--server", default=environ.get("SSS_SERVER"),
                         help="dashboard URL, ws://HOST:8900/ws-report or wss://... (SSS_SERVER)")
     parser.add_argument("--id", dest="server_id", default=environ.get("SSS_ID"),
@@ -101,9 +121,13 @@ def parse_settings(argv: list[str] | None, environ: Mapping[str, str]) -> tuple[
                         help="its secret; prefer --secret-file or SSS_SECRET (not shown in ps)")
     parser.add_argument("--secret-file", default=environ.get("SSS_SECRET_FILE"),
                         help="file holding the secret (SSS_SECRET_FILE)")
-    parser.add_argument("--interval", type=float, default=5.0, help="base report interval, s")
-    parser.add_argument("--min-interval", type=float, default=2.0, help="shortest interval, s")
-    parser.add_argument("--max-interval", type=float, default=30.0, help="longest interval, s")
+    parser.add_argument("--interval", type=float, default=5.0,
+                        help="base report interval in s (default: %(default)s)")
+    parser.add_argument("--min-interval", type=float, default=2.0,
+                        help="shortest interval in s (default: %(default)s)")
+    parser.add_argument("--max-interval", type=float, default=30.0,
+                        help="longest interval in s (default: %(default)s; at most "
+                             f"{MAX_INTERVAL:.0f})")
     parser.add_argument("--no-adaptive", action="store_true",
                         help="always report every --interval seconds")
     parser.add_argument("--nic", action="append", default=[], metavar="GLOB",
@@ -114,9 +138,13 @@ def parse_settings(argv: list[str] | None, environ: Mapping[str, str]) -> tuple[
                         help="leave out these mount points (repeatable)")
     parser.add_argument("--ca-file", help="CA bundle trusting a self-signed wss:// dashboard")
     parser.add_argument("--log-level", default="INFO",
-                        choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+                        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                        help="(default: %(default)s)")
     parser.add_argument("--once", action="store_true",
                         help="print one message as JSON on stdout and exit (no network)")
+    parser.add_argument("--check", action="store_true",
+                        help="connect once, send one report, say whether the dashboard "
+                             "accepted it; exit 0 or 1")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     args = parser.parse_args(argv)
 
@@ -126,7 +154,7 @@ def parse_settings(argv: list[str] | None, environ: Mapping[str, str]) -> tuple[
         except OSError as exc:
             raise UsageError(f"--secret-file (SSS_SECRET_FILE) {args.secret_file}: "
                              f"{exc.strerror}") from exc
-    if not args.once:
+    if not args.once:  # --check needs the connection settings too
         if not args.server:
             raise UsageError("--server (or SSS_SERVER) is required: the dashboard's "
                              "ws://HOST:8900/ws-report")
@@ -138,10 +166,10 @@ def parse_settings(argv: list[str] | None, environ: Mapping[str, str]) -> tuple[
         if not args.secret:
             raise UsageError("--secret, --secret-file (or SSS_SECRET, SSS_SECRET_FILE) is "
                              "required: this server's secret in servers.json")
-    if not 0 < args.min_interval <= args.interval <= args.max_interval:
-        raise UsageError("--min-interval, --interval and --max-interval must be positive and "
-                         f"in that order, got {args.min_interval}, {args.interval}, "
-                         f"{args.max_interval}")
+    if not 0 < args.min_interval <= args.interval <= args.max_interval <= MAX_INTERVAL:
+        raise UsageError("--min-interval, --interval and --max-interval must be positive, "
+                         f"in that order and at most {MAX_INTERVAL:.0f} s, got "
+                         f"{args.min_interval}, {args.interval}, {args.max_interval}")
     if args.ca_file and not os.path.isfile(args.ca_file):
         raise UsageError(f"--ca-file {args.ca_file}: no such file")
     settings = Settings(
@@ -149,7 +177,7 @@ def parse_settings(argv: list[str] | None, environ: Mapping[str, str]) -> tuple[
         interval=args.interval, min_interval=args.min_interval, max_interval=args.max_interval,
         adaptive=not args.no_adaptive, nics=tuple(args.nic),
         exclude_nics=tuple(args.exclude_nic), exclude_mounts=tuple(args.exclude_mount),
-        ca_file=args.ca_file, once=args.once)
+        ca_file=args.ca_file, once=args.once, check=args.check)
     return settings, args.log_level
 
 
@@ -267,11 +295,11 @@ def host_facts() -> HostFacts:
         platform_family=release.get("ID_LIKE", release.get("ID", "")).split(" ")[0],
         platform_version=release.get("VERSION_ID", ""), kernel_version=uname.release,
         kernel_arch=uname.machine, virtualization=detect_virtualization(),
-        cpu_info=(f"{model} x {psutil.cpu_count() or 1} Virtual Core",))
+        cpu_info=(f"{model} x {os.cpu_count() or 1} Virtual Core",))
 
 
 class Collector:
-    """Reads samples: the only code here that touches the system.
+    """Reads samples on Linux, from /proc and statvfs: the only code here that touches it.
 
     What rarely changes is read once (boot time) or now and then (the mount table,
     every MOUNTS_REFRESH s), so a sample costs a fraction of a millisecond.
@@ -281,10 +309,10 @@ class Collector:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.boot_time = psutil.boot_time()
+        self.proc = ProcFiles()
+        self.boot_time = boot_time_from_stat(self.proc.read("stat"))
         self.mounts: list[tuple[str, str, str]] = []
         self.mounts_read = -math.inf
-        self.proc = ProcFiles()
         # Bounded memos: interface names churn with containers (veth*).
         self.wanted = functools.lru_cache(maxsize=256)(
             lambda nic: keep_nic(nic, settings.nics, settings.exclude_nics))
@@ -293,10 +321,9 @@ class Collector:
 
     def mount_points(self) -> list[tuple[str, str, str]]:
         if time.monotonic() - self.mounts_read > self.MOUNTS_REFRESH:
-            self.mounts = [(p.device, p.mountpoint, p.fstype)
-                           for p in psutil.disk_partitions(all=False)
-                           if keep_partition(p.device, p.mountpoint, p.fstype,
-                                             self.settings.exclude_mounts)]
+            self.mounts = [mount for mount in physical_mounts(read_text(PROC / "self/mounts"),
+                                                               read_text(PROC / "filesystems"))
+                           if keep_partition(*mount, self.settings.exclude_mounts)]
             self.mounts_read = time.monotonic()
         return self.mounts
 
@@ -306,11 +333,12 @@ class Collector:
         partitions = []
         for device, mount_point, fstype in self.mount_points():
             try:
-                usage = psutil.disk_usage(mount_point)
+                fs = os.statvfs(mount_point)
             except OSError:
                 continue  # unmounted meanwhile, or no permission
             partitions.append(Partition(device, mount_point, fstype,
-                                        usage.total, usage.used, usage.free))
+                                        *statvfs_usage(fs.f_frsize, fs.f_blocks, fs.f_bfree,
+                                                       fs.f_bavail)))
         tcp, udp = socket_counts(read("net/sockstat") + read("net/sockstat6"))
         return Sample(
             monotonic=time.monotonic(), wall=time.time(),
@@ -320,7 +348,13 @@ class Collector:
             nic_bytes=nic_counters(read("net/dev"), self.wanted),
             disk_io=disk_bytes(read("diskstats"), self.is_disk),
             load=os.getloadavg(), boot_time=self.boot_time,
-            processes=len(psutil.pids()), tcp=tcp, udp=udp)
+            processes=count_processes(), tcp=tcp, udp=udp)
+
+
+def count_processes() -> int:
+    """Processes running: the numeric entries of /proc, as psutil.pids() counts them."""
+    with os.scandir(PROC) as entries:
+        return sum(1 for entry in entries if entry.name.isdigit())
 
 
 # --- sample -> message (pure) -------------------------------------------------
@@ -340,6 +374,53 @@ def socket_counts(sockstat: str) -> tuple[int, int]:
                       for key, value in zip(words[::2], words[1::2]) if value.isdigit())
     tcp = fields.get("TCP.inuse", 0) + fields.get("TCP6.inuse", 0) + fields.get("TCP.tw", 0)
     return tcp, fields.get("UDP.inuse", 0) + fields.get("UDP6.inuse", 0)
+
+
+def boot_time_from_stat(stat: str) -> float:
+    """Unix time of boot: the btime line of /proc/stat (what psutil.boot_time() reads)."""
+    match = re.search(r"^btime (\d+)", stat, re.MULTILINE)
+    return float(match[1]) if match else time.time() - time.monotonic()
+
+
+def unescape_mount(field: str) -> str:
+    """/proc/self/mounts writes space, tab, newline and backslash as octal escapes."""
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), field)
+
+
+def physical_mounts(mounts: str, filesystems: str) -> list[tuple[str, str, str]]:
+    """(device, mount point, fstype) of real filesystems, as psutil's all=False lists them.
+
+    A filesystem type is real when /proc/filesystems lists it without "nodev"; ZFS is
+    nodev there but holds real data.
+    """
+    real = {line.split()[-1] for line in filesystems.splitlines()
+            if line.strip() and not line.startswith("nodev")} | {"zfs"}
+    found = []
+    for line in mounts.splitlines():
+        fields = line.split()
+        if len(fields) >= 3 and fields[2] in real:
+            found.append((unescape_mount(fields[0]), unescape_mount(fields[1]), fields[2]))
+    return found
+
+
+def statvfs_usage(block: int, blocks: int, blocks_free: int,
+                  blocks_available: int) -> tuple[int, int, int]:
+    """(total, used, free) bytes as psutil.disk_usage() and df compute them."""
+    return block * blocks, block * (blocks - blocks_free), block * blocks_available
+
+
+def distinct_filesystems(partitions: tuple[Partition, ...]) -> list[Partition]:
+    """One row per filesystem: bind mounts and subvolumes of a device already listed are
+    left out (the first mount, in mount-table order, stays). ZFS datasets are their own."""
+    seen: set[str] = set()
+    rows = []
+    for p in partitions:
+        if p.fstype != "zfs":
+            if p.device in seen:
+                continue
+            seen.add(p.device)
+        rows.append(p)
+    return rows
 
 
 MEMINFO_FIELDS = re.compile(
@@ -504,7 +585,7 @@ def build_message(server_id: str, facts: HostFacts, before: Sample, after: Sampl
             "partitions": [{"mountPoint": p.mount_point, "fstype": p.fstype, "total": p.total,
                             "free": p.free, "used": p.used,
                             "usedPercent": percent_of(p.used, p.used + p.free)}
-                           for p in after.partitions],
+                           for p in distinct_filesystems(after.partitions)],
         },
         "networkInfo": {"netInSpeed": net_in, "netOutSpeed": net_out,
                         "netInTransfer": sum(rx for rx, _ in after.nic_bytes.values()),
@@ -561,36 +642,74 @@ def jittered(delay: float, rng: random.Random) -> float:
     return delay * (1 - BACKOFF_JITTER * rng.random())
 
 
+def dashboard_says(exc: InvalidStatus) -> str:
+    """The first line of the dashboard's refusal, made safe to log."""
+    body = exc.response.body or b""
+    line = body.decode(errors="replace").strip().split("\n", 1)[0][:200]
+    return line.encode("ascii", "backslashreplace").decode()
+
+
 def explain_failure(exc: BaseException, settings: Settings) -> str:
     """A connection failure in plain words, with the setting to check."""
-    host = urlsplit(settings.server).hostname or settings.server
+    url = urlsplit(settings.server)
+    host = url.hostname or settings.server
     if isinstance(exc, InvalidStatus):
-        status = exc.response.status_code
+        status, said = exc.response.status_code, dashboard_says(exc)
         if status == 401:
-            return (f"dashboard rejected id {settings.server_id}: check --id/--secret against "
-                    "servers.json")
+            return (f"dashboard rejected id {settings.server_id} ({said or 'unauthorized'}): "
+                    "check --id/--secret against servers.json")
         if status == 429:
-            return "dashboard refuses this address after repeated failed attempts (HTTP 429)"
+            return f"dashboard refuses this address after repeated failed attempts ({said})"
+        if said:
+            return f"dashboard answered HTTP {status}: {said}"
         return f"dashboard answered HTTP {status}: check the path in --server (/ws-report)"
     if isinstance(exc, socket.gaierror):
         return f"cannot resolve {host}: check --server"
     if isinstance(exc, ssl.SSLCertVerificationError):
+        if exc.verify_code == 62:  # X509_V_ERR_HOSTNAME_MISMATCH
+            return (f"TLS certificate of {host} is for another name ({exc.verify_message}): "
+                    "use the name it was issued for in --server")
         return (f"TLS certificate of {host} rejected ({exc.verify_message}): "
                 "pass --ca-file for a self-signed dashboard")
+    if url.scheme == "wss" and isinstance(exc, (ssl.SSLError, ConnectionResetError,
+                                                 EOFError, InvalidMessage)):
+        return (f"the dashboard at {url.netloc} speaks ws://, not wss:// (no TLS there): "
+                "fix --server")
+    if url.scheme == "ws" and isinstance(exc, InvalidMessage):
+        return (f"the dashboard at {url.netloc} speaks wss:// (TLS), not ws://: fix --server")
     if isinstance(exc, ConnectionRefusedError):
         return f"connection refused by {host}: is the dashboard running? check --server"
     if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
         return f"timed out connecting to {host}: a firewall may drop packets; check --server"
+    if isinstance(exc, OSError) and exc.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH):
+        return f"no route to the dashboard ({host}): is this server's network up?"
     if isinstance(exc, ConnectionClosed):
         code = exc.rcvd.code if exc.rcvd else (exc.sent.code if exc.sent else 1006)
         reason = exc.rcvd.reason if exc.rcvd else ""
-        return f"connection closed ({code}{': ' + reason if reason else ''})"
+        return f"connection closed ({code}{': ' + repr(reason) if reason else ''})"
     if isinstance(exc, InvalidURI):
         return f"{exc}: check --server"
     return f"cannot connect to {settings.server}: {type(exc).__name__}: {exc}"
 
 
+def is_refusal(exc: BaseException) -> bool:
+    """The dashboard is up and said no (credentials, address): not an outage."""
+    return isinstance(exc, InvalidStatus)
+
+
 # --- transport ---------------------------------------------------------------
+
+
+def open_connection(settings: Settings, check: bool = False) -> Any:
+    """The connection to the dashboard, as an async context manager."""
+    context = ssl.create_default_context(cafile=settings.ca_file) \
+        if settings.server.startswith("wss:") else None
+    headers = {"X-SERVER-ID": settings.server_id, "X-AUTH-SECRET": settings.secret}
+    if check:
+        headers["X-SSS-Check"] = "1"  # the dashboard answers each report (PROTOCOL.md)
+    return connect(settings.server, ssl=context, open_timeout=10, additional_headers=headers,
+                   user_agent_header=f"sss-agent/{__version__}", ping_interval=PING_INTERVAL,
+                   ping_timeout=PING_TIMEOUT, close_timeout=1)
 
 
 class Reporter:
@@ -603,6 +722,7 @@ class Reporter:
         self.pace = Pace(settings.interval)
         self.dropping = False
         self.stopping = False
+        self.refused = False  # the dashboard is up but refuses this agent
 
     async def collect(self) -> None:
         """Sample every interval; enqueue while connected, drop (logged once) while not."""
@@ -615,14 +735,16 @@ class Reporter:
                 after = collector.sample()
                 message = build_message(self.settings.server_id, facts, before, after,
                                         self.pace.interval)
-            except (OSError, psutil.Error) as exc:  # keep reporting whatever else happens
+            except (OSError, ValueError) as exc:  # keep reporting whatever else happens
                 log.warning("sample failed: %s", exc)
                 continue
             before = after
             self.pace = adapt(self.pace, message["cpuInfo"]["percent"], self.settings)
             if self.connection is None:
                 if not self.dropping:
-                    log.info("not connected: samples are dropped until the dashboard is back")
+                    log.info("not connected: samples are dropped until %s",
+                             "the dashboard accepts this agent" if self.refused
+                             else "the dashboard is back")
                 self.dropping = True
                 continue
             self.dropping = False
@@ -652,8 +774,6 @@ class Reporter:
     async def connect_forever(self) -> None:
         """Connect, report, and reconnect on the seed's backoff; never gives up."""
         settings = self.settings
-        context = ssl.create_default_context(cafile=settings.ca_file) \
-            if settings.server.startswith("wss:") else None
         rng = random.Random()
         delays = backoff_delays()
         attempts = 0  # in the current outage
@@ -663,13 +783,9 @@ class Reporter:
             attempts += 1
             connected_at = None
             try:
-                async with connect(settings.server, ssl=context, open_timeout=10,
-                                   additional_headers={"X-SERVER-ID": settings.server_id,
-                                                       "X-AUTH-SECRET": settings.secret},
-                                   user_agent_header=f"sss-agent/{__version__}",
-                                   ping_interval=PING_INTERVAL, ping_timeout=PING_TIMEOUT,
-                                   close_timeout=1) as ws:
+                async with open_connection(settings) as ws:
                     connected_at = time.monotonic()
+                    self.refused = False
                     if outage_start is not None or attempts > 1:
                         since = connected_at - (outage_start or connected_at)
                         log.info("reconnected after %d attempt%s (%.0f s without dashboard)",
@@ -683,6 +799,7 @@ class Reporter:
                 if self.stopping:
                     return
                 cause = explain_failure(exc, settings)
+                self.refused = is_refusal(exc)
                 if connected_at is not None:
                     log.warning("lost the dashboard: %s", cause)
                     outage_start = None
@@ -730,15 +847,35 @@ async def run(settings: Settings) -> None:
     log.info("stopped")
 
 
-def print_once(settings: Settings) -> None:
-    """--once: the exact message, computed over one second; no network."""
+def one_message(settings: Settings) -> dict[str, Any]:
+    """A report computed over one second, as the running agent would send it."""
     collector = Collector(settings)
     before = collector.sample()
     time.sleep(1)
     after = collector.sample()
-    message = build_message(settings.server_id or socket.gethostname(), host_facts(),
-                            before, after, settings.interval)
-    print(encode(message))
+    return build_message(settings.server_id or socket.gethostname(), host_facts(),
+                         before, after, settings.interval)
+
+
+async def check_once(settings: Settings, message: dict[str, Any]) -> tuple[bool, str]:
+    """--check: send one report and read the dashboard's verdict: (accepted, what to say)."""
+    try:
+        async with open_connection(settings, check=True) as ws:
+            await ws.send(encode(message))
+            try:
+                answer = json.loads(await asyncio.wait_for(ws.recv(), CHECK_TIMEOUT))
+            except asyncio.TimeoutError:
+                return True, ("connected and sent a report; this dashboard does not confirm "
+                              "reports (an older or the Go dashboard)")
+            if not isinstance(answer, dict) or answer.get("type") != "check":
+                return True, "connected and sent a report; the dashboard's answer was unclear"
+            if answer.get("accepted") is True:
+                return True, f"the dashboard at {settings.server} accepted a report as " \
+                             f"{settings.server_id}"
+            reason = str(answer.get("reason", "no reason given"))[:200]
+            return False, f"the dashboard refused the report: {reason!r}"
+    except Exception as exc:  # whatever went wrong, say it in plain words
+        return False, explain_failure(exc, settings)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -751,8 +888,12 @@ def main(argv: list[str] | None = None) -> int:
                         datefmt="%Y-%m-%d %H:%M:%S")
     logging.getLogger("websockets").setLevel(logging.CRITICAL)  # we explain failures ourselves
     if settings.once:
-        print_once(settings)
+        print(encode(one_message(settings)))
         return 0
+    if settings.check:
+        accepted, verdict = asyncio.run(check_once(settings, one_message(settings)))
+        print(("ok: " if accepted else "failed: ") + verdict)
+        return 0 if accepted else 1
     asyncio.run(run(settings))
     return 0
 

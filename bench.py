@@ -382,7 +382,9 @@ def print_dashboard(results: list[dict[str, Any]]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Measure agent.py and dashboard.py.")
-    commands = parser.add_subparsers(dest="command", required=True)
+    # The helpers (_load, _floor) are run by bench.py itself; the metavar hides them.
+    commands = parser.add_subparsers(dest="command", required=True,
+                                     metavar="{agent,dashboard}")
     agent_cmd = commands.add_parser("agent", help="the agent's CPU and memory")
     agent_cmd.add_argument("--duration", type=float, default=60)
     agent_cmd.add_argument("--json", action="store_true")

@@ -77,6 +77,14 @@ def server_entry(sid: str, **fields: Any) -> dict[str, Any]:
     return {"id": sid, "secret": SECRET, **fields}
 
 
+class LogNotFound(AssertionError):
+    """wait_for_log() gave up: the line never came, or the process exited first."""
+
+    def __init__(self, message: str, exit_code: int | None) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
 class LoggedProcess:
     """A child process whose stderr lines are collected for wait_for_log()."""
 
@@ -84,9 +92,11 @@ class LoggedProcess:
         self.process: subprocess.Popen[str] | None = None
         self.lines: list[str] = []
         self.changed = threading.Condition()
+        self.collected = threading.Event()  # every line of the current process is in
 
     def spawn(self, args: list[str], **popen: Any) -> int:
         """Start `args` in its own process group; where its lines begin in self.lines."""
+        self.collected.clear()
         self.process = subprocess.Popen(args, stderr=subprocess.PIPE, text=True,
                                         start_new_session=True, **popen)
         threading.Thread(target=self._collect, args=(self.process,), daemon=True).start()
@@ -98,6 +108,9 @@ class LoggedProcess:
             with self.changed:
                 self.lines.append(line.rstrip("\n"))
                 self.changed.notify_all()
+        with self.changed:
+            self.collected.set()
+            self.changed.notify_all()
 
     def wait_for_log(self, pattern: str | re.Pattern[str], after: int = 0,
                      timeout: float = 10) -> str:
@@ -110,10 +123,15 @@ class LoggedProcess:
                     if regex.search(line):
                         return line
                 remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise AssertionError(f"no log line matching {regex.pattern!r} in "
-                                         f"{timeout} s; log:\n" + "\n".join(self.lines[-30:]))
-                self.changed.wait(remaining)
+                exited = self.process is not None and self.process.poll() is not None \
+                    and self.collected.is_set()
+                if remaining <= 0 or exited:
+                    why = (f"exited with {self.process.returncode}" if exited  # type: ignore
+                           else f"in {timeout} s")
+                    raise LogNotFound(f"no log line matching {regex.pattern!r} ({why}); "
+                                      "log:\n" + "\n".join(self.lines[-30:]),
+                                      self.process.returncode if exited else None)  # type: ignore
+                self.changed.wait(min(remaining, 0.2))
 
     def count_log(self, pattern: str) -> int:
         regex = re.compile(pattern)
@@ -158,7 +176,10 @@ class Dashboard(LoggedProcess):
         self.config_path.write_text(text)
 
     def start(self, *extra: str) -> Dashboard:
-        """Start (or restart, on the same port) and wait until it listens."""
+        """Start (or restart, on the same port) and wait until it listens.
+
+        A dashboard that exits instead raises LogNotFound at once, with its exit code.
+        """
         mark = self.spawn([sys.executable, str(HERE / "dashboard.py"), "--config",
                            str(self.config_path), "--host", "127.0.0.1", "--port",
                            str(self.port), *extra])

@@ -168,6 +168,14 @@ mv "$PREFIX/agent.py.new" "$PREFIX/agent.py"
 "$PREFIX/venv/bin/python3" -m compileall -q "$PREFIX/agent.py" >/dev/null ||
     fail "could not compile agent.py" "check that $PREFIX is writable"
 
+STEP="checking that the dashboard accepts $ID"
+# Through the environment, so the secret never shows on a command line.
+if ! VERDICT=$(cd "$PREFIX" && SSS_SERVER="$SERVER" SSS_ID="$ID" SSS_SECRET="$SECRET" \
+        "$PREFIX/venv/bin/python3" -m agent --check 2>&1); then
+    fail "$(printf '%s' "$VERDICT" | tail -n 1)" "fix --id, --secret or --dashboard (or servers.json), then run this again"
+fi
+say "$VERDICT"
+
 STEP="writing $ENV_FILE"
 mkdir -p "$(dirname "$ENV_FILE")"
 (umask 077 && printf 'SSS_SERVER=%s\nSSS_ID=%s\nSSS_SECRET=%s\n' "$SERVER" "$ID" "$SECRET" > "$ENV_FILE.new") ||

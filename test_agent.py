@@ -20,6 +20,7 @@ from websockets.sync.server import ServerConnection, serve
 
 import agent
 import dashboard
+import reports
 from conftest import (
     HERE,
     SECRET,
@@ -78,8 +79,8 @@ def test_message_from_this_machine_is_complete_and_valid() -> None:
     after = collector.sample()
     message = agent.build_message("web-1", agent.host_facts(), before, after, 5.0)
     assert_go_types(go_report(), message)
-    record = dashboard.validate_report(agent.encode(message))
-    assert set(record) >= set(dashboard.VIEW_FIELDS)
+    record = reports.validate_report(agent.encode(message))
+    assert set(record) >= set(reports.VIEW_FIELDS)
     # Plausible numbers, checked against psutil directly.
     memory = psutil.virtual_memory()
     assert message["virtualMemoryInfo"]["total"] == memory.total
@@ -191,7 +192,7 @@ def test_disk_counts_each_filesystem_once() -> None:
     assert total == (100 + 50 + 35) * gib
     message = agent.build_message("web-1", FACTS, sample(), sample(101.0, partitions=parts), 5)
     assert [p["mountPoint"] for p in message["diskInfo"]["partitions"]] == [
-        "/", "/srv/bind", "/data", "/data/@home", "/tank/home", "/tank/backup"]
+        "/", "/data", "/tank/home", "/tank/backup"]  # one row per filesystem
     assert message["diskInfo"]["usedPercent"] == round(65 / 180 * 100, 2)
 
 
@@ -297,7 +298,7 @@ def test_once_prints_the_message_without_a_dashboard() -> None:
     assert result.returncode == 0, result.stderr
     message = json.loads(result.stdout)
     assert_go_types(go_report(), message)
-    dashboard.validate_report(result.stdout)
+    reports.validate_report(result.stdout)
 
 
 # --- end to end ----------------------------------------------------------------
@@ -341,13 +342,16 @@ def test_wrong_secret_is_explained_and_retried_slowly(make_dashboard: Any,
                                                       make_agent: Any) -> None:
     dash: Dashboard = make_dashboard()
     reporter = make_agent(*agent_args(dash, secret="not-the-secret"))
-    reporter.wait_for_log("dashboard rejected id alpha: check --id/--secret against servers.json")
+    reporter.wait_for_log(r"dashboard rejected id alpha \(unknown server id or wrong secret\): "
+                          "check --id/--secret against servers.json")
     time.sleep(20)
     attempts = dash.count_log("agent rejected: id='alpha'")
     assert 3 <= attempts <= 6, attempts  # 0, 3, 6.6, 10.9, 16.1 s on the seed's backoff
     assert reporter.count_log("WARNING dashboard rejected id alpha") == 1  # once per outage
     assert reporter.process is not None and reporter.process.poll() is None
     assert "Traceback" not in reporter.log_text()
+    # The dashboard is up: the agent must not claim it is waiting for it to come back.
+    assert "until the dashboard is back" not in reporter.log_text()
 
 
 def test_accept_then_close_cannot_make_it_hot_loop(make_agent: Any) -> None:
@@ -379,7 +383,7 @@ def test_sigterm_closes_with_1000_and_exits_0(make_dashboard: Any, make_agent: A
     wait_online(dash, "alpha")
     reporter.signal(signal.SIGTERM)
     assert reporter.process is not None and reporter.process.wait(5) == 0
-    dash.wait_for_log(r"agent disconnected: id=alpha \(1000 agent shutting down\)")
+    dash.wait_for_log(r"agent disconnected: id=alpha \(1000 'agent shutting down'\)")
     assert "Traceback" not in reporter.log_text()
     wait_online(dash, "alpha", online=False, timeout=3)
 

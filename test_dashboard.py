@@ -25,12 +25,15 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
+import agent as sss_agent
 import bench
 import dashboard
+from config import PLACEHOLDER_SECRET, ConfigError, ServerConfig, load_config, parse_config
 from conftest import (
     SECRET,
     Dashboard,
     LoggedProcess,
+    LogNotFound,
     free_port,
     go_report,
     recv_json,
@@ -39,20 +42,30 @@ from conftest import (
     server_entry,
     server_in,
 )
+from hub import Hub, server_view
+from limits import FailureLimiter
+from reports import MAX_FRAME_BYTES, ReportError, validate_report
+from timings import (
+    DEFAULT_REPORT_INTERVAL,
+    MAX_REPORT_INTERVAL,
+    offline_after,
+    silent_close_after,
+)
+from web import AgentIdentity, client_address, dashboard_url
 
 # --- configuration -----------------------------------------------------------
 
 
 def config_error(data: Any) -> str:
-    with pytest.raises(dashboard.ConfigError) as caught:
-        dashboard.parse_config(data, "servers.json")
+    with pytest.raises(ConfigError) as caught:
+        parse_config(data, "servers.json")
     return str(caught.value)
 
 
 def test_config_defaults_and_warnings() -> None:
-    config, warnings = dashboard.parse_config(
+    config, warnings = parse_config(
         {"servers": [{"id": "web-1", "secret": "short", "colour": "red"},
-                     {"id": "db_2", "secret": dashboard.PLACEHOLDER_SECRET, "countryCode": "NL"}],
+                     {"id": "db_2", "secret": PLACEHOLDER_SECRET, "countryCode": "NL"}],
          "prot": 1}, "servers.json")
     web, db = config.servers["web-1"], config.servers["db_2"]
     assert (web.name, web.group, web.country_code) == ("web-1", "Default", "")
@@ -81,23 +94,42 @@ def test_config_errors_name_the_field(data: Any, expected: str) -> None:
     assert expected in message
 
 
+def test_every_config_problem_is_reported_at_once() -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config({"port": "80", "servers": [
+            {"id": "ab", "secret": SECRET},
+            {"id": "web-1"},
+            {"id": "web-2", "secret": SECRET, "countryCode": "DEU", "name": 5},
+            {"id": "db-1", "secret": SECRET},
+            {"id": "db-1", "secret": SECRET},
+        ]}, "servers.json")
+    problems = caught.value.problems
+    assert [p.split(":")[1].strip() for p in problems] == [
+        'field "port" must be an integer 0-65535, such as 8900',
+        'servers[0]', "servers[1] (id 'web-1')", "servers[2] (id 'web-2')",
+        "servers[2] (id 'web-2')", "servers[3] (id 'web-2')"]
+    assert all(p.startswith("servers.json: ") for p in problems)
+
+
 def test_broken_config_exits_2_naming_file_and_fix(make_dashboard: Any) -> None:
     dash: Dashboard = make_dashboard(start=False)
-    dash.write_config({"servers": [{"id": "web-1", "secret": ""}]})
-    with pytest.raises(AssertionError):
+    dash.write_config({"servers": [{"id": "web-1", "secret": ""},
+                                   {"id": "web-2", "secret": SECRET, "countryCode": "x"}]})
+    with pytest.raises(LogNotFound) as exited:
         dash.start()
-    assert dash.process is not None and dash.process.wait(10) == 2
+    assert exited.value.exit_code == 2
     log = dash.log_text()
     assert str(dash.config_path) in log and 'field "secret"' in log and "token_urlsafe" in log
+    assert "servers[1] (id 'web-2'): field \"countryCode\"" in log  # the second problem too
     assert "Traceback" not in log
     dash.write_config("{not json")
-    with pytest.raises(AssertionError):
+    with pytest.raises(LogNotFound) as exited:
         dash.start()
-    assert dash.process.wait(10) == 2 and "not valid JSON" in dash.log_text()
+    assert exited.value.exit_code == 2 and "not valid JSON" in dash.log_text()
 
 
 def test_shipped_config_is_valid_and_warns_about_its_placeholder() -> None:
-    config, warnings = dashboard.load_config(dashboard.DEFAULT_CONFIG)
+    config, warnings = load_config(dashboard.DEFAULT_CONFIG)
     assert list(config.servers) == ["local"]
     assert any("placeholder secret" in w for w in warnings)
 
@@ -108,10 +140,10 @@ def test_shipped_config_is_valid_and_warns_about_its_placeholder() -> None:
 def test_go_agent_report_validates_and_unknown_fields_are_dropped() -> None:
     report = go_report(surprise={"x": 1})
     report["hostInfo"]["extra"] = "<b>"
-    record = dashboard.validate_report(json.dumps(report))
+    record = validate_report(json.dumps(report))
     assert "surprise" not in record and "extra" not in record["hostInfo"]
     assert record["diskInfo"]["partitions"][0]["mountPoint"] == "/"
-    view = dashboard.server_view(dashboard.ServerConfig("web-1", "Web", "G", SECRET, "de"),
+    view = server_view(ServerConfig("web-1", "Web", "G", SECRET, "de"),
                                  record, 1764000000, True)
     assert "ip" not in view and SECRET not in json.dumps(view)
     assert (view["name"], view["loc"], view["online"]) == ("Web", "de", True)
@@ -119,7 +151,7 @@ def test_go_agent_report_validates_and_unknown_fields_are_dropped() -> None:
 
 
 def test_nulls_from_go_are_accepted() -> None:
-    record = dashboard.validate_report(json.dumps(go_report(diskInfo={
+    record = validate_report(json.dumps(go_report(diskInfo={
         "total": 1, "used": 0, "usedPercent": 0, "partitions": None}, swapMemoryInfo=None)))
     assert "partitions" not in record["diskInfo"] and "swapMemoryInfo" not in record
 
@@ -159,16 +191,85 @@ BAD_REPORTS = [
 
 @pytest.mark.parametrize(("frame", "reason"), BAD_REPORTS)
 def test_bad_reports_are_refused_with_a_reason(frame: str | bytes, reason: str) -> None:
-    with pytest.raises(dashboard.ReportError) as caught:
-        dashboard.validate_report(frame)
+    with pytest.raises(ReportError) as caught:
+        validate_report(frame)
     assert caught.value.reason == reason
 
 
-def test_offline_rule() -> None:
-    assert dashboard.offline_after(dashboard.DEFAULT_REPORT_INTERVAL) == 9
-    assert dashboard.offline_after(5) == 15
-    assert dashboard.offline_after(30) == 65
-    assert dashboard.offline_after(600) == 65
+class FakeConnection:
+    """Stands in for a connection where the hub only compares and stores it."""
+
+    def __init__(self, sid: str) -> None:
+        self.agent = AgentIdentity(sid, "127.0.0.1", False)
+
+
+def fleet(*sids: str) -> Hub:
+    config, _ = parse_config({"servers": [server_entry(sid) for sid in sids]}, "servers.json")
+    return Hub(config, broadcast=lambda viewers, message: None)
+
+
+def test_offline_rule_follows_each_servers_interval() -> None:
+    assert offline_after(DEFAULT_REPORT_INTERVAL) == 9  # the Go agent says nothing: 2 s
+    assert offline_after(5) == 15
+    assert offline_after(70) == 145  # no cap: an agent at 70 s is not offline between reports
+    hub = fleet("go-agent", "slow-agent")
+    go, slow = FakeConnection("go-agent"), FakeConnection("slow-agent")
+    hub.attach_agent("go-agent", go, now=0.0)
+    hub.attach_agent("slow-agent", slow, now=0.0)
+    hub.accept_report("go-agent", {"cpuInfo": {"percent": 1}}, now=0.0, wall=1e9)
+    hub.accept_report("slow-agent", {"reportInterval": 70}, now=0.0, wall=1e9)
+    assert hub.tick(now=9.0)[0] == []
+    assert hub.tick(now=9.001)[0] == ["go-agent"]
+    assert hub.tick(now=144.9)[0] == []
+    assert hub.tick(now=145.1)[0] == ["slow-agent"]
+    assert not hub.servers["slow-agent"].online and hub.dirty == {"go-agent", "slow-agent"}
+
+
+def test_silent_connections_close_after_the_derived_limit() -> None:
+    assert silent_close_after(2) == 60  # never sooner than the seed's minute
+    assert silent_close_after(70) == 290
+    hub = fleet("fast-1", "slow-1")
+    fast, slow = FakeConnection("fast-1"), FakeConnection("slow-1")
+    hub.attach_agent("fast-1", fast, now=0.0)
+    hub.attach_agent("slow-1", slow, now=0.0)
+    hub.accept_report("slow-1", {"reportInterval": 70}, now=0.0, wall=1e9)
+    hub.heard_from("slow-1", now=70.0)
+    assert hub.tick(now=60.0)[1] == []
+    _, closes = hub.tick(now=60.5)
+    assert [(c.connection, c.code, c.reason) for c in closes] == [
+        (fast, 1008, "no report for 60 s")]
+    assert hub.tick(now=61.0)[1] == []  # closed once, not every tick
+    assert slow in [c.connection for c in hub.tick(now=70.0 + 290.5)[1]]
+
+
+def test_failed_attempts_ban_one_address_for_five_minutes() -> None:
+    limiter = FailureLimiter()
+    assert [limiter.fail("192.0.2.1", now=float(t)) for t in range(9)] == [False] * 9
+    assert limiter.fail("192.0.2.2", now=9.0) is False  # another address counts apart
+    assert limiter.fail("192.0.2.1", now=59.0) is True  # the tenth within 60 s
+    assert limiter.banned_for("192.0.2.1", now=60.0) == 299.0
+    assert limiter.banned_for("192.0.2.2", now=60.0) == 0
+    limiter.expire(now=359.0)
+    assert limiter.banned_for("192.0.2.1", now=359.0) == 0
+    slow = FailureLimiter()  # ten failures spread over more than a minute never ban
+    assert not any(slow.fail("192.0.2.3", now=t * 7.0) for t in range(30))
+
+
+def test_timing_contract_ties_the_agent_to_the_dashboard() -> None:
+    """Whatever interval an agent may use, the dashboard waits for its next report."""
+    assert sss_agent.MAX_INTERVAL == MAX_REPORT_INTERVAL
+    with pytest.raises(sss_agent.UsageError, match="3600"):
+        sss_agent.parse_settings(["--once", "--max-interval", "3601"], {})
+    assert validate_report(json.dumps({"reportInterval": MAX_REPORT_INTERVAL}))
+    with pytest.raises(ReportError):
+        validate_report(json.dumps({"reportInterval": MAX_REPORT_INTERVAL + 1}))
+    for interval in (sss_agent.Settings.min_interval, sss_agent.Settings.interval,
+                     sss_agent.Settings.max_interval, 70, MAX_REPORT_INTERVAL):
+        # The next report may come one adaptive step later, plus a ping round trip.
+        next_report = interval * sss_agent.ADAPT_FACTOR + sss_agent.PING_TIMEOUT
+        assert offline_after(interval) > interval * sss_agent.ADAPT_FACTOR
+        assert silent_close_after(interval) > next_report
+        assert silent_close_after(interval) >= offline_after(interval)
 
 
 # --- HTTP --------------------------------------------------------------------
@@ -184,7 +285,7 @@ def test_http_endpoints(make_dashboard: Any) -> None:
     servers = dash.get_json("/api/servers")
     assert [s["id"] for s in servers] == ["alpha", "beta", "never"]
     assert servers[0] == {"id": "alpha", "name": "Alpha", "group": "Web", "loc": "de",
-                          "online": False, "lastReportTime": 0}
+                          "online": False, "lastReportTime": 0, "offlineAfter": 9.0}
     assert dash.get_json("/healthz") == {"status": "ok", "servers": 3, "agents": 0, "viewers": 0}
     for path in ("/nope", "/ws-reportx", "/api/servers/alpha"):
         assert dash.get(path)[0] == 404
@@ -290,7 +391,7 @@ def test_snapshot_then_updates_within_a_second(make_dashboard: Any) -> None:
         assert [s["id"] for s in snapshot["servers"]] == ["alpha", "beta", "never"]
         never = server_in(snapshot, "never")
         assert never == {"id": "never", "name": "never", "group": "Default", "loc": "",
-                         "online": False, "lastReportTime": 0}
+                         "online": False, "lastReportTime": 0, "offlineAfter": 9.0}
         for load in (10.0, 20.0, 30.0):
             sent = time.monotonic()
             agent.send(json.dumps(go_report(cpuInfo={"percent": load, "info": []})))
@@ -445,7 +546,7 @@ def test_five_bad_reports_in_a_row_close_with_1007(make_dashboard: Any) -> None:
 def test_oversized_frame_closes_with_1009(make_dashboard: Any) -> None:
     dash: Dashboard = make_dashboard()
     with dash.agent("alpha") as agent:
-        agent.send("x" * (dashboard.MAX_FRAME_BYTES + 1))
+        agent.send("x" * (MAX_FRAME_BYTES + 1))
         with pytest.raises(ConnectionClosed):
             agent.recv(timeout=5)
         assert agent.close_code == 1009
@@ -779,9 +880,9 @@ def test_dashboard_serves_its_agent_and_installer(make_dashboard: Any) -> None:
     # A hostile Host header must not end up in a script people run as root.
     answer = raw_get(dash.port, "/install.sh", 'x";touch /tmp/pwned;"')
     assert answer.startswith(b"HTTP/1.1 400") and b"pwned" not in answer
-    assert dashboard.dashboard_url("", "[::1]:8900", tls=True) == "https://[::1]:8900"
-    assert dashboard.dashboard_url("", "a b", tls=False) is None
-    assert dashboard.dashboard_url("https://s.example/status/", "x", False) == \
+    assert dashboard_url("", "[::1]:8900", tls=True) == "https://[::1]:8900"
+    assert dashboard_url("", "a b", tls=False) is None
+    assert dashboard_url("https://s.example/status/", "x", False) == \
         "https://s.example/status"
 
 
@@ -796,9 +897,9 @@ def test_bad_public_url_and_certificate_are_clear_errors(make_dashboard: Any) ->
     dash: Dashboard = make_dashboard(start=False)
     for flags, expected in ((["--public-url", "http://x/$(reboot)"], "--public-url"),
                             (["--certfile", "/nonexistent.pem"], "--certfile")):
-        with pytest.raises(AssertionError):
+        with pytest.raises(LogNotFound) as exited:
             dash.start(*flags)
-        assert dash.process is not None and dash.process.wait(10) == 2
+        assert exited.value.exit_code == 2
         assert expected in dash.log_text() and "Traceback" not in dash.log_text()
 
 
@@ -908,9 +1009,9 @@ def test_trusted_proxy_bans_the_client_not_the_proxy(make_dashboard: Any,
                                                      tmp_path: Path) -> None:
     headers = Headers([("X-Forwarded-For", "10.9.9.9, 203.0.113.5")])
     trusted = frozenset({"127.0.0.1"})
-    assert dashboard.client_address("127.0.0.1", headers, trusted) == "203.0.113.5"
-    assert dashboard.client_address("127.0.0.9", headers, trusted) == "127.0.0.9"
-    assert dashboard.client_address("127.0.0.1", Headers(), trusted) == "127.0.0.1"
+    assert client_address("127.0.0.1", headers, trusted) == "203.0.113.5"
+    assert client_address("127.0.0.9", headers, trusted) == "127.0.0.9"
+    assert client_address("127.0.0.1", Headers(), trusted) == "127.0.0.1"
 
     dash: Dashboard = make_dashboard(start=False).start("--trusted-proxy", "127.0.0.1")
     proxy, port = start_proxy("nginx", tmp_path, dash.port)

@@ -1,0 +1,247 @@
+"""The live state of every server, fan-out to viewers, and liveness.
+
+Every method runs on the event loop and takes the time it needs as arguments (`now`:
+monotonic seconds, `wall`: Unix seconds), so the rules are tested with a fake clock.
+Sending is injected (`broadcast`), so this module needs websockets' connection type only.
+Closing connections is the caller's job: the methods that decide to close one return it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import dataclasses
+import json
+import logging
+import time
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple
+
+from config import COUNTRY_PATTERN, Config, ServerConfig
+from reports import VIEW_FIELDS, ReportError
+from timings import COALESCE_SECONDS, DEFAULT_REPORT_INTERVAL, offline_after, silent_close_after
+
+if TYPE_CHECKING:
+    from websockets.asyncio.server import ServerConnection
+else:
+    ServerConnection = Any
+
+log = logging.getLogger("sss.dashboard")
+
+VIEWER_BACKLOG_BYTES = 1024 * 1024  # allowed beyond one snapshot before a viewer is cut
+
+Broadcast = Callable[[list[Any], str], None]
+
+
+class Closing(NamedTuple):
+    """A connection the hub wants closed, and why (close code and reason)."""
+
+    connection: ServerConnection
+    code: int
+    reason: str
+
+
+def server_view(server: ServerConfig, record: dict[str, Any] | None,
+                last_report: int, online: bool) -> dict[str, Any]:
+    """The object a browser gets for one server: config names plus validated blocks."""
+    loc = server.country_code
+    if not loc and record and COUNTRY_PATTERN.fullmatch(record.get("loc", "")):
+        loc = record["loc"].lower()
+    interval = (record or {}).get("reportInterval", DEFAULT_REPORT_INTERVAL)
+    view: dict[str, Any] = {"id": server.id, "name": server.name, "group": server.group,
+                            "loc": loc, "online": online, "lastReportTime": last_report,
+                            "offlineAfter": offline_after(interval)}
+    if record:
+        view.update((key, record[key]) for key in VIEW_FIELDS if key in record)
+    return view
+
+
+def browser_message(kind: str, wall: float, server_views: list[str]) -> str:
+    """Assemble a snapshot or update from per-server JSON encoded once each."""
+    return f'{{"type":"{kind}","time":{wall:.3f},"servers":[{",".join(server_views)}]}}'
+
+
+@dataclasses.dataclass
+class ServerState:
+    config: ServerConfig
+    record: dict[str, Any] | None = None
+    last_report: int = 0  # Unix seconds, 0 = never
+    last_report_mono: float = 0.0
+    last_frame_mono: float = 0.0
+    online: bool = False
+    connection: ServerConnection | None = None
+    view_json: str = ""
+
+    @property
+    def report_interval(self) -> float:
+        return float((self.record or {}).get("reportInterval", DEFAULT_REPORT_INTERVAL))
+
+    def refresh_view(self) -> None:
+        self.view_json = json.dumps(
+            server_view(self.config, self.record, self.last_report, self.online),
+            separators=(",", ":"))
+
+
+def new_state(config: ServerConfig) -> ServerState:
+    state = ServerState(config)
+    state.refresh_view()
+    return state
+
+
+class Hub:
+    """Servers, agents, viewers and counters."""
+
+    def __init__(self, config: Config, broadcast: Broadcast,
+                 loop: asyncio.AbstractEventLoop | None = None) -> None:
+        self.config = config
+        self.broadcast = broadcast
+        self.loop = loop  # None in unit tests: updates then wait in `dirty`
+        self.servers = {sid: new_state(cfg) for sid, cfg in config.servers.items()}
+        self.viewers: set[ServerConnection] = set()
+        self.dirty: set[str] = set()
+        self.flush_handle: asyncio.TimerHandle | None = None
+        self.snapshot_bytes = 0
+        self.accepted = 0
+        self.rejected: collections.Counter[str] = collections.Counter()
+
+    # --- agents ---
+
+    def attach_agent(self, sid: str, ws: ServerConnection, now: float) -> Closing | None:
+        """Make `ws` the live connection of `sid`; the older one, if any, is to be closed."""
+        state = self.servers[sid]
+        older, state.connection = state.connection, ws
+        state.last_frame_mono = now
+        if older is None:
+            return None
+        return Closing(older, 1008, "replaced by a newer connection for this id")
+
+    def detach_agent(self, sid: str, ws: ServerConnection) -> bool:
+        """Forget `ws`; False when it had been replaced or dropped by a reload already."""
+        state = self.servers.get(sid)
+        if state is None or state.connection is not ws:
+            return False
+        state.connection = None
+        self._set_online(state, False)
+        return True
+
+    def is_current(self, sid: str, ws: ServerConnection) -> bool:
+        """Whether `ws` still speaks for `sid` (not replaced, removed or re-keyed)."""
+        state = self.servers.get(sid)
+        return state is not None and state.connection is ws
+
+    def heard_from(self, sid: str, now: float) -> None:
+        """Any frame counts against the silent-connection rule, valid or not."""
+        self.servers[sid].last_frame_mono = now
+
+    def accept_report(self, sid: str, record: dict[str, Any], now: float, wall: float) -> None:
+        state = self.servers[sid]
+        state.record = record
+        state.last_report = int(wall)
+        state.last_report_mono = now
+        state.online = True
+        state.refresh_view()
+        self.accepted += 1
+        self.mark_dirty(sid)
+
+    def reject_report(self, error: ReportError) -> None:
+        self.rejected[error.reason] += 1
+
+    def _set_online(self, state: ServerState, online: bool) -> None:
+        if state.online != online:
+            state.online = online
+            state.refresh_view()
+            self.mark_dirty(state.config.id)
+
+    # --- liveness ---
+
+    def tick(self, now: float) -> tuple[list[str], list[Closing]]:
+        """Offline transitions and silent connections: (ids gone offline, closes to make)."""
+        gone, closes = [], []
+        for sid, state in self.servers.items():
+            interval = state.report_interval
+            if state.online and now - state.last_report_mono > offline_after(interval):
+                self._set_online(state, False)
+                gone.append(sid)
+            limit = silent_close_after(interval)
+            if state.connection is not None and now - state.last_frame_mono > limit:
+                state.last_frame_mono = now  # close once
+                closes.append(Closing(state.connection, 1008, f"no report for {limit:.0f} s"))
+        return gone, closes
+
+    def apply_config(self, config: Config) -> tuple[list[Closing], int, int]:
+        """Take a reloaded servers.json: (closes to make, servers added, servers removed)."""
+        old = self.servers
+        added = len(config.servers.keys() - old.keys())
+        closes = []
+        self.servers = {}
+        for sid, cfg in config.servers.items():
+            state = old.pop(sid, None) or new_state(cfg)
+            if state.connection is not None and cfg.secret != state.config.secret:
+                closes.append(self._drop(state, "secret changed in servers.json"))
+            state.config = cfg
+            state.refresh_view()
+            self.servers[sid] = state
+        closes += [self._drop(state, "server removed from servers.json")
+                   for state in old.values() if state.connection is not None]
+        self.config = config
+        self.push(self.snapshot(self.wall()))
+        return closes, added, len(old)
+
+    def _drop(self, state: ServerState, reason: str) -> Closing:
+        ws, state.connection = state.connection, None
+        self._set_online(state, False)
+        return Closing(ws, 1008, reason)
+
+    # --- viewers ---
+
+    def snapshot(self, wall: float) -> str:
+        message = browser_message("snapshot", wall, [s.view_json for s in self.servers.values()])
+        self.snapshot_bytes = len(message)
+        return message
+
+    def add_viewer(self, ws: ServerConnection, wall: float) -> None:
+        """Queue the snapshot, then updates; broadcast() keeps the two in order."""
+        self.broadcast([ws], self.snapshot(wall))
+        self.viewers.add(ws)
+
+    def mark_dirty(self, sid: str) -> None:
+        self.dirty.add(sid)
+        if self.flush_handle is None and self.loop is not None:
+            self.flush_handle = self.loop.call_later(COALESCE_SECONDS, self.flush)
+
+    def flush(self) -> None:
+        """Send one update holding every server that changed since the last one."""
+        self.flush_handle = None
+        changed = [self.servers[sid].view_json for sid in self.dirty if sid in self.servers]
+        self.dirty.clear()
+        if changed:
+            self.push(browser_message("update", self.wall(), changed))
+
+    def push(self, message: str) -> list[ServerConnection]:
+        """Send to every viewer that keeps up; cut (and return) those whose backlog overflows."""
+        cap = VIEWER_BACKLOG_BYTES + self.snapshot_bytes
+        keeping_up, cut = [], []
+        for ws in self.viewers:
+            (cut if ws.transport.get_write_buffer_size() > cap else keeping_up).append(ws)
+        for ws in cut:
+            log.warning("viewer disconnected: not reading (over %d bytes queued)", cap)
+            self.viewers.discard(ws)
+            ws.transport.abort()  # a close handshake would queue behind the backlog
+        self.broadcast(keeping_up, message)
+        return cut
+
+    @staticmethod
+    def wall() -> float:
+        """Unix time for messages; the rules run on the monotonic `now`."""
+        return time.time()
+
+    # --- read-outs ---
+
+    def agents_connected(self) -> int:
+        return sum(s.connection is not None for s in self.servers.values())
+
+    def health(self) -> str:
+        return json.dumps({"status": "ok", "servers": len(self.servers),
+                           "agents": self.agents_connected(), "viewers": len(self.viewers)})
+
+    def servers_json(self) -> str:
+        return "[" + ",".join(s.view_json for s in self.servers.values()) + "]"

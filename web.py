@@ -1,0 +1,299 @@
+"""HTTP: the route table, responses, the agents' handshake check, CSP, the installer.
+
+Everything here runs inside websockets' `process_request`: it answers plain HTTP
+requests, authenticates agents before the upgrade, and lets WebSocket handshakes through
+by returning None. It imports websockets' HTTP types only.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import hashlib
+import hmac
+import ipaddress
+import logging
+import re
+import ssl
+from http import HTTPStatus
+from pathlib import Path
+from typing import Any, Callable, NamedTuple
+from urllib.parse import urlsplit
+
+from websockets.datastructures import Headers
+from websockets.http11 import Request, Response
+
+from config import PLACEHOLDER_SECRET
+from hub import Hub
+from limits import FailureLimiter
+from metrics import render_metrics
+
+log = logging.getLogger("sss.dashboard")
+
+INSTALL_PLACEHOLDER = b"__SSS_DASHBOARD_URL__"
+HOST_HEADER = re.compile(r"(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::\d{1,5})?")
+SAFE_URL = re.compile(r"https?://[A-Za-z0-9.\[\]:-]+(?:/[A-Za-z0-9._~/-]*)?")
+AGENT_HEADERS = ("X-SERVER-ID", "X-AUTH-SECRET")
+CHECK_HEADER = "X-SSS-Check"  # agent.py --check: answer each report (PROTOCOL.md)
+
+
+# --- what is served ----------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Files:
+    """What the dashboard serves besides JSON, read once at start."""
+
+    page: bytes | None
+    agent: bytes | None
+    installer: bytes | None
+    agent_unit: bytes | None
+
+    @classmethod
+    def beside(cls, directory: Path) -> Files:
+        def read(name: str) -> bytes | None:
+            try:
+                return (directory / name).read_bytes()
+            except OSError:
+                return None
+        return cls(read("index.html"), read("agent.py"), read("install.sh"),
+                   read("deploy/sss-agent.service"))
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+    """Command-line settings beyond servers.json."""
+
+    public_url: str = ""
+    tls: ssl.SSLContext | None = None
+    viewer_compression: bool = False
+    trusted_proxies: frozenset[str] = frozenset()
+
+
+class AgentIdentity(NamedTuple):
+    """Stored on an agent's connection by the handshake check, read by its handler."""
+
+    server_id: str
+    address: str
+    check: bool  # answer each report with a "check" frame (agent.py --check)
+
+
+@dataclasses.dataclass
+class Site:
+    """What a request handler may use."""
+
+    hub: Hub
+    files: Files
+    options: Options
+    limiter: FailureLimiter
+    page_csp: str
+
+    @classmethod
+    def create(cls, hub: Hub, files: Files, options: Options) -> Site:
+        csp = content_security_policy(files.page.decode()) if files.page else ""
+        return cls(hub, files, options, FailureLimiter(), csp)
+
+
+# --- responses ---------------------------------------------------------------
+
+
+def http_response(status: HTTPStatus, body: bytes, content_type: str,
+                  extra: dict[str, str] | None = None) -> Response:
+    """A complete HTTP response for process_request."""
+    headers = Headers({"Content-Type": content_type, "Content-Length": str(len(body)),
+                       "Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"})
+    headers.update(extra or {})
+    return Response(status.value, status.phrase, headers, body)
+
+
+def text_response(status: HTTPStatus, text: str,
+                  extra: dict[str, str] | None = None) -> Response:
+    return http_response(status, text.encode() + b"\n", "text/plain; charset=utf-8", extra)
+
+
+def json_response(payload: str) -> Response:
+    return http_response(HTTPStatus.OK, payload.encode(), "application/json")
+
+
+def content_security_policy(html: str) -> str:
+    """A CSP allowing only this page's own inline script and style, by hash."""
+    def hashes(tag: str) -> str:
+        bodies = re.findall(rf"<{tag}>(.*?)</{tag}>", html, re.DOTALL)
+        return " ".join(
+            "'sha256-" + base64.b64encode(hashlib.sha256(b.encode()).digest()).decode() + "'"
+            for b in bodies)
+    return (f"default-src 'none'; script-src {hashes('script')}; style-src {hashes('style')}; "
+            "connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; "
+            "frame-ancestors 'none'")
+
+
+# --- addresses and URLs ------------------------------------------------------
+
+
+def client_address(peer: str, headers: Headers, trusted_proxies: frozenset[str]) -> str:
+    """The client's address: the peer, or what a trusted proxy says it forwarded for.
+
+    Only the last X-Forwarded-For entry is the proxy's own; earlier ones are whatever the
+    client claimed.
+    """
+    if peer in trusted_proxies:
+        forwarded = ",".join(headers.get_all("X-Forwarded-For")).split(",")[-1].strip()
+        if forwarded:
+            return forwarded[:64]
+    return peer
+
+
+def is_loopback(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
+
+
+def dashboard_url(public_url: str, host_header: str | None, tls: bool) -> str | None:
+    """This dashboard's URL as agents should see it, or None when it cannot be trusted.
+
+    The Host header ends up inside a shell script that people run as root, so it is
+    accepted only when it is a plain host name or address with an optional port.
+    """
+    if public_url:
+        return public_url.rstrip("/")
+    if host_header and HOST_HEADER.fullmatch(host_header):
+        return f"{'https' if tls else 'http'}://{host_header}"
+    return None
+
+
+def installer_for(template: bytes, url: str) -> bytes:
+    """install.sh with this dashboard's URL as its default."""
+    return template.replace(INSTALL_PLACEHOLDER, url.encode(), 1)
+
+
+# --- the agents' handshake ---------------------------------------------------
+
+
+def check_agent(site: Site, address: str, headers: Headers,
+                now: float) -> tuple[Response | None, AgentIdentity | None]:
+    """Authenticate an agent before the upgrade: (refusal, None) or (None, identity)."""
+    banned = site.limiter.banned_for(address, now)
+    if banned:
+        seconds = int(banned) + 1
+        return text_response(HTTPStatus.TOO_MANY_REQUESTS,
+                             f"too many failed attempts from this address; refused for "
+                             f"{seconds} more s", {"Retry-After": str(seconds)}), None
+    ids, secrets = headers.get_all("X-SERVER-ID"), headers.get_all("X-AUTH-SECRET")
+    sid = ids[0] if ids else ""
+    if len(ids) > 1 or len(secrets) > 1:
+        status, reason, why = (HTTPStatus.BAD_REQUEST,
+                               "X-SERVER-ID and X-AUTH-SECRET must be sent once each", "")
+    elif not ids or not secrets:
+        status, reason, why = HTTPStatus.UNAUTHORIZED, \
+            "missing X-SERVER-ID or X-AUTH-SECRET header", ""
+    else:
+        server = site.hub.config.servers.get(sid)
+        expected = server.secret if server else PLACEHOLDER_SECRET + "\0"
+        matches = hmac.compare_digest(secrets[0].encode(), expected.encode()) and server
+        if matches and server.uses_placeholder_secret and not is_loopback(address):
+            status, reason = HTTPStatus.UNAUTHORIZED, (
+                "this server still has the placeholder secret, which is accepted from the "
+                "dashboard's own machine only; set a real secret in servers.json")
+            why = "placeholder secret from a non-loopback address"
+        elif matches:
+            return None, AgentIdentity(sid, address, headers.get(CHECK_HEADER) == "1")
+        else:
+            status, reason = HTTPStatus.UNAUTHORIZED, "unknown server id or wrong secret"
+            why = "wrong secret" if server else "id not in servers.json"
+    log.warning("agent rejected: id=%.60r from %s: %s", sid, address, why or reason)
+    if site.limiter.fail(address, now):
+        log.warning("address %s banned for %.0f s after %d failed handshakes within %.0f s",
+                    address, site.limiter.ban, site.limiter.limit, site.limiter.window)
+    return text_response(status, reason), None
+
+
+# --- routes ------------------------------------------------------------------
+
+Handler = Callable[[Site, Request], Response]
+
+
+def page(site: Site, request: Request) -> Response:
+    if site.files.page is None:
+        return text_response(HTTPStatus.NOT_FOUND, "index.html is missing beside dashboard.py")
+    return http_response(HTTPStatus.OK, site.files.page, "text/html; charset=utf-8",
+                         {"Content-Security-Policy": site.page_csp})
+
+
+def served_file(name: str, body: Callable[[Files], bytes | None]) -> Handler:
+    def serve(site: Site, request: Request) -> Response:
+        content = body(site.files)
+        if content is None:
+            return text_response(HTTPStatus.NOT_FOUND, f"{name} is missing beside dashboard.py")
+        return http_response(HTTPStatus.OK, content, "text/plain; charset=utf-8")
+    return serve
+
+
+def installer(site: Site, request: Request) -> Response:
+    if site.files.installer is None:
+        return text_response(HTTPStatus.NOT_FOUND, "install.sh is missing beside dashboard.py")
+    hosts = request.headers.get_all("Host")
+    url = dashboard_url(site.options.public_url, hosts[0] if len(hosts) == 1 else None,
+                        site.options.tls is not None)
+    if url is None:
+        return text_response(HTTPStatus.BAD_REQUEST,
+                             "unusable Host header; start the dashboard with --public-url")
+    return http_response(HTTPStatus.OK, installer_for(site.files.installer, url),
+                         "text/x-shellscript; charset=utf-8")
+
+
+def api_servers(site: Site, request: Request) -> Response:
+    return json_response(site.hub.servers_json())
+
+
+def healthz(site: Site, request: Request) -> Response:
+    return json_response(site.hub.health())
+
+
+def metrics(site: Site, request: Request) -> Response:
+    hub = site.hub
+    text = render_metrics(list(hub.servers.values()), hub.agents_connected(),
+                          len(hub.viewers), hub.accepted, hub.rejected)
+    return http_response(HTTPStatus.OK, text.encode(), "text/plain; version=0.0.4")
+
+
+ROUTES: dict[str, Handler] = {
+    "/": page,
+    "/index.html": page,
+    "/agent.py": served_file("agent.py", lambda files: files.agent),
+    "/sss-agent.service": served_file("deploy/sss-agent.service",
+                                      lambda files: files.agent_unit),
+    "/install.sh": installer,
+    "/api/servers": api_servers,
+    "/healthz": healthz,
+    "/metrics": metrics,
+}
+
+
+def route_request(site: Site, connection: Any, request: Request, now: float) -> Response | None:
+    """process_request: answer HTTP, authenticate agents, let WebSockets through."""
+    path = urlsplit(request.path).path
+    if path == "/ws-report":
+        peer = connection.remote_address[0] if connection.remote_address else "?"
+        address = client_address(peer, request.headers, site.options.trusted_proxies)
+        refusal, identity = check_agent(site, address, request.headers, now)
+        if refusal is not None:
+            return refusal
+        connection.agent = identity
+        # Never permessage-deflate for agents, even with --viewer-compression: its state
+        # (~50 KiB a connection) would be most of the memory at a few thousand agents,
+        # to save a few hundred bytes per report.
+        connection.protocol.available_extensions = []
+        return None
+    if path == "/ws-frontend":
+        if any(name in request.headers for name in AGENT_HEADERS):
+            return text_response(HTTPStatus.BAD_REQUEST,
+                                 "agents report on /ws-report, not /ws-frontend; "
+                                 "fix the path in --server")
+        connection.agent = None
+        return None
+    handler = ROUTES.get(path)
+    if handler is None:
+        return text_response(HTTPStatus.NOT_FOUND, "not found")
+    return handler(site, request)
