@@ -203,10 +203,11 @@ class Dashboard(LoggedProcess):
         assert status == 200, (path, status, body)
         return json.loads(body)
 
-    def agent(self, sid: str, secret: str = SECRET, **kwargs: Any) -> ClientConnection:
+    def agent(self, sid: str, secret: str = SECRET, headers: dict[str, str] | None = None,
+              **kwargs: Any) -> ClientConnection:
         return connect(self.url("/ws-report", "ws"), open_timeout=10,
-                       additional_headers={"X-SERVER-ID": sid, "X-AUTH-SECRET": secret},
-                       **kwargs)
+                       additional_headers={"X-SERVER-ID": sid, "X-AUTH-SECRET": secret,
+                                           **(headers or {})}, **kwargs)
 
     def viewer(self, **kwargs: Any) -> ClientConnection:
         return connect(self.url("/ws-frontend", "ws"), open_timeout=10, **kwargs)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import random
 import re
 import signal
+import ssl
 import subprocess
 import sys
 import threading
@@ -16,6 +18,8 @@ from typing import Any
 
 import psutil
 import pytest
+from websockets.exceptions import ConnectionClosed, InvalidMessage
+from websockets.frames import Close
 from websockets.sync.server import ServerConnection, serve
 
 import agent
@@ -164,6 +168,25 @@ def test_proc_readings_match_psutil() -> None:
     stats = ("   8       0 sda 10 0 100 0 20 0 200 0 0 0 0\n"
              "   8       1 sda1 5 0 60 0 10 0 150 0 0 0 0\n")
     assert agent.disk_bytes(stats, lambda name: name == "sda") == (100 * 512, 200 * 512)
+
+
+def test_linux_readings_need_no_psutil() -> None:
+    """Mounts, sizes, processes and boot time from /proc agree with psutil's."""
+    mounts = agent.physical_mounts(Path("/proc/self/mounts").read_text(),
+                                   Path("/proc/filesystems").read_text())
+    assert {(m.device, m.mountpoint, m.fstype) for m in psutil.disk_partitions()} == set(mounts)
+    sample_mounts = ("/dev/vda1 / ext4 rw 0 0\nproc /proc proc rw 0 0\n"
+                     "/dev/vdb /mnt/my\\040disk xfs rw 0 0\ntank/home /home zfs rw 0 0\n")
+    assert agent.physical_mounts(sample_mounts, "nodev\tproc\n\text4\n\txfs\nnodev\tzfs\n") == [
+        ("/dev/vda1", "/", "ext4"), ("/dev/vdb", "/mnt/my disk", "xfs"),
+        ("tank/home", "/home", "zfs")]
+    fs = os.statvfs("/")
+    usage = psutil.disk_usage("/")
+    total, used, free = agent.statvfs_usage(fs.f_frsize, fs.f_blocks, fs.f_bfree, fs.f_bavail)
+    assert total == usage.total and abs(used - usage.used) < 2**26
+    assert abs(free - usage.free) < 2**26
+    assert agent.boot_time_from_stat(Path("/proc/stat").read_text()) == psutil.boot_time()
+    assert abs(agent.count_processes() - len(psutil.pids())) <= 5
 
 
 def test_virtual_interfaces_are_left_out_by_default() -> None:
@@ -403,6 +426,99 @@ def test_silent_dashboard_is_noticed_by_the_heartbeat(make_dashboard: Any,
     reporter.wait_for_log(r"reconnected after \d+ attempts?", after=mark, timeout=30)
 
 
+# --- what a new user trips over ------------------------------------------------
+
+
+@pytest.mark.parametrize("script", ["agent.py", "dashboard.py"])
+def test_a_missing_websockets_is_one_line_and_exit_2(script: str) -> None:
+    # -S: no site-packages, so websockets (and psutil) cannot be imported.
+    result = subprocess.run([sys.executable, "-S", str(HERE / script), "--help"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and result.stdout == ""
+    assert len(result.stderr.splitlines()) == 1, result.stderr
+    assert "needs websockets" in result.stderr and "install" in result.stderr
+
+
+def test_help_shows_defaults_and_the_environment_but_never_a_secret() -> None:
+    result = subprocess.run([sys.executable, str(HERE / "agent.py"), "--help"],
+                            env={**os.environ, "SSS_SECRET": "env-secret-value-123"},
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0
+    text = " ".join(result.stdout.split())
+    for default in ("(default: 5.0)", "(default: 2.0)", "(default: 30.0; at most 3600)",
+                    "(default: INFO)"):
+        assert default in text
+    assert "SSS_SERVER, SSS_ID, SSS_SECRET, SSS_SECRET_FILE" in text
+    assert "env-secret-value-123" not in result.stdout
+    bench_help = subprocess.run([sys.executable, str(HERE / "bench.py"), "--help"],
+                                capture_output=True, text=True, timeout=60).stdout
+    assert "{agent,dashboard}" in bench_help and "_load" not in bench_help
+    assert ".venv/" in (HERE / ".gitignore").read_text().split()
+
+
+def test_failures_are_said_in_plain_words() -> None:
+    settings = agent.Settings(server="wss://status.example:8900/ws-report", server_id="web-1",
+                              secret="x")
+    plain = agent.Settings(server="ws://status.example:8900/ws-report", server_id="web-1",
+                           secret="x")
+    unreachable = OSError(errno.ENETUNREACH, "Network is unreachable")
+    assert agent.explain_failure(unreachable, plain) == (
+        "no route to the dashboard (status.example): is this server's network up?")
+    assert "speaks ws://, not wss://" in agent.explain_failure(ConnectionResetError(), settings)
+    assert "speaks wss:// (TLS), not ws://" in agent.explain_failure(
+        InvalidMessage("did not receive a valid HTTP response"), plain)
+    mismatch = ssl.SSLCertVerificationError("certificate verify failed")
+    mismatch.verify_code = 62
+    mismatch.verify_message = "Hostname mismatch, certificate is not valid for 'status.example'."
+    words = agent.explain_failure(mismatch, settings)
+    assert "is for another name" in words and "--ca-file" not in words
+    closed = ConnectionClosed(Close(1008, "evil\n2026-01-01 INFO forged"), None)
+    assert "\n" not in agent.explain_failure(closed, plain)
+
+
+def test_agent_pointed_at_the_viewer_path_says_so(make_dashboard: Any, make_agent: Any) -> None:
+    dash: Dashboard = make_dashboard()
+    reporter = make_agent("--server", dash.url("/ws-frontend", "ws"), "--id", "alpha",
+                          "--secret", SECRET)
+    reporter.wait_for_log(r"dashboard answered HTTP 400: agents report on /ws-report, not "
+                          r"/ws-frontend; fix the path in --server")
+
+
+def test_wrong_scheme_is_named(make_dashboard: Any, make_agent: Any, tmp_path: Path) -> None:
+    plain: Dashboard = make_dashboard()
+    wss = make_agent("--server", plain.url("/ws-report", "wss"), "--id", "alpha",
+                     "--secret", SECRET)
+    wss.wait_for_log(r"the dashboard at 127\.0\.0\.1:\d+ speaks ws://, not wss:// "
+                     r"\(no TLS there\): fix --server")
+    trustme = pytest.importorskip("trustme")
+    ca = trustme.CA()
+    ca.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(
+        str(tmp_path / "server.pem"))
+    tls: Dashboard = make_dashboard(start=False).start("--certfile", str(tmp_path / "server.pem"))
+    ws = make_agent("--server", tls.url("/ws-report", "ws"), "--id", "alpha", "--secret", SECRET)
+    ws.wait_for_log(r"the dashboard at 127\.0\.0\.1:\d+ speaks wss:// \(TLS\), not ws://")
+
+
+def test_check_says_whether_the_dashboard_accepts(make_dashboard: Any) -> None:
+    dash: Dashboard = make_dashboard()
+
+    def check(secret: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, str(HERE / "agent.py"), "--check"],
+                              env={**os.environ, "SSS_SERVER": dash.url("/ws-report", "ws"),
+                                   "SSS_ID": "alpha", "SSS_SECRET": secret},
+                              capture_output=True, text=True, timeout=60)
+
+    accepted = check(SECRET)
+    assert accepted.returncode == 0, accepted.stderr
+    assert accepted.stdout.startswith("ok: the dashboard at ws://")
+    assert "accepted a report as alpha" in accepted.stdout
+    assert dash.get_json("/api/servers")[0]["lastReportTime"] > 0  # the report was real
+    refused = check("not-the-secret")
+    assert refused.returncode == 1
+    assert refused.stdout.startswith("failed: dashboard rejected id alpha (unknown server id "
+                                     "or wrong secret)")
+
+
 # --- install.sh ------------------------------------------------------------------
 
 
@@ -473,6 +589,16 @@ def test_install_sh_failure_names_the_step_and_leaves_nothing(make_dashboard: An
     assert "check that the dashboard is reachable" in result.stderr
     assert not prefix.exists()
     assert dash.get("/healthz")[0] == 200
+
+    refused = subprocess.run(["sh", "-c", script, "install.sh", "--prefix", str(prefix),
+                              "--no-systemd", "--system-site-packages", "--dashboard",
+                              dash.url("").rstrip("/"), "--id", "alpha", "--secret", "wrong-0451"],
+                             env={**os.environ, "PIP_NO_INDEX": "1"}, capture_output=True,
+                             text=True, timeout=300)
+    assert refused.returncode == 1 and "installed" not in refused.stdout
+    assert "failed while checking that the dashboard accepts alpha: failed: dashboard " \
+           "rejected id alpha" in refused.stderr, refused.stderr
+    assert not prefix.exists() and "wrong-0451" not in dash.log_text()
 
 
 

@@ -107,7 +107,7 @@ def test_every_config_problem_is_reported_at_once() -> None:
     assert [p.split(":")[1].strip() for p in problems] == [
         'field "port" must be an integer 0-65535, such as 8900',
         'servers[0]', "servers[1] (id 'web-1')", "servers[2] (id 'web-2')",
-        "servers[2] (id 'web-2')", "servers[3] (id 'web-2')"]
+        "servers[2] (id 'web-2')", "servers[4] (id 'db-1')"]
     assert all(p.startswith("servers.json: ") for p in problems)
 
 
@@ -332,17 +332,23 @@ def test_metrics_parse_as_prometheus_text(make_dashboard: Any) -> None:
 # --- agents: authentication and connections ----------------------------------
 
 
-def handshake_status(dash: Dashboard, headers: Any, source: str = "127.0.0.1",
-                     port: int = 0, path: str = "/ws-report") -> int:
-    """Status of an agent handshake from `source` (to the dashboard, or to a proxy's port)."""
+def handshake(dash: Dashboard, headers: Any, source: str = "127.0.0.1", port: int = 0,
+              path: str = "/ws-report") -> tuple[int, Headers, bytes]:
+    """Status, headers and body of a handshake from `source` (to the dashboard or a proxy)."""
     port = port or dash.port
     sock = socket.create_connection(("127.0.0.1", port), timeout=10, source_address=(source, 0))
     try:
         with connect(f"ws://127.0.0.1:{port}{path}", sock=sock, additional_headers=headers,
-                     open_timeout=10):
-            return 101
+                     open_timeout=10) as ws:
+            return 101, ws.response.headers, b""
     except InvalidStatus as error:
-        return error.response.status_code
+        response = error.response
+        return response.status_code, response.headers, response.body or b""
+
+
+def handshake_status(dash: Dashboard, headers: Any, source: str = "127.0.0.1",
+                     port: int = 0, path: str = "/ws-report") -> int:
+    return handshake(dash, headers, source, port, path)[0]
 
 
 def test_agent_auth_happens_before_the_upgrade(make_dashboard: Any) -> None:
@@ -562,8 +568,44 @@ def test_failed_handshakes_ban_one_address_only(make_dashboard: Any) -> None:
     assert statuses == [401] * 10
     assert handshake_status(dash, right, "127.0.0.2") == 429  # even with the right secret
     assert handshake_status(dash, right, "127.0.0.1") == 101  # others are unaffected
-    assert handshake_status(dash, right, "127.0.0.2") == 429
+    status, headers, body = handshake(dash, right, "127.0.0.2")
+    assert status == 429 and 295 <= int(headers["Retry-After"]) <= 301
+    assert re.search(rb"refused for (29[5-9]|30[01]) more s", body), body  # says how long
     assert dash.log_text().count("address 127.0.0.2 banned") == 1
+
+
+def test_agents_on_the_viewer_path_are_told_where_to_go(make_dashboard: Any) -> None:
+    dash: Dashboard = make_dashboard()
+    status, _, body = handshake(dash, {"X-Server-Id": "alpha", "X-Auth-Secret": SECRET},
+                                path="/ws-frontend")
+    assert status == 400 and b"agents report on /ws-report" in body
+    assert handshake_status(dash, {}, path="/ws-frontend") == 101  # browsers are unaffected
+
+
+def test_placeholder_secret_is_accepted_from_loopback_only(make_dashboard: Any) -> None:
+    dash: Dashboard = make_dashboard([server_entry("demo", secret=PLACEHOLDER_SECRET)],
+                                     start=False).start("--trusted-proxy", "127.0.0.1")
+    demo = {"X-SERVER-ID": "demo", "X-AUTH-SECRET": PLACEHOLDER_SECRET}
+    assert handshake_status(dash, demo) == 101
+    status, _, body = handshake(dash, {**demo, "X-Forwarded-For": "198.51.100.9"})
+    assert status == 401 and b"placeholder secret" in body and b"servers.json" in body
+    dash.wait_for_log(r"agent rejected: id='demo' from 198\.51\.100\.9: placeholder secret")
+    dash.wait_for_log(r"uses the placeholder secret, so its agent is accepted from this "
+                      r"machine \(loopback\) only")
+
+
+def test_check_connections_get_a_verdict_per_report(make_dashboard: Any) -> None:
+    dash: Dashboard = make_dashboard()
+    with dash.agent("alpha", headers={"X-SSS-Check": "1"}) as agent:
+        agent.send(json.dumps(go_report()))
+        assert recv_json(agent) == {"type": "check", "accepted": True}
+        agent.send(with_field("cpuInfo.percent", "high"))
+        verdict = recv_json(agent)
+        assert verdict["accepted"] is False and verdict["reason"].startswith("wrong_type")
+    with dash.agent("beta") as plain:  # without the header the dashboard stays silent
+        plain.send(json.dumps(go_report()))
+        with pytest.raises(TimeoutError):
+            plain.recv(timeout=1)
 
 
 def test_no_secret_or_ip_reaches_a_browser(make_dashboard: Any) -> None:
@@ -787,6 +829,50 @@ def test_page_search_sort_groups_and_theme_are_remembered(make_dashboard: Any,
     web = page.locator("button.group-head", has_text="Web")
     assert web.get_attribute("aria-expanded") == "false"
     assert not card(page, "alpha").is_visible() and card(page, "beta").is_visible()
+
+
+def test_page_newcomer_details(make_dashboard: Any, page_on: Any) -> None:
+    """Favicon, the stale limit from the data, the disconnect clock, wrapping, the search box."""
+    dash: Dashboard = make_dashboard()
+    console: list[str] = []
+    page = page_on(dash, viewport={"width": 375, "height": 800})
+    page.on("console", lambda m: console.append(f"{m.type}: {m.text}"))
+    page.reload()
+    card(page, "alpha").wait_for()
+    assert page.evaluate("staleLimit()") is None  # nothing online: silence is normal
+    long_mount = "/srv/" + "very-long-directory-name-" * 8
+    report = go_report(reportInterval=70)
+    report["diskInfo"]["partitions"].append({**report["diskInfo"]["partitions"][0],
+                                             "mountPoint": long_mount, "total": 123456789012})
+    with dash.agent("alpha") as agent:
+        agent.send(json.dumps(report))
+        card(page, "alpha").and_(page.locator(".online")).wait_for(timeout=5_000)
+        assert page.evaluate("staleLimit()") == 2 * 70 + 5 + 1.25  # offlineAfter + slack
+        card(page, "alpha").locator("button.more").click()
+        cells = card(page, "alpha").locator(".details td.num")
+        assert cells.count() == 6
+        lines = "n => { const r = document.createRange(); r.selectNodeContents(n); " \
+                "return r.getClientRects().length; }"
+        for i in range(cells.count()):  # each number on one line, however long the mount
+            assert cells.nth(i).evaluate(lines) == 1, cells.nth(i).inner_text()
+        mount = card(page, "alpha").locator(".details td", has_text="very-long")
+        assert mount.evaluate(lines) > 1  # the long mount point wraps instead
+        assert page.evaluate("document.documentElement.scrollWidth") <= 375
+    search = page.locator("#search")
+    fits = search.evaluate("""n => {
+        const style = getComputedStyle(n), ctx = document.createElement("canvas").getContext("2d");
+        ctx.font = style.font;
+        const room = n.clientWidth - parseFloat(style.paddingLeft) - parseFloat(style.paddingRight);
+        return ctx.measureText(n.placeholder).width <= room; }""")
+    assert fits
+    page.wait_for_timeout(4000)  # a while without messages, then the dashboard goes away
+    assert dash.stop() == 0
+    state = page.locator("#state", has_text="reconnecting")
+    state.wait_for(timeout=5_000)
+    seconds = int(re.search(r"stale for (\d+) s", state.inner_text())[1])
+    assert seconds <= 2  # counted from the disconnect, not from the last message
+    assert not [u for u in page.requests if "favicon" in u]
+    assert not [m for m in console if m.startswith("error") and "ws-frontend" not in m], console
 
 
 def luminance(css_color: str) -> float:
