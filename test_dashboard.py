@@ -28,6 +28,7 @@ from websockets.sync.client import connect
 import agent as sss_agent
 import bench
 import dashboard
+import timings
 from config import PLACEHOLDER_SECRET, ConfigError, ServerConfig, load_config, parse_config
 from conftest import (
     SECRET,
@@ -51,7 +52,7 @@ from timings import (
     offline_after,
     silent_close_after,
 )
-from web import AgentIdentity, client_address, dashboard_url
+from web import AgentIdentity, Files, Options, Site, check_agent, client_address, dashboard_url
 
 # --- configuration -----------------------------------------------------------
 
@@ -942,6 +943,58 @@ def readme_block(language: str) -> str:
     blocks = re.findall(rf"```{language}\n(.*?)```", README, re.DOTALL)
     assert len(blocks) == 1, f"README must hold exactly one {language} block"
     return blocks[0]
+
+
+PROTOCOL = (Path(__file__).resolve().parent / "PROTOCOL.md").read_text()
+
+
+def local_modules(script: str) -> set[str]:
+    """The project's own modules a script imports, transitively."""
+    found, todo = set(), [script]
+    while todo:
+        text = (dashboard.HERE / todo.pop()).read_text()
+        for name in re.findall(r"^(?:from|import) (\w+)", text, re.MULTILINE):
+            if (dashboard.HERE / f"{name}.py").exists() and f"{name}.py" not in found:
+                found.add(f"{name}.py")
+                todo.append(f"{name}.py")
+    return found
+
+
+def test_docs_state_what_the_code_does() -> None:
+    """Each number and message a reader relies on, checked against the code that sets it."""
+    config, _ = parse_config({"servers": [server_entry("web-1"),
+                                          server_entry("demo", secret=PLACEHOLDER_SECRET)]}, "x")
+    site = Site.create(Hub(config, broadcast=lambda viewers, message: None),
+                       Files(None, None, None, None), Options())
+    bodies = []
+    for headers, address in (
+            ([("X-SERVER-ID", "web-1"), ("X-SERVER-ID", "web-1"), ("X-AUTH-SECRET", SECRET)],
+             "192.0.2.1"),
+            ([("X-SERVER-ID", "web-1")], "192.0.2.1"),
+            ([("X-SERVER-ID", "web-1"), ("X-AUTH-SECRET", "wrong")], "192.0.2.1"),
+            ([("X-SERVER-ID", "demo"), ("X-AUTH-SECRET", PLACEHOLDER_SECRET)], "192.0.2.2"),
+            *[([("X-SERVER-ID", "web-1"), ("X-AUTH-SECRET", "wrong")], "192.0.2.3")] * 11):
+        refusal, _ = check_agent(site, address, Headers(headers), now=0.0)
+        assert refusal is not None
+        bodies.append(refusal.body.decode().strip())
+    bodies[-1] = re.sub(r"\d+ more s", "N more s", bodies[-1])
+    for body in set(bodies):
+        assert f"`{body}`" in PROTOCOL, body
+    assert f"at most {MAX_REPORT_INTERVAL:.0f} s" in PROTOCOL
+    assert f"`2 × reportInterval + {timings.OFFLINE_MARGIN:g}`" in PROTOCOL
+    assert f"`max({timings.SILENT_CLOSE_FLOOR:g}, 2 × (2 × reportInterval + 5))`" in PROTOCOL
+    assert f"at most one every {timings.COALESCE_SECONDS:g} s" in PROTOCOL
+    slack = timings.COALESCE_SECONDS + timings.TICK_SECONDS
+    assert f"plus {slack:g} s" in PROTOCOL
+    assert f"const COALESCE_AND_TICK_S = {slack:g};" in (dashboard.HERE / "index.html").read_text()
+    disks = PROTOCOL[PROTOCOL.index("- Disks:"):PROTOCOL.index("- Processes:")]
+    assert all(fstype in disks for fstype in sss_agent.VIRTUAL_FSTYPES)
+    nics = PROTOCOL[PROTOCOL.index("- Interfaces:"):PROTOCOL.index("- Disks:")]
+    assert all(f"`{glob}`" in nics for glob in sss_agent.DEFAULT_EXCLUDED_NICS)
+    copied = re.search(r"sudo cp (dashboard\.py.*?) /opt/sss-dashboard/", README, re.DOTALL)
+    assert copied and local_modules("dashboard.py") <= set(copied[1].split())
+    assert "psutil" not in (dashboard.HERE / "requirements.txt").read_text()
+    assert "Collects with psutil" not in README
 
 
 def raw_get(port: int, path: str, host: str) -> bytes:
