@@ -58,6 +58,7 @@ from websockets.frames import CloseCode  # noqa: E402
 from websockets.http11 import Request, Response  # noqa: E402
 
 from config import Config, ConfigError, load_config  # noqa: E402
+from history import DEFAULT_DAYS, DEFAULT_RESOLUTION, History  # noqa: E402
 from hub import Closing, Hub  # noqa: E402
 from reports import MAX_FRAME_BYTES, ReportError, validate_report  # noqa: E402
 from timings import TICK_SECONDS  # noqa: E402
@@ -85,10 +86,16 @@ VIEWER_COMPRESSION = ServerPerMessageDeflateFactory(
 class Dashboard:
     """The hub and the site, plus what only a running server has: closes in flight."""
 
-    def __init__(self, config: Config, config_path: Path, options: Options) -> None:
+    def __init__(self, config: Config, config_path: Path, options: Options,
+                 history: History | None) -> None:
         self.config_path = config_path
-        self.hub = Hub(config, broadcast, asyncio.get_running_loop())
+        self.history = history
+        self.hub = Hub(config, broadcast, asyncio.get_running_loop(), history)
         self.site = Site.create(self.hub, Files.beside(HERE), options)
+        if history is not None:
+            now = time.time()
+            self.hub.restore(history.restore(now))
+            self.hub.take_history(history.fields(list(self.hub.servers), now))
         self.closing: set[asyncio.Future[None]] = set()  # kept referenced until done
 
     def close_later(self, closing: Closing) -> None:
@@ -183,6 +190,21 @@ class Dashboard:
                 self.close_later(closing)
             self.site.limiter.expire(now)
 
+    async def write_history(self, history: History) -> None:
+        """At the end of every resolution step: the closed buckets go to SQLite."""
+        loop = asyncio.get_running_loop()
+        while True:
+            step = history.resolution
+            await asyncio.sleep(step - time.time() % step + 0.01)
+            await self.history_step(history, loop, time.time())
+
+    async def history_step(self, history: History, loop: asyncio.AbstractEventLoop,
+                           now: float, final: bool = False) -> None:
+        fields = await history.step(loop, now, list(self.hub.servers), self.hub.last_record,
+                                    final)
+        if fields is not None:
+            self.hub.take_history(fields)
+
     def reload(self) -> None:
         """SIGHUP: apply a changed servers.json; keep the old config if the new one is broken."""
         try:
@@ -215,9 +237,10 @@ def check_answer(error: str) -> str:
 # --- serving -------------------------------------------------------------------
 
 
-async def run(config: Config, config_path: Path, options: Options) -> None:
+async def run(config: Config, config_path: Path, options: Options,
+              history: History | None) -> None:
     """Serve until SIGTERM or SIGINT; SIGHUP reloads servers.json."""
-    dashboard = Dashboard(config, config_path, options)
+    dashboard = Dashboard(config, config_path, options, history)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -232,16 +255,22 @@ async def run(config: Config, config_path: Path, options: Options) -> None:
         port = next(iter(server.sockets)).getsockname()[1]
         log.info("listening on %s://%s:%d (%d servers configured)", "https" if tls else "http",
                  config.host, port, len(config.servers))
-        ticker = asyncio.ensure_future(dashboard.housekeeping())
+        tasks = [asyncio.ensure_future(dashboard.housekeeping())]
+        if history is not None:
+            tasks.append(asyncio.ensure_future(dashboard.write_history(history)))
         await stop.wait()
         log.info("shutting down")
-        ticker.cancel()
+        for task in tasks:
+            task.cancel()
         server.close()
         try:
             await asyncio.wait_for(server.wait_closed(), 1.5)
         except asyncio.TimeoutError:
             for ws in server.connections:
                 ws.transport.abort()  # peers that never answered the close
+    if history is not None:  # nothing is lost on a graceful stop: the open bucket too
+        await dashboard.history_step(history, loop, time.time(), final=True)
+        history.close()
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -263,10 +292,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="a reverse proxy's address (repeatable): agents behind it are "
                              "known by its X-Forwarded-For, so one bad client cannot get "
                              "the proxy banned for everyone")
+    parser.add_argument("--data", type=Path, metavar="DIR",
+                        help="where the dashboard keeps what it remembers (history.db) "
+                             "(default: the folder holding servers.json)")
+    parser.add_argument("--no-history", action="store_true",
+                        help="keep no history: live data only")
+    parser.add_argument("--history-resolution", type=int, default=DEFAULT_RESOLUTION,
+                        metavar="SECONDS", help="seconds per history row, 1-3600")
+    parser.add_argument("--history-days", type=int, default=DEFAULT_DAYS, metavar="DAYS",
+                        help="days to keep hourly history")
     parser.add_argument("--log-level", default="INFO",
                         choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if not 1 <= args.history_resolution <= 3600:
+        parser.error("--history-resolution must be 1-3600 seconds")
+    if args.history_days < 3:
+        parser.error("--history-days must be at least 3")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -299,8 +342,12 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     options = Options(args.public_url, tls, args.viewer_compression,
                       frozenset(args.trusted_proxy))
+    history = None
+    if not args.no_history:
+        data = args.data or args.config.resolve().parent
+        history = History(data, args.history_resolution, args.history_days)
     try:
-        asyncio.run(run(config, args.config, options))
+        asyncio.run(run(config, args.config, options, history))
     except OSError as exc:
         log.error("cannot listen on %s:%d: %s", config.host, config.port, exc.strerror or exc)
         return 1

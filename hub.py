@@ -17,6 +17,7 @@ import time
 from typing import TYPE_CHECKING, Any, Callable, NamedTuple
 
 from config import COUNTRY_PATTERN, Config, ServerConfig
+from history import History
 from reports import VIEW_FIELDS, ReportError
 from timings import COALESCE_SECONDS, DEFAULT_REPORT_INTERVAL, offline_after, silent_close_after
 
@@ -70,15 +71,16 @@ class ServerState:
     online: bool = False
     connection: ServerConnection | None = None
     view_json: str = ""
+    history_json: str = ""  # ',"availability":…,"last24h":…' from history.py, or ""
 
     @property
     def report_interval(self) -> float:
         return float((self.record or {}).get("reportInterval", DEFAULT_REPORT_INTERVAL))
 
     def refresh_view(self) -> None:
-        self.view_json = json.dumps(
-            server_view(self.config, self.record, self.last_report, self.online),
-            separators=(",", ":"))
+        view = json.dumps(server_view(self.config, self.record, self.last_report, self.online),
+                          separators=(",", ":"))
+        self.view_json = view[:-1] + self.history_json + "}" if self.history_json else view
 
 
 def new_state(config: ServerConfig) -> ServerState:
@@ -91,9 +93,11 @@ class Hub:
     """Servers, agents, viewers and counters."""
 
     def __init__(self, config: Config, broadcast: Broadcast,
-                 loop: asyncio.AbstractEventLoop | None = None) -> None:
+                 loop: asyncio.AbstractEventLoop | None = None,
+                 history: History | None = None) -> None:
         self.config = config
         self.broadcast = broadcast
+        self.history = history
         self.loop = loop  # None in unit tests: updates then wait in `dirty`
         self.servers = {sid: new_state(cfg) for sid, cfg in config.servers.items()}
         self.viewers: set[ServerConnection] = set()
@@ -141,6 +145,30 @@ class Hub:
         state.refresh_view()
         self.accepted += 1
         self.mark_dirty(sid)
+        if self.history is not None:
+            self.history.fold(sid, record, wall)
+
+    def last_record(self, sid: str) -> tuple[int, dict[str, Any]] | None:
+        """(Unix time, record) of the server's last accepted report, for history."""
+        state = self.servers.get(sid)
+        return (state.last_report, state.record) if state and state.record else None
+
+    def restore(self, latest: dict[str, tuple[int, dict[str, Any]]]) -> None:
+        """After a restart: each server's last record, shown offline with "last seen"."""
+        for sid, (last_report, record) in latest.items():
+            state = self.servers.get(sid)
+            if state is not None and state.record is None:
+                state.record, state.last_report = record, last_report
+                state.refresh_view()
+
+    def take_history(self, fields: dict[str, str]) -> None:
+        """Each server's availability from history; a change goes out as an update."""
+        for sid, fragment in fields.items():
+            state = self.servers.get(sid)
+            if state is not None and state.history_json != fragment:
+                state.history_json = fragment
+                state.refresh_view()
+                self.mark_dirty(sid)
 
     def reject_report(self, error: ReportError) -> None:
         self.rejected[error.reason] += 1
@@ -240,8 +268,10 @@ class Hub:
         return sum(s.connection is not None for s in self.servers.values())
 
     def health(self) -> str:
+        history = "off" if self.history is None else self.history.status
         return json.dumps({"status": "ok", "servers": len(self.servers),
-                           "agents": self.agents_connected(), "viewers": len(self.viewers)})
+                           "agents": self.agents_connected(), "viewers": len(self.viewers),
+                           "history": history})
 
     def servers_json(self) -> str:
         return "[" + ",".join(s.view_json for s in self.servers.values()) + "]"

@@ -14,16 +14,19 @@ import hmac
 import ipaddress
 import logging
 import re
+import sqlite3
 import ssl
+import time
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
 from config import PLACEHOLDER_SECRET
+from history import RANGES
 from hub import Hub
 from limits import FailureLimiter
 from metrics import render_metrics
@@ -247,6 +250,26 @@ def api_servers(site: Site, request: Request) -> Response:
     return json_response(site.hub.servers_json())
 
 
+def api_history(site: Site, request: Request) -> Response:
+    """GET /api/history?id=ID&range=1h|6h|24h|7d|30d|1y: columnar JSON for charts."""
+    history = site.hub.history
+    if history is None:
+        return text_response(HTTPStatus.NOT_FOUND, "history is off (--no-history)")
+    query = parse_qs(urlsplit(request.path).query)
+    sid = (query.get("id") or [""])[0]
+    range_name = (query.get("range") or ["1h"])[0]
+    if sid not in site.hub.servers:
+        return text_response(HTTPStatus.NOT_FOUND, f"no server with id {sid[:60]!r}")
+    if range_name not in RANGES:
+        return text_response(HTTPStatus.BAD_REQUEST,
+                             f"range must be one of {', '.join(RANGES)}")
+    try:
+        return json_response(history.query(sid, range_name, time.time()))
+    except sqlite3.Error as exc:  # the writer logs and retries; the reader just says so
+        said = history.status if history.status != "ok" else str(exc)
+        return text_response(HTTPStatus.SERVICE_UNAVAILABLE, f"history unavailable: {said}")
+
+
 def healthz(site: Site, request: Request) -> Response:
     return json_response(site.hub.health())
 
@@ -266,6 +289,7 @@ ROUTES: dict[str, Handler] = {
                                       lambda files: files.agent_unit),
     "/install.sh": installer,
     "/api/servers": api_servers,
+    "/api/history": api_history,
     "/healthz": healthz,
     "/metrics": metrics,
 }

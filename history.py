@@ -1,0 +1,507 @@
+"""History: every server's past in one SQLite file, history.db in the data directory.
+
+    $ python3 dashboard.py --data /var/lib/sss-dashboard --history-resolution 60
+    $ curl -s 'http://127.0.0.1:8900/api/history?id=web-1&range=1h' | head -c 120
+    {"id":"web-1","range":"1h","step":60,"time":[1795748880,1795748940,...],"cpu":[3.1,null,...
+
+Each accepted report folds into an in-memory bucket for its server (`fold`, a few
+microseconds, on the event loop). Once per resolution step the closed buckets go to a
+writer thread with its own connection, which writes them in one transaction, rolls
+completed hours up into hourly rows and applies retention. Queries run on a read-only
+connection. Nothing here imports websockets; the pure parts (folding, rows, plans,
+availability) take time as arguments and are tested without a database.
+
+Rows: one per server per bucket while the dashboard watches a server that has reported at
+least once: `n` reports (0 while it is offline: metrics NULL, never zeros), `online` and
+`watched` seconds (availability = online / watched, so the dashboard's own downtime is not
+held against a server), average and maximum of each metric, and the last transfer totals.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import json
+import logging
+import math
+import sqlite3
+from pathlib import Path
+from typing import Any, Callable
+
+log = logging.getLogger("sss.dashboard")
+
+FINE, HOURLY = 0, 1  # tiers
+HOUR = 3600
+FINE_RETENTION = 48 * HOUR
+DEFAULT_RESOLUTION = 60
+DEFAULT_DAYS = 400
+MAX_POINTS = 1500  # a range returns at most about this many points
+MAX_EMPTY_STEPS = 5  # steps without reports still counted as watched after a pause
+RANGES = {"1h": HOUR, "6h": 6 * HOUR, "24h": 24 * HOUR, "7d": 7 * 24 * HOUR,
+          "30d": 30 * 24 * HOUR, "1y": 365 * 24 * HOUR}
+
+
+# --- what is kept of a report ---------------------------------------------------
+
+# (API name, column): average and maximum are kept of each.
+METRICS = (("cpu", "cpu"), ("memory", "memory"), ("swap", "swap"), ("disk", "disk"),
+           ("load1", "load1"), ("netIn", "net_in"), ("netOut", "net_out"),
+           ("diskRead", "disk_read"), ("diskWrite", "disk_write"), ("tcp", "tcp"),
+           ("udp", "udp"), ("processes", "processes"))
+EMPTY: dict[str, Any] = {}
+
+
+def metric_values(record: dict[str, Any]) -> tuple[Any, ...]:
+    """The metrics of one validated report, in METRICS order; None where absent."""
+    get = record.get
+    host = get("hostInfo", EMPTY)
+    net = get("networkInfo", EMPTY)
+    extra = get("extraInfo", EMPTY)
+    return (get("cpuInfo", EMPTY).get("percent"),
+            get("virtualMemoryInfo", EMPTY).get("usedPercent"),
+            get("swapMemoryInfo", EMPTY).get("usedPercent"),
+            get("diskInfo", EMPTY).get("usedPercent"),
+            host.get("avgStat", EMPTY).get("load1"),
+            net.get("netInSpeed"), net.get("netOutSpeed"),
+            extra.get("diskReadSpeed"), extra.get("diskWriteSpeed"),
+            extra.get("tcpConnections"), extra.get("udpConnections"), extra.get("processes"))
+
+
+@dataclasses.dataclass
+class Bucket:
+    """One server's reports within one resolution step."""
+
+    start: int
+    n: int = 0
+    online: float = 0.0
+    sums: list[float] = dataclasses.field(default_factory=lambda: [0.0] * len(METRICS))
+    counts: list[int] = dataclasses.field(default_factory=lambda: [0] * len(METRICS))
+    maxes: list[Any] = dataclasses.field(default_factory=lambda: [None] * len(METRICS))
+    net_totals: tuple[Any, Any] = (None, None)
+
+    def add(self, values: tuple[Any, ...], online_seconds: float,
+            net_totals: tuple[Any, Any]) -> None:
+        self.n += 1
+        self.online += online_seconds
+        self.net_totals = net_totals
+        sums, counts, maxes = self.sums, self.counts, self.maxes
+        for i, value in enumerate(values):
+            if value is not None:
+                sums[i] += value
+                counts[i] += 1
+                if maxes[i] is None or value > maxes[i]:
+                    maxes[i] = value
+
+
+def online_seconds(wall: float, previous: float | None, interval: float) -> float:
+    """Seconds a report vouches for: its interval, or less if the last report was nearer."""
+    if previous is None or wall <= previous:
+        return interval
+    return min(interval, wall - previous)
+
+
+# --- rows (pure) ---------------------------------------------------------------
+
+COLUMNS = ("tier", "server", "t", "n", "online", "watched",
+           *(c for _, col in METRICS for c in (col, f"{col}_max")),
+           "net_in_total", "net_out_total")
+
+
+def bucket_row(tier: int, sid: str, bucket: Bucket, length: float) -> tuple[Any, ...]:
+    """The row of one bucket; the online time cannot exceed the bucket."""
+    metrics: list[Any] = []
+    for total, count, top in zip(bucket.sums, bucket.counts, bucket.maxes):
+        metrics += [total / count if count else None, top]
+    return (tier, sid, bucket.start, bucket.n, min(bucket.online, length), length, *metrics,
+            *bucket.net_totals)
+
+
+def watched_row(tier: int, sid: str, start: int, length: float) -> tuple[Any, ...]:
+    """A bucket in which a known server did not report: watched, offline, no metrics."""
+    return (tier, sid, start, 0, 0.0, length, *([None] * (2 * len(METRICS) + 2)))
+
+
+def weighted(column: str) -> str:
+    """SQL for the average of an average column over rows weighted by their report count."""
+    return f"SUM({column} * n) / SUM(CASE WHEN {column} IS NOT NULL THEN n END)"
+
+
+AGGREGATES = ", ".join(
+    ["SUM(n)", "SUM(online)", "SUM(watched)"]
+    + [f"{weighted(col)}, MAX({col}_max)" for _, col in METRICS])
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """Which rows answer a range, and how many seconds each point covers."""
+
+    start: int
+    end: int
+    step: int
+    hourly: bool
+
+
+def plan(range_seconds: int, resolution: int, now: float) -> Plan:
+    """Choose tier and step so a range returns at most about MAX_POINTS points."""
+    hourly = range_seconds > FINE_RETENTION // 2
+    base = HOUR if hourly else resolution
+    step = base * max(1, math.ceil(range_seconds / base / MAX_POINTS))
+    end = int(now) // step * step + step
+    return Plan(end - step * math.ceil(range_seconds / step), end, step, hourly)
+
+
+def columnar(sid: str, range_name: str, chosen: Plan, rows: list[tuple[Any, ...]]) -> str:
+    """The /api/history answer: one array per field, a slot for every step, null in gaps."""
+    by_slot = {row[0]: row for row in rows}
+    slots = list(range(chosen.start, chosen.end, chosen.step))
+    answer: dict[str, Any] = {"id": sid, "range": range_name, "step": chosen.step,
+                              "time": slots}
+    found = [by_slot.get(t) for t in slots]
+    for i, (name, _) in enumerate(METRICS):
+        answer[name] = [rounded(row[4 + 2 * i]) if row else None for row in found]
+        if name == "cpu":
+            answer["cpuMax"] = [rounded(row[5]) if row else None for row in found]
+    answer["online"] = [round(row[2] / row[3], 4) if row and row[3] else None for row in found]
+    return json.dumps(answer, separators=(",", ":"))
+
+
+def rounded(value: Any) -> Any:
+    return round(value, 2) if isinstance(value, float) else value
+
+
+# --- availability ------------------------------------------------------------------
+
+
+def availability(hours: dict[int, tuple[float, float]], month: tuple[float, float],
+                 now: float) -> dict[str, Any]:
+    """`availability` and `last24h` for a server view, from its hourly (online, watched).
+
+    `hours` holds the last 24 hours (the current one included); `month` the sums over the
+    completed hours of the 30 days before those.
+    """
+    current = int(now) // HOUR * HOUR
+    last24 = [hours.get(current - HOUR * i) for i in range(23, -1, -1)]
+    day = [h for h in last24 if h and h[1] > 0]
+    online_day, watched_day = sum(h[0] for h in day), sum(h[1] for h in day)
+    return {
+        "availability": {"24h": percent(online_day, watched_day),
+                         "30d": percent(online_day + month[0], watched_day + month[1])},
+        "last24h": [percent(*h) if h else None for h in last24],
+    }
+
+
+def percent(online: float, watched: float) -> float | None:
+    return round(min(online / watched, 1.0) * 100, 2) if watched > 0 else None
+
+
+class Ledger:
+    """Per server: (online, watched) seconds of the last 24 hours, and sums of the month."""
+
+    def __init__(self) -> None:
+        self.hours: dict[str, dict[int, tuple[float, float]]] = {}
+        self.month: dict[str, tuple[float, float]] = {}
+
+    def add(self, sid: str, start: int, online: float, watched: float) -> None:
+        hours = self.hours.setdefault(sid, {})
+        hour = start // HOUR * HOUR
+        was_online, was_watched = hours.get(hour, (0.0, 0.0))
+        hours[hour] = (was_online + online, was_watched + watched)
+        for old in [h for h in hours if h <= hour - 24 * HOUR]:
+            past = hours.pop(old)  # leaves the day, stays in the month until recounted
+            month = self.month.get(sid, (0.0, 0.0))
+            self.month[sid] = (month[0] + past[0], month[1] + past[1])
+
+    def json(self, sid: str, now: float) -> str:
+        """The fields a server view gains, as a JSON fragment to splice into it."""
+        fields = availability(self.hours.get(sid, {}), self.month.get(sid, (0.0, 0.0)), now)
+        return "," + json.dumps(fields, separators=(",", ":"))[1:-1]
+
+
+# --- the store ------------------------------------------------------------------
+
+SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS samples (
+    tier INTEGER NOT NULL, server TEXT NOT NULL, t INTEGER NOT NULL,
+    n INTEGER NOT NULL, online REAL NOT NULL, watched REAL NOT NULL,
+    {", ".join(f"{col} REAL, {col}_max REAL" for _, col in METRICS)},
+    net_in_total INTEGER, net_out_total INTEGER,
+    PRIMARY KEY (tier, server, t)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS samples_by_time ON samples (tier, t);
+CREATE TABLE IF NOT EXISTS latest (
+    server TEXT PRIMARY KEY, t INTEGER NOT NULL, record TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER) WITHOUT ROWID;
+"""
+INSERT = (f"INSERT OR REPLACE INTO samples ({', '.join(COLUMNS)}) "
+          f"VALUES ({', '.join('?' * len(COLUMNS))})")
+
+
+def advice(path: Path, error: BaseException) -> str:
+    """One line naming the file and what to do about the error."""
+    text = str(error)
+    if "readonly" in text or "unable to open" in text or isinstance(error, OSError):
+        todo = ("make the data directory exist and be writable by the dashboard's user, "
+                "or pass --data DIR")
+    elif "full" in text:
+        todo = "free disk space there"
+    elif "not a database" in text or "malformed" in text:
+        todo = "move the file aside; the dashboard then starts a new one"
+    elif "locked" in text:
+        todo = "another process holds it; stop that process"
+    else:
+        todo = "check the file and the data directory"
+    return f"{path}: {text}; {todo} (live data goes on; history retries every step)"
+
+
+Closed = list[tuple[int, dict[str, Bucket]]]  # (bucket start, sid -> bucket)
+
+
+class Writer:
+    """The writer thread's side: its own connection and the ledger, used only there."""
+
+    def __init__(self, path: Path, resolution: int, hourly_days: int) -> None:
+        self.path = path
+        self.resolution = resolution
+        self.hourly_retention = hourly_days * 24 * HOUR
+        self.db: sqlite3.Connection | None = None
+        self.ledger = Ledger()
+        self.known: set[str] = set()  # servers that reported at least once
+
+    def connection(self) -> sqlite3.Connection:
+        if self.db is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            # One thread at a time uses it (the writer thread; tests call it directly).
+            db = sqlite3.connect(self.path, timeout=2, isolation_level=None,
+                                 check_same_thread=False)
+            try:
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute("PRAGMA synchronous=NORMAL")
+                db.executescript(SCHEMA)
+            except BaseException:
+                db.close()
+                raise
+            self.db = db
+        return self.db
+
+    def close(self) -> None:
+        if self.db is not None:
+            self.db.close()
+            self.db = None
+
+    def restore(self, now: float) -> dict[str, tuple[int, dict[str, Any]]]:
+        """At start: every server's last record; the ledger from the stored rows."""
+        db = self.connection()
+        latest = {sid: (t, json.loads(record))
+                  for sid, t, record in db.execute("SELECT server, t, record FROM latest")}
+        self.known.update(latest)
+        day_start = int(now) // HOUR * HOUR - 23 * HOUR
+        for sid, hour, online, watched in db.execute(
+                f"SELECT server, t / {HOUR} * {HOUR} AS hour, SUM(online), SUM(watched) "
+                f"FROM samples WHERE tier = {FINE} AND t >= ? GROUP BY server, hour",
+                (day_start,)):
+            self.ledger.hours.setdefault(sid, {})[hour] = (online, watched)
+        self.ledger.month = self.month_sums(db, day_start)
+        return latest
+
+    def month_sums(self, db: sqlite3.Connection, day_start: int) -> dict[str, Any]:
+        return {sid: (online, watched) for sid, online, watched in db.execute(
+            f"SELECT server, SUM(online), SUM(watched) FROM samples WHERE tier = {HOURLY} "
+            "AND t >= ? AND t < ? GROUP BY server", (day_start - 30 * 24 * HOUR, day_start))}
+
+    def rows(self, closed: Closed, servers: list[str]) -> list[tuple[Any, ...]]:
+        """Rows for the closed buckets; the ledger follows.
+
+        A known, configured server without a report in a closed step gets a watched row,
+        so its offline time counts against its availability.
+        """
+        rows = []
+        length = self.resolution
+        for start, buckets in closed:
+            for sid, bucket in buckets.items():
+                rows.append(bucket_row(FINE, sid, bucket, length))
+                self.ledger.add(sid, start, min(bucket.online, length), length)
+            self.known.update(buckets)
+            for sid in servers:
+                if sid in self.known and sid not in buckets:
+                    rows.append(watched_row(FINE, sid, start, length))
+                    self.ledger.add(sid, start, 0.0, length)
+        return rows
+
+    def step(self, closed: Closed, servers: list[str],
+             latest: list[tuple[str, int, Any]], now: float) -> dict[str, str]:
+        """One resolution step, in one transaction: the buckets, the last records, rollups
+        and retention. Returns each known server's history fields for its view."""
+        rows = self.rows(closed, servers)
+        encoded = [(sid, t, json.dumps(record, separators=(",", ":")))
+                   for sid, t, record in latest]
+        db = self.connection()
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            db.executemany(INSERT, rows)
+            db.executemany("INSERT OR REPLACE INTO latest VALUES (?, ?, ?)", encoded)
+            self.roll_up(db, now)
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            self.close()  # reopen at the next step: the file may have been fixed
+            raise
+        return {sid: self.ledger.json(sid, now) for sid in servers if sid in self.known}
+
+    def roll_up(self, db: sqlite3.Connection, now: float) -> None:
+        """Hourly rows for every completed hour not rolled up yet; then retention."""
+        current = int(now) // HOUR * HOUR
+        row = db.execute("SELECT value FROM meta WHERE key = 'rolled_until'").fetchone()
+        rolled_until = row[0] if row else current
+        if rolled_until < current:
+            db.execute(
+                f"INSERT OR REPLACE INTO samples ({', '.join(COLUMNS[:-2])}) "
+                f"SELECT {HOURLY}, server, t / {HOUR} * {HOUR}, {AGGREGATES} FROM samples "
+                f"WHERE tier = {FINE} AND t >= ? AND t < ? GROUP BY server, t / {HOUR}",
+                (rolled_until, current))
+            self.expire(db, now)
+            self.ledger.month = self.month_sums(db, current - 23 * HOUR)
+        db.execute("INSERT OR REPLACE INTO meta VALUES ('rolled_until', ?)", (current,))
+
+    def expire(self, db: sqlite3.Connection, now: float) -> None:
+        """Retention: fine rows for 48 hours, hourly rows for --history-days."""
+        db.execute("DELETE FROM samples WHERE tier = ? AND t < ?", (FINE, now - FINE_RETENTION))
+        db.execute("DELETE FROM samples WHERE tier = ? AND t < ?",
+                   (HOURLY, now - self.hourly_retention))
+
+
+class History:
+    """The loop's side: buckets in memory, handing them to the writer, queries."""
+
+    def __init__(self, data_dir: Path, resolution: int = DEFAULT_RESOLUTION,
+                 days: int = DEFAULT_DAYS) -> None:
+        self.path = data_dir / "history.db"
+        self.resolution = resolution
+        self.writer = Writer(self.path, resolution, days)
+        self.executor = concurrent.futures.ThreadPoolExecutor(1, "sss-history")
+        self.buckets: dict[int, dict[str, Bucket]] = {}  # bucket start -> sid -> bucket
+        self.next_start: int | None = None  # the first step not handed to the writer yet
+        self.last_wall: dict[str, float] = {}
+        self.status = "ok"
+        self.reader: sqlite3.Connection | None = None
+        self.step_seconds: list[float] = []  # the writer's time per step, for bench.py
+
+    def in_thread(self, function: Callable[..., Any], *args: Any) -> Any:
+        """Run on the writer thread and wait: for start and stop, not for the loop."""
+        return self.executor.submit(function, *args).result()
+
+    # --- on the loop ---
+
+    def fold(self, sid: str, record: dict[str, Any], wall: float) -> None:
+        """Fold one accepted report into its server's bucket (the hot path: keep it small)."""
+        start = int(wall) // self.resolution * self.resolution
+        buckets = self.buckets.get(start)
+        if buckets is None:
+            buckets = self.buckets[start] = {}
+        bucket = buckets.get(sid)
+        if bucket is None:
+            bucket = buckets[sid] = Bucket(start)
+        net = record.get("networkInfo", EMPTY)
+        bucket.add(metric_values(record),
+                   online_seconds(wall, self.last_wall.get(sid), record.get("reportInterval", 2.0)),
+                   (net.get("netInTransfer"), net.get("netOutTransfer")))
+        self.last_wall[sid] = wall
+
+    def take_closed(self, now: float, everything: bool = False) -> Closed:
+        """Every step that ended before `now` (or all, at shutdown), oldest first.
+
+        Steps in which nobody reported are included (empty) while the dashboard was
+        running, so known servers are counted as watched and offline then; a longer gap
+        (the dashboard was stopped or suspended) is left out.
+        """
+        step = self.resolution
+        current = int(now) // step * step
+        first = self.next_start if self.next_start is not None else current
+        first = max(first, current - MAX_EMPTY_STEPS * step)
+        starts = set(range(first, current, step))
+        starts.update(s for s in self.buckets if everything or s < current)
+        self.next_start = max(current, self.next_start or current)
+        return [(start, self.buckets.pop(start, {})) for start in sorted(starts)]
+
+    async def step(self, loop: Any, now: float, servers: list[str],
+                   records: Callable[[str], tuple[int, Any] | None],
+                   final: bool = False) -> dict[str, str] | None:
+        """Write the closed buckets on the writer thread; each server's view fields, or None
+        when the step could not be written (logged once per distinct problem). The final
+        step, at a graceful stop, writes the open buckets too."""
+        closed = self.take_closed(now, everything=final)
+        latest = [(sid, *found) for _, buckets in closed for sid in buckets
+                  if (found := records(sid)) is not None]
+        started = loop.time()
+        try:
+            fields = await loop.run_in_executor(self.executor, self.writer.step, closed,
+                                                servers, latest, now)
+        except (sqlite3.Error, OSError) as exc:
+            self.problem(exc)
+            return None
+        self.step_seconds.append(loop.time() - started)
+        del self.step_seconds[:-100]
+        if self.status != "ok":
+            log.info("history: writing to %s again", self.path)
+            self.status = "ok"
+        return fields
+
+    def problem(self, exc: BaseException) -> None:
+        message = advice(self.path, exc)
+        if message != self.status:
+            log.error("history: %s", message)
+        self.status = message
+
+    def restore(self, now: float) -> dict[str, tuple[int, dict[str, Any]]]:
+        """At start: every server's last record (empty when history cannot be read)."""
+        try:
+            return self.in_thread(self.writer.restore, now)
+        except (sqlite3.Error, OSError, ValueError) as exc:
+            self.problem(exc)
+            self.in_thread(self.writer.close)
+            return {}
+
+    def fields(self, servers: list[str], now: float) -> dict[str, str]:
+        ledger, known = self.writer.ledger, self.writer.known
+        return self.in_thread(lambda: {sid: ledger.json(sid, now) for sid in servers
+                                       if sid in known})
+
+    def read(self) -> sqlite3.Connection:
+        if self.reader is None:
+            self.reader = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=1)
+        return self.reader
+
+    def query(self, sid: str, range_name: str, now: float) -> str:
+        """One server's range as columnar JSON; raises sqlite3.Error when unreadable.
+
+        Ranges past the fine rows' 48 hours read hourly rows, and the fine rows of the
+        hours not rolled up yet, so the newest points are there too.
+        """
+        chosen = plan(RANGES[range_name], self.resolution, now)
+        try:
+            db = self.read()
+            if chosen.hourly:
+                row = db.execute("SELECT value FROM meta WHERE key = 'rolled_until'").fetchone()
+                rolled_until = row[0] if row else chosen.end
+                where = ("server = ? AND ((tier = 1 AND t < ?) OR (tier = 0 AND t >= ?)) "
+                         "AND t >= ? AND t < ?")
+                args: tuple[Any, ...] = (sid, rolled_until, rolled_until, chosen.start,
+                                         chosen.end)
+            else:
+                where = "tier = 0 AND server = ? AND t >= ? AND t < ?"
+                args = (sid, chosen.start, chosen.end)
+            rows = db.execute(f"SELECT t / {chosen.step} * {chosen.step} AS slot, {AGGREGATES} "
+                              f"FROM samples WHERE {where} GROUP BY slot", args).fetchall()
+        except sqlite3.Error:
+            self.close_reader()
+            raise
+        return columnar(sid, range_name, chosen, rows)
+
+    def close_reader(self) -> None:
+        if self.reader is not None:
+            self.reader.close()
+            self.reader = None
+
+    def close(self) -> None:
+        self.close_reader()
+        self.in_thread(self.writer.close)
+        self.executor.shutdown()
