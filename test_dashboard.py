@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -287,7 +288,8 @@ def test_http_endpoints(make_dashboard: Any) -> None:
     assert [s["id"] for s in servers] == ["alpha", "beta", "never"]
     assert servers[0] == {"id": "alpha", "name": "Alpha", "group": "Web", "loc": "de",
                           "online": False, "lastReportTime": 0, "offlineAfter": 9.0}
-    assert dash.get_json("/healthz") == {"status": "ok", "servers": 3, "agents": 0, "viewers": 0}
+    assert dash.get_json("/healthz") == {"status": "ok", "servers": 3, "agents": 0, "viewers": 0,
+                                         "history": "ok"}
     for path in ("/nope", "/ws-reportx", "/api/servers/alpha"):
         assert dash.get(path)[0] == 404
 
@@ -876,6 +878,87 @@ def test_page_newcomer_details(make_dashboard: Any, page_on: Any) -> None:
     assert not [m for m in console if m.startswith("error") and "ws-frontend" not in m], console
 
 
+UPLOT_SHA256 = {  # vendor/README.md: uPlot 1.6.32 from the npm registry
+    "uPlot.iife.min.js": "19c8d4c6ad88929a79f4ae49d6f7161566dfd0ba3d15cc495e974f787eb78f1f",
+    "uPlot.min.css": "df630c6a8d6f8eeaff264b50f73ce5b114f646ffd9a0bb74f049b0a00135fa04",
+    "uPlot.LICENSE": "8f989229699b4fe2f1a0432d0e9edc338a8a911e250e2d1b01ecd770a5f5b1bd",
+}
+
+
+def test_vendored_uplot_is_pinned_and_served_from_this_origin(make_dashboard: Any) -> None:
+    dash: Dashboard = make_dashboard()
+    readme = (dashboard.HERE / "vendor/README.md").read_text()
+    for name, digest in UPLOT_SHA256.items():
+        body = (dashboard.HERE / "vendor" / name).read_bytes()
+        assert hashlib.sha256(body).hexdigest() == digest, name
+        assert digest in readme
+        status, _, served = dash.get(f"/vendor/{name}")
+        assert status == 200 and served == body
+    assert dash.get("/vendor/../servers.json")[0] == 404
+    assert "MIT" in (dashboard.HERE / "vendor/uPlot.LICENSE").read_text()
+    csp = dash.get("/")[1]["Content-Security-Policy"]
+    assert "script-src 'self' 'sha256-" in csp and "style-src 'self' 'sha256-" in csp
+
+
+def wait_until(page: Any, expression: str, timeout: float = 10) -> None:
+    """Poll a JS expression (wait_for_function would need 'unsafe-eval', which the CSP bars)."""
+    deadline = time.monotonic() + timeout
+    while not page.evaluate(expression):
+        assert time.monotonic() < deadline, f"{expression} stayed false for {timeout} s"
+        page.wait_for_timeout(100)
+
+
+def test_page_detail_view_charts_history(make_dashboard: Any, make_agent: Any,
+                                        page_on: Any) -> None:
+    dash: Dashboard = make_dashboard(start=False).start("--history-resolution", "1")
+    make_agent("--server", dash.url("/ws-report", "ws"), "--id", "alpha", "--secret", SECRET,
+               "--interval", "1", "--min-interval", "1", "--no-adaptive")
+    SCREENSHOTS.mkdir(exist_ok=True)
+    for scheme, width in (("light", 1280), ("dark", 375)):
+        errors: list[str] = []
+        page = page_on(dash, color_scheme=scheme, viewport={"width": width, "height": 900})
+        page.on("console", lambda m, errors=errors: m.type == "error" and errors.append(m.text))
+        page.on("pageerror", lambda e, errors=errors: errors.append(str(e)))
+        alpha = card(page, "alpha")
+        alpha.and_(page.locator(".online")).wait_for(timeout=15_000)
+        alpha.locator("h3 a").click()
+        assert page.url.endswith("#/server/alpha")
+        page.locator(".plot canvas").nth(6).wait_for(timeout=10_000)
+        assert page.locator(".plot").count() == 7 and not page.locator("#groups").is_visible()
+        assert page.locator("#detail-name").inner_text() == "Alpha"
+        grown = page.evaluate("detail.data.time.length")
+        wait_until(page, f"detail.data.time.length > {grown}")  # the 1h view grows live
+        cpu = page.locator(".plot").first.locator(".u-over")
+        box = cpu.bounding_box()
+        page.mouse.move(box["x"] + box["width"] - 1, box["y"] + box["height"] / 2)
+        tip = page.locator(".plot").first.locator(".tip")
+        tip.wait_for(state="visible", timeout=5_000)
+        assert re.search(r"average: \d+\.\d %", tip.inner_text()), tip.inner_text()
+        assert page.locator(".tip:visible").count() == 1  # only the hovered chart's
+        page.locator("#ranges button", has_text="6h").click()
+        wait_until(page, "detail.data && detail.data.range === '6h'")
+        assert page.locator("#ranges button[aria-pressed=true]").inner_text() == "6h"
+        assert any("api/history?id=alpha&range=6h" in u for u in page.requests)
+        background = page.eval_on_selector(".plot", "n => getComputedStyle(n).backgroundColor")
+        assert (luminance(background) < 0.3) == (scheme == "dark")
+        assert page.evaluate("document.documentElement.scrollWidth") <= width
+        page.screenshot(path=str(SCREENSHOTS / f"detail-{scheme}-{width}px.png"), full_page=True)
+        page.locator("#ranges button", has_text="1h").click()  # leave it as found
+        page.go_back()
+        assert page.locator("#groups").is_visible() and not page.locator("#detail").is_visible()
+        page.goto(dash.url("/#/server/alpha"))  # a shared link opens the view directly
+        page.locator(".plot canvas").first.wait_for(timeout=10_000)
+        strip = card(page, "alpha").locator(".strip span")
+        assert strip.count() == 24
+        assert errors == [], errors
+        origin = dash.url("/").rstrip("/")
+        assert all(u.startswith((origin, dash.url("/", "ws").rstrip("/"))) for u in page.requests)
+    page.goto(dash.url("/"))
+    card(page, "alpha").locator(".strip span").nth(23).and_(
+        page.locator(".ok")).wait_for(timeout=10_000)  # this hour: green
+    assert re.fullmatch(r"30 d \d+\.\d\d %", card(page, "alpha").locator(".month").inner_text())
+
+
 def luminance(css_color: str) -> float:
     r, g, b = (int(v) for v in re.findall(r"\d+", css_color)[:3])
     return (0.2126 * r + 0.7152 * g + 0.0722 * b) / 255
@@ -991,8 +1074,9 @@ def test_docs_state_what_the_code_does() -> None:
     assert all(fstype in disks for fstype in sss_agent.VIRTUAL_FSTYPES)
     nics = PROTOCOL[PROTOCOL.index("- Interfaces:"):PROTOCOL.index("- Disks:")]
     assert all(f"`{glob}`" in nics for glob in sss_agent.DEFAULT_EXCLUDED_NICS)
-    copied = re.search(r"sudo cp (dashboard\.py.*?) /opt/sss-dashboard/", README, re.DOTALL)
-    assert copied and local_modules("dashboard.py") <= set(copied[1].split())
+    copied = re.search(r"sudo cp -r (dashboard\.py.*?) /opt/sss-dashboard/", README, re.DOTALL)
+    assert copied and local_modules("dashboard.py") | {"vendor", "index.html"} <= set(
+        copied[1].split())
     assert "psutil" not in (dashboard.HERE / "requirements.txt").read_text()
     assert "Collects with psutil" not in README
 

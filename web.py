@@ -37,6 +37,10 @@ INSTALL_PLACEHOLDER = b"__SSS_DASHBOARD_URL__"
 HOST_HEADER = re.compile(r"(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::\d{1,5})?")
 SAFE_URL = re.compile(r"https?://[A-Za-z0-9.\[\]:-]+(?:/[A-Za-z0-9._~/-]*)?")
 AGENT_HEADERS = ("X-SERVER-ID", "X-AUTH-SECRET")
+# The page's vendored libraries (vendor/README.md), served from this origin only.
+VENDOR_TYPES = {"uPlot.iife.min.js": "text/javascript; charset=utf-8",
+                "uPlot.min.css": "text/css; charset=utf-8",
+                "uPlot.LICENSE": "text/plain; charset=utf-8"}
 CHECK_HEADER = "X-SSS-Check"  # agent.py --check: answer each report (PROTOCOL.md)
 
 
@@ -51,6 +55,7 @@ class Files:
     agent: bytes | None
     installer: bytes | None
     agent_unit: bytes | None
+    vendor: dict[str, bytes] = dataclasses.field(default_factory=dict)  # name -> content
 
     @classmethod
     def beside(cls, directory: Path) -> Files:
@@ -59,8 +64,10 @@ class Files:
                 return (directory / name).read_bytes()
             except OSError:
                 return None
+        vendor = {name: body for name in VENDOR_TYPES
+                  if (body := read(f"vendor/{name}")) is not None}
         return cls(read("index.html"), read("agent.py"), read("install.sh"),
-                   read("deploy/sss-agent.service"))
+                   read("deploy/sss-agent.service"), vendor)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,9 +132,9 @@ def content_security_policy(html: str) -> str:
         return " ".join(
             "'sha256-" + base64.b64encode(hashlib.sha256(b.encode()).digest()).decode() + "'"
             for b in bodies)
-    return (f"default-src 'none'; script-src {hashes('script')}; style-src {hashes('style')}; "
-            "connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; "
-            "frame-ancestors 'none'")
+    return (f"default-src 'none'; script-src 'self' {hashes('script')}; "
+            f"style-src 'self' {hashes('style')}; connect-src 'self'; img-src 'self' data:; "
+            "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
 
 
 # --- addresses and URLs ------------------------------------------------------
@@ -233,6 +240,15 @@ def served_file(name: str, body: Callable[[Files], bytes | None]) -> Handler:
     return serve
 
 
+def vendored(name: str) -> Handler:
+    def serve(site: Site, request: Request) -> Response:
+        body = site.files.vendor.get(name)
+        if body is None:
+            return text_response(HTTPStatus.NOT_FOUND, f"vendor/{name} is missing")
+        return http_response(HTTPStatus.OK, body, VENDOR_TYPES[name])
+    return serve
+
+
 def installer(site: Site, request: Request) -> Response:
     if site.files.installer is None:
         return text_response(HTTPStatus.NOT_FOUND, "install.sh is missing beside dashboard.py")
@@ -288,6 +304,7 @@ ROUTES: dict[str, Handler] = {
     "/sss-agent.service": served_file("deploy/sss-agent.service",
                                       lambda files: files.agent_unit),
     "/install.sh": installer,
+    **{f"/vendor/{name}": vendored(name) for name in VENDOR_TYPES},
     "/api/servers": api_servers,
     "/api/history": api_history,
     "/healthz": healthz,
