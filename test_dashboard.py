@@ -282,7 +282,7 @@ def test_http_endpoints(make_dashboard: Any) -> None:
     status, headers, body = dash.get("/")
     assert status == 200 and headers["Content-Type"] == "text/html; charset=utf-8"
     assert body == (dashboard.HERE / "index.html").read_bytes()
-    assert "script-src 'sha256-" in headers["Content-Security-Policy"]
+    assert "script-src 'self' 'sha256-" in headers["Content-Security-Policy"]
     assert dash.get("/index.html")[2] == body
     servers = dash.get_json("/api/servers")
     assert [s["id"] for s in servers] == ["alpha", "beta", "never"]
