@@ -311,10 +311,11 @@ def run_load(target_port: int, ids: list[str], viewers: int, duration: float,
 
 
 def bench_dashboard(agents: int, viewers: int, duration: float,
-                    compression: bool = False) -> dict[str, Any]:
+                    compression: bool = False, history: bool = True) -> dict[str, Any]:
     ids = [f"agent-{i:05d}" for i in range(agents)]
     with tempfile.TemporaryDirectory() as tmp:
         flags = ["--viewer-compression"] if compression else []
+        flags += [] if history else ["--no-history"]
         dash, port = start_dashboard(Path(tmp), ids, *flags)
         try:
             accepted0 = reports_accepted(port)
@@ -339,7 +340,7 @@ def bench_dashboard(agents: int, viewers: int, duration: float,
     bytes_per_viewer = statistics.mean(viewer_bytes) / (duration + 2) if viewer_bytes else 0
     return {
         "agents": agents, "viewers": viewers, "duration": duration, "cores": os.cpu_count(),
-        "viewer_compression": compression,
+        "viewer_compression": compression, "history": history,
         "reports_sent": sent, "reports_accepted": accepted,
         "reports_per_second": accepted / duration,
         "cpu_cores": load["cpu_cores"], "cpu_ms_per_report": cpu_per_report * 1000,
@@ -362,7 +363,8 @@ def percentile(values: list[float], pct: float) -> float:
 def print_dashboard(results: list[dict[str, Any]]) -> None:
     first = results[0]
     print(f"dashboard bench: {first['viewers']} viewers"
-          f"{' (compressed)' if first['viewer_compression'] else ''}, {first['duration']:.0f} s "
+          f"{' (compressed)' if first['viewer_compression'] else ''}, history "
+          f"{'on' if first['history'] else 'off'}, {first['duration']:.0f} s "
           f"per run, {first['cores']} cores (dashboard and load generators share them)")
     print(f"{'agents':>6} {'reports/s':>9} {'CPU cores':>9} {'ms/report':>9} "
           f"{'floor ms':>8} {'ratio':>5} {'peak RSS MB':>11} {'p50 ms':>7} {'p99 ms':>7} "
@@ -377,6 +379,112 @@ def print_dashboard(results: list[dict[str, Any]]) -> None:
               f"{r['viewer_bytes_per_second'] / 1024:12.1f} {r['viewer_bytes_per_report']:8.0f}")
 
 
+# --- bench: history ------------------------------------------------------------
+
+
+def bench_history(servers: int) -> dict[str, Any]:
+    """history.py in this process, with a fake clock: fold, one step, disk use, queries."""
+    import history
+    from reports import validate_report
+    rng = random.Random(1)
+    frame = json.dumps(fake_report("bench", rng))
+    record = validate_report(frame)
+    view = json.dumps({"id": "bench", **record})
+    rounds = 50_000
+    store = history.History(Path("/nonexistent"))
+    start = time.perf_counter()
+    for _ in range(rounds):
+        validate_report(frame)
+    validate_us = (time.perf_counter() - start) / rounds * 1e6
+    start = time.perf_counter()
+    for i in range(rounds):
+        store.fold(f"s{i % servers}", record, 1_795_000_000 + i * 60 / rounds)
+    fold_us = (time.perf_counter() - start) / rounds * 1e6
+
+    with tempfile.TemporaryDirectory() as tmp:
+        store = history.History(Path(tmp))
+        t0 = 1_795_000_000 // 3600 * 3600
+        ids = [f"srv-{i:05d}" for i in range(servers)]
+        for sid in ids:
+            store.fold(sid, record, t0 + 1)
+        lags: list[float] = []
+
+        async def step_with_lag() -> float:
+            loop = asyncio.get_running_loop()
+            done = asyncio.Event()
+
+            async def ticker() -> None:
+                while not done.is_set():
+                    before = loop.time()
+                    await asyncio.sleep(0.001)
+                    lags.append(loop.time() - before - 0.001)
+            task = asyncio.ensure_future(ticker())
+            started = loop.time()
+            await store.step(loop, t0 + 61, ids, lambda sid: (t0, view))
+            elapsed = loop.time() - started
+            done.set()
+            await task
+            return elapsed
+        step_s = asyncio.run(step_with_lag())
+        # The same step without the last records: what the buckets alone cost.
+        for sid in ids:
+            store.fold(sid, record, t0 + 62)
+        closed = store.take_closed(t0 + 121)
+        start = time.perf_counter()
+        store.in_thread(store.writer.step, closed, ids, [], t0 + 121)
+        buckets_s = time.perf_counter() - start
+        store.close()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        sample = 20  # servers for a simulated day at the default 60 s resolution
+        store = history.History(Path(tmp))
+        writer = store.writer
+        ids = [f"srv-{i:02d}" for i in range(sample)]
+        for minute in range(24 * 60):
+            for sid in ids:
+                store.fold(sid, record, t0 + minute * 60 + 5)
+            closed = store.take_closed(t0 + minute * 60 + 60)
+            writer.step(closed, ids, [(sid, t0, view) for sid in ids], t0 + minute * 60 + 60)
+        db = writer.connection()
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        db.execute("VACUUM")
+        fine = db.execute("SELECT COUNT(*) FROM samples WHERE tier = 0").fetchone()[0]
+        hourly = db.execute("SELECT COUNT(*) FROM samples WHERE tier = 1").fetchone()[0]
+        size = (Path(tmp) / "history.db").stat().st_size
+        per_row = size / (fine + hourly)
+        # A year of hourly rows for one server, then its 1 y query.
+        db.executemany(history.INSERT, [
+            history.bucket_row(history.HOURLY, "year", history.Bucket(t0 - h * 3600, 720, 3600.0,
+                               [50.0 * 720] * 12, [720] * 12, [90.0] * 12), 3600)
+            for h in range(1, 24 * 365)])
+        start = time.perf_counter()
+        store.query("year", "1y", t0 + 60)
+        query_ms = (time.perf_counter() - start) * 1000
+        store.close()
+    return {"servers": servers, "fold_us": fold_us, "validate_us": validate_us,
+            "step_ms": step_s * 1000, "buckets_only_ms": buckets_s * 1000,
+            "max_loop_lag_ms": max(lags) * 1000 if lags else 0,
+            "bytes_per_row": per_row,
+            "bytes_per_server_day_fine": per_row * 1440,
+            "bytes_per_server_day_hourly": per_row * 24,
+            "steady_bytes_per_server": per_row * (2 * 1440 + 400 * 24),
+            "query_1y_ms": query_ms}
+
+
+def print_history(r: dict[str, Any]) -> None:
+    print(f"history bench: {r['servers']} servers, 60 s resolution")
+    print(f"  fold per report        {r['fold_us']:8.2f} µs  "
+          f"(validating it: {r['validate_us']:.2f} µs)")
+    print(f"  one step, {r['servers']} servers  {r['step_ms']:8.1f} ms on the writer thread "
+          f"({r['buckets_only_ms']:.1f} ms of it the buckets, the rest their last views); "
+          f"loop lag at most {r['max_loop_lag_ms']:.1f} ms")
+    print(f"  disk per server per day {r['bytes_per_server_day_fine'] / 1024:7.0f} KiB fine rows "
+          f"(kept 48 h) + {r['bytes_per_server_day_hourly'] / 1024:.1f} KiB hourly rows")
+    print(f"  steady state per server {r['steady_bytes_per_server'] / 2**20:7.1f} MiB "
+          f"(48 h fine + 400 days hourly)")
+    print(f"  1 y query, one server  {r['query_1y_ms']:8.1f} ms")
+
+
 # --- main ----------------------------------------------------------------------
 
 
@@ -384,7 +492,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Measure agent.py and dashboard.py.")
     # The helpers (_load, _floor) are run by bench.py itself; the metavar hides them.
     commands = parser.add_subparsers(dest="command", required=True,
-                                     metavar="{agent,dashboard}")
+                                     metavar="{agent,dashboard,history}")
     agent_cmd = commands.add_parser("agent", help="the agent's CPU and memory")
     agent_cmd.add_argument("--duration", type=float, default=60)
     agent_cmd.add_argument("--json", action="store_true")
@@ -394,7 +502,12 @@ def main(argv: list[str] | None = None) -> int:
     dash_cmd.add_argument("--duration", type=float, default=30)
     dash_cmd.add_argument("--viewer-compression", action="store_true",
                           help="start the dashboard with --viewer-compression")
+    dash_cmd.add_argument("--no-history", action="store_true",
+                          help="start the dashboard with --no-history (live data only)")
     dash_cmd.add_argument("--json", action="store_true")
+    hist_cmd = commands.add_parser("history", help="history.py: fold, writes, disk, queries")
+    hist_cmd.add_argument("--servers", type=int, default=2000)
+    hist_cmd.add_argument("--json", action="store_true")
     load_cmd = commands.add_parser("_load")  # internal: one load-generator process
     load_cmd.add_argument("--url")
     load_cmd.add_argument("--viewer-url")
@@ -410,12 +523,15 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(result))
     elif args.command == "_floor":
         asyncio.run(floor_server())
+    elif args.command == "history":
+        result = bench_history(args.servers)
+        print(json.dumps(result, indent=2)) if args.json else print_history(result)
     elif args.command == "agent":
         result = bench_agent(args.duration)
         print(json.dumps(result, indent=2)) if args.json else print_agent(result)
     else:
-        results = [bench_dashboard(n, args.viewers, args.duration, args.viewer_compression)
-                   for n in args.agents]
+        results = [bench_dashboard(n, args.viewers, args.duration, args.viewer_compression,
+                                   not args.no_history) for n in args.agents]
         print(json.dumps(results, indent=2)) if args.json else print_dashboard(results)
     return 0
 

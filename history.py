@@ -7,9 +7,10 @@
 Each accepted report folds into an in-memory bucket for its server (`fold`, a few
 microseconds, on the event loop). Once per resolution step the closed buckets go to a
 writer thread with its own connection, which writes them in one transaction, rolls
-completed hours up into hourly rows and applies retention. Queries run on a read-only
-connection. Nothing here imports websockets; the pure parts (folding, rows, plans,
-availability) take time as arguments and are tested without a database.
+completed hours up into hourly rows (and those into six-hour rows), and applies
+retention. Queries run on a read-only connection. Nothing here imports websockets; the
+pure parts (folding, rows, plans, availability) take time as arguments and are tested
+without a database.
 
 Rows: one per server per bucket while the dashboard watches a server that has reported at
 least once: `n` reports (0 while it is offline: metrics NULL, never zeros), `online` and
@@ -28,10 +29,15 @@ import sqlite3
 from pathlib import Path
 from typing import Any, Callable
 
+from reports import VIEW_FIELDS
+
 log = logging.getLogger("sss.dashboard")
 
-FINE, HOURLY = 0, 1  # tiers
 HOUR = 3600
+# Tiers: fine rows (one per --history-resolution), hourly rows rolled up from them, and
+# six-hour rows rolled up from those, so a year is 1,460 rows to read, not 8,760.
+FINE, HOURLY, QUARTER_DAY = 0, 1, 2
+ROLLUP_SECONDS = {HOURLY: HOUR, QUARTER_DAY: 6 * HOUR}
 FINE_RETENTION = 48 * HOUR
 DEFAULT_RESOLUTION = 60
 DEFAULT_DAYS = 400
@@ -138,16 +144,20 @@ class Plan:
     start: int
     end: int
     step: int
-    hourly: bool
+    tier: int
 
 
 def plan(range_seconds: int, resolution: int, now: float) -> Plan:
     """Choose tier and step so a range returns at most about MAX_POINTS points."""
-    hourly = range_seconds > FINE_RETENTION // 2
-    base = HOUR if hourly else resolution
+    if range_seconds <= FINE_RETENTION // 2:
+        tier, base = FINE, resolution
+    elif range_seconds <= 31 * 24 * HOUR:
+        tier, base = HOURLY, HOUR
+    else:
+        tier, base = QUARTER_DAY, 6 * HOUR
     step = base * max(1, math.ceil(range_seconds / base / MAX_POINTS))
     end = int(now) // step * step + step
-    return Plan(end - step * math.ceil(range_seconds / step), end, step, hourly)
+    return Plan(end - step * math.ceil(range_seconds / step), end, step, tier)
 
 
 def columnar(sid: str, range_name: str, chosen: Plan, rows: list[tuple[Any, ...]]) -> str:
@@ -195,26 +205,52 @@ def percent(online: float, watched: float) -> float | None:
 
 
 class Ledger:
-    """Per server: (online, watched) seconds of the last 24 hours, and sums of the month."""
+    """Per server: (online, watched) seconds of the last 24 hours, and sums of the month.
+
+    The 23 completed hours of a server's day change once an hour, so their part of the
+    view is kept and only the current hour is recomputed at each step.
+    """
 
     def __init__(self) -> None:
         self.hours: dict[str, dict[int, tuple[float, float]]] = {}
         self.month: dict[str, tuple[float, float]] = {}
+        self.past: dict[str, tuple[int, str, float, float]] = {}  # hour, JSON, online, watched
 
     def add(self, sid: str, start: int, online: float, watched: float) -> None:
         hours = self.hours.setdefault(sid, {})
         hour = start // HOUR * HOUR
         was_online, was_watched = hours.get(hour, (0.0, 0.0))
         hours[hour] = (was_online + online, was_watched + watched)
+        if sid in self.past and hour < self.past[sid][0]:
+            del self.past[sid]  # a completed hour changed after all
         for old in [h for h in hours if h <= hour - 24 * HOUR]:
             past = hours.pop(old)  # leaves the day, stays in the month until recounted
             month = self.month.get(sid, (0.0, 0.0))
             self.month[sid] = (month[0] + past[0], month[1] + past[1])
 
     def json(self, sid: str, now: float) -> str:
-        """The fields a server view gains, as a JSON fragment to splice into it."""
-        fields = availability(self.hours.get(sid, {}), self.month.get(sid, (0.0, 0.0)), now)
-        return "," + json.dumps(fields, separators=(",", ":"))[1:-1]
+        """The fields a server view gains, as a JSON fragment to splice into it; the same
+        as availability() gives (tested), computed cheaply."""
+        current = int(now) // HOUR * HOUR
+        hours = self.hours.get(sid, {})
+        past = self.past.get(sid)
+        if past is None or past[0] != current:
+            values = [hours.get(current - HOUR * i) for i in range(23, 0, -1)]
+            known = [h for h in values if h and h[1] > 0]
+            past = (current, ",".join(json_number(percent(*h)) if h else "null" for h in values),
+                    sum(h[0] for h in known), sum(h[1] for h in known))
+            self.past[sid] = past
+        now_online, now_watched = hours.get(current, (0.0, 0.0))
+        online, watched = past[2] + now_online, past[3] + now_watched
+        month = self.month.get(sid, (0.0, 0.0))
+        this_hour = json_number(percent(now_online, now_watched)) if current in hours else "null"
+        return (f',"availability":{{"24h":{json_number(percent(online, watched))},'
+                f'"30d":{json_number(percent(online + month[0], watched + month[1]))}}},'
+                f'"last24h":[{past[1]},{this_hour}]')
+
+
+def json_number(value: float | None) -> str:
+    return "null" if value is None else repr(value)
 
 
 # --- the store ------------------------------------------------------------------
@@ -227,12 +263,40 @@ CREATE TABLE IF NOT EXISTS samples (
     net_in_total INTEGER, net_out_total INTEGER,
     PRIMARY KEY (tier, server, t)) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS samples_by_time ON samples (tier, t);
+-- The last server view of each server (already encoded for browsers: no JSON work here).
 CREATE TABLE IF NOT EXISTS latest (
     server TEXT PRIMARY KEY, t INTEGER NOT NULL, record TEXT NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER) WITHOUT ROWID;
 """
 INSERT = (f"INSERT OR REPLACE INTO samples ({', '.join(COLUMNS)}) "
           f"VALUES ({', '.join('?' * len(COLUMNS))})")
+
+
+def record_of(view: dict[str, Any]) -> dict[str, Any]:
+    """A stored server view back into the record it was made from (its report's blocks)."""
+    record = {key: view[key] for key in VIEW_FIELDS if key in view}
+    if view.get("loc"):
+        record["loc"] = view["loc"]
+    return record
+
+
+def rolled_until(db: sqlite3.Connection, tier: int, default: int) -> int:
+    """Where the rows of a rolled-up tier end: later periods are only in the tier below."""
+    row = db.execute("SELECT value FROM meta WHERE key = ?", (f"rolled_until_{tier}",)).fetchone()
+    return row[0] if row else default
+
+
+def tier_sources(tier: int, ends: dict[int, int]) -> tuple[str, list[int]]:
+    """SQL (and its arguments) for the rows that answer a tier: its own rows up to where
+    they end, then each finer tier's rows from there, so the newest points are there too."""
+    parts, args, since = [], [], None
+    for level in range(tier, -1, -1):
+        upper = ends.get(level)
+        bounds = ([] if since is None else ["t >= ?"]) + ([] if upper is None else ["t < ?"])
+        parts.append(" AND ".join([f"tier = {level}", *bounds]))
+        args += ([] if since is None else [since]) + ([] if upper is None else [upper])
+        since = upper
+    return "(" + " OR ".join(f"({p})" for p in parts) + ")", args
 
 
 def advice(path: Path, error: BaseException) -> str:
@@ -290,8 +354,8 @@ class Writer:
     def restore(self, now: float) -> dict[str, tuple[int, dict[str, Any]]]:
         """At start: every server's last record; the ledger from the stored rows."""
         db = self.connection()
-        latest = {sid: (t, json.loads(record))
-                  for sid, t, record in db.execute("SELECT server, t, record FROM latest")}
+        latest = {sid: (t, record_of(json.loads(view)))
+                  for sid, t, view in db.execute("SELECT server, t, record FROM latest")}
         self.known.update(latest)
         day_start = int(now) // HOUR * HOUR - 23 * HOUR
         for sid, hour, online, watched in db.execute(
@@ -327,17 +391,15 @@ class Writer:
         return rows
 
     def step(self, closed: Closed, servers: list[str],
-             latest: list[tuple[str, int, Any]], now: float) -> dict[str, str]:
+             latest: list[tuple[str, int, str]], now: float) -> dict[str, str]:
         """One resolution step, in one transaction: the buckets, the last records, rollups
         and retention. Returns each known server's history fields for its view."""
         rows = self.rows(closed, servers)
-        encoded = [(sid, t, json.dumps(record, separators=(",", ":")))
-                   for sid, t, record in latest]
         db = self.connection()
         try:
             db.execute("BEGIN IMMEDIATE")
             db.executemany(INSERT, rows)
-            db.executemany("INSERT OR REPLACE INTO latest VALUES (?, ?, ?)", encoded)
+            db.executemany("INSERT OR REPLACE INTO latest VALUES (?, ?, ?)", latest)
             self.roll_up(db, now)
             db.execute("COMMIT")
         except BaseException:
@@ -348,25 +410,29 @@ class Writer:
         return {sid: self.ledger.json(sid, now) for sid in servers if sid in self.known}
 
     def roll_up(self, db: sqlite3.Connection, now: float) -> None:
-        """Hourly rows for every completed hour not rolled up yet; then retention."""
-        current = int(now) // HOUR * HOUR
-        row = db.execute("SELECT value FROM meta WHERE key = 'rolled_until'").fetchone()
-        rolled_until = row[0] if row else current
-        if rolled_until < current:
-            db.execute(
-                f"INSERT OR REPLACE INTO samples ({', '.join(COLUMNS[:-2])}) "
-                f"SELECT {HOURLY}, server, t / {HOUR} * {HOUR}, {AGGREGATES} FROM samples "
-                f"WHERE tier = {FINE} AND t >= ? AND t < ? GROUP BY server, t / {HOUR}",
-                (rolled_until, current))
+        """Rows of each rolled-up tier for every completed period not rolled up yet."""
+        rolled = False
+        for tier, length in ROLLUP_SECONDS.items():
+            current = int(now) // length * length
+            done = rolled_until(db, tier, current)
+            if done < current:
+                db.execute(
+                    f"INSERT OR REPLACE INTO samples ({', '.join(COLUMNS[:-2])}) "
+                    f"SELECT {tier}, server, t / {length} * {length}, {AGGREGATES} "
+                    f"FROM samples WHERE tier = {tier - 1} AND t >= ? AND t < ? "
+                    f"GROUP BY server, t / {length}", (done, current))
+                rolled = True
+            db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (f"rolled_until_{tier}",
+                                                                     current))
+        if rolled:
             self.expire(db, now)
-            self.ledger.month = self.month_sums(db, current - 23 * HOUR)
-        db.execute("INSERT OR REPLACE INTO meta VALUES ('rolled_until', ?)", (current,))
+            self.ledger.month = self.month_sums(db, int(now) // HOUR * HOUR - 23 * HOUR)
 
     def expire(self, db: sqlite3.Connection, now: float) -> None:
-        """Retention: fine rows for 48 hours, hourly rows for --history-days."""
+        """Retention: fine rows for 48 hours, rolled-up rows for --history-days."""
         db.execute("DELETE FROM samples WHERE tier = ? AND t < ?", (FINE, now - FINE_RETENTION))
-        db.execute("DELETE FROM samples WHERE tier = ? AND t < ?",
-                   (HOURLY, now - self.hourly_retention))
+        db.execute("DELETE FROM samples WHERE tier > ? AND t < ?",
+                   (FINE, now - self.hourly_retention))
 
 
 class History:
@@ -423,7 +489,7 @@ class History:
         return [(start, self.buckets.pop(start, {})) for start in sorted(starts)]
 
     async def step(self, loop: Any, now: float, servers: list[str],
-                   records: Callable[[str], tuple[int, Any] | None],
+                   records: Callable[[str], tuple[int, str] | None],
                    final: bool = False) -> dict[str, str] | None:
         """Write the closed buckets on the writer thread; each server's view fields, or None
         when the step could not be written (logged once per distinct problem). The final
@@ -473,24 +539,19 @@ class History:
     def query(self, sid: str, range_name: str, now: float) -> str:
         """One server's range as columnar JSON; raises sqlite3.Error when unreadable.
 
-        Ranges past the fine rows' 48 hours read hourly rows, and the fine rows of the
-        hours not rolled up yet, so the newest points are there too.
+        Longer ranges read rolled-up rows, and the finer rows of the periods not rolled up
+        yet (tier_sources), so the newest points are there too.
         """
         chosen = plan(RANGES[range_name], self.resolution, now)
         try:
             db = self.read()
-            if chosen.hourly:
-                row = db.execute("SELECT value FROM meta WHERE key = 'rolled_until'").fetchone()
-                rolled_until = row[0] if row else chosen.end
-                where = ("server = ? AND ((tier = 1 AND t < ?) OR (tier = 0 AND t >= ?)) "
-                         "AND t >= ? AND t < ?")
-                args: tuple[Any, ...] = (sid, rolled_until, rolled_until, chosen.start,
-                                         chosen.end)
-            else:
-                where = "tier = 0 AND server = ? AND t >= ? AND t < ?"
-                args = (sid, chosen.start, chosen.end)
-            rows = db.execute(f"SELECT t / {chosen.step} * {chosen.step} AS slot, {AGGREGATES} "
-                              f"FROM samples WHERE {where} GROUP BY slot", args).fetchall()
+            ends = {tier: rolled_until(db, tier, chosen.end) for tier in ROLLUP_SECONDS
+                    if tier <= chosen.tier}
+            sources, args = tier_sources(chosen.tier, ends)
+            rows = db.execute(
+                f"SELECT t / {chosen.step} * {chosen.step} AS slot, {AGGREGATES} FROM samples "
+                f"WHERE server = ? AND t >= ? AND t < ? AND {sources} GROUP BY slot",
+                (sid, chosen.start, chosen.end, *args)).fetchall()
         except sqlite3.Error:
             self.close_reader()
             raise

@@ -148,10 +148,10 @@ class Hub:
         if self.history is not None:
             self.history.fold(sid, record, wall)
 
-    def last_record(self, sid: str) -> tuple[int, dict[str, Any]] | None:
-        """(Unix time, record) of the server's last accepted report, for history."""
+    def last_record(self, sid: str) -> tuple[int, str] | None:
+        """(Unix time, view JSON) of the server's last accepted report, for history."""
         state = self.servers.get(sid)
-        return (state.last_report, state.record) if state and state.record else None
+        return (state.last_report, state.view_json) if state and state.record else None
 
     def restore(self, latest: dict[str, tuple[int, dict[str, Any]]]) -> None:
         """After a restart: each server's last record, shown offline with "last seen"."""

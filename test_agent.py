@@ -620,6 +620,12 @@ def test_agent_bench_smoke() -> None:
         assert result[name]["cpu_ms_per_sample"] >= 0
 
 
+def test_history_bench_smoke() -> None:
+    result = run_bench("history", "--servers", "50")
+    assert result["servers"] == 50 and result["fold_us"] > 0 and result["step_ms"] > 0
+    assert result["bytes_per_server_day_fine"] > 0 and result["query_1y_ms"] > 0
+
+
 def test_dashboard_bench_smoke() -> None:
     (result,) = run_bench("dashboard", "--agents", "20", "--viewers", "2", "--duration", "4")
     assert result["agents"] == 20 and result["reports_accepted"] > 20
