@@ -467,7 +467,8 @@ def bench_history(servers: int) -> dict[str, Any]:
             "bytes_per_row": per_row,
             "bytes_per_server_day_fine": per_row * 1440,
             "bytes_per_server_day_hourly": per_row * 24,
-            "steady_bytes_per_server": per_row * (2 * 1440 + 400 * 24),
+            # 48 h of fine rows at 60 s, 400 days of hourly and of six-hour rows.
+            "steady_bytes_per_server": per_row * (2 * 1440 + 400 * 24 + 400 * 4),
             "query_1y_ms": query_ms}
 
 
@@ -481,7 +482,7 @@ def print_history(r: dict[str, Any]) -> None:
     print(f"  disk per server per day {r['bytes_per_server_day_fine'] / 1024:7.0f} KiB fine rows "
           f"(kept 48 h) + {r['bytes_per_server_day_hourly'] / 1024:.1f} KiB hourly rows")
     print(f"  steady state per server {r['steady_bytes_per_server'] / 2**20:7.1f} MiB "
-          f"(48 h fine + 400 days hourly)")
+          f"(48 h fine + 400 days of hourly and six-hour rows)")
     print(f"  1 y query, one server  {r['query_1y_ms']:8.1f} ms")
 
 

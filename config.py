@@ -24,7 +24,7 @@ PLACEHOLDER_SECRET = "change-me-local-demo-secret"
 SECRET_HINT = "python3 -c 'import secrets; print(secrets.token_urlsafe(24))'"
 ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{3,50}")
 COUNTRY_PATTERN = re.compile(r"[A-Za-z]{2}")
-TOP_LEVEL_KEYS = ("host", "port", "servers")
+TOP_LEVEL_KEYS = ("host", "port", "servers", "notifiers", "alerts")
 SERVER_KEYS = ("id", "name", "group", "secret", "countryCode")
 
 
@@ -43,10 +43,44 @@ class ServerConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class NotifierConfig:
+    """Where alerts go: a webhook, a Telegram chat, or an Apprise URL. Holds secrets."""
+
+    name: str
+    type: str  # webhook | telegram | apprise
+    url: str = ""  # webhook, apprise
+    headers: tuple[tuple[str, str], ...] = ()  # webhook
+    token: str = dataclasses.field(default="", repr=False)  # telegram
+    chat_id: str = ""  # telegram
+    api_base: str = "https://api.telegram.org"  # telegram: a self-hosted Bot API server
+
+    def __repr__(self) -> str:  # never a URL, header or token in a log line
+        return f"NotifierConfig(name={self.name!r}, type={self.type!r})"
+
+
+@dataclasses.dataclass(frozen=True)
+class AlertRule:
+    name: str
+    metric: str
+    above: float | None
+    below: float | None
+    for_seconds: float
+    servers: tuple[str, ...]  # ids and "group:NAME"; empty means every server
+    repeat: float | None  # seconds between reminders while firing; None: never
+    notify: tuple[str, ...]
+
+    def applies_to(self, server: ServerConfig) -> bool:
+        return not self.servers or server.id in self.servers \
+            or f"group:{server.group}" in self.servers
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
     host: str
     port: int
     servers: dict[str, ServerConfig]
+    notifiers: dict[str, NotifierConfig] = dataclasses.field(default_factory=dict)
+    alerts: tuple[AlertRule, ...] = ()
 
 
 class ConfigError(Exception):
@@ -98,9 +132,11 @@ def parse_config(data: Any, source: str) -> tuple[Config, list[str]]:
             errors.append(f'{source}: servers[{index}] (id {server.id!r}): field "id" '
                           "repeats an earlier server; give each server its own id")
         servers[server.id] = server
+    notifiers = parse_notifiers(data.get("notifiers", []), source, errors)
+    alerts = parse_alerts(data.get("alerts", []), source, notifiers, errors)
     if errors:
         raise ConfigError(errors)
-    return Config(host, port, servers), warnings
+    return Config(host, port, servers, notifiers, alerts), warnings
 
 
 def parse_server(entry: Any, where: str, errors: list[str],
@@ -148,3 +184,150 @@ def parse_server(entry: Any, where: str, errors: list[str],
     if len(errors) > first_error:
         return None
     return ServerConfig(server_id, name, group, secret, country.lower())
+
+
+# --- notifiers and alerts ----------------------------------------------------------
+
+NOTIFIER_TYPES = ("webhook", "telegram", "apprise")
+# Metrics an alert can watch (PROTOCOL.md, "Alerts").
+ALERT_METRICS = ("offline", "cpu", "memory", "swap", "disk", "load1", "load5", "netIn", "netOut",
+                 "tcp", "udp", "processes")
+DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd]?)")
+DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+NAME_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,40}")
+
+
+def parse_duration(value: Any) -> float | None:
+    """Seconds from 90, "30s", "5m", "1h" or "2d"; None when it is none of those."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)) and value >= 0:
+        return float(value)
+    if isinstance(value, str) and (match := DURATION.fullmatch(value.strip())):
+        return float(match[1]) * DURATION_UNITS[match[2]]
+    return None
+
+
+def parse_notifiers(entries: Any, source: str, errors: list[str]) -> dict[str, NotifierConfig]:
+    """The notifiers list; each problem names the notifier (index and name) and the field."""
+    if not isinstance(entries, list):
+        errors.append(f'{source}: field "notifiers" must be a list of notifier objects')
+        return {}
+    notifiers: dict[str, NotifierConfig] = {}
+    for index, entry in enumerate(entries):
+        where = f"{source}: notifiers[{index}]"
+        if not isinstance(entry, dict):
+            errors.append(f'{where}: must be an object like {{"name": "ops", "type": '
+                          '"webhook", "url": "https://..."}')
+            continue
+        name = entry.get("name")
+        if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
+            errors.append(f'{where}: field "name" must be 1-40 characters of A-Z a-z 0-9 _ . -')
+            continue
+        where = f"{where} ({name!r})"
+        if name in notifiers:
+            errors.append(f'{where}: field "name" repeats an earlier notifier; give each its own')
+            continue
+        kind = entry.get("type")
+        first = len(errors)
+        url = entry.get("url", "")
+        if kind == "webhook":
+            if not isinstance(url, str) or not re.match(r"https?://[^\s/]+", url):
+                errors.append(f'{where}: field "url" must be an http:// or https:// URL')
+            headers = entry.get("headers", {})
+            if not isinstance(headers, dict) or not all(
+                    isinstance(k, str) and isinstance(v, str) and "\n" not in k + v
+                    for k, v in headers.items()):
+                errors.append(f'{where}: field "headers" must be an object of header names to '
+                              "string values")
+                headers = {}
+            notifier = NotifierConfig(name, kind, url=url, headers=tuple(headers.items()))
+        elif kind == "telegram":
+            token, chat = entry.get("token"), entry.get("chatId")
+            api_base = entry.get("apiBase", NotifierConfig.api_base)
+            if not isinstance(token, str) or not re.fullmatch(r"\d+:[A-Za-z0-9_-]+", token):
+                errors.append(f'{where}: field "token" must be the bot token BotFather gave, '
+                              'like "123456:ABC-def"')
+            if isinstance(chat, int) and not isinstance(chat, bool):
+                chat = str(chat)
+            if not isinstance(chat, str) or not re.fullmatch(r"-?\d+|@[A-Za-z0-9_]{5,}", chat):
+                errors.append(f'{where}: field "chatId" must be a chat id such as '
+                              '"-1001234567890" (README, "Alerts", says how to find it)')
+            if not isinstance(api_base, str) or not re.match(r"https?://[^\s/]+", api_base):
+                errors.append(f'{where}: field "apiBase" must be an http:// or https:// URL')
+            notifier = NotifierConfig(name, kind, token=str(token), chat_id=str(chat),
+                                      api_base=str(api_base).rstrip("/"))
+        elif kind == "apprise":
+            if not isinstance(url, str) or "://" not in url:
+                errors.append(f'{where}: field "url" must be an Apprise URL such as '
+                              '"discord://webhook_id/webhook_token"')
+            notifier = NotifierConfig(name, kind, url=str(url))
+        else:
+            errors.append(f'{where}: field "type" must be one of {", ".join(NOTIFIER_TYPES)}, '
+                          f"got {kind!r}")
+            continue
+        if len(errors) == first:
+            notifiers[name] = notifier
+    return notifiers
+
+
+def parse_alerts(entries: Any, source: str, notifiers: dict[str, NotifierConfig],
+                 errors: list[str]) -> tuple[AlertRule, ...]:
+    """The alerts list; each problem names the rule (index and name), the field and the fix."""
+    if not isinstance(entries, list):
+        errors.append(f'{source}: field "alerts" must be a list of alert rules')
+        return ()
+    rules: list[AlertRule] = []
+    for index, entry in enumerate(entries):
+        where = f"{source}: alerts[{index}]"
+        if not isinstance(entry, dict):
+            errors.append(f'{where}: must be an object like {{"name": "cpu", "metric": "cpu", '
+                          '"above": 90, "notify": ["ops"]}')
+            continue
+        name = entry.get("name")
+        if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
+            errors.append(f'{where}: field "name" must be 1-40 characters of A-Z a-z 0-9 _ . -')
+            continue
+        where = f"{where} ({name!r})"
+        if any(rule.name == name for rule in rules):
+            errors.append(f'{where}: field "name" repeats an earlier rule; give each its own')
+            continue
+        first = len(errors)
+        metric = entry.get("metric")
+        if metric not in ALERT_METRICS:
+            errors.append(f'{where}: field "metric" must be one of {", ".join(ALERT_METRICS)}, '
+                          f"got {metric!r}")
+        above, below = entry.get("above"), entry.get("below")
+        for field, value in (("above", above), ("below", below)):
+            if value is not None and (isinstance(value, bool)
+                                      or not isinstance(value, (int, float))):
+                errors.append(f'{where}: field "{field}" must be a number')
+        if metric != "offline" and above is None and below is None:
+            errors.append(f'{where}: a threshold is missing; add "above": N or "below": N')
+        if metric == "offline" and (above is not None or below is not None):
+            errors.append(f'{where}: "offline" takes no threshold; remove "above"/"below"')
+        durations = {}
+        for field, default in (("for", 0), ("repeat", None)):
+            raw = entry.get(field, default)
+            durations[field] = None if raw is None else parse_duration(raw)
+            if raw is not None and durations[field] is None:
+                errors.append(f'{where}: field "{field}" must be seconds or a duration such as '
+                              f'"30s", "5m", "1h", got {raw!r}')
+        selected = entry.get("servers", [])
+        if not isinstance(selected, list) or not all(isinstance(s, str) for s in selected):
+            errors.append(f'{where}: field "servers" must be a list of server ids and '
+                          '"group:NAME" entries')
+            selected = []
+        notify = entry.get("notify", [])
+        if not isinstance(notify, list) or not notify:
+            errors.append(f'{where}: field "notify" must list at least one notifier name')
+            notify = []
+        for target in notify:
+            if target not in notifiers:
+                known = ", ".join(notifiers) or "none are configured"
+                errors.append(f'{where}: field "notify" names {target!r}, which is not in '
+                              f'"notifiers" (known: {known})')
+        if len(errors) == first:
+            rules.append(AlertRule(name, metric, above, below, durations["for"] or 0.0,
+                                   tuple(selected), durations["repeat"] or None, tuple(notify)))
+    return tuple(rules)

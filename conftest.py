@@ -269,4 +269,50 @@ def server_in(message: dict[str, Any], sid: str) -> dict[str, Any] | None:
     return next((s for s in message["servers"] if s["id"] == sid), None)
 
 
+# --- the page, in a real browser -------------------------------------------------
+
+CHROMIUM = Path("/usr/bin/chromium")
+SCREENSHOTS = Path(__file__).resolve().parent / "screenshots"
+
+
+@pytest.fixture(scope="module")
+def browser() -> Any:
+    require_tool(str(CHROMIUM), "chromium")
+    from playwright.sync_api import sync_playwright
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update",
+                  "--disable-sync"])
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page_on(browser: Any) -> Any:
+    """page_on(dash, **context) opens the dashboard's page; records requests and dialogs."""
+    contexts = []
+
+    def open_page(dash: Dashboard, path: str = "/", **context: Any) -> Any:
+        ctx = browser.new_context(**context)
+        contexts.append(ctx)
+        page = ctx.new_page()
+        page.requests = []  # type: ignore[attr-defined]
+        page.dialogs = []  # type: ignore[attr-defined]
+        page.on("request", lambda r: page.requests.append(r.url))
+        page.on("websocket", lambda ws: page.requests.append(ws.url))
+        page.on("dialog", lambda d: (page.dialogs.append(d.message), d.dismiss()))
+        page.goto(dash.url(path))
+        return page
+
+    yield open_page
+    for ctx in contexts:
+        ctx.close()
+
+
+def card(page: Any, sid: str) -> Any:
+    return page.locator(f'article.card[data-id="{sid}"]')
+
+
 os.environ.setdefault("PYTHONUNBUFFERED", "1")

@@ -42,6 +42,7 @@ require_websockets()
 import argparse  # noqa: E402 (after the dependency check, on purpose)
 import asyncio  # noqa: E402
 import dataclasses  # noqa: E402
+import importlib.util  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
 import signal  # noqa: E402
@@ -57,6 +58,8 @@ from websockets.extensions.permessage_deflate import (  # noqa: E402
 from websockets.frames import CloseCode  # noqa: E402
 from websockets.http11 import Request, Response  # noqa: E402
 
+from alerts import Alerting  # noqa: E402
+from alerts import test_notify as alerts_test_notify  # noqa: E402
 from config import Config, ConfigError, load_config  # noqa: E402
 from history import DEFAULT_DAYS, DEFAULT_RESOLUTION, History  # noqa: E402
 from hub import Closing, Hub  # noqa: E402
@@ -87,11 +90,13 @@ class Dashboard:
     """The hub and the site, plus what only a running server has: closes in flight."""
 
     def __init__(self, config: Config, config_path: Path, options: Options,
-                 history: History | None) -> None:
+                 history: History | None, data: Path) -> None:
         self.config_path = config_path
         self.history = history
         self.hub = Hub(config, broadcast, asyncio.get_running_loop(), history)
-        self.site = Site.create(self.hub, Files.beside(HERE), options)
+        self.alerting = Alerting(data / "alerts.json", time.time())
+        self.alerting.configure(config.notifiers)
+        self.site = Site.create(self.hub, Files.beside(HERE), options, self.alerting)
         if history is not None:
             now = time.time()
             self.hub.restore(history.restore(now))
@@ -189,6 +194,15 @@ class Dashboard:
                             closing.reason)
                 self.close_later(closing)
             self.site.limiter.expire(now)
+            self.evaluate_alerts(time.time())
+
+    def evaluate_alerts(self, wall: float) -> None:
+        """Alert rules against the live state; a change shows on the servers' cards."""
+        rules = self.hub.config.alerts
+        if not rules and not self.alerting.evaluator.firing:
+            return
+        for sid in self.alerting.tick(rules, self.hub.observe(), wall):
+            self.hub.set_extra(sid, "alerts", self.alerting.view_fragment(sid))
 
     async def write_history(self, history: History) -> None:
         """At the end of every resolution step: the closed buckets go to SQLite."""
@@ -215,8 +229,13 @@ class Dashboard:
             return
         for warning in warnings:
             log.warning("%s", warning)
+        problem = missing_apprise(config)
+        if problem:
+            log.error("config reload failed, keeping the previous config: %s", problem)
+            return
         old = self.hub.config
         closes, added, removed = self.hub.apply_config(config)
+        self.alerting.configure(config.notifiers)
         for closing in closes:
             log.info("agent disconnected: id=%s: %s", closing.connection.agent.server_id,
                      closing.reason)
@@ -225,6 +244,30 @@ class Dashboard:
             log.warning("config reload: host and port changes apply after a restart")
         log.info("config reloaded: %d servers (%d added, %d removed)",
                  len(config.servers), added, removed)
+
+
+def missing_apprise(config: Config) -> str:
+    """A notifier of type apprise needs the optional package: say so, with the command."""
+    needing = [n.name for n in config.notifiers.values() if n.type == "apprise"]
+    if needing and importlib.util.find_spec("apprise") is None:
+        return (f"notifier {needing[0]!r} is of type apprise, which needs the Apprise package: "
+                "pip install apprise (in the dashboard's environment)")
+    return ""
+
+
+def test_notifier(config: Config, name: str) -> int:
+    """--test-notify NAME: exit 0 when the message went out, 1 with the reason."""
+    notifier = config.notifiers.get(name)
+    if notifier is None:
+        known = ", ".join(config.notifiers) or "none are configured"
+        print(f"failed: no notifier named {name!r} in the config (known: {known})")
+        return 1
+    why = alerts_test_notify(notifier)
+    if why:
+        print(f"failed: notifier {name!r} ({notifier.type}): {why}")
+        return 1
+    print(f"ok: sent a test message through notifier {name!r} ({notifier.type})")
+    return 0
 
 
 def check_answer(error: str) -> str:
@@ -238,9 +281,9 @@ def check_answer(error: str) -> str:
 
 
 async def run(config: Config, config_path: Path, options: Options,
-              history: History | None) -> None:
+              history: History | None, data: Path) -> None:
     """Serve until SIGTERM or SIGINT; SIGHUP reloads servers.json."""
-    dashboard = Dashboard(config, config_path, options, history)
+    dashboard = Dashboard(config, config_path, options, history, data)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -262,6 +305,7 @@ async def run(config: Config, config_path: Path, options: Options,
         log.info("shutting down")
         for task in tasks:
             task.cancel()
+        dashboard.alerting.delivery.stop()
         server.close()
         try:
             await asyncio.wait_for(server.wait_closed(), 1.5)
@@ -301,6 +345,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         metavar="SECONDS", help="seconds per history row, 1-3600")
     parser.add_argument("--history-days", type=int, default=DEFAULT_DAYS, metavar="DAYS",
                         help="days to keep hourly history")
+    parser.add_argument("--test-notify", metavar="NAME",
+                        help="send a test message through one notifier and exit (0: sent)")
     parser.add_argument("--log-level", default="INFO",
                         choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -325,6 +371,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     for warning in warnings:
         log.warning("%s", warning)
+    problem = missing_apprise(config)
+    if problem:
+        log.error("%s: %s", args.config, problem)
+        return 2
+    if args.test_notify:
+        return test_notifier(config, args.test_notify)
     config = dataclasses.replace(config, host=args.host or config.host,
                                  port=config.port if args.port is None else args.port)
     if args.public_url and not SAFE_URL.fullmatch(args.public_url):
@@ -342,12 +394,12 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     options = Options(args.public_url, tls, args.viewer_compression,
                       frozenset(args.trusted_proxy))
+    data = args.data or args.config.resolve().parent
     history = None
     if not args.no_history:
-        data = args.data or args.config.resolve().parent
         history = History(data, args.history_resolution, args.history_days)
     try:
-        asyncio.run(run(config, args.config, options, history))
+        asyncio.run(run(config, args.config, options, history, data))
     except OSError as exc:
         log.error("cannot listen on %s:%d: %s", config.host, config.port, exc.strerror or exc)
         return 1

@@ -16,6 +16,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any, Callable, NamedTuple
 
+from alerts import Observed, observed_values
 from config import COUNTRY_PATTERN, Config, ServerConfig
 from history import History
 from reports import VIEW_FIELDS, ReportError
@@ -71,7 +72,8 @@ class ServerState:
     online: bool = False
     connection: ServerConnection | None = None
     view_json: str = ""
-    history_json: str = ""  # ',"availability":…,"last24h":…' from history.py, or ""
+    # JSON fragments other modules add to the view: history's availability, alerts firing.
+    extras: dict[str, str] = dataclasses.field(default_factory=dict)
 
     @property
     def report_interval(self) -> float:
@@ -80,7 +82,7 @@ class ServerState:
     def refresh_view(self) -> None:
         view = json.dumps(server_view(self.config, self.record, self.last_report, self.online),
                           separators=(",", ":"))
-        self.view_json = view[:-1] + self.history_json + "}" if self.history_json else view
+        self.view_json = view[:-1] + "".join(self.extras.values()) + "}" if self.extras else view
 
 
 def new_state(config: ServerConfig) -> ServerState:
@@ -164,11 +166,26 @@ class Hub:
     def take_history(self, fields: dict[str, str]) -> None:
         """Each server's availability from history; a change goes out as an update."""
         for sid, fragment in fields.items():
-            state = self.servers.get(sid)
-            if state is not None and state.history_json != fragment:
-                state.history_json = fragment
-                state.refresh_view()
-                self.mark_dirty(sid)
+            self.set_extra(sid, "history", fragment)
+
+    def set_extra(self, sid: str, kind: str, fragment: str) -> None:
+        """Add (or with "" remove) a JSON fragment of another module to a server's view."""
+        state = self.servers.get(sid)
+        if state is None or state.extras.get(kind, "") == fragment:
+            return
+        if fragment:
+            state.extras[kind] = fragment
+        else:
+            del state.extras[kind]
+        state.refresh_view()
+        self.mark_dirty(sid)
+
+    def observe(self) -> list[Observed]:
+        """What alert rules see of every server now."""
+        return [Observed(state.config, state.online, state.record is not None,
+                         state.report_interval,
+                         observed_values(state.record) if state.online else {})
+                for state in self.servers.values()]
 
     def reject_report(self, error: ReportError) -> None:
         self.rejected[error.reason] += 1

@@ -33,7 +33,7 @@ SERVER_METRICS = (
 )
 
 
-def _label(value: str) -> str:
+def label(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
@@ -44,10 +44,10 @@ def _dig(record: dict[str, Any], path: tuple[str, ...]) -> Any:
 
 
 def render_metrics(states: list[ServerState], agents: int, viewers: int,
-                   accepted: int, rejected: dict[str, int]) -> str:
+                   accepted: int, rejected: dict[str, int], extra: list[str] | None = None) -> str:
     """Prometheus text exposition (format 0.0.4) of the fleet and the dashboard."""
-    labels = {s.config.id: f'id="{_label(s.config.id)}",name="{_label(s.config.name)}",'
-              f'group="{_label(s.config.group)}"' for s in states}
+    labels = {s.config.id: f'id="{label(s.config.id)}",name="{label(s.config.name)}",'
+              f'group="{label(s.config.group)}"' for s in states}
     lines = ["# HELP sss_up 1 when the server reports, 0 when offline or never seen.",
              "# TYPE sss_up gauge"]
     lines += [f"sss_up{{{labels[s.config.id]}}} {int(s.online)}" for s in states]
@@ -71,6 +71,6 @@ def render_metrics(states: list[ServerState], agents: int, viewers: int,
               f"sss_reports_accepted_total {accepted}",
               "# HELP sss_reports_rejected_total Reports dropped, by reason.",
               "# TYPE sss_reports_rejected_total counter"]
-    lines += [f'sss_reports_rejected_total{{reason="{_label(reason)}"}} {count}'
+    lines += [f'sss_reports_rejected_total{{reason="{label(reason)}"}} {count}'
               for reason, count in sorted(rejected.items())]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + (extra or [])) + "\n"

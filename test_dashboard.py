@@ -32,10 +32,12 @@ import dashboard
 import timings
 from config import PLACEHOLDER_SECRET, ConfigError, ServerConfig, load_config, parse_config
 from conftest import (
+    SCREENSHOTS,
     SECRET,
     Dashboard,
     LoggedProcess,
     LogNotFound,
+    card,
     free_port,
     go_report,
     recv_json,
@@ -679,49 +681,7 @@ def test_sigterm_closes_everything_with_1001_and_exits_0(make_dashboard: Any) ->
 
 # --- the page, in a real browser -------------------------------------------------
 
-CHROMIUM = Path("/usr/bin/chromium")
-SCREENSHOTS = Path(__file__).resolve().parent / "screenshots"
 XSS_NAME = "<img src=x onerror=alert(1)>"
-
-
-@pytest.fixture(scope="module")
-def browser() -> Any:
-    require_tool(str(CHROMIUM), "chromium")
-    from playwright.sync_api import sync_playwright
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=str(CHROMIUM), headless=True,
-            args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update",
-                  "--disable-sync"])
-        yield browser
-        browser.close()
-
-
-@pytest.fixture
-def page_on(browser: Any) -> Any:
-    """page_on(dash, **context) opens the dashboard's page; records requests and dialogs."""
-    contexts = []
-
-    def open_page(dash: Dashboard, path: str = "/", **context: Any) -> Any:
-        ctx = browser.new_context(**context)
-        contexts.append(ctx)
-        page = ctx.new_page()
-        page.requests = []  # type: ignore[attr-defined]
-        page.dialogs = []  # type: ignore[attr-defined]
-        page.on("request", lambda r: page.requests.append(r.url))
-        page.on("websocket", lambda ws: page.requests.append(ws.url))
-        page.on("dialog", lambda d: (page.dialogs.append(d.message), d.dismiss()))
-        page.goto(dash.url(path))
-        return page
-
-    yield open_page
-    for ctx in contexts:
-        ctx.close()
-
-
-def card(page: Any, sid: str) -> Any:
-    return page.locator(f'article.card[data-id="{sid}"]')
 
 
 def test_page_shows_a_live_agent(make_dashboard: Any, make_agent: Any, page_on: Any) -> None:

@@ -25,11 +25,12 @@ from urllib.parse import parse_qs, urlsplit
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
+from alerts import Alerting
 from config import PLACEHOLDER_SECRET
 from history import RANGES
 from hub import Hub
 from limits import FailureLimiter
-from metrics import render_metrics
+from metrics import label, render_metrics
 
 log = logging.getLogger("sss.dashboard")
 
@@ -97,11 +98,13 @@ class Site:
     options: Options
     limiter: FailureLimiter
     page_csp: str
+    alerting: Alerting | None = None
 
     @classmethod
-    def create(cls, hub: Hub, files: Files, options: Options) -> Site:
+    def create(cls, hub: Hub, files: Files, options: Options,
+               alerting: Alerting | None = None) -> Site:
         csp = content_security_policy(files.page.decode()) if files.page else ""
-        return cls(hub, files, options, FailureLimiter(), csp)
+        return cls(hub, files, options, FailureLimiter(), csp, alerting)
 
 
 # --- responses ---------------------------------------------------------------
@@ -290,10 +293,18 @@ def healthz(site: Site, request: Request) -> Response:
     return json_response(site.hub.health())
 
 
+def api_alerts(site: Site, request: Request) -> Response:
+    if site.alerting is None:
+        return json_response("[]")
+    servers = {sid: state.config for sid, state in site.hub.servers.items()}
+    return json_response(site.alerting.firing_json(servers, site.hub.config.alerts))
+
+
 def metrics(site: Site, request: Request) -> Response:
     hub = site.hub
+    extra = site.alerting.metrics_lines(label) if site.alerting else []
     text = render_metrics(list(hub.servers.values()), hub.agents_connected(),
-                          len(hub.viewers), hub.accepted, hub.rejected)
+                          len(hub.viewers), hub.accepted, hub.rejected, extra)
     return http_response(HTTPStatus.OK, text.encode(), "text/plain; version=0.0.4")
 
 
@@ -307,6 +318,7 @@ ROUTES: dict[str, Handler] = {
     **{f"/vendor/{name}": vendored(name) for name in VENDOR_TYPES},
     "/api/servers": api_servers,
     "/api/history": api_history,
+    "/api/alerts": api_alerts,
     "/healthz": healthz,
     "/metrics": metrics,
 }

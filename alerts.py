@@ -1,0 +1,486 @@
+"""Alerts: rules evaluated against the live state (pure), and senders beside the hub.
+
+    $ python3 dashboard.py --test-notify phone
+    ok: sent a test message through notifier 'phone' (telegram)
+
+Evaluation takes the servers' state and the time in and gives events out; it keeps only
+which rule fires for which server and since when (`Firing`), which the dashboard saves in
+the data directory, so a restart neither repeats a "firing" nor forgets its "resolved".
+Delivery runs on one thread per notifier, each with a bounded queue: a receiver that
+hangs, fails or refuses delays only its own messages, never the hub. Nothing here imports
+websockets.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import queue
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections import Counter
+from pathlib import Path
+from typing import Any, Callable
+
+from config import AlertRule, NotifierConfig, ServerConfig
+
+log = logging.getLogger("sss.dashboard")
+
+NEVER_SEEN_GRACE = 60.0  # after a start, servers never seen get this long to connect
+QUEUE_SIZE = 100  # messages waiting per notifier; past it the oldest is dropped
+REQUEST_TIMEOUT = 10.0
+ATTEMPTS = 3
+RETRY_DELAYS = (1.0, 4.0)  # before the second and the third attempt
+
+
+# --- the state that rules look at -----------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Observed:
+    """What the rules see of one server at one moment."""
+
+    server: ServerConfig
+    online: bool
+    seen: bool  # reported at least once (in this run or before a restart)
+    interval: float  # its report interval, for the startup grace
+    values: dict[str, float]  # metric -> current value (empty while offline)
+
+
+def observed_values(record: dict[str, Any] | None) -> dict[str, float]:
+    """The alert metrics of a validated record."""
+    if not record:
+        return {}
+    get = record.get
+    load = get("hostInfo", {}).get("avgStat", {})
+    net = get("networkInfo", {})
+    extra = get("extraInfo", {})
+    values = {"cpu": get("cpuInfo", {}).get("percent"),
+              "memory": get("virtualMemoryInfo", {}).get("usedPercent"),
+              "swap": get("swapMemoryInfo", {}).get("usedPercent"),
+              "disk": get("diskInfo", {}).get("usedPercent"),
+              "load1": load.get("load1"), "load5": load.get("load5"),
+              "netIn": net.get("netInSpeed"), "netOut": net.get("netOutSpeed"),
+              "tcp": extra.get("tcpConnections"), "udp": extra.get("udpConnections"),
+              "processes": extra.get("processes")}
+    return {metric: value for metric, value in values.items() if value is not None}
+
+
+# --- evaluation (pure) ------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Firing:
+    """One rule firing for one server: kept across restarts."""
+
+    since: float  # Unix time the condition started to hold
+    value: float | None
+    last_sent: float  # Unix time of the last "firing" message (for repeat)
+
+
+@dataclasses.dataclass(frozen=True)
+class Event:
+    """A message to send: a rule started or stopped firing for a server (or a reminder)."""
+
+    rule: AlertRule
+    server: ServerConfig
+    state: str  # firing | resolved
+    value: float | None
+    since: float
+    now: float
+
+    @property
+    def threshold(self) -> float | None:
+        return self.rule.above if self.rule.above is not None else self.rule.below
+
+    def text(self) -> str:
+        return message_text(self)
+
+    def payload(self) -> dict[str, Any]:
+        """The webhook's JSON (PROTOCOL.md, "Alerts")."""
+        return {"alert": self.rule.name, "state": self.state,
+                "server": {"id": self.server.id, "name": self.server.name,
+                           "group": self.server.group},
+                "metric": self.rule.metric, "value": self.value, "threshold": self.threshold,
+                "since": int(self.since), "text": self.text()}
+
+
+Key = tuple[str, str]  # (rule name, server id)
+
+
+class Evaluator:
+    """Which rule fires for which server; `evaluate` turns observations into events."""
+
+    def __init__(self, started: float, firing: dict[Key, Firing] | None = None) -> None:
+        self.started = started  # Unix time the dashboard started
+        self.firing: dict[Key, Firing] = firing or {}
+        self.pending: dict[Key, float] = {}  # condition holds since, not yet for `for`
+
+    def evaluate(self, rules: tuple[AlertRule, ...], servers: list[Observed],
+                 now: float) -> list[Event]:
+        events: list[Event] = []
+        live_keys = set()
+        for rule in rules:
+            for seen in servers:
+                if not rule.applies_to(seen.server):
+                    continue
+                key = (rule.name, seen.server.id)
+                live_keys.add(key)
+                holds, value = self.condition(rule, seen)
+                if holds is None:  # offline: stale values neither fire nor resolve
+                    self.pending.pop(key, None)
+                    continue
+                events += self.step(rule, seen, key, holds, value, now)
+        for key in [k for k in self.firing if k not in live_keys]:
+            del self.firing[key]  # the rule or the server is gone from servers.json
+        for key in [k for k in self.pending if k not in live_keys]:
+            del self.pending[key]
+        return events
+
+    @staticmethod
+    def condition(rule: AlertRule, seen: Observed) -> tuple[bool | None, float | None]:
+        """(holds, value); holds is None when the rule cannot judge now."""
+        if rule.metric == "offline":
+            return not seen.online, None
+        if not seen.online or rule.metric not in seen.values:
+            return None, None
+        value = seen.values[rule.metric]
+        holds = (rule.above is not None and value > rule.above) or \
+                (rule.below is not None and value < rule.below)
+        return holds, value
+
+    def step(self, rule: AlertRule, seen: Observed, key: Key, holds: bool,
+             value: float | None, now: float) -> list[Event]:
+        firing = self.firing.get(key)
+        if firing is not None:
+            if not holds:
+                del self.firing[key]
+                return [Event(rule, seen.server, "resolved", value, firing.since, now)]
+            firing.value = value if value is not None else firing.value
+            if rule.repeat and now - firing.last_sent >= rule.repeat:
+                firing.last_sent = now
+                return [Event(rule, seen.server, "firing", firing.value, firing.since, now)]
+            return []
+        if not holds:
+            self.pending.pop(key, None)
+            return []
+        since = self.pending.get(key)
+        if since is None:
+            since = self.pending[key] = now
+        if now - self.not_before(rule, seen, since) < rule.for_seconds:
+            return []
+        del self.pending[key]
+        self.firing[key] = Firing(since, value, now)
+        return [Event(rule, seen.server, "firing", value, since, now)]
+
+    def not_before(self, rule: AlertRule, seen: Observed, since: float) -> float:
+        """No page for a restart: offline counts only from a grace after the start."""
+        if rule.metric != "offline":
+            return since
+        grace = 2 * seen.interval if seen.seen else NEVER_SEEN_GRACE
+        return max(since, self.started + grace)
+
+    def firing_list(self) -> list[tuple[str, str, Firing]]:
+        return [(rule, sid, firing) for (rule, sid), firing in self.firing.items()]
+
+
+# --- messages (pure) ----------------------------------------------------------------
+
+METRIC_NAMES = {"cpu": "CPU", "memory": "memory", "swap": "swap", "disk": "disk",
+                "load1": "load (1 min)", "load5": "load (5 min)", "netIn": "download",
+                "netOut": "upload", "tcp": "TCP connections", "udp": "UDP sockets",
+                "processes": "processes"}
+PERCENT_METRICS = {"cpu", "memory", "swap", "disk"}
+BYTE_RATE_METRICS = {"netIn", "netOut"}
+
+
+def short_duration(seconds: float) -> str:
+    """45s, 5m, 1h5m, 2d3h: what fits in a phone's notification."""
+    seconds = max(int(seconds), 0)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m"
+    if seconds < 86400:
+        hours, minutes = divmod(seconds // 60, 60)
+        return f"{hours}h{minutes}m" if minutes else f"{hours}h"
+    days, hours = divmod(seconds // 3600, 24)
+    return f"{days}d{hours}h" if hours else f"{days}d"
+
+
+def metric_value(metric: str, value: float | None) -> str:
+    if value is None:
+        return "?"
+    if metric in PERCENT_METRICS:
+        return f"{value:.0f} %"
+    if metric in BYTE_RATE_METRICS:
+        for unit in ("B/s", "KiB/s", "MiB/s", "GiB/s"):
+            if value < 1024 or unit == "GiB/s":
+                return f"{value:.0f} {unit}" if unit == "B/s" else f"{value:.1f} {unit}"
+            value /= 1024
+    return f"{value:g}"
+
+
+def message_text(event: Event) -> str:
+    """'🔴 Web 1 (Frankfurt) offline for 1m', '🔥 DB 2 CPU 97 % for 5m (above 90)'."""
+    server, rule = event.server, event.rule
+    who = server.name if server.group == "Default" else f"{server.name} ({server.group})"
+    lasted = short_duration(event.now - event.since)
+    if rule.metric == "offline":
+        if event.state == "firing":
+            return f"🔴 {who} offline for {lasted}"
+        return f"✅ {who} back after {lasted}"
+    name = METRIC_NAMES[rule.metric]
+    value = metric_value(rule.metric, event.value)
+    if event.state == "firing":
+        side = "above" if rule.above is not None else "below"
+        limit = metric_value(rule.metric, event.threshold).replace(" %", "")
+        return f"🔥 {who} {name} {value} for {lasted} ({side} {limit})"
+    return f"✅ {who} {name} back to {value} after {lasted}"
+
+
+# --- keeping the firing state in the data directory ------------------------------------
+
+
+def save_firing(path: Path, firing: dict[Key, Firing]) -> None:
+    """Write atomically: a crash leaves the old file or the new one, never half of one."""
+    rows = [{"alert": rule, "id": sid, **dataclasses.asdict(state)}
+            for (rule, sid), state in firing.items()]
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(json.dumps(rows))
+    os.replace(temporary, path)
+
+
+def load_firing(path: Path) -> dict[Key, Firing]:
+    try:
+        rows = json.loads(path.read_text())
+        return {(row["alert"], row["id"]): Firing(float(row["since"]), row.get("value"),
+                                                   float(row["last_sent"])) for row in rows}
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        log.error("alerts: %s is unreadable (%s); starting with no alert firing", path, exc)
+        return {}
+
+
+# --- senders -----------------------------------------------------------------------
+
+
+class DeliveryError(Exception):
+    """A failed attempt; `retry` is False for answers that will not change (4xx)."""
+
+    def __init__(self, reason: str, retry: bool) -> None:
+        super().__init__(reason)
+        self.retry = retry
+
+
+def post_json(url: str, body: dict[str, Any], headers: dict[str, str],
+              timeout: float = REQUEST_TIMEOUT) -> None:
+    """POST JSON; raise DeliveryError saying what failed, never the URL."""
+    request = urllib.request.Request(
+        url, data=json.dumps(body).encode(), method="POST",
+        headers={"Content-Type": "application/json", "User-Agent": "sss-dashboard", **headers})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            response.read(4096)
+    except urllib.error.HTTPError as exc:
+        raise DeliveryError(f"HTTP {exc.code}", retry=exc.code >= 500) from None
+    except urllib.error.URLError as exc:
+        said = getattr(exc.reason, "strerror", None) or exc.reason
+        raise DeliveryError(f"{type(exc.reason).__name__}: {said}", retry=True) from None
+    except (OSError, ValueError) as exc:  # timeouts, resets, a URL that cannot be used
+        raise DeliveryError(f"{type(exc).__name__}: {exc}", retry=True) from None
+
+
+def send(notifier: NotifierConfig, text: str, payload: dict[str, Any]) -> None:
+    """One attempt through one notifier."""
+    if notifier.type == "webhook":
+        post_json(notifier.url, payload, dict(notifier.headers))
+    elif notifier.type == "telegram":
+        post_json(f"{notifier.api_base}/bot{notifier.token}/sendMessage",
+                  {"chat_id": notifier.chat_id, "text": text,
+                   "disable_web_page_preview": True}, {})
+    else:
+        try:
+            import apprise
+        except ImportError:
+            raise DeliveryError("apprise is not installed: pip install apprise",
+                                retry=False) from None
+        sender = apprise.Apprise()
+        if not sender.add(notifier.url):
+            raise DeliveryError("apprise does not understand this URL", retry=False)
+        if not sender.notify(body=text, title="SimpleServerStatus"):
+            raise DeliveryError("apprise could not deliver it", retry=True)
+
+
+def deliver(notifier: NotifierConfig, text: str, payload: dict[str, Any],
+            wait: Callable[[float], bool] = lambda seconds: False) -> str:
+    """Up to ATTEMPTS attempts with backoff; "" when sent, else why not. `wait` sleeps and
+    says whether to give up (the dashboard is stopping)."""
+    reason = ""
+    for attempt in range(ATTEMPTS):
+        if attempt and wait(RETRY_DELAYS[attempt - 1]):
+            return reason
+        try:
+            send(notifier, text, payload)
+            return ""
+        except DeliveryError as exc:
+            reason = str(exc)
+            if not exc.retry:
+                return reason
+    return f"{reason} after {ATTEMPTS} attempts"
+
+
+class Delivery:
+    """One worker thread and bounded queue per notifier; counters for /metrics."""
+
+    def __init__(self) -> None:
+        self.notifiers: dict[str, NotifierConfig] = {}
+        self.queues: dict[str, queue.Queue[tuple[str, dict[str, Any]]]] = {}
+        self.counts: Counter[tuple[str, str]] = Counter()  # (notifier, result) -> count
+        self.stopping = threading.Event()
+        self.lock = threading.Lock()
+
+    def configure(self, notifiers: dict[str, NotifierConfig]) -> None:
+        """Take a (re)loaded config: a worker for each notifier, new settings for old ones."""
+        with self.lock:
+            self.notifiers = dict(notifiers)
+        for name in notifiers:
+            if name not in self.queues:
+                self.queues[name] = queue.Queue(QUEUE_SIZE)
+                threading.Thread(target=self.work, args=(name,), daemon=True,
+                                 name=f"sss-notify-{name}").start()
+
+    def submit(self, event: Event) -> None:
+        """Queue the event for each of its rule's notifiers; never blocks."""
+        text, payload = event.text(), event.payload()
+        log.info("alert %s: %s", event.state, text)
+        for name in event.rule.notify:
+            box = self.queues.get(name)
+            if box is None:
+                continue
+            while True:
+                try:
+                    box.put_nowait((text, payload))
+                    break
+                except queue.Full:
+                    try:
+                        box.get_nowait()  # the oldest is the least useful
+                        self.count(name, "dropped")
+                        log.warning("alert delivery: notifier %s is behind; dropped its oldest "
+                                    "message", name)
+                    except queue.Empty:
+                        pass
+
+    def count(self, name: str, result: str) -> None:
+        with self.lock:
+            self.counts[(name, result)] += 1
+
+    def work(self, name: str) -> None:
+        box = self.queues[name]
+        while not self.stopping.is_set():
+            try:
+                text, payload = box.get(timeout=1)
+            except queue.Empty:
+                continue
+            with self.lock:
+                notifier = self.notifiers.get(name)
+            if notifier is None:
+                continue  # removed by a reload
+            why = deliver(notifier, text, payload, self.stopping.wait)
+            if why:
+                self.count(name, "failed")
+                log.warning("alert delivery failed: notifier %s (%s): %s", name,
+                            notifier.type, why)
+            else:
+                self.count(name, "sent")
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+    def metrics_lines(self) -> list[str]:
+        with self.lock:
+            counts = sorted(self.counts.items())
+        lines = ["# HELP sss_alert_notifications_total Alert messages by notifier and result.",
+                 "# TYPE sss_alert_notifications_total counter"]
+        lines += [f'sss_alert_notifications_total{{notifier="{name}",result="{result}"}} {n}'
+                  for (name, result), n in counts]
+        return lines
+
+
+def test_notify(notifier: NotifierConfig) -> str:
+    """--test-notify: one message through one notifier; "" when sent, else why not."""
+    text = "✅ SimpleServerStatus test message: this notifier works"
+    payload = {"alert": "test", "state": "resolved", "server": None, "metric": None,
+               "value": None, "threshold": None, "since": int(time.time()), "text": text}
+    return deliver(notifier, text, payload, lambda seconds: time.sleep(seconds) or False)
+
+
+# --- the whole, as the dashboard uses it ----------------------------------------------
+
+
+class Alerting:
+    """Evaluator, delivery and the saved firing state, for the dashboard's tick."""
+
+    def __init__(self, state_path: Path, started: float) -> None:
+        self.path = state_path
+        self.evaluator = Evaluator(started, load_firing(state_path))
+        self.delivery = Delivery()
+        self.save_problem = ""
+
+    def configure(self, notifiers: dict[str, NotifierConfig]) -> None:
+        self.delivery.configure(notifiers)
+
+    def tick(self, rules: tuple[AlertRule, ...], observed: list[Observed],
+             now: float) -> set[str]:
+        """Evaluate, hand events to delivery, save what changed; the servers whose set of
+        firing alerts changed (their views change)."""
+        before = set(self.evaluator.firing)
+        events = self.evaluator.evaluate(rules, observed, now)
+        for event in events:
+            self.delivery.submit(event)
+        after = set(self.evaluator.firing)
+        if before != after or events:
+            try:
+                save_firing(self.path, self.evaluator.firing)
+                self.save_problem = ""
+            except OSError as exc:
+                problem = f"{self.path}: {exc.strerror or exc}"
+                if problem != self.save_problem:
+                    log.error("alerts: cannot save the firing state to %s; make the data "
+                              "directory writable (alerts still go out)", problem)
+                self.save_problem = problem
+        return {sid for _, sid in before ^ after}
+
+    def view_fragment(self, sid: str) -> str:
+        """',"alerts":[…]' for a server view: its firing alerts, or "" when none."""
+        firing = [{"alert": rule, "since": int(state.since), "value": state.value}
+                  for (rule, server), state in self.evaluator.firing.items() if server == sid]
+        return f',"alerts":{json.dumps(firing, separators=(",", ":"))}' if firing else ""
+
+    def firing_json(self, servers: dict[str, ServerConfig], rules: tuple[AlertRule, ...],
+                    visible: Callable[[str], bool] = lambda sid: True) -> str:
+        """/api/alerts: every firing alert, with its server and rule."""
+        by_name = {rule.name: rule for rule in rules}
+        listed = []
+        for (name, sid), state in sorted(self.evaluator.firing.items()):
+            server, rule = servers.get(sid), by_name.get(name)
+            if server is None or rule is None or not visible(sid):
+                continue
+            listed.append({"alert": name, "server": {"id": sid, "name": server.name,
+                                                     "group": server.group},
+                           "metric": rule.metric, "value": state.value,
+                           "threshold": rule.above if rule.above is not None else rule.below,
+                           "since": int(state.since)})
+        return json.dumps(listed)
+
+    def metrics_lines(self, label: Callable[[str], str]) -> list[str]:
+        lines = ["# HELP sss_alert_firing 1 for each alert firing for a server.",
+                 "# TYPE sss_alert_firing gauge"]
+        lines += [f'sss_alert_firing{{alert="{label(rule)}",id="{label(sid)}"}} 1'
+                  for rule, sid in sorted(self.evaluator.firing)]
+        return lines + self.delivery.metrics_lines()

@@ -1,0 +1,403 @@
+"""Tests for alerts.py: rules as pure functions with an injected clock, then real receivers."""
+
+from __future__ import annotations
+
+import contextlib
+import http.server
+import json
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import alerts
+from config import AlertRule, ConfigError, ServerConfig, parse_config
+from conftest import (
+    HERE,
+    SECRET,
+    Dashboard,
+    card,
+    free_port,
+    go_report,
+    recv_json,
+    recv_until,
+    server_in,
+)
+
+T0 = 1_795_000_000.0
+WEB = ServerConfig("web-1", "Web 1", "Frankfurt", SECRET, "de")
+DB = ServerConfig("db-2", "DB 2", "Default", SECRET, "")
+
+
+def rule(name: str = "cpu", metric: str = "cpu", above: float | None = 90,
+         below: float | None = None, for_seconds: float = 0, servers: tuple[str, ...] = (),
+         repeat: float | None = None) -> AlertRule:
+    return AlertRule(name, metric, above, below, for_seconds, servers, repeat, ("ops",))
+
+
+def seen(server: ServerConfig = WEB, online: bool = True, interval: float = 5,
+         **values: float) -> alerts.Observed:
+    return alerts.Observed(server, online, True, interval, values if online else {})
+
+
+# --- evaluation (pure) -----------------------------------------------------------
+
+
+def test_offline_fires_after_for_then_resolves() -> None:
+    down = rule("down", "offline", None, for_seconds=60)
+    evaluator = alerts.Evaluator(started=T0 - 3600)
+    assert evaluator.evaluate((down,), [seen(online=False)], T0) == []
+    assert evaluator.evaluate((down,), [seen(online=False)], T0 + 59) == []
+    (fired,) = evaluator.evaluate((down,), [seen(online=False)], T0 + 60)
+    assert (fired.state, fired.text()) == ("firing", "🔴 Web 1 (Frankfurt) offline for 1m")
+    assert evaluator.evaluate((down,), [seen(online=False)], T0 + 600) == []  # once
+    (back,) = evaluator.evaluate((down,), [seen(cpu=5)], T0 + 720)
+    assert (back.state, back.text()) == ("resolved", "✅ Web 1 (Frankfurt) back after 12m")
+    assert back.payload() == {"alert": "down", "state": "resolved",
+                              "server": {"id": "web-1", "name": "Web 1", "group": "Frankfurt"},
+                              "metric": "offline", "value": None, "threshold": None,
+                              "since": int(T0), "text": back.text()}
+
+
+def test_a_short_spike_does_not_fire_a_rule_with_for() -> None:
+    cpu = rule(for_seconds=300)
+    evaluator = alerts.Evaluator(started=T0 - 3600)
+    assert evaluator.evaluate((cpu,), [seen(cpu=97)], T0) == []
+    assert evaluator.evaluate((cpu,), [seen(cpu=97)], T0 + 200) == []
+    assert evaluator.evaluate((cpu,), [seen(cpu=40)], T0 + 210) == []  # the spike ended
+    assert evaluator.evaluate((cpu,), [seen(cpu=97)], T0 + 400) == []  # counting anew
+    (fired,) = evaluator.evaluate((cpu,), [seen(cpu=97)], T0 + 700)
+    assert fired.text() == "🔥 Web 1 (Frankfurt) CPU 97 % for 5m (above 90)"
+    (done,) = evaluator.evaluate((cpu,), [seen(cpu=45)], T0 + 820)
+    assert done.text() == "✅ Web 1 (Frankfurt) CPU back to 45 % after 7m"
+
+
+def test_repeat_reminds_while_firing() -> None:
+    cpu = rule(repeat=600)
+    evaluator = alerts.Evaluator(started=T0 - 3600)
+    assert [e.state for e in evaluator.evaluate((cpu,), [seen(cpu=95)], T0)] == ["firing"]
+    assert evaluator.evaluate((cpu,), [seen(cpu=95)], T0 + 599) == []
+    assert [e.state for e in evaluator.evaluate((cpu,), [seen(cpu=96)], T0 + 600)] == ["firing"]
+    assert evaluator.evaluate((cpu,), [seen(cpu=96)], T0 + 900) == []
+
+
+def test_selectors_pick_ids_and_groups() -> None:
+    disk = rule("disk", "disk", 85, servers=("db-2", "group:Frankfurt"))
+    other = ServerConfig("cache-3", "Cache", "Paris", SECRET, "")
+    assert disk.applies_to(WEB) and disk.applies_to(DB) and not disk.applies_to(other)
+    evaluator = alerts.Evaluator(started=T0 - 3600)
+    events = evaluator.evaluate((disk,), [seen(WEB, disk=90), seen(DB, disk=90),
+                                          seen(other, disk=99)], T0)
+    assert sorted(e.server.id for e in events) == ["db-2", "web-1"]
+
+
+def test_while_offline_only_offline_applies() -> None:
+    cpu, down = rule(), rule("down", "offline", None)
+    evaluator = alerts.Evaluator(started=T0 - 3600)
+    evaluator.evaluate((cpu, down), [seen(cpu=99)], T0)
+    assert set(evaluator.firing) == {("cpu", "web-1")}
+    events = evaluator.evaluate((cpu, down), [seen(online=False)], T0 + 30)
+    assert [(e.rule.name, e.state) for e in events] == [("down", "firing")]  # cpu: no verdict
+    events = evaluator.evaluate((cpu, down), [seen(cpu=10)], T0 + 60)
+    assert sorted((e.rule.name, e.state) for e in events) == [("cpu", "resolved"),
+                                                              ("down", "resolved")]
+
+
+def test_no_page_for_a_dashboard_restart() -> None:
+    down = rule("down", "offline", None, for_seconds=60)
+    evaluator = alerts.Evaluator(started=T0)
+    never = alerts.Observed(DB, False, False, 2, {})
+    # A seen server gets `for` + 2 intervals after the start; one never seen, `for` + 60 s.
+    assert evaluator.evaluate((down,), [seen(online=False, interval=5), never], T0 + 1) == []
+    assert evaluator.evaluate((down,), [seen(online=False, interval=5), never], T0 + 69) == []
+    (web,) = evaluator.evaluate((down,), [seen(online=False, interval=5), never], T0 + 70)
+    assert web.server.id == "web-1"
+    (db,) = evaluator.evaluate((down,), [seen(online=False, interval=5), never], T0 + 120)
+    assert db.server.id == "db-2"
+
+
+def test_firing_state_survives_a_restart(tmp_path: Path) -> None:
+    down = rule("down", "offline", None)
+    path = tmp_path / "alerts.json"
+    first = alerts.Evaluator(started=T0 - 3600)
+    first.evaluate((down,), [seen(online=False)], T0)
+    alerts.save_firing(path, first.firing)
+    restarted = alerts.Evaluator(started=T0 + 100, firing=alerts.load_firing(path))
+    assert restarted.evaluate((down,), [seen(online=False)], T0 + 200) == []  # no repeat
+    (back,) = restarted.evaluate((down,), [seen(cpu=1)], T0 + 300)
+    assert back.state == "resolved" and back.since == T0  # and not forgotten
+    (path.parent / "broken.json").write_text("{")
+    assert alerts.load_firing(path.parent / "broken.json") == {}
+
+
+def test_durations_and_values_read_well() -> None:
+    assert [alerts.short_duration(s) for s in (5, 60, 725, 3600, 3900, 86400 + 7200)] == [
+        "5s", "1m", "12m", "1h", "1h5m", "1d2h"]
+    assert alerts.metric_value("netIn", 3 * 2**20) == "3.0 MiB/s"
+    assert alerts.metric_value("load1", 4.25) == "4.25"
+
+
+# --- config --------------------------------------------------------------------
+
+NOTIFIERS = [{"name": "ops", "type": "webhook", "url": "https://hooks.example.com/sss",
+              "headers": {"Authorization": "Bearer x"}},
+             {"name": "phone", "type": "telegram", "token": "123456:ABC-def",
+              "chatId": "-1001234567890"}]
+
+
+def test_alert_config_parses() -> None:
+    config, _ = parse_config({"servers": [], "notifiers": NOTIFIERS, "alerts": [
+        {"name": "down", "metric": "offline", "for": "1m", "notify": ["phone", "ops"]},
+        {"name": "cpu", "metric": "cpu", "above": 90, "for": "5m", "repeat": "1h",
+         "notify": ["ops"]}]}, "servers.json")
+    down, cpu = config.alerts
+    assert (down.for_seconds, cpu.for_seconds, cpu.repeat) == (60, 300, 3600)
+    assert config.notifiers["phone"].chat_id == "-1001234567890"
+    assert "ABC-def" not in repr(config.notifiers["phone"])  # secrets stay out of logs
+
+
+def test_every_alert_config_error_names_item_field_and_fix() -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config({"servers": [], "notifiers": [
+            {"name": "ops", "type": "webhook", "url": "ftp://x"},
+            {"name": "tg", "type": "telegram", "token": "nope", "chatId": "x"},
+            {"name": "odd", "type": "pager"}], "alerts": [
+            {"name": "a", "metric": "temperature", "above": 1, "notify": ["ops"]},
+            {"name": "b", "metric": "cpu", "notify": ["ops"]},
+            {"name": "c", "metric": "cpu", "above": 1, "for": "5 minutes", "notify": ["ops"]},
+            {"name": "d", "metric": "cpu", "above": 1, "notify": ["pager"]}]}, "servers.json")
+    problems = caught.value.problems
+    expected = [
+        "notifiers[0] ('ops'): field \"url\" must be an http:// or https:// URL",
+        "notifiers[1] ('tg'): field \"token\" must be the bot token",
+        "notifiers[1] ('tg'): field \"chatId\" must be a chat id",
+        "notifiers[2] ('odd'): field \"type\" must be one of webhook, telegram, apprise",
+        "alerts[0] ('a'): field \"metric\" must be one of offline, cpu",
+        "alerts[1] ('b'): a threshold is missing; add \"above\": N or \"below\": N",
+        "alerts[2] ('c'): field \"for\" must be seconds or a duration such as \"30s\"",
+        "alerts[3] ('d'): field \"notify\" names 'pager', which is not in \"notifiers\"",
+        "alerts[0] ('a'): field \"notify\" names 'ops'",  # ops was refused above
+    ]
+    for part in expected:
+        assert any(part in p for p in problems), (part, problems)
+    assert all(p.startswith("servers.json: ") for p in problems)
+
+
+# --- real receivers --------------------------------------------------------------
+
+
+class Receiver:
+    """An HTTP server on 127.0.0.1 that records what is POSTed; `mode` says how it answers."""
+
+    def __init__(self, mode: str = "ok") -> None:
+        self.mode, self.posts = mode, []
+        self.changed = threading.Condition()
+        owner = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                with owner.changed:
+                    owner.posts.append((self.path, dict(self.headers), json.loads(body)))
+                    owner.changed.notify_all()
+                if owner.mode == "hang":
+                    time.sleep(30)
+                status = 500 if owner.mode == "fail" else 200
+                self.send_response(status)
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"{}")
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def wait(self, count: int, timeout: float = 15) -> list[Any]:
+        deadline = time.monotonic() + timeout
+        with self.changed:
+            while len(self.posts) < count:
+                remaining = deadline - time.monotonic()
+                assert remaining > 0, f"{len(self.posts)} of {count} posts: {self.posts}"
+                self.changed.wait(remaining)
+            return list(self.posts)
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def receivers():
+    made: list[Receiver] = []
+
+    def make(mode: str = "ok") -> Receiver:
+        made.append(Receiver(mode))
+        return made[-1]
+    yield make
+    for receiver in made:
+        receiver.close()
+
+
+def alerting_dashboard(make_dashboard: Any, hook: Receiver, telegram: Receiver,
+                       **extra: Any) -> Dashboard:
+    return make_dashboard(
+        [{"id": "alpha", "name": "Alpha", "group": "Web", "secret": SECRET}],
+        notifiers=[{"name": "ops", "type": "webhook", "url": hook.url + "/sss",
+                    "headers": {"Authorization": "Bearer hook-secret-1"}},
+                   {"name": "phone", "type": "telegram", "token": "123456:tg-secret",
+                    "chatId": "-100200300", "apiBase": telegram.url}],
+        alerts=[{"name": "down", "metric": "offline", "for": "1s", "notify": ["ops", "phone"]},
+                {"name": "cpu", "metric": "cpu", "above": 90, "notify": ["ops"]}], **extra)
+
+
+def test_offline_and_back_reach_a_webhook_and_telegram(make_dashboard: Any,
+                                                       receivers: Any) -> None:
+    hook, telegram = receivers(), receivers()
+    dash = alerting_dashboard(make_dashboard, hook, telegram)
+    with dash.agent("alpha") as agent:
+        agent.send(json.dumps(go_report(reportInterval=0.5)))
+        dash.wait_for_log("agent connected: id=alpha")
+        time.sleep(0.3)
+    # Offline at once (the connection closed); fires after `for` + the startup grace.
+    (path, headers, firing), = hook.wait(1)
+    assert path == "/sss" and headers["Authorization"] == "Bearer hook-secret-1"
+    assert firing["state"] == "firing" and firing["alert"] == "down"
+    assert firing["server"] == {"id": "alpha", "name": "Alpha", "group": "Web"}
+    assert firing["text"].startswith("🔴 Alpha (Web) offline for")
+    (tg_path, _, message), = telegram.wait(1)
+    assert tg_path == "/bot123456:tg-secret/sendMessage"
+    assert message["chat_id"] == "-100200300" and message["text"] == firing["text"]
+    assert [a["alert"] for a in dash.get_json("/api/alerts")] == ["down"]
+    assert 'sss_alert_firing{alert="down",id="alpha"} 1' in dash.get("/metrics")[2].decode()
+    with dash.viewer() as viewer:
+        alpha = server_in(recv_json(viewer), "alpha")
+        assert [a["alert"] for a in alpha["alerts"]] == ["down"]
+        with dash.agent("alpha") as agent:
+            agent.send(json.dumps(go_report(cpuInfo={"percent": 97.0, "info": []},
+                                            reportInterval=0.5)))
+            posts = hook.wait(3)
+            states = sorted((p[2]["alert"], p[2]["state"]) for p in posts[1:])
+            assert states == [("cpu", "firing"), ("down", "resolved")]
+            assert any(p[2]["text"].startswith("✅ Alpha (Web) back after") for p in posts)
+            recv_until(viewer, lambda m: [a["alert"] for a in
+                                          (server_in(m, "alpha") or {}).get("alerts", [])]
+                       == ["cpu"])
+    metrics = dash.get("/metrics")[2].decode()
+    assert 'sss_alert_notifications_total{notifier="ops",result="sent"} 3' in metrics
+    log = dash.log_text()
+    assert "hook-secret-1" not in log and "tg-secret" not in log and hook.url not in log
+
+
+def test_restart_neither_refires_nor_forgets(make_dashboard: Any, receivers: Any) -> None:
+    hook, telegram = receivers(), receivers()
+    dash = alerting_dashboard(make_dashboard, hook, telegram)
+    with dash.agent("alpha") as agent:
+        agent.send(json.dumps(go_report(reportInterval=0.5)))
+        time.sleep(0.3)
+    hook.wait(1)
+    for stop in ("graceful", "kill"):
+        if stop == "graceful":
+            assert dash.stop() == 0
+        else:
+            assert dash.process is not None
+            dash.process.send_signal(signal.SIGKILL)
+            dash.process.wait(10)
+        dash.start()
+        time.sleep(3)  # past the startup grace: still offline, still firing, no new message
+        assert len(hook.posts) == 1, hook.posts
+        assert [a["alert"] for a in dash.get_json("/api/alerts")] == ["down"]
+    with dash.agent("alpha") as agent:
+        agent.send(json.dumps(go_report(reportInterval=0.5)))
+        (_, _, resolved) = hook.wait(2)[1]
+        assert resolved["state"] == "resolved" and resolved["alert"] == "down"
+
+
+def test_failing_receivers_are_retried_then_dropped(make_dashboard: Any,
+                                                    receivers: Any) -> None:
+    failing, hanging = receivers("fail"), receivers("hang")
+    refused = f"http://127.0.0.1:{free_port()}"
+    dash = make_dashboard(
+        [{"id": "alpha", "secret": SECRET}],
+        notifiers=[{"name": "broken", "type": "webhook", "url": failing.url},
+                   {"name": "closed", "type": "webhook", "url": refused},
+                   {"name": "stuck", "type": "webhook", "url": hanging.url}],
+        alerts=[{"name": "cpu", "metric": "cpu", "above": 50,
+                 "notify": ["broken", "closed", "stuck"]}])
+    with dash.viewer() as viewer, dash.agent("alpha") as agent:
+        recv_json(viewer)
+        agent.send(json.dumps(go_report(cpuInfo={"percent": 99.0, "info": []})))
+        assert len(failing.wait(3, timeout=20)) == 3  # three attempts, then given up
+        dash.wait_for_log(r"alert delivery failed: notifier broken \(webhook\): HTTP 500 "
+                          r"after 3 attempts")
+        dash.wait_for_log(r"alert delivery failed: notifier closed \(webhook\): "
+                          r"ConnectionRefusedError")
+        hanging.wait(1)
+        # A receiver that hangs holds only its own thread: reports still reach viewers fast.
+        for percent in (60.0, 70.0, 80.0):
+            sent = time.monotonic()
+            agent.send(json.dumps(go_report(cpuInfo={"percent": percent, "info": []})))
+            recv_until(viewer, lambda m, p=percent: (server_in(m, "alpha") or {}).get(
+                "cpuInfo", {}).get("percent") == p)
+            assert time.monotonic() - sent < 1.0
+    metrics = dash.get("/metrics")[2].decode()
+    assert 'sss_alert_notifications_total{notifier="broken",result="failed"} 1' in metrics
+    assert 'sss_alert_notifications_total{notifier="closed",result="failed"} 1' in metrics
+    assert failing.url not in dash.log_text()
+
+
+def test_the_card_and_header_show_firing_alerts(make_dashboard: Any, receivers: Any,
+                                                page_on: Any) -> None:
+    hook, telegram = receivers(), receivers()
+    dash = alerting_dashboard(make_dashboard, hook, telegram)
+    with dash.agent("alpha") as agent:
+        agent.send(json.dumps(go_report(reportInterval=0.5)))
+        time.sleep(0.3)
+    hook.wait(1)
+    page = page_on(dash)
+    alpha = card(page, "alpha")
+    alpha.locator(".firing", has_text="🔥 down for").wait_for(timeout=10_000)
+    assert page.locator("#alerts").inner_text() == "1"
+    with dash.agent("alpha") as agent:
+        agent.send(json.dumps(go_report(reportInterval=0.5)))
+        alpha.locator(".firing").wait_for(state="hidden", timeout=10_000)
+        assert page.locator("#alerts").inner_text() == "0"
+
+
+def test_test_notify_and_config_errors_from_the_command_line(tmp_path: Path,
+                                                             receivers: Any) -> None:
+    hook = receivers()
+    config = tmp_path / "servers.json"
+
+    def run(data: dict[str, Any], *args: str) -> subprocess.CompletedProcess:
+        config.write_text(json.dumps(data))
+        return subprocess.run([sys.executable, str(HERE / "dashboard.py"), "--config",
+                               str(config), *args], capture_output=True, text=True, timeout=60)
+
+    good = {"servers": [], "notifiers": [{"name": "ops", "type": "webhook", "url": hook.url}]}
+    sent = run(good, "--test-notify", "ops")
+    assert sent.returncode == 0 and sent.stdout.startswith("ok: sent a test message")
+    assert "test message" in hook.wait(1)[0][2]["text"]
+    missing = run(good, "--test-notify", "pager")
+    assert missing.returncode == 1 and "no notifier named 'pager'" in missing.stdout
+    down = {"servers": [], "notifiers": [{"name": "ops", "type": "webhook",
+                                          "url": f"http://127.0.0.1:{free_port()}"}]}
+    failed = run(down, "--test-notify", "ops")
+    assert failed.returncode == 1 and "ConnectionRefusedError" in failed.stdout
+    broken = run({"servers": [], "alerts": [{"name": "x", "metric": "cpu", "notify": []}]})
+    assert broken.returncode == 2 and "alerts[0] ('x')" in broken.stderr
+    with contextlib.suppress(ImportError):
+        import apprise  # noqa: F401
+        pytest.skip("apprise is installed here: the missing-package message cannot show")
+    apprise_config = {"servers": [], "notifiers": [{"name": "chat", "type": "apprise",
+                                                    "url": "json://127.0.0.1/"}]}
+    needs = run(apprise_config)
+    assert needs.returncode == 2 and "pip install apprise" in needs.stderr
