@@ -81,21 +81,23 @@ class Bucket:
     n: int = 0
     online: float = 0.0
     sums: list[float] = dataclasses.field(default_factory=lambda: [0.0] * len(METRICS))
-    counts: list[int] = dataclasses.field(default_factory=lambda: [0] * len(METRICS))
-    maxes: list[Any] = dataclasses.field(default_factory=lambda: [None] * len(METRICS))
+    missing: list[int] = dataclasses.field(default_factory=lambda: [0] * len(METRICS))
+    maxes: list[float] = dataclasses.field(default_factory=lambda: [-math.inf] * len(METRICS))
     net_totals: tuple[Any, Any] = (None, None)
 
     def add(self, values: tuple[Any, ...], online_seconds: float,
             net_totals: tuple[Any, Any]) -> None:
+        """The hot path: plain loops, counting the rare missing value instead of each one."""
         self.n += 1
         self.online += online_seconds
         self.net_totals = net_totals
-        sums, counts, maxes = self.sums, self.counts, self.maxes
+        sums, maxes = self.sums, self.maxes
         for i, value in enumerate(values):
-            if value is not None:
+            if value is None:
+                self.missing[i] += 1
+            else:
                 sums[i] += value
-                counts[i] += 1
-                if maxes[i] is None or value > maxes[i]:
+                if value > maxes[i]:
                     maxes[i] = value
 
 
@@ -116,8 +118,9 @@ COLUMNS = ("tier", "server", "t", "n", "online", "watched",
 def bucket_row(tier: int, sid: str, bucket: Bucket, length: float) -> tuple[Any, ...]:
     """The row of one bucket; the online time cannot exceed the bucket."""
     metrics: list[Any] = []
-    for total, count, top in zip(bucket.sums, bucket.counts, bucket.maxes):
-        metrics += [total / count if count else None, top]
+    for total, missing, top in zip(bucket.sums, bucket.missing, bucket.maxes):
+        count = bucket.n - missing
+        metrics += [total / count, top] if count else [None, None]
     return (tier, sid, bucket.start, bucket.n, min(bucket.online, length), length, *metrics,
             *bucket.net_totals)
 
