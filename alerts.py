@@ -30,6 +30,7 @@ from config import AlertRule, NotifierConfig, ServerConfig
 
 log = logging.getLogger("sss.dashboard")
 
+PLAN_METRICS = ("traffic", "expiry")
 NEVER_SEEN_GRACE = 60.0  # after a start, servers never seen get this long to connect
 QUEUE_SIZE = 100  # messages waiting per notifier; past it the oldest is dropped
 REQUEST_TIMEOUT = 10.0
@@ -49,6 +50,7 @@ class Observed:
     seen: bool  # reported at least once (in this run or before a restart)
     interval: float  # its report interval, for the startup grace
     values: dict[str, float]  # metric -> current value (empty while offline)
+    plan: dict[str, float] = dataclasses.field(default_factory=dict)  # traffic %, expiry days
 
 
 def observed_values(record: dict[str, Any] | None) -> dict[str, float]:
@@ -146,9 +148,14 @@ class Evaluator:
         """(holds, value); holds is None when the rule cannot judge now."""
         if rule.metric == "offline":
             return not seen.online, None
-        if not seen.online or rule.metric not in seen.values:
+        if rule.metric in PLAN_METRICS:  # kept by the dashboard: judged online or not
+            if rule.metric not in seen.plan:
+                return None, None
+            value = seen.plan[rule.metric]
+        elif not seen.online or rule.metric not in seen.values:
             return None, None
-        value = seen.values[rule.metric]
+        else:
+            value = seen.values[rule.metric]
         holds = (rule.above is not None and value > rule.above) or \
                 (rule.below is not None and value < rule.below)
         return holds, value
@@ -193,8 +200,8 @@ class Evaluator:
 METRIC_NAMES = {"cpu": "CPU", "memory": "memory", "swap": "swap", "disk": "disk",
                 "load1": "load (1 min)", "load5": "load (5 min)", "netIn": "download",
                 "netOut": "upload", "tcp": "TCP connections", "udp": "UDP sockets",
-                "processes": "processes"}
-PERCENT_METRICS = {"cpu", "memory", "swap", "disk"}
+                "processes": "processes", "traffic": "traffic", "expiry": "plan"}
+PERCENT_METRICS = {"cpu", "memory", "swap", "disk", "traffic"}
 BYTE_RATE_METRICS = {"netIn", "netOut"}
 
 
@@ -236,6 +243,12 @@ def message_text(event: Event) -> str:
         return f"✅ {who} back after {lasted}"
     name = METRIC_NAMES[rule.metric]
     value = metric_value(rule.metric, event.value)
+    if rule.metric == "expiry":
+        days = int(event.value or 0)
+        if event.state == "firing":
+            return f"⏳ {who} plan expires in {days} d" if days >= 0 else \
+                f"⏳ {who} plan expired {-days} d ago"
+        return f"✅ {who} plan renewed ({days} d left)"
     if event.state == "firing":
         side = "above" if rule.above is not None else "below"
         limit = metric_value(rule.metric, event.threshold).replace(" %", "")

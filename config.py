@@ -13,10 +13,14 @@ them; the dashboard exits 2 at start and keeps the running config on SIGHUP.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import json
 import re
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfoNotFoundError
+
+from traffic import COUNT_MODES, Plan, parse_size, zone
 
 DEFAULT_PORT = 8900
 MAX_NAME = 256
@@ -24,8 +28,10 @@ PLACEHOLDER_SECRET = "change-me-local-demo-secret"
 SECRET_HINT = "python3 -c 'import secrets; print(secrets.token_urlsafe(24))'"
 ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{3,50}")
 COUNTRY_PATTERN = re.compile(r"[A-Za-z]{2}")
-TOP_LEVEL_KEYS = ("host", "port", "servers", "notifiers", "alerts")
-SERVER_KEYS = ("id", "name", "group", "secret", "countryCode")
+TOP_LEVEL_KEYS = ("host", "port", "servers", "notifiers", "alerts", "timezone")
+SERVER_KEYS = ("id", "name", "group", "secret", "countryCode", "traffic", "expires", "price")
+TRAFFIC_KEYS = ("limit", "resetDay", "count")
+MAX_PRICE = 40
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,6 +41,9 @@ class ServerConfig:
     group: str
     secret: str
     country_code: str  # lower case, "" when not configured
+    traffic: Plan = dataclasses.field(default_factory=Plan)
+    expires: str = ""  # YYYY-MM-DD, "" when not configured
+    price: str = ""
 
     @property
     def uses_placeholder_secret(self) -> bool:
@@ -81,6 +90,7 @@ class Config:
     servers: dict[str, ServerConfig]
     notifiers: dict[str, NotifierConfig] = dataclasses.field(default_factory=dict)
     alerts: tuple[AlertRule, ...] = ()
+    timezone: str = "UTC"  # IANA name: where traffic periods start at midnight
 
 
 class ConfigError(Exception):
@@ -134,9 +144,21 @@ def parse_config(data: Any, source: str) -> tuple[Config, list[str]]:
         servers[server.id] = server
     notifiers = parse_notifiers(data.get("notifiers", []), source, errors)
     alerts = parse_alerts(data.get("alerts", []), source, notifiers, errors)
+    timezone = data.get("timezone", "UTC")
+    if not is_zone(timezone):
+        errors.append(f'{source}: field "timezone" must be an IANA time zone such as '
+                      f'"Europe/Berlin" or "UTC", got {timezone!r}')
     if errors:
         raise ConfigError(errors)
-    return Config(host, port, servers, notifiers, alerts), warnings
+    return Config(host, port, servers, notifiers, alerts, timezone), warnings
+
+
+def is_zone(name: Any) -> bool:
+    """An IANA time zone name that zoneinfo knows."""
+    try:
+        return isinstance(name, str) and bool(name) and zone(name) is not None
+    except (ValueError, ZoneInfoNotFoundError):
+        return False
 
 
 def parse_server(entry: Any, where: str, errors: list[str],
@@ -181,9 +203,52 @@ def parse_server(entry: Any, where: str, errors: list[str],
         warnings.append(f'{where}: field "secret" is shorter than 16 characters; make a '
                         f"stronger one with {SECRET_HINT}")
     name, group = text("name", server_id), text("group", "Default")
+    plan = parse_traffic(entry.get("traffic"), where, errors)
+    expires = entry.get("expires", "")
+    try:
+        if expires != "":
+            datetime.date.fromisoformat(expires)
+    except (TypeError, ValueError):
+        errors.append(f'{where}: field "expires" must be a date like "2027-03-01", '
+                      f"got {expires!r}")
+    price = entry.get("price", "")
+    if not isinstance(price, str) or len(price) > MAX_PRICE:
+        errors.append(f'{where}: field "price" must be text of at most {MAX_PRICE} characters, '
+                      'such as "4.50 EUR/month"')
     if len(errors) > first_error:
         return None
-    return ServerConfig(server_id, name, group, secret, country.lower())
+    return ServerConfig(server_id, name, group, secret, country.lower(), plan, expires, price)
+
+
+def parse_traffic(entry: Any, where: str, errors: list[str]) -> Plan:
+    """A server's "traffic": {"limit": "2 TiB", "resetDay": 15, "count": "sum"}."""
+    if entry is None:
+        return Plan()
+    if not isinstance(entry, dict):
+        errors.append(f'{where}: field "traffic" must be an object like {{"limit": "2 TiB", '
+                      '"resetDay": 1}')
+        return Plan()
+    errors.extend(f'{where}: field "traffic" has unknown key {key!r} (known: '
+                  f'{", ".join(TRAFFIC_KEYS)})' for key in entry if key not in TRAFFIC_KEYS)
+    limit = None
+    if "limit" in entry:
+        limit = parse_size(entry["limit"])
+        if limit is None:
+            errors.append(f'{where}: field "traffic.limit" must be bytes or a number with a '
+                          'unit (B, kB, MB, GB, TB, KiB, MiB, GiB, TiB), such as "2 TiB", '
+                          f'got {entry["limit"]!r}')
+    reset_day = entry.get("resetDay", 1)
+    if isinstance(reset_day, bool) or not isinstance(reset_day, int) \
+            or not 1 <= reset_day <= 31:
+        errors.append(f'{where}: field "traffic.resetDay" must be a day of the month, 1-31 '
+                      f"(31: the last day of shorter months), got {reset_day!r}")
+        reset_day = 1
+    count = entry.get("count", "sum")
+    if count not in COUNT_MODES:
+        errors.append(f'{where}: field "traffic.count" must be one of '
+                      f'{", ".join(COUNT_MODES)}, got {count!r}')
+        count = "sum"
+    return Plan(limit, reset_day, count)
 
 
 # --- notifiers and alerts ----------------------------------------------------------
@@ -191,7 +256,7 @@ def parse_server(entry: Any, where: str, errors: list[str],
 NOTIFIER_TYPES = ("webhook", "telegram", "apprise")
 # Metrics an alert can watch (PROTOCOL.md, "Alerts").
 ALERT_METRICS = ("offline", "cpu", "memory", "swap", "disk", "load1", "load5", "netIn", "netOut",
-                 "tcp", "udp", "processes")
+                 "tcp", "udp", "processes", "traffic", "expiry")
 DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd]?)")
 DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,40}")

@@ -65,6 +65,7 @@ from history import DEFAULT_DAYS, DEFAULT_RESOLUTION, History  # noqa: E402
 from hub import Closing, Hub  # noqa: E402
 from reports import MAX_FRAME_BYTES, ReportError, validate_report  # noqa: E402
 from timings import TICK_SECONDS  # noqa: E402
+from traffic import SAVE_SECONDS, Traffic, zone  # noqa: E402
 from web import SAFE_URL, Files, Options, Site, route_request  # noqa: E402
 
 __version__ = "0.2.0"
@@ -93,7 +94,9 @@ class Dashboard:
                  history: History | None, data: Path) -> None:
         self.config_path = config_path
         self.history = history
-        self.hub = Hub(config, broadcast, asyncio.get_running_loop(), history)
+        self.traffic = Traffic(data / "traffic.json", zone(config.timezone))
+        self.traffic.load()
+        self.hub = Hub(config, broadcast, asyncio.get_running_loop(), history, self.traffic)
         self.alerting = Alerting(data / "alerts.json", time.time())
         self.alerting.configure(config.notifiers)
         self.site = Site.create(self.hub, Files.beside(HERE), options, self.alerting)
@@ -101,6 +104,7 @@ class Dashboard:
             now = time.time()
             self.hub.restore(history.restore(now))
             self.hub.take_history(history.fields(list(self.hub.servers), now))
+        self.hub.refresh_traffic(time.time())
         self.closing: set[asyncio.Future[None]] = set()  # kept referenced until done
 
     def close_later(self, closing: Closing) -> None:
@@ -201,8 +205,17 @@ class Dashboard:
         rules = self.hub.config.alerts
         if not rules and not self.alerting.evaluator.firing:
             return
-        for sid in self.alerting.tick(rules, self.hub.observe(), wall):
+        for sid in self.alerting.tick(rules, self.hub.observe(wall), wall):
             self.hub.set_extra(sid, "alerts", self.alerting.view_fragment(sid))
+
+    async def keep_traffic(self) -> None:
+        """Save the period totals once a minute (or once a history step, if shorter), and
+        start new periods on the cards."""
+        every = min(SAVE_SECONDS, self.history.resolution) if self.history else SAVE_SECONDS
+        while True:
+            await asyncio.sleep(every)
+            self.traffic.save()
+            self.hub.refresh_traffic(time.time())
 
     async def write_history(self, history: History) -> None:
         """At the end of every resolution step: the closed buckets go to SQLite."""
@@ -236,6 +249,8 @@ class Dashboard:
         old = self.hub.config
         closes, added, removed = self.hub.apply_config(config)
         self.alerting.configure(config.notifiers)
+        self.traffic.zone = zone(config.timezone)
+        self.hub.refresh_traffic(time.time())
         for closing in closes:
             log.info("agent disconnected: id=%s: %s", closing.connection.agent.server_id,
                      closing.reason)
@@ -298,7 +313,8 @@ async def run(config: Config, config_path: Path, options: Options,
         port = next(iter(server.sockets)).getsockname()[1]
         log.info("listening on %s://%s:%d (%d servers configured)", "https" if tls else "http",
                  config.host, port, len(config.servers))
-        tasks = [asyncio.ensure_future(dashboard.housekeeping())]
+        tasks = [asyncio.ensure_future(dashboard.housekeeping()),
+                 asyncio.ensure_future(dashboard.keep_traffic())]
         if history is not None:
             tasks.append(asyncio.ensure_future(dashboard.write_history(history)))
         await stop.wait()
@@ -306,6 +322,7 @@ async def run(config: Config, config_path: Path, options: Options,
         for task in tasks:
             task.cancel()
         dashboard.alerting.delivery.stop()
+        dashboard.traffic.save()
         server.close()
         try:
             await asyncio.wait_for(server.wait_closed(), 1.5)

@@ -21,6 +21,7 @@ from config import COUNTRY_PATTERN, Config, ServerConfig
 from history import History
 from reports import VIEW_FIELDS, ReportError
 from timings import COALESCE_SECONDS, DEFAULT_REPORT_INTERVAL, offline_after, silent_close_after
+from traffic import Traffic, days_left, zone
 
 if TYPE_CHECKING:
     from websockets.asyncio.server import ServerConnection
@@ -52,6 +53,10 @@ def server_view(server: ServerConfig, record: dict[str, Any] | None,
     view: dict[str, Any] = {"id": server.id, "name": server.name, "group": server.group,
                             "loc": loc, "online": online, "lastReportTime": last_report,
                             "offlineAfter": offline_after(interval)}
+    if server.expires:
+        view["expires"] = server.expires
+    if server.price:
+        view["price"] = server.price
     if record:
         view.update((key, record[key]) for key in VIEW_FIELDS if key in record)
     return view
@@ -96,10 +101,11 @@ class Hub:
 
     def __init__(self, config: Config, broadcast: Broadcast,
                  loop: asyncio.AbstractEventLoop | None = None,
-                 history: History | None = None) -> None:
+                 history: History | None = None, traffic: Traffic | None = None) -> None:
         self.config = config
         self.broadcast = broadcast
         self.history = history
+        self.traffic = traffic
         self.loop = loop  # None in unit tests: updates then wait in `dirty`
         self.servers = {sid: new_state(cfg) for sid, cfg in config.servers.items()}
         self.viewers: set[ServerConnection] = set()
@@ -144,11 +150,25 @@ class Hub:
         state.last_report = int(wall)
         state.last_report_mono = now
         state.online = True
+        if self.traffic is not None:
+            self.traffic.observe(sid, record, state.config.traffic, wall)
+            state.extras["traffic"] = self.traffic_fragment(state.config, wall)
         state.refresh_view()
         self.accepted += 1
         self.mark_dirty(sid)
         if self.history is not None:
             self.history.fold(sid, record, wall)
+
+    def traffic_fragment(self, server: ServerConfig, wall: float) -> str:
+        assert self.traffic is not None
+        view = self.traffic.view(server.id, server.traffic, wall)
+        return ',"traffic":' + json.dumps(view, separators=(",", ":"))
+
+    def refresh_traffic(self, wall: float) -> None:
+        """Every server's period totals (a new period starts even without reports)."""
+        if self.traffic is not None:
+            for sid, state in self.servers.items():
+                self.set_extra(sid, "traffic", self.traffic_fragment(state.config, wall))
 
     def last_record(self, sid: str) -> tuple[int, str] | None:
         """(Unix time, view JSON) of the server's last accepted report, for history."""
@@ -180,12 +200,26 @@ class Hub:
         state.refresh_view()
         self.mark_dirty(sid)
 
-    def observe(self) -> list[Observed]:
+    def observe(self, wall: float) -> list[Observed]:
         """What alert rules see of every server now."""
         return [Observed(state.config, state.online, state.record is not None,
                          state.report_interval,
-                         observed_values(state.record) if state.online else {})
+                         observed_values(state.record) if state.online else {},
+                         self.plan_values(state.config, wall))
                 for state in self.servers.values()]
+
+    def plan_values(self, server: ServerConfig, wall: float) -> dict[str, float]:
+        """`traffic` (% of the limit) and `expiry` (days left): judged online or not."""
+        values: dict[str, float] = {}
+        if self.traffic is not None and server.traffic.limit:
+            used = self.traffic.view(server.id, server.traffic, wall)["used"]
+            values["traffic"] = round(used / server.traffic.limit * 100, 2)
+        if server.expires:
+            values["expiry"] = days_left(server.expires, wall, self.traffic_zone())
+        return values
+
+    def traffic_zone(self) -> Any:
+        return self.traffic.zone if self.traffic is not None else zone(self.config.timezone)
 
     def reject_report(self, error: ReportError) -> None:
         self.rejected[error.reason] += 1

@@ -12,6 +12,7 @@ import dataclasses
 import hashlib
 import hmac
 import ipaddress
+import json
 import logging
 import re
 import sqlite3
@@ -293,6 +294,16 @@ def healthz(site: Site, request: Request) -> Response:
     return json_response(site.hub.health())
 
 
+def api_traffic(site: Site, request: Request) -> Response:
+    """GET /api/traffic?id=ID: the current and the last 12 periods of one server."""
+    sid = (parse_qs(urlsplit(request.path).query).get("id") or [""])[0]
+    state = site.hub.servers.get(sid)
+    if state is None or site.hub.traffic is None:
+        return text_response(HTTPStatus.NOT_FOUND, f"no server with id {sid[:60]!r}")
+    periods = site.hub.traffic.periods(sid, state.config.traffic, time.time())
+    return json_response(json.dumps({"id": sid, "periods": periods}))
+
+
 def api_alerts(site: Site, request: Request) -> Response:
     if site.alerting is None:
         return json_response("[]")
@@ -303,9 +314,28 @@ def api_alerts(site: Site, request: Request) -> Response:
 def metrics(site: Site, request: Request) -> Response:
     hub = site.hub
     extra = site.alerting.metrics_lines(label) if site.alerting else []
+    extra += traffic_metrics(hub, time.time())
     text = render_metrics(list(hub.servers.values()), hub.agents_connected(),
                           len(hub.viewers), hub.accepted, hub.rejected, extra)
     return http_response(HTTPStatus.OK, text.encode(), "text/plain; version=0.0.4")
+
+
+def traffic_metrics(hub: Hub, wall: float) -> list[str]:
+    """sss_traffic_period_bytes{direction} and sss_traffic_limit_bytes, per server."""
+    if hub.traffic is None:
+        return []
+    lines = ["# HELP sss_traffic_period_bytes Bytes counted in the current billing period.",
+             "# TYPE sss_traffic_period_bytes gauge"]
+    limits = ["# HELP sss_traffic_limit_bytes The period's traffic limit.",
+              "# TYPE sss_traffic_limit_bytes gauge"]
+    for sid, state in hub.servers.items():
+        view = hub.traffic.view(sid, state.config.traffic, wall)
+        who = f'id="{label(sid)}",name="{label(state.config.name)}"'
+        lines += [f'sss_traffic_period_bytes{{{who},direction="in"}} {view["in"]}',
+                  f'sss_traffic_period_bytes{{{who},direction="out"}} {view["out"]}']
+        if view["limit"]:
+            limits.append(f"sss_traffic_limit_bytes{{{who}}} {view['limit']}")
+    return lines + limits
 
 
 ROUTES: dict[str, Handler] = {
@@ -319,6 +349,7 @@ ROUTES: dict[str, Handler] = {
     "/api/servers": api_servers,
     "/api/history": api_history,
     "/api/alerts": api_alerts,
+    "/api/traffic": api_traffic,
     "/healthz": healthz,
     "/metrics": metrics,
 }
