@@ -152,7 +152,9 @@ class Hub:
         state.online = True
         if self.traffic is not None:
             self.traffic.observe(sid, record, state.config.traffic, wall)
-            state.extras["traffic"] = self.traffic_fragment(state.config, wall)
+            fragment = self.traffic_fragment(state.config, wall)
+            if fragment:
+                state.extras["traffic"] = fragment
         state.refresh_view()
         self.accepted += 1
         self.mark_dirty(sid)
@@ -160,7 +162,10 @@ class Hub:
             self.history.fold(sid, record, wall)
 
     def traffic_fragment(self, server: ServerConfig, wall: float) -> str:
+        """',"traffic":{…}' once counting started or a limit is set; else ""."""
         assert self.traffic is not None
+        if server.id not in self.traffic.meters and not server.traffic.limit:
+            return ""
         view = self.traffic.view(server.id, server.traffic, wall)
         return ',"traffic":' + json.dumps(view, separators=(",", ":"))
 
