@@ -491,9 +491,10 @@ class Alerting:
                            "since": int(state.since)})
         return json.dumps(listed)
 
-    def metrics_lines(self, label: Callable[[str], str]) -> list[str]:
+    def metrics_lines(self, label: Callable[[str], str],
+                      visible: Callable[[str], bool] = lambda sid: True) -> list[str]:
         lines = ["# HELP sss_alert_firing 1 for each alert firing for a server.",
                  "# TYPE sss_alert_firing gauge"]
         lines += [f'sss_alert_firing{{alert="{label(rule)}",id="{label(sid)}"}} 1'
-                  for rule, sid in sorted(self.evaluator.firing)]
+                  for rule, sid in sorted(self.evaluator.firing) if visible(sid)]
         return lines + self.delivery.metrics_lines()

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfoNotFoundError
 
+from sessions import is_password_hash
 from traffic import COUNT_MODES, Plan, parse_size, zone
 
 DEFAULT_PORT = 8900
@@ -28,8 +29,12 @@ PLACEHOLDER_SECRET = "change-me-local-demo-secret"
 SECRET_HINT = "python3 -c 'import secrets; print(secrets.token_urlsafe(24))'"
 ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{3,50}")
 COUNTRY_PATTERN = re.compile(r"[A-Za-z]{2}")
-TOP_LEVEL_KEYS = ("host", "port", "servers", "notifiers", "alerts", "timezone")
-SERVER_KEYS = ("id", "name", "group", "secret", "countryCode", "traffic", "expires", "price")
+TOP_LEVEL_KEYS = ("host", "port", "servers", "notifiers", "alerts", "timezone", "viewers",
+                  "metricsToken")
+SERVER_KEYS = ("id", "name", "group", "secret", "countryCode", "traffic", "expires", "price",
+               "hidden")
+VIEWER_KEYS = ("public", "users", "sessionDays")
+USER_PATTERN = re.compile(r"[A-Za-z0-9_.@-]{1,64}")
 TRAFFIC_KEYS = ("limit", "resetDay", "count")
 MAX_PRICE = 40
 
@@ -44,6 +49,7 @@ class ServerConfig:
     traffic: Plan = dataclasses.field(default_factory=Plan)
     expires: str = ""  # YYYY-MM-DD, "" when not configured
     price: str = ""
+    hidden: bool = False  # only signed-in viewers see it
 
     @property
     def uses_placeholder_secret(self) -> bool:
@@ -84,6 +90,15 @@ class AlertRule:
 
 
 @dataclasses.dataclass(frozen=True)
+class Viewers:
+    """Who sees the page: everyone (public) or only signed-in users."""
+
+    public: bool = True
+    users: dict[str, str] = dataclasses.field(default_factory=dict, repr=False)  # -> hash
+    session_days: float = 30.0
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
     host: str
     port: int
@@ -91,6 +106,8 @@ class Config:
     notifiers: dict[str, NotifierConfig] = dataclasses.field(default_factory=dict)
     alerts: tuple[AlertRule, ...] = ()
     timezone: str = "UTC"  # IANA name: where traffic periods start at midnight
+    viewers: Viewers = dataclasses.field(default_factory=Viewers)
+    metrics_token: str = dataclasses.field(default="", repr=False)
 
 
 class ConfigError(Exception):
@@ -148,9 +165,49 @@ def parse_config(data: Any, source: str) -> tuple[Config, list[str]]:
     if not is_zone(timezone):
         errors.append(f'{source}: field "timezone" must be an IANA time zone such as '
                       f'"Europe/Berlin" or "UTC", got {timezone!r}')
+    viewers = parse_viewers(data.get("viewers", {}), source, errors)
+    metrics_token = data.get("metricsToken", "")
+    if not isinstance(metrics_token, str) or (metrics_token and len(metrics_token) < 16):
+        errors.append(f'{source}: field "metricsToken" must be a string of at least 16 '
+                      f"characters; make one with {SECRET_HINT}")
+        metrics_token = ""
     if errors:
         raise ConfigError(errors)
-    return Config(host, port, servers, notifiers, alerts, timezone), warnings
+    return Config(host, port, servers, notifiers, alerts, timezone, viewers,
+                  metrics_token), warnings
+
+
+def parse_viewers(entry: Any, source: str, errors: list[str]) -> Viewers:
+    """"viewers": {"public": false, "users": {"alice": "scrypt$…"}, "sessionDays": 30}."""
+    where = f'{source}: field "viewers'
+    if not isinstance(entry, dict):
+        errors.append(f'{where}" must be an object like {{"public": false, "users": {{...}}}}')
+        return Viewers()
+    errors.extend(f'{where}" has unknown key {key!r} (known: {", ".join(VIEWER_KEYS)})'
+                  for key in entry if key not in VIEWER_KEYS)
+    public = entry.get("public", True)
+    if not isinstance(public, bool):
+        errors.append(f'{where}.public" must be true or false')
+        public = True
+    users = entry.get("users", {})
+    if not isinstance(users, dict):
+        errors.append(f'{where}.users" must be an object of user names to password hashes')
+        users = {}
+    for user, stored in users.items():
+        if not USER_PATTERN.fullmatch(user):
+            errors.append(f'{where}.users": user name {user[:64]!r} must be 1-64 characters of '
+                          "A-Z a-z 0-9 _ . @ -")
+        elif not isinstance(stored, str) or not is_password_hash(stored):
+            errors.append(f'{where}.users.{user}" must be a password hash, not a password: '
+                          "make one with python3 dashboard.py --hash-password")
+    if not public and not users:
+        errors.append(f'{where}.public" is false but no "users" can sign in; add one with '
+                      "python3 dashboard.py --hash-password")
+    days = entry.get("sessionDays", 30)
+    if isinstance(days, bool) or not isinstance(days, (int, float)) or not 0 < days <= 3650:
+        errors.append(f'{where}.sessionDays" must be a number of days, 1-3650')
+        days = 30
+    return Viewers(public, dict(users), float(days))
 
 
 def is_zone(name: Any) -> bool:
@@ -215,9 +272,13 @@ def parse_server(entry: Any, where: str, errors: list[str],
     if not isinstance(price, str) or len(price) > MAX_PRICE:
         errors.append(f'{where}: field "price" must be text of at most {MAX_PRICE} characters, '
                       'such as "4.50 EUR/month"')
+    hidden = entry.get("hidden", False)
+    if not isinstance(hidden, bool):
+        errors.append(f'{where}: field "hidden" must be true or false')
     if len(errors) > first_error:
         return None
-    return ServerConfig(server_id, name, group, secret, country.lower(), plan, expires, price)
+    return ServerConfig(server_id, name, group, secret, country.lower(), plan, expires, price,
+                        hidden is True)
 
 
 def parse_traffic(entry: Any, where: str, errors: list[str]) -> Plan:

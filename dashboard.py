@@ -41,7 +41,9 @@ require_websockets()
 
 import argparse  # noqa: E402 (after the dependency check, on purpose)
 import asyncio  # noqa: E402
+import contextlib  # noqa: E402
 import dataclasses  # noqa: E402
+import getpass  # noqa: E402
 import importlib.util  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
@@ -64,6 +66,7 @@ from config import Config, ConfigError, load_config  # noqa: E402
 from history import DEFAULT_DAYS, DEFAULT_RESOLUTION, History  # noqa: E402
 from hub import Closing, Hub  # noqa: E402
 from reports import MAX_FRAME_BYTES, ReportError, validate_report  # noqa: E402
+from sessions import Sessions, check_password, hash_password  # noqa: E402
 from timings import TICK_SECONDS  # noqa: E402
 from traffic import SAVE_SECONDS, Traffic, zone  # noqa: E402
 from web import SAFE_URL, Files, Options, Site, route_request  # noqa: E402
@@ -75,6 +78,10 @@ log = logging.getLogger("sss.dashboard")
 HERE = Path(__file__).resolve().parent
 DEFAULT_CONFIG = HERE / "servers.json"
 BAD_REPORTS_BEFORE_CLOSE = 5
+LOGIN_TIMEOUT = 10.0  # a sign-in socket that says nothing is closed
+# Checked against for unknown user names, so they take as long as known ones.
+DUMMY_HASH = ("scrypt$16384$8$1$AAAAAAAAAAAAAAAAAAAAAA==$"
+              "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=")
 
 # --viewer-compression: each viewer compresses every update itself (deflate state is per
 # connection), which at 20 viewers costs more CPU than handling the reports; off by default.
@@ -99,7 +106,11 @@ class Dashboard:
         self.hub = Hub(config, broadcast, asyncio.get_running_loop(), history, self.traffic)
         self.alerting = Alerting(data / "alerts.json", time.time())
         self.alerting.configure(config.notifiers)
-        self.site = Site.create(self.hub, Files.beside(HERE), options, self.alerting)
+        self.sessions = Sessions(data / "sessions.json")
+        self.sessions.load()
+        self.sessions.expire(config.viewers.users, time.time())
+        self.site = Site.create(self.hub, Files.beside(HERE), options, self.alerting,
+                                self.sessions)
         if history is not None:
             now = time.time()
             self.hub.restore(history.restore(now))
@@ -120,8 +131,38 @@ class Dashboard:
         """Dispatch by who connected; process_request vetted it and stored who it is."""
         if ws.agent is not None:  # type: ignore[attr-defined]
             await self.serve_agent(ws)
+        elif hasattr(ws, "login_from"):
+            await self.serve_login(ws)
         else:
             await self.serve_viewer(ws)
+
+    async def serve_login(self, ws: ServerConnection) -> None:
+        """One sign-in attempt: {"user", "password"} in, a ticket or an error out."""
+        address = ws.login_from  # type: ignore[attr-defined]
+        try:
+            frame = await asyncio.wait_for(ws.recv(), LOGIN_TIMEOUT)
+            attempt = json.loads(frame)
+            user, password = str(attempt["user"])[:64], str(attempt["password"])[:1024]
+        except (asyncio.TimeoutError, ConnectionClosed, ValueError, KeyError, TypeError):
+            await ws.close(CloseCode.POLICY_VIOLATION, "expected a user and a password")
+            return
+        users = self.hub.config.viewers.users
+        stored = users.get(user, DUMMY_HASH)  # as slow for unknown users as for known ones
+        loop = asyncio.get_running_loop()
+        matches = await loop.run_in_executor(None, check_password, password, stored)
+        if matches and user in users:
+            log.info("viewer sign-in: %r from %s", user, address)
+            answer = {"ok": True, "ticket": self.sessions.ticket(user, time.time())}
+        else:
+            log.warning("viewer sign-in refused: %.64r from %s: wrong user name or password",
+                        user, address)
+            if self.site.limiter.fail(address, time.monotonic()):
+                log.warning("address %s banned for %.0f s after %d failed attempts",
+                            address, self.site.limiter.ban, self.site.limiter.limit)
+            answer = {"ok": False, "error": "wrong user name or password"}
+        with contextlib.suppress(ConnectionClosed):
+            await ws.send(json.dumps(answer))
+            await ws.close()
 
     async def serve_agent(self, ws: ServerConnection) -> None:
         """Apply each report of one agent until it leaves or misbehaves."""
@@ -172,7 +213,7 @@ class Dashboard:
     async def serve_viewer(self, ws: ServerConnection) -> None:
         """Send the snapshot, then updates, until the browser leaves."""
         hub = self.hub
-        hub.add_viewer(ws, time.time())
+        hub.add_viewer(ws, time.time(), ws.sees_hidden)  # type: ignore[attr-defined]
         log.info("viewer connected (%d watching)", len(hub.viewers))
         try:
             async for _ in ws:
@@ -180,7 +221,7 @@ class Dashboard:
         except ConnectionClosed:
             pass
         finally:
-            hub.viewers.discard(ws)
+            hub.viewers.pop(ws, None)
             log.info("viewer disconnected (%d watching)", len(hub.viewers))
 
     # --- housekeeping ---
@@ -198,7 +239,10 @@ class Dashboard:
                             closing.reason)
                 self.close_later(closing)
             self.site.limiter.expire(now)
-            self.evaluate_alerts(time.time())
+            wall = time.time()
+            self.evaluate_alerts(wall)
+            if int(wall) % 60 == 0:
+                self.sessions.expire(self.hub.config.viewers.users, wall)
 
     def evaluate_alerts(self, wall: float) -> None:
         """Alert rules against the live state; a change shows on the servers' cards."""
@@ -251,6 +295,10 @@ class Dashboard:
         self.alerting.configure(config.notifiers)
         self.traffic.zone = zone(config.timezone)
         self.hub.refresh_traffic(time.time())
+        ended = self.sessions.expire(config.viewers.users, time.time())
+        if ended:
+            log.info("config reload: %d sessions ended (password changed or user removed)",
+                     ended)
         for closing in closes:
             log.info("agent disconnected: id=%s: %s", closing.connection.agent.server_id,
                      closing.reason)
@@ -268,6 +316,22 @@ def missing_apprise(config: Config) -> str:
         return (f"notifier {needing[0]!r} is of type apprise, which needs the Apprise package: "
                 "pip install apprise (in the dashboard's environment)")
     return ""
+
+
+def print_password_hash() -> int:
+    """--hash-password: ask twice without echo (or read one line from a pipe), print a hash."""
+    if sys.stdin.isatty():
+        first = getpass.getpass("Password: ")
+        if first != getpass.getpass("Again: "):
+            print("the two passwords differ; nothing printed", file=sys.stderr)
+            return 1
+    else:
+        first = sys.stdin.readline().rstrip("\r\n")
+    if len(first) < 8:
+        print("use at least 8 characters", file=sys.stderr)
+        return 1
+    print(hash_password(first))
+    return 0
 
 
 def test_notifier(config: Config, name: str) -> int:
@@ -362,6 +426,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         metavar="SECONDS", help="seconds per history row, 1-3600")
     parser.add_argument("--history-days", type=int, default=DEFAULT_DAYS, metavar="DAYS",
                         help="days to keep hourly history")
+    parser.add_argument("--hash-password", action="store_true",
+                        help="ask for a viewer's password and print its hash for servers.json")
     parser.add_argument("--test-notify", metavar="NAME",
                         help="send a test message through one notifier and exit (0: sent)")
     parser.add_argument("--log-level", default="INFO",
@@ -377,6 +443,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.hash_password:
+        return print_password_hash()
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(message)s",
                         datefmt="%Y-%m-%d %H:%M:%S")
     logging.getLogger("websockets").setLevel(logging.CRITICAL)  # we log what matters

@@ -108,7 +108,7 @@ class Hub:
         self.traffic = traffic
         self.loop = loop  # None in unit tests: updates then wait in `dirty`
         self.servers = {sid: new_state(cfg) for sid, cfg in config.servers.items()}
-        self.viewers: set[ServerConnection] = set()
+        self.viewers: dict[ServerConnection, bool] = {}  # -> may see hidden servers
         self.dirty: set[str] = set()
         self.flush_handle: asyncio.TimerHandle | None = None
         self.snapshot_bytes = 0
@@ -267,7 +267,7 @@ class Hub:
         closes += [self._drop(state, "server removed from servers.json")
                    for state in old.values() if state.connection is not None]
         self.config = config
-        self.push(self.snapshot(self.wall()))
+        self.resend_snapshots()
         return closes, added, len(old)
 
     def _drop(self, state: ServerState, reason: str) -> Closing:
@@ -276,16 +276,22 @@ class Hub:
         return Closing(ws, 1008, reason)
 
     # --- viewers ---
+    # Two audiences: viewers who may see hidden servers (signed in) and those who may not.
+    # Each message is built once per audience, never once per viewer.
 
-    def snapshot(self, wall: float) -> str:
-        message = browser_message("snapshot", wall, [s.view_json for s in self.servers.values()])
-        self.snapshot_bytes = len(message)
+    def visible(self, sees_hidden: bool) -> list[ServerState]:
+        return [s for s in self.servers.values() if sees_hidden or not s.config.hidden]
+
+    def snapshot(self, wall: float, sees_hidden: bool = True) -> str:
+        message = browser_message("snapshot", wall,
+                                  [s.view_json for s in self.visible(sees_hidden)])
+        self.snapshot_bytes = max(self.snapshot_bytes, len(message))
         return message
 
-    def add_viewer(self, ws: ServerConnection, wall: float) -> None:
+    def add_viewer(self, ws: ServerConnection, wall: float, sees_hidden: bool = True) -> None:
         """Queue the snapshot, then updates; broadcast() keeps the two in order."""
-        self.broadcast([ws], self.snapshot(wall))
-        self.viewers.add(ws)
+        self.broadcast([ws], self.snapshot(wall, sees_hidden))
+        self.viewers[ws] = sees_hidden
 
     def mark_dirty(self, sid: str) -> None:
         self.dirty.add(sid)
@@ -295,22 +301,40 @@ class Hub:
     def flush(self) -> None:
         """Send one update holding every server that changed since the last one."""
         self.flush_handle = None
-        changed = [self.servers[sid].view_json for sid in self.dirty if sid in self.servers]
+        changed = [self.servers[sid] for sid in self.dirty if sid in self.servers]
         self.dirty.clear()
         if changed:
-            self.push(browser_message("update", self.wall(), changed))
+            wall = self.wall()
 
-    def push(self, message: str) -> list[ServerConnection]:
+            def update(sees_hidden: bool) -> str | None:
+                views = [s.view_json for s in changed if sees_hidden or not s.config.hidden]
+                return browser_message("update", wall, views) if views else None
+            self.push(update)
+
+    def resend_snapshots(self) -> None:
+        """After a reload: everyone gets a fresh snapshot of what they may see."""
+        wall = self.wall()
+        self.snapshot_bytes = 0
+        self.push(lambda sees_hidden: self.snapshot(wall, sees_hidden))
+
+    def push(self, message_for: Callable[[bool], str | None]) -> list[ServerConnection]:
         """Send to every viewer that keeps up; cut (and return) those whose backlog overflows."""
         cap = VIEWER_BACKLOG_BYTES + self.snapshot_bytes
-        keeping_up, cut = [], []
-        for ws in self.viewers:
-            (cut if ws.transport.get_write_buffer_size() > cap else keeping_up).append(ws)
+        audiences: dict[bool, list[ServerConnection]] = {True: [], False: []}
+        cut = []
+        for ws, sees_hidden in self.viewers.items():
+            if ws.transport.get_write_buffer_size() > cap:
+                cut.append(ws)
+            else:
+                audiences[sees_hidden].append(ws)
         for ws in cut:
             log.warning("viewer disconnected: not reading (over %d bytes queued)", cap)
-            self.viewers.discard(ws)
+            self.viewers.pop(ws, None)
             ws.transport.abort()  # a close handshake would queue behind the backlog
-        self.broadcast(keeping_up, message)
+        for sees_hidden, members in audiences.items():
+            message = message_for(sees_hidden) if members else None
+            if message is not None:  # None: nothing this audience may see changed
+                self.broadcast(members, message)
         return cut
 
     @staticmethod
@@ -329,5 +353,5 @@ class Hub:
                            "agents": self.agents_connected(), "viewers": len(self.viewers),
                            "history": history})
 
-    def servers_json(self) -> str:
-        return "[" + ",".join(s.view_json for s in self.servers.values()) + "]"
+    def servers_json(self, sees_hidden: bool = True) -> str:
+        return "[" + ",".join(s.view_json for s in self.visible(sees_hidden)) + "]"

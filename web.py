@@ -32,11 +32,13 @@ from history import RANGES
 from hub import Hub
 from limits import FailureLimiter
 from metrics import label, render_metrics
+from sessions import COOKIE, Sessions, cookie_value
 
 log = logging.getLogger("sss.dashboard")
 
 INSTALL_PLACEHOLDER = b"__SSS_DASHBOARD_URL__"
 HOST_HEADER = re.compile(r"(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::\d{1,5})?")
+COOKIE_PATH = re.compile(r"/[A-Za-z0-9._~/-]{0,200}")
 SAFE_URL = re.compile(r"https?://[A-Za-z0-9.\[\]:-]+(?:/[A-Za-z0-9._~/-]*)?")
 AGENT_HEADERS = ("X-SERVER-ID", "X-AUTH-SECRET")
 # The page's vendored libraries (vendor/README.md), served from this origin only.
@@ -90,6 +92,13 @@ class AgentIdentity(NamedTuple):
     check: bool  # answer each report with a "check" frame (agent.py --check)
 
 
+class Access(NamedTuple):
+    """Who is asking: the signed-in user (or None), and whether hidden servers show."""
+
+    user: str | None
+    sees_hidden: bool
+
+
 @dataclasses.dataclass
 class Site:
     """What a request handler may use."""
@@ -100,12 +109,23 @@ class Site:
     limiter: FailureLimiter
     page_csp: str
     alerting: Alerting | None = None
+    sessions: Sessions | None = None
 
     @classmethod
     def create(cls, hub: Hub, files: Files, options: Options,
-               alerting: Alerting | None = None) -> Site:
+               alerting: Alerting | None = None, sessions: Sessions | None = None) -> Site:
         csp = content_security_policy(files.page.decode()) if files.page else ""
-        return cls(hub, files, options, FailureLimiter(), csp, alerting)
+        return cls(hub, files, options, FailureLimiter(), csp, alerting, sessions)
+
+    def access(self, headers: Headers, now: float) -> Access:
+        """Who the request comes from, by its session cookie."""
+        token = cookie_value(";".join(headers.get_all("Cookie")))
+        user = self.sessions.user(token, now) if self.sessions else None
+        return Access(user, user is not None)
+
+    @property
+    def private(self) -> bool:
+        return not self.hub.config.viewers.public
 
 
 # --- responses ---------------------------------------------------------------
@@ -138,7 +158,7 @@ def content_security_policy(html: str) -> str:
             for b in bodies)
     return (f"default-src 'none'; script-src 'self' {hashes('script')}; "
             f"style-src 'self' {hashes('style')}; connect-src 'self'; img-src 'self' data:; "
-            "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+            "base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
 
 
 # --- addresses and URLs ------------------------------------------------------
@@ -225,10 +245,10 @@ def check_agent(site: Site, address: str, headers: Headers,
 
 # --- routes ------------------------------------------------------------------
 
-Handler = Callable[[Site, Request], Response]
+Handler = Callable[[Site, Request, Access], Response]
 
 
-def page(site: Site, request: Request) -> Response:
+def page(site: Site, request: Request, access: Access) -> Response:
     if site.files.page is None:
         return text_response(HTTPStatus.NOT_FOUND, "index.html is missing beside dashboard.py")
     return http_response(HTTPStatus.OK, site.files.page, "text/html; charset=utf-8",
@@ -236,7 +256,7 @@ def page(site: Site, request: Request) -> Response:
 
 
 def served_file(name: str, body: Callable[[Files], bytes | None]) -> Handler:
-    def serve(site: Site, request: Request) -> Response:
+    def serve(site: Site, request: Request, access: Access) -> Response:
         content = body(site.files)
         if content is None:
             return text_response(HTTPStatus.NOT_FOUND, f"{name} is missing beside dashboard.py")
@@ -245,7 +265,7 @@ def served_file(name: str, body: Callable[[Files], bytes | None]) -> Handler:
 
 
 def vendored(name: str) -> Handler:
-    def serve(site: Site, request: Request) -> Response:
+    def serve(site: Site, request: Request, access: Access) -> Response:
         body = site.files.vendor.get(name)
         if body is None:
             return text_response(HTTPStatus.NOT_FOUND, f"vendor/{name} is missing")
@@ -253,7 +273,7 @@ def vendored(name: str) -> Handler:
     return serve
 
 
-def installer(site: Site, request: Request) -> Response:
+def installer(site: Site, request: Request, access: Access) -> Response:
     if site.files.installer is None:
         return text_response(HTTPStatus.NOT_FOUND, "install.sh is missing beside dashboard.py")
     hosts = request.headers.get_all("Host")
@@ -266,20 +286,28 @@ def installer(site: Site, request: Request) -> Response:
                          "text/x-shellscript; charset=utf-8")
 
 
-def api_servers(site: Site, request: Request) -> Response:
-    return json_response(site.hub.servers_json())
+def api_servers(site: Site, request: Request, access: Access) -> Response:
+    return json_response(site.hub.servers_json(access.sees_hidden))
 
 
-def api_history(site: Site, request: Request) -> Response:
+def visible_server(site: Site, request: Request, access: Access) -> tuple[str, Response | None]:
+    """The ?id= of a request, or a 404 for ids unknown, or hidden from this viewer."""
+    sid = (parse_qs(urlsplit(request.path).query).get("id") or [""])[0]
+    state = site.hub.servers.get(sid)
+    if state is None or (state.config.hidden and not access.sees_hidden):
+        return sid, text_response(HTTPStatus.NOT_FOUND, f"no server with id {sid[:60]!r}")
+    return sid, None
+
+
+def api_history(site: Site, request: Request, access: Access) -> Response:
     """GET /api/history?id=ID&range=1h|6h|24h|7d|30d|1y: columnar JSON for charts."""
     history = site.hub.history
     if history is None:
         return text_response(HTTPStatus.NOT_FOUND, "history is off (--no-history)")
-    query = parse_qs(urlsplit(request.path).query)
-    sid = (query.get("id") or [""])[0]
-    range_name = (query.get("range") or ["1h"])[0]
-    if sid not in site.hub.servers:
-        return text_response(HTTPStatus.NOT_FOUND, f"no server with id {sid[:60]!r}")
+    sid, refusal = visible_server(site, request, access)
+    if refusal is not None:
+        return refusal
+    range_name = (parse_qs(urlsplit(request.path).query).get("range") or ["1h"])[0]
     if range_name not in RANGES:
         return text_response(HTTPStatus.BAD_REQUEST,
                              f"range must be one of {', '.join(RANGES)}")
@@ -290,37 +318,97 @@ def api_history(site: Site, request: Request) -> Response:
         return text_response(HTTPStatus.SERVICE_UNAVAILABLE, f"history unavailable: {said}")
 
 
-def healthz(site: Site, request: Request) -> Response:
+def healthz(site: Site, request: Request, access: Access) -> Response:
     return json_response(site.hub.health())
 
 
-def api_traffic(site: Site, request: Request) -> Response:
+def api_traffic(site: Site, request: Request, access: Access) -> Response:
     """GET /api/traffic?id=ID: the current and the last 12 periods of one server."""
-    sid = (parse_qs(urlsplit(request.path).query).get("id") or [""])[0]
-    state = site.hub.servers.get(sid)
-    if state is None or site.hub.traffic is None:
-        return text_response(HTTPStatus.NOT_FOUND, f"no server with id {sid[:60]!r}")
-    periods = site.hub.traffic.periods(sid, state.config.traffic, time.time())
+    sid, refusal = visible_server(site, request, access)
+    if refusal is not None or site.hub.traffic is None:
+        return refusal or text_response(HTTPStatus.NOT_FOUND, "traffic is not counted")
+    plan = site.hub.servers[sid].config.traffic
+    periods = site.hub.traffic.periods(sid, plan, time.time())
     return json_response(json.dumps({"id": sid, "periods": periods}))
 
 
-def api_alerts(site: Site, request: Request) -> Response:
+def api_alerts(site: Site, request: Request, access: Access) -> Response:
     if site.alerting is None:
         return json_response("[]")
     servers = {sid: state.config for sid, state in site.hub.servers.items()}
-    return json_response(site.alerting.firing_json(servers, site.hub.config.alerts))
+    return json_response(site.alerting.firing_json(
+        servers, site.hub.config.alerts,
+        lambda sid: access.sees_hidden or not servers[sid].hidden))
 
 
-def metrics(site: Site, request: Request) -> Response:
+def api_session(site: Site, request: Request, access: Access) -> Response:
+    """Whether the page may show data, and who is signed in: the page asks first."""
+    viewers = site.hub.config.viewers
+    return json_response(json.dumps({"user": access.user, "public": viewers.public,
+                                     "signIn": bool(viewers.users)}))
+
+
+def metrics(site: Site, request: Request, access: Access) -> Response:
+    """Prometheus text; with metricsToken set, only for `Authorization: Bearer TOKEN`."""
     hub = site.hub
-    extra = site.alerting.metrics_lines(label) if site.alerting else []
-    extra += traffic_metrics(hub, time.time())
-    text = render_metrics(list(hub.servers.values()), hub.agents_connected(),
+    token = hub.config.metrics_token
+    if token:
+        given = request.headers.get_all("Authorization")
+        if len(given) != 1 or not hmac.compare_digest(given[0].encode(),
+                                                      f"Bearer {token}".encode()):
+            return text_response(HTTPStatus.UNAUTHORIZED,
+                                 "/metrics needs Authorization: Bearer with the metricsToken",
+                                 {"WWW-Authenticate": 'Bearer realm="metrics"'})
+    sees_hidden = bool(token) or access.sees_hidden  # hidden servers: never anonymously
+    shown = {state.config.id for state in hub.visible(sees_hidden)}
+    extra = site.alerting.metrics_lines(label, shown.__contains__) if site.alerting else []
+    extra += traffic_metrics(hub, time.time(), sees_hidden)
+    text = render_metrics(hub.visible(sees_hidden), hub.agents_connected(),
                           len(hub.viewers), hub.accepted, hub.rejected, extra)
     return http_response(HTTPStatus.OK, text.encode(), "text/plain; version=0.0.4")
 
 
-def traffic_metrics(hub: Hub, wall: float) -> list[str]:
+def sign_in_done(site: Site, request: Request, access: Access) -> Response:
+    """GET /login?ticket=T&path=P: trade the ticket from /ws-login for the session cookie."""
+    query = parse_qs(urlsplit(request.path).query)
+    ticket = (query.get("ticket") or [""])[0]
+    path = (query.get("path") or ["/"])[0]
+    if not COOKIE_PATH.fullmatch(path):
+        path = "/"
+    viewers = site.hub.config.viewers
+    token = site.sessions.redeem(ticket, viewers.users, viewers.session_days, time.time()) \
+        if site.sessions else None
+    if token is None:
+        return text_response(HTTPStatus.BAD_REQUEST, "this sign-in expired; sign in again")
+    log.info("viewer signed in: %s", site.sessions.user(token, time.time()))  # type: ignore
+    cookie = (f"{COOKIE}={token}; HttpOnly; SameSite=Strict; Path={path}; "
+              f"Max-Age={int(viewers.session_days * 86400)}{secure(site)}")
+    return redirect(path, {"Set-Cookie": cookie})
+
+
+def sign_out(site: Site, request: Request, access: Access) -> Response:
+    """GET /logout: end the session and forget the cookie."""
+    if site.sessions is not None:
+        site.sessions.end(cookie_value(";".join(request.headers.get_all("Cookie"))))
+    path = (parse_qs(urlsplit(request.path).query).get("path") or ["/"])[0]
+    if not COOKIE_PATH.fullmatch(path):
+        path = "/"
+    cookie = f"{COOKIE}=; HttpOnly; SameSite=Strict; Path={path}; Max-Age=0{secure(site)}"
+    return redirect(path, {"Set-Cookie": cookie})
+
+
+def secure(site: Site) -> str:
+    """Cookies over https are marked Secure (TLS here, or a proxy's https public URL)."""
+    https = site.options.tls is not None or site.options.public_url.startswith("https:")
+    return "; Secure" if https else ""
+
+
+def redirect(location: str, headers: dict[str, str]) -> Response:
+    return http_response(HTTPStatus.SEE_OTHER, b"", "text/plain; charset=utf-8",
+                         {"Location": location, **headers})
+
+
+def traffic_metrics(hub: Hub, wall: float, sees_hidden: bool = True) -> list[str]:
     """sss_traffic_period_bytes{direction} and sss_traffic_limit_bytes, per server."""
     if hub.traffic is None:
         return []
@@ -328,7 +416,8 @@ def traffic_metrics(hub: Hub, wall: float) -> list[str]:
              "# TYPE sss_traffic_period_bytes gauge"]
     limits = ["# HELP sss_traffic_limit_bytes The period's traffic limit.",
               "# TYPE sss_traffic_limit_bytes gauge"]
-    for sid, state in hub.servers.items():
+    for state in hub.visible(sees_hidden):
+        sid = state.config.id
         view = hub.traffic.view(sid, state.config.traffic, wall)
         who = f'id="{label(sid)}",name="{label(state.config.name)}"'
         lines += [f'sss_traffic_period_bytes{{{who},direction="in"}} {view["in"]}',
@@ -350,6 +439,9 @@ ROUTES: dict[str, Handler] = {
     "/api/history": api_history,
     "/api/alerts": api_alerts,
     "/api/traffic": api_traffic,
+    "/api/session": api_session,
+    "/login": sign_in_done,
+    "/logout": sign_out,
     "/healthz": healthz,
     "/metrics": metrics,
 }
@@ -364,7 +456,7 @@ def route_request(site: Site, connection: Any, request: Request, now: float) -> 
         refusal, identity = check_agent(site, address, request.headers, now)
         if refusal is not None:
             return refusal
-        connection.agent = identity
+        connection.agent, connection.sees_hidden = identity, False
         # Never permessage-deflate for agents, even with --viewer-compression: its state
         # (~50 KiB a connection) would be most of the memory at a few thousand agents,
         # to save a few hundred bytes per report.
@@ -375,9 +467,52 @@ def route_request(site: Site, connection: Any, request: Request, now: float) -> 
             return text_response(HTTPStatus.BAD_REQUEST,
                                  "agents report on /ws-report, not /ws-frontend; "
                                  "fix the path in --server")
-        connection.agent = None
+        if site.hub.config.viewers.users and not same_origin(site, request.headers):
+            return text_response(HTTPStatus.FORBIDDEN, "cross-site WebSocket refused")
+        access = site.access(request.headers, time.time())
+        if site.private and access.user is None:
+            return text_response(HTTPStatus.UNAUTHORIZED, "sign in first")
+        connection.agent, connection.sees_hidden = None, access.sees_hidden
         return None
+    if path == "/ws-login":
+        return login_handshake(site, connection, request, now)
     handler = ROUTES.get(path)
     if handler is None:
         return text_response(HTTPStatus.NOT_FOUND, "not found")
-    return handler(site, request)
+    access = site.access(request.headers, time.time())
+    if site.private and access.user is None and path.startswith("/api/") \
+            and path != "/api/session":
+        return text_response(HTTPStatus.UNAUTHORIZED, "sign in first")
+    return handler(site, request, access)
+
+
+def login_handshake(site: Site, connection: Any, request: Request,
+                    now: float) -> Response | None:
+    """/ws-login: a browser sends a user name and password over it (see sessions.py)."""
+    if not site.hub.config.viewers.users:
+        return text_response(HTTPStatus.NOT_FOUND, "no viewers can sign in here")
+    if not same_origin(site, request.headers):
+        return text_response(HTTPStatus.FORBIDDEN, "cross-site sign-in refused")
+    peer = connection.remote_address[0] if connection.remote_address else "?"
+    address = client_address(peer, request.headers, site.options.trusted_proxies)
+    banned = site.limiter.banned_for(address, now)
+    if banned:
+        seconds = int(banned) + 1
+        return text_response(HTTPStatus.TOO_MANY_REQUESTS,
+                             f"too many failed attempts from this address; refused for "
+                             f"{seconds} more s", {"Retry-After": str(seconds)})
+    connection.agent, connection.login_from = None, address
+    connection.protocol.available_extensions = []
+    return None
+
+
+def same_origin(site: Site, headers: Headers) -> bool:
+    """A browser's Origin names this dashboard (by --public-url, or the Host it asked for);
+    clients that send no Origin are not browsers and pass."""
+    origins = headers.get_all("Origin")
+    if not origins:
+        return True
+    own = urlsplit(site.options.public_url).netloc if site.options.public_url else \
+        ",".join(headers.get_all("Host"))
+    origin = urlsplit(origins[0])
+    return len(origins) == 1 and bool(own) and origin.netloc.lower() == own.lower()

@@ -1,0 +1,174 @@
+"""Viewer sign-in: scrypt password hashes, sign-in tickets and sessions (time comes in as `now`).
+
+    $ printf 'correct horse\\n' | python3 dashboard.py --hash-password
+    scrypt$16384$8$1$0nJ0c1K...$Qh2V...
+
+Sessions are random 256-bit tokens in an HttpOnly, SameSite=Strict cookie; the dashboard
+keeps only their SHA-256 (in `sessions.json` in the data directory, so they survive a
+restart), with the user, the expiry and a fingerprint of the user's password hash, so a
+changed or removed password ends that user's sessions at the next reload.
+
+websockets' HTTP parser takes no request bodies, so a browser cannot POST a form to it;
+the page signs in over a WebSocket (/ws-login) and trades the one-time ticket it gets for
+the session cookie with a GET (/login?ticket=…). Nothing here imports websockets.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import hashlib
+import hmac
+import json
+import logging
+import os
+import secrets
+from pathlib import Path
+
+log = logging.getLogger("sss.dashboard")
+
+SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 1  # about 16 MiB and 50 ms per check
+TICKET_SECONDS = 30.0
+MAX_SESSIONS = 10_000
+COOKIE = "sss_session"
+
+
+# --- password hashes ------------------------------------------------------------
+
+
+def hash_password(password: str, salt: bytes | None = None) -> str:
+    """'scrypt$N$r$p$salt$hash' (base64) for servers.json."""
+    salt = salt or os.urandom(16)
+    digest = hashlib.scrypt(password.encode(), salt=salt, n=SCRYPT_N, r=SCRYPT_R, p=SCRYPT_P,
+                            dklen=32)
+    encode = base64.b64encode
+    return (f"scrypt${SCRYPT_N}${SCRYPT_R}${SCRYPT_P}${encode(salt).decode()}$"
+            f"{encode(digest).decode()}")
+
+
+def is_password_hash(value: str) -> bool:
+    parts = value.split("$")
+    return len(parts) == 6 and parts[0] == "scrypt" and all(p.isdigit() for p in parts[1:4])
+
+
+def check_password(password: str, stored: str) -> bool:
+    """Whether `password` matches a hash made by hash_password (constant time)."""
+    try:
+        _, n, r, p, salt, digest = stored.split("$")
+        expected = base64.b64decode(digest)
+        found = hashlib.scrypt(password.encode(), salt=base64.b64decode(salt), n=int(n),
+                               r=int(r), p=int(p), dklen=len(expected), maxmem=2**26)
+    except (ValueError, TypeError):
+        return False
+    return hmac.compare_digest(found, expected)
+
+
+def fingerprint(stored_hash: str) -> str:
+    """Changes when the password does: sessions carry it, a reload compares."""
+    return hashlib.sha256(stored_hash.encode()).hexdigest()[:16]
+
+
+def token_key(token: str) -> str:
+    """What is stored of a session or ticket token: its hash, never the token."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+# --- sessions -------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Session:
+    user: str
+    expires: float
+    password: str  # fingerprint of the password hash it was opened with
+
+
+class Sessions:
+    """Tickets (seconds long, in memory) and sessions (days long, saved)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.sessions: dict[str, Session] = {}
+        self.tickets: dict[str, tuple[str, float]] = {}  # key -> (user, expires)
+        self.save_problem = ""
+
+    def ticket(self, user: str, now: float) -> str:
+        """A one-time ticket for a user who just proved the password."""
+        self.tickets = {k: t for k, t in self.tickets.items() if t[1] > now}
+        token = secrets.token_urlsafe(32)
+        self.tickets[token_key(token)] = (user, now + TICKET_SECONDS)
+        return token
+
+    def redeem(self, ticket: str, users: dict[str, str], days: float, now: float) -> str | None:
+        """Trade a ticket for a session token; None when it is unknown, used or late."""
+        user, expires = self.tickets.pop(token_key(ticket), ("", 0.0))
+        if expires <= now or user not in users:
+            return None
+        token = secrets.token_urlsafe(32)
+        if len(self.sessions) >= MAX_SESSIONS:
+            self.expire(users, now)
+            if len(self.sessions) >= MAX_SESSIONS:  # the oldest goes
+                del self.sessions[min(self.sessions, key=lambda k: self.sessions[k].expires)]
+        self.sessions[token_key(token)] = Session(user, now + days * 86400,
+                                                  fingerprint(users[user]))
+        self.save()
+        return token
+
+    def user(self, token: str | None, now: float) -> str | None:
+        """The signed-in user of a session token, or None."""
+        if not token:
+            return None
+        session = self.sessions.get(token_key(token))
+        if session is None or session.expires <= now:
+            return None
+        return session.user
+
+    def end(self, token: str | None) -> None:
+        if token and self.sessions.pop(token_key(token), None) is not None:
+            self.save()
+
+    def expire(self, users: dict[str, str], now: float) -> int:
+        """End sessions that ran out, or whose user's password changed or was removed."""
+        ended = [key for key, s in self.sessions.items()
+                 if s.expires <= now or s.user not in users
+                 or s.password != fingerprint(users[s.user])]
+        for key in ended:
+            del self.sessions[key]
+        if ended:
+            self.save()
+        return len(ended)
+
+    def save(self) -> None:
+        temporary = self.path.with_name(self.path.name + ".tmp")
+        data = {key: dataclasses.asdict(s) for key, s in self.sessions.items()}
+        try:
+            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as file:
+                json.dump(data, file)
+            os.replace(temporary, self.path)
+            self.save_problem = ""
+        except OSError as exc:
+            problem = f"{self.path}: {exc.strerror or exc}"
+            if problem != self.save_problem:
+                log.error("sessions: cannot save %s; make the data directory writable "
+                          "(sign-ins then last until a restart)", problem)
+            self.save_problem = problem
+
+    def load(self) -> None:
+        try:
+            data = json.loads(self.path.read_text())
+            self.sessions = {key: Session(**value) for key, value in data.items()}
+        except FileNotFoundError:
+            pass
+        except (OSError, ValueError, TypeError) as exc:
+            log.error("sessions: %s is unreadable (%s); everyone signs in again", self.path,
+                      exc)
+
+
+def cookie_value(cookie_header: str | None) -> str | None:
+    """The session token from a Cookie header."""
+    for part in (cookie_header or "").split(";"):
+        name, _, value = part.strip().partition("=")
+        if name == COOKIE and value:
+            return value
+    return None

@@ -1,0 +1,272 @@
+"""Tests for the private dashboard: password hashes, sessions, hidden servers, /metrics token."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+from websockets.exceptions import InvalidStatus
+from websockets.sync.client import connect
+
+import sessions
+from config import ConfigError, parse_config
+from conftest import (
+    HERE,
+    SCREENSHOTS,
+    SECRET,
+    Dashboard,
+    card,
+    go_report,
+    recv_json,
+    recv_until,
+    server_in,
+)
+
+PASSWORD = "correct horse battery"
+HASH = sessions.hash_password(PASSWORD)
+T0 = 1_795_000_000.0
+
+
+# --- hashes and sessions (pure, with an injected clock) -------------------------------
+
+
+def test_hash_password_from_stdin_and_plain_passwords_refused() -> None:
+    result = subprocess.run([sys.executable, str(HERE / "dashboard.py"), "--hash-password"],
+                            input=PASSWORD + "\n", capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    printed = result.stdout.strip()
+    assert printed.startswith("scrypt$16384$8$1$") and PASSWORD not in printed
+    assert sessions.check_password(PASSWORD, printed)
+    assert not sessions.check_password(PASSWORD + "!", printed)
+    assert printed != sessions.hash_password(PASSWORD)  # a random salt each time
+    with pytest.raises(ConfigError) as caught:
+        parse_config({"servers": [], "viewers": {"public": False,
+                                                 "users": {"alice": PASSWORD}}}, "servers.json")
+    assert caught.value.problems == [
+        'servers.json: field "viewers.users.alice" must be a password hash, not a password: '
+        "make one with python3 dashboard.py --hash-password"]
+
+
+def test_sessions_expire_end_and_follow_password_changes(tmp_path: Path) -> None:
+    users = {"alice": HASH, "bob": sessions.hash_password("bob's password")}
+    store = sessions.Sessions(tmp_path / "sessions.json")
+    ticket = store.ticket("alice", T0)
+    assert store.redeem("forged", users, 30, T0) is None
+    token = store.redeem(ticket, users, 30, T0 + 5)
+    assert token and store.user(token, T0 + 10) == "alice"
+    assert store.redeem(ticket, users, 30, T0 + 6) is None  # one use only
+    late = store.ticket("bob", T0)
+    assert store.redeem(late, users, 30, T0 + sessions.TICKET_SECONDS + 1) is None
+    assert store.user(token, T0 + 5 + 30 * 86400) is None  # sessionDays ran out
+    assert store.user(token, T0 + 4 + 30 * 86400) == "alice"
+    bob = store.redeem(store.ticket("bob", T0), users, 30, T0)
+    assert token not in json.dumps(json.loads(store.path.read_text()))  # only hashes kept
+    reloaded = sessions.Sessions(store.path)
+    reloaded.load()
+    assert reloaded.user(token, T0 + 60) == "alice" and reloaded.user(bob, T0 + 60) == "bob"
+    changed = {"alice": sessions.hash_password("a new password"), "bob": users["bob"]}
+    assert reloaded.expire(changed, T0 + 60) == 1  # alice's password changed
+    assert reloaded.user(token, T0 + 60) is None and reloaded.user(bob, T0 + 60) == "bob"
+    assert reloaded.expire({}, T0 + 60) == 1  # bob removed
+    reloaded.end(bob)
+    assert (store.path.stat().st_mode & 0o777) == 0o600
+    assert sessions.cookie_value("a=1; sss_session=abc; b=2") == "abc"
+    assert sessions.cookie_value(None) is None
+
+
+# --- over real HTTP and WebSocket ---------------------------------------------------
+
+
+def private_servers() -> list[dict[str, Any]]:
+    return [{"id": "alpha", "name": "Alpha", "secret": SECRET},
+            {"id": "vault", "name": "Vault", "secret": SECRET, "hidden": True,
+             "traffic": {"limit": "1 GiB"}}]
+
+
+def request(dash: Dashboard, path: str, headers: dict[str, str] | None = None
+            ) -> tuple[int, Any, bytes]:
+    req = urllib.request.Request(dash.url(path), headers=headers or {})
+    opener = urllib.request.build_opener(NoRedirect)
+    try:
+        with opener.open(req, timeout=10) as response:
+            return response.status, response.headers, response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.headers, error.read()
+
+
+class NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: Any) -> None:
+        return None
+
+
+def sign_in(dash: Dashboard, user: str = "alice", password: str = PASSWORD,
+            source: str = "127.0.0.1") -> dict[str, Any]:
+    sock = socket.create_connection(("127.0.0.1", dash.port), timeout=10,
+                                    source_address=(source, 0))
+    with connect(dash.url("/ws-login", "ws"), sock=sock, open_timeout=10) as ws:
+        ws.send(json.dumps({"user": user, "password": password}))
+        return json.loads(ws.recv(timeout=10))
+
+
+def session_cookie(dash: Dashboard) -> str:
+    answer = sign_in(dash)
+    assert answer["ok"], answer
+    status, headers, _ = request(dash, f"/login?ticket={answer['ticket']}&path=/")
+    assert status == 303 and headers["Location"] == "/"
+    cookie = headers["Set-Cookie"]
+    assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and "Path=/;" in cookie
+    assert "Secure" not in cookie  # plain http here
+    return cookie.split(";")[0]
+
+
+def handshake(dash: Dashboard, path: str, headers: dict[str, str]) -> int:
+    try:
+        with connect(dash.url(path, "ws"), additional_headers=headers, open_timeout=10):
+            return 101
+    except InvalidStatus as error:
+        return error.response.status_code
+
+
+def test_private_page_needs_a_session(make_dashboard: Any) -> None:
+    dash: Dashboard = make_dashboard(private_servers(), viewers={
+        "public": False, "users": {"alice": HASH}}, metricsToken="m" * 24)
+    for path in ("/api/servers", "/api/history?id=alpha&range=1h", "/api/alerts",
+                 "/api/traffic?id=alpha"):
+        assert request(dash, path)[0] == 401, path
+    assert json.loads(request(dash, "/api/session")[2]) == {"user": None, "public": False,
+                                                            "signIn": True}
+    assert handshake(dash, "/ws-frontend", {}) == 401
+    foreign = {"Origin": "http://evil.example"}
+    assert handshake(dash, "/ws-frontend", foreign) == 403  # before anything else
+    assert handshake(dash, "/ws-login", foreign) == 403
+    assert sign_in(dash, password="wrong")["error"] == "wrong user name or password"
+    cookie = session_cookie(dash)
+    own = {"Cookie": cookie, "Origin": f"http://127.0.0.1:{dash.port}"}
+    assert handshake(dash, "/ws-frontend", own) == 101
+    assert handshake(dash, "/ws-frontend", {**own, "Origin": "http://evil.example"}) == 403
+    names = [s["id"] for s in json.loads(request(dash, "/api/servers", own)[2])]
+    assert names == ["alpha", "vault"]  # signed in: the hidden one too
+    assert json.loads(request(dash, "/api/session", own)[2])["user"] == "alice"
+    # /metrics wants the token, as Prometheus' `authorization` setting sends it.
+    assert request(dash, "/metrics")[0] == 401
+    assert request(dash, "/metrics", {"Authorization": "Bearer wrong"})[0] == 401
+    status, _, body = request(dash, "/metrics", {"Authorization": "Bearer " + "m" * 24})
+    assert status == 200 and b'id="vault"' in body
+    # Sessions survive a restart, and end on logout.
+    assert dash.stop() == 0
+    dash.start()
+    assert request(dash, "/api/servers", own)[0] == 200
+    status, headers, _ = request(dash, "/logout?path=/", own)
+    assert status == 303 and "Max-Age=0" in headers["Set-Cookie"]
+    assert request(dash, "/api/servers", own)[0] == 401
+    log = dash.log_text()
+    assert PASSWORD not in log and cookie.split("=", 1)[1] not in log
+
+
+def test_a_changed_password_ends_its_sessions_on_reload(make_dashboard: Any) -> None:
+    dash: Dashboard = make_dashboard(private_servers(), viewers={
+        "public": False, "users": {"alice": HASH}})
+    own = {"Cookie": session_cookie(dash)}
+    assert request(dash, "/api/servers", own)[0] == 200
+    config = json.loads(dash.config_path.read_text())
+    config["viewers"]["users"]["alice"] = sessions.hash_password("another password")
+    dash.write_config(config)
+    mark = len(dash.lines)
+    dash.signal(signal.SIGHUP)
+    dash.wait_for_log(r"1 sessions ended", after=mark)
+    assert request(dash, "/api/servers", own)[0] == 401
+
+
+def test_wrong_passwords_earn_429_for_one_address_only(make_dashboard: Any) -> None:
+    dash: Dashboard = make_dashboard(private_servers(), viewers={
+        "public": False, "users": {"alice": HASH}})
+    for _ in range(10):
+        assert sign_in(dash, password="guess", source="127.0.0.2")["ok"] is False
+    sock = socket.create_connection(("127.0.0.1", dash.port), source_address=("127.0.0.2", 0))
+    with pytest.raises(InvalidStatus) as refused:
+        connect(dash.url("/ws-login", "ws"), sock=sock, open_timeout=10).close()
+    assert refused.value.response.status_code == 429
+    assert sign_in(dash, source="127.0.0.3")["ok"] is True  # others sign in as usual
+    dash.wait_for_log("address 127.0.0.2 banned")
+
+
+def test_hidden_servers_reach_no_anonymous_viewer(make_dashboard: Any) -> None:
+    dash: Dashboard = make_dashboard(
+        private_servers(), viewers={"public": True, "users": {"alice": HASH}},
+        notifiers=[{"name": "ops", "type": "webhook", "url": "http://127.0.0.1:9/"}],
+        alerts=[{"name": "cpu", "metric": "cpu", "above": 50, "notify": ["ops"]}])
+    own = {"Cookie": session_cookie(dash), "Origin": f"http://127.0.0.1:{dash.port}"}
+    with dash.viewer() as anonymous, connect(dash.url("/ws-frontend", "ws"),
+                                              additional_headers=own) as signed_in, \
+            dash.agent("vault") as vault, dash.agent("alpha") as alpha:
+        assert [s["id"] for s in recv_json(anonymous)["servers"]] == ["alpha"]
+        assert [s["id"] for s in recv_json(signed_in)["servers"]] == ["alpha", "vault"]
+        vault.send(json.dumps(go_report(cpuInfo={"percent": 99.0, "info": []})))
+        recv_until(signed_in, lambda m: server_in(m, "vault"))
+        alpha.send(json.dumps(go_report(cpuInfo={"percent": 10.0, "info": []})))
+        update = recv_until(anonymous, lambda m: server_in(m, "alpha"))
+        assert server_in(update, "vault") is None
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:  # nothing about vault ever reaches it
+            try:
+                message = recv_json(anonymous, timeout=0.5)
+            except TimeoutError:
+                continue
+            assert server_in(message, "vault") is None
+        for path in ("/api/history?id=vault&range=1h", "/api/traffic?id=vault"):
+            assert request(dash, path)[0] == 404
+            assert request(dash, path, own)[0] == 200
+        assert [s["id"] for s in json.loads(request(dash, "/api/servers")[2])] == ["alpha"]
+        assert request(dash, "/api/alerts")[2] == b"[]"
+        assert [a["server"]["id"] for a in json.loads(request(dash, "/api/alerts", own)[2])] \
+            == ["vault"]
+        assert b"vault" not in request(dash, "/metrics")[2]  # no token set: anonymous
+
+
+# --- the page, in Chromium -----------------------------------------------------------
+
+
+def test_sign_in_page(make_dashboard: Any, page_on: Any) -> None:
+    dash: Dashboard = make_dashboard(private_servers(), viewers={
+        "public": False, "users": {"alice": HASH}, "sessionDays": 0.0001})  # 8.6 s
+    SCREENSHOTS.mkdir(exist_ok=True)
+    for scheme, width in (("dark", 375), ("light", 1280)):
+        page = page_on(dash, color_scheme=scheme, viewport={"width": width, "height": 700})
+        form = page.locator("#signin-form")
+        form.wait_for(timeout=10_000)
+        assert page.locator("#state").inner_text() == "signed out"
+        assert card(page, "alpha").count() == 0
+        assert page.evaluate("document.documentElement.scrollWidth") <= width
+        page.screenshot(path=str(SCREENSHOTS / f"signin-{scheme}-{width}px.png"))
+    page.fill("#signin-user", "alice")
+    page.fill("#signin-password", "not it")
+    page.click("#signin-form button[type=submit]")
+    page.locator("#signin-error", has_text="wrong user name or password").wait_for()
+    page.fill("#signin-password", PASSWORD)
+    page.click("#signin-form button[type=submit]")
+    card(page, "vault").wait_for(timeout=10_000)  # signed in: hidden servers show too
+    assert page.locator("#user").inner_text() == "alice"
+    assert page.locator("#state", has_text="live").count() == 1
+    cookies = page.context.cookies()
+    assert [c["name"] for c in cookies] == ["sss_session"] and cookies[0]["httpOnly"]
+    page.click("#signout")
+    page.locator("#signin-form").wait_for(timeout=10_000)
+    # Signing in again, then the session runs out (sessionDays is 8.6 s here).
+    page.fill("#signin-user", "alice")
+    page.fill("#signin-password", PASSWORD)
+    page.click("#signin-form button[type=submit]")
+    card(page, "alpha").wait_for(timeout=10_000)
+    page.wait_for_timeout(9_500)
+    page.reload()
+    page.locator("#signin-form").wait_for(timeout=10_000)
+    csp = dash.get("/")[1]["Content-Security-Policy"]
+    assert "form-action 'self'" in csp
