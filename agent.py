@@ -26,6 +26,7 @@ import json
 import logging
 import math
 import os
+import platform
 import random
 import re
 import signal
@@ -38,25 +39,40 @@ from pathlib import Path
 from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
+# --- dependencies: websockets 10.1 or newer; psutil only where there is no /proc -------
 
-def require(module: str, apt: str, pip: str) -> Any:
-    """Import a dependency, or exit 2 with one line naming it and how to install it."""
+INSTALL_HINT = ("apt-get install python3-websockets (Debian 12, Ubuntu 22.04 and newer), "
+                "or: pip install websockets")
+
+
+def websockets_version() -> tuple[int, ...] | None:
+    """The installed websockets' version, or None; exits 2 with one line when too old."""
     try:
-        return __import__(module)
+        import websockets
     except ImportError:
-        print(f"agent.py needs {module}, which is not installed: {apt} (or: pip install {pip})",
-              file=sys.stderr)
-        raise SystemExit(2) from None
+        return None
+    found = tuple(int(part) for part in re.findall(r"\d+", websockets.__version__)[:2])
+    if found < (10, 1):
+        print(f"agent.py needs websockets 10.1 or newer, found {websockets.__version__}: "
+              f"{INSTALL_HINT}", file=sys.stderr)
+        raise SystemExit(2)
+    return found
 
 
-require("websockets", "apt-get install python3-websockets", "websockets")
-from websockets.asyncio.client import ClientConnection, connect  # noqa: E402
-from websockets.exceptions import (  # noqa: E402
-    ConnectionClosed,
-    InvalidMessage,
-    InvalidStatus,
-    InvalidURI,
-)
+WEBSOCKETS = websockets_version()
+if WEBSOCKETS is None:
+    print(f"agent.py needs websockets, which is not installed: {INSTALL_HINT}", file=sys.stderr)
+    raise SystemExit(2)
+from websockets.exceptions import ConnectionClosed, InvalidMessage, InvalidURI  # noqa: E402
+
+if WEBSOCKETS >= (13, 0):  # the new asyncio client
+    from websockets.asyncio.client import connect as new_connect
+    from websockets.exceptions import InvalidStatus as RefusedHandshake
+else:  # websockets 10.1-12 (Debian 12: 10.4, Ubuntu 22.04: 10.1): the legacy client
+    from websockets.client import connect as legacy_connect
+    from websockets.exceptions import InvalidStatusCode as RefusedHandshake
+
+ClientConnection = Any  # either client's connection: send, recv and close alike
 
 __version__ = "0.1.0"
 
@@ -101,6 +117,7 @@ class Settings:
     ca_file: str | None = None
     once: bool = False
     check: bool = False
+    use_psutil: bool = False
 
 
 class UsageError(Exception):
@@ -112,7 +129,7 @@ def parse_settings(argv: list[str] | None, environ: Mapping[str, str]) -> tuple[
     parser = argparse.ArgumentParser(
         description="SimpleServerStatus agent: reports this machine to a dashboard.",
         epilog="The connection settings may come from the environment instead: SSS_SERVER, "
-               "SSS_ID, SSS_SECRET, SSS_SECRET_FILE (flags win).")
+               "SSS_ID, SSS_SECRET, SSS_SECRET_FILE, and SSS_USE_PSUTIL=1 (flags win).")
     parser.add_argument("--server", default=environ.get("SSS_SERVER"),
                         help="dashboard URL, ws://HOST:8900/ws-report or wss://... (SSS_SERVER)")
     parser.add_argument("--id", dest="server_id", default=environ.get("SSS_ID"),
@@ -142,6 +159,10 @@ def parse_settings(argv: list[str] | None, environ: Mapping[str, str]) -> tuple[
                         help="(default: %(default)s)")
     parser.add_argument("--once", action="store_true",
                         help="print one message as JSON on stdout and exit (no network)")
+    parser.add_argument("--use-psutil", action="store_true",
+                        default=environ.get("SSS_USE_PSUTIL") == "1",
+                        help="read through psutil even where /proc is (as on macOS and the "
+                             "BSDs); SSS_USE_PSUTIL=1")
     parser.add_argument("--check", action="store_true",
                         help="connect once, send one report, say whether the dashboard "
                              "accepted it; exit 0 or 1")
@@ -177,7 +198,7 @@ def parse_settings(argv: list[str] | None, environ: Mapping[str, str]) -> tuple[
         interval=args.interval, min_interval=args.min_interval, max_interval=args.max_interval,
         adaptive=not args.no_adaptive, nics=tuple(args.nic),
         exclude_nics=tuple(args.exclude_nic), exclude_mounts=tuple(args.exclude_mount),
-        ca_file=args.ca_file, once=args.once, check=args.check)
+        ca_file=args.ca_file, once=args.once, check=args.check, use_psutil=args.use_psutil)
     return settings, args.log_level
 
 
@@ -203,12 +224,12 @@ class Sample(NamedTuple):
     swap: tuple[int, int, int, float]  # total, used, free, percent
     partitions: tuple[Partition, ...]
     nic_bytes: Mapping[str, tuple[int, int]]  # name -> (received, sent)
-    disk_io: tuple[int, int]  # bytes read, written
+    disk_io: tuple[int, int] | None  # bytes read, written; None where unreadable
     load: tuple[float, float, float]
     boot_time: float
-    processes: int
-    tcp: int
-    udp: int
+    processes: int | None  # None where the platform will not tell (never a made-up 0)
+    tcp: int | None
+    udp: int | None
 
 
 class HostFacts(NamedTuple):
@@ -288,7 +309,8 @@ def host_facts() -> HostFacts:
     release = parse_os_release(read_text(Path("/etc/os-release")))
     cpuinfo = read_text(PROC / "cpuinfo")
     model = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines()
-                  if line.startswith(("model name", "Hardware", "Model"))), "") or "unknown CPU"
+                  if line.startswith(("model name", "Hardware", "Model"))), "") \
+        or platform.processor() or "unknown CPU"
     uname = os.uname()
     return HostFacts(
         os=sys.platform, platform=release.get("ID", uname.sysname.lower()),
@@ -355,6 +377,76 @@ def count_processes() -> int:
     """Processes running: the numeric entries of /proc, as psutil.pids() counts them."""
     with os.scandir(PROC) as entries:
         return sum(1 for entry in entries if entry.name.isdigit())
+
+
+class PsutilCollector:
+    """Reads samples through psutil: every platform without /proc (macOS, the BSDs,
+    Windows), or anywhere with --use-psutil. Readings the platform refuses (sockets
+    without root on macOS) are None, never a made-up zero."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.psutil = require_psutil()
+        self.settings = settings
+        self.boot_time = self.psutil.boot_time()
+        self.wanted = functools.lru_cache(maxsize=256)(
+            lambda nic: keep_nic(nic, settings.nics, settings.exclude_nics))
+
+    def sample(self) -> Sample:
+        ps = self.psutil
+        times = ps.cpu_times()
+        idle = times.idle + getattr(times, "iowait", 0.0)
+        # guest time is already inside user and nice, as cpu_from_stat counts it
+        total = sum(times) - getattr(times, "guest", 0.0) - getattr(times, "guest_nice", 0.0)
+        memory, swap = ps.virtual_memory(), ps.swap_memory()
+        partitions = []
+        for p in ps.disk_partitions(all=False):
+            if not keep_partition(p.device, p.mountpoint, p.fstype, self.settings.exclude_mounts):
+                continue
+            try:
+                usage = ps.disk_usage(p.mountpoint)
+            except OSError:
+                continue
+            partitions.append(Partition(p.device, p.mountpoint, p.fstype, usage.total,
+                                        usage.used, usage.free))
+        nics = {name: (c.bytes_recv, c.bytes_sent)
+                for name, c in ps.net_io_counters(pernic=True).items() if self.wanted(name)}
+        try:
+            io = ps.disk_io_counters()
+            disk_io = (io.read_bytes, io.write_bytes) if io is not None else None
+        except (OSError, RuntimeError):
+            disk_io = None
+        return Sample(
+            monotonic=time.monotonic(), wall=time.time(), cpu=(total - idle, total),
+            memory=(memory.total, memory.used, memory.percent),
+            swap=(swap.total, swap.used, swap.free, swap.percent),
+            partitions=tuple(partitions), nic_bytes=nics, disk_io=disk_io,
+            load=ps.getloadavg(), boot_time=self.boot_time,
+            processes=self.guarded(lambda: len(ps.pids())),
+            tcp=self.guarded(lambda: len(ps.net_connections(kind="tcp"))),
+            udp=self.guarded(lambda: len(ps.net_connections(kind="udp"))))
+
+    def guarded(self, read: Any) -> int | None:
+        try:
+            return read()
+        except (self.psutil.Error, OSError):
+            return None
+
+
+def require_psutil() -> Any:
+    try:
+        import psutil
+    except ImportError:
+        print("agent.py needs psutil on a system without /proc: pip install psutil "
+              "(or your system's py3-psutil package)", file=sys.stderr)
+        raise SystemExit(2) from None
+    return psutil
+
+
+def make_collector(settings: Settings) -> Collector | PsutilCollector:
+    """/proc where there is one (no psutil needed), psutil elsewhere or when asked."""
+    if settings.use_psutil or not (PROC / "stat").exists():
+        return PsutilCollector(settings)
+    return Collector(settings)
 
 
 # --- sample -> message (pure) -------------------------------------------------
@@ -592,11 +684,18 @@ def build_message(server_id: str, facts: HostFacts, before: Sample, after: Sampl
                         "netOutTransfer": sum(tx for _, tx in after.nic_bytes.values())},
         "ip": "", "loc": "",
         "reportInterval": round(report_interval, 2),
-        "extraInfo": {"tcpConnections": after.tcp, "udpConnections": after.udp,
-                      "processes": after.processes,
-                      "diskReadSpeed": rate(before.disk_io[0], after.disk_io[0], seconds),
-                      "diskWriteSpeed": rate(before.disk_io[1], after.disk_io[1], seconds)},
+        "extraInfo": extra_info(before, after, seconds),
     }
+
+
+def extra_info(before: Sample, after: Sample, seconds: float) -> dict[str, int]:
+    """Our extensions; a reading the platform does not give is left out (PROTOCOL.md)."""
+    extra = {"tcpConnections": after.tcp, "udpConnections": after.udp,
+             "processes": after.processes}
+    if before.disk_io is not None and after.disk_io is not None:
+        extra["diskReadSpeed"] = rate(before.disk_io[0], after.disk_io[0], seconds)
+        extra["diskWriteSpeed"] = rate(before.disk_io[1], after.disk_io[1], seconds)
+    return {key: value for key, value in extra.items() if value is not None}
 
 
 def encode(message: dict[str, Any]) -> str:
@@ -642,9 +741,17 @@ def jittered(delay: float, rng: random.Random) -> float:
     return delay * (1 - BACKOFF_JITTER * rng.random())
 
 
-def dashboard_says(exc: InvalidStatus) -> str:
-    """The first line of the dashboard's refusal, made safe to log."""
-    body = exc.response.body or b""
+def refusal_status(exc: BaseException) -> int:
+    """The HTTP status of a refused handshake, from either client."""
+    response = getattr(exc, "response", None)
+    return response.status_code if response is not None else exc.status_code  # type: ignore
+
+
+def dashboard_says(exc: BaseException) -> str:
+    """The first line of the dashboard's refusal, made safe to log (the legacy client
+    keeps no body: then "")."""
+    response = getattr(exc, "response", None)
+    body = (response.body if response is not None else None) or b""
     line = body.decode(errors="replace").strip().split("\n", 1)[0][:200]
     return line.encode("ascii", "backslashreplace").decode()
 
@@ -653,8 +760,8 @@ def explain_failure(exc: BaseException, settings: Settings) -> str:
     """A connection failure in plain words, with the setting to check."""
     url = urlsplit(settings.server)
     host = url.hostname or settings.server
-    if isinstance(exc, InvalidStatus):
-        status, said = exc.response.status_code, dashboard_says(exc)
+    if isinstance(exc, RefusedHandshake):
+        status, said = refusal_status(exc), dashboard_says(exc)
         if status == 401:
             return (f"dashboard rejected id {settings.server_id} ({said or 'unauthorized'}): "
                     "check --id/--secret against servers.json")
@@ -694,22 +801,26 @@ def explain_failure(exc: BaseException, settings: Settings) -> str:
 
 def is_refusal(exc: BaseException) -> bool:
     """The dashboard is up and said no (credentials, address): not an outage."""
-    return isinstance(exc, InvalidStatus)
+    return isinstance(exc, RefusedHandshake)
 
 
 # --- transport ---------------------------------------------------------------
 
 
 def open_connection(settings: Settings, check: bool = False) -> Any:
-    """The connection to the dashboard, as an async context manager."""
+    """The connection to the dashboard, as an async context manager, from whichever client
+    this websockets has: the same timeouts, heartbeat, TLS and headers on both."""
     context = ssl.create_default_context(cafile=settings.ca_file) \
         if settings.server.startswith("wss:") else None
     headers = {"X-SERVER-ID": settings.server_id, "X-AUTH-SECRET": settings.secret}
     if check:
         headers["X-SSS-Check"] = "1"  # the dashboard answers each report (PROTOCOL.md)
-    return connect(settings.server, ssl=context, open_timeout=10, additional_headers=headers,
-                   user_agent_header=f"sss-agent/{__version__}", ping_interval=PING_INTERVAL,
-                   ping_timeout=PING_TIMEOUT, close_timeout=1)
+    common = {"ssl": context, "open_timeout": 10, "ping_interval": PING_INTERVAL,
+              "ping_timeout": PING_TIMEOUT, "close_timeout": 1, "compression": None,
+              "user_agent_header": f"sss-agent/{__version__}"}
+    if WEBSOCKETS >= (13, 0):
+        return new_connect(settings.server, additional_headers=headers, **common)
+    return legacy_connect(settings.server, extra_headers=headers, **common)
 
 
 class Reporter:
@@ -727,7 +838,7 @@ class Reporter:
     async def collect(self) -> None:
         """Sample every interval; enqueue while connected, drop (logged once) while not."""
         facts = host_facts()
-        collector = Collector(self.settings)
+        collector = make_collector(self.settings)
         before = collector.sample()
         while True:
             await asyncio.sleep(self.pace.interval)
@@ -849,7 +960,7 @@ async def run(settings: Settings) -> None:
 
 def one_message(settings: Settings) -> dict[str, Any]:
     """A report computed over one second, as the running agent would send it."""
-    collector = Collector(settings)
+    collector = make_collector(settings)
     before = collector.sample()
     time.sleep(1)
     after = collector.sample()

@@ -234,6 +234,11 @@ def make_dashboard(tmp_path: Path):
         dashboard.kill()
 
 
+# CI runs the agent tests again with agent.py under other interpreters (websockets 10.4,
+# no psutil) and with SSS_USE_PSUTIL=1: agent processes follow SSS_AGENT_PYTHON.
+AGENT_PYTHON = os.environ.get("SSS_AGENT_PYTHON", sys.executable)
+
+
 @pytest.fixture
 def make_agent():
     """Factory: make_agent(*args) runs agent.py with `args`; all are killed after."""
@@ -241,7 +246,7 @@ def make_agent():
 
     def make(*args: str, env: dict[str, str] | None = None) -> LoggedProcess:
         agent = LoggedProcess()
-        agent.spawn([sys.executable, str(HERE / "agent.py"), *args],
+        agent.spawn([AGENT_PYTHON, str(HERE / "agent.py"), *args],
                     env={**os.environ, **(env or {})})
         started.append(agent)
         return agent

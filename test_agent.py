@@ -26,6 +26,7 @@ import agent
 import dashboard
 import reports
 from conftest import (
+    AGENT_PYTHON,
     HERE,
     SECRET,
     Dashboard,
@@ -309,19 +310,67 @@ def test_bad_settings_name_the_flag_and_variable(argv: list[str], env: dict[str,
 
 
 def test_cli_usage_error_is_one_line_and_exit_2() -> None:
-    result = subprocess.run([sys.executable, str(HERE / "agent.py")], capture_output=True,
+    result = subprocess.run([AGENT_PYTHON, str(HERE / "agent.py")], capture_output=True,
                             text=True, timeout=30, env={"PATH": "/usr/bin:/bin"})
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "SSS_SERVER" in result.stderr
 
 
 def test_once_prints_the_message_without_a_dashboard() -> None:
-    result = subprocess.run([sys.executable, str(HERE / "agent.py"), "--once", "--id", "web-1"],
+    result = subprocess.run([AGENT_PYTHON, str(HERE / "agent.py"), "--once", "--id", "web-1"],
                             capture_output=True, text=True, timeout=30)
     assert result.returncode == 0, result.stderr
     message = json.loads(result.stdout)
     assert_go_types(go_report(), message)
     reports.validate_report(result.stdout)
+    # Whatever agent.py runs under (no psutil, websockets 10.4, --use-psutil), its numbers
+    # agree with psutil's, read here, on the same machine.
+    memory = message["virtualMemoryInfo"]
+    assert memory["total"] == psutil.virtual_memory().total
+    assert abs(memory["usedPercent"] - psutil.virtual_memory().percent) < 5
+    assert message["hostInfo"]["bootTime"] == int(psutil.boot_time())
+    assert abs(message["extraInfo"]["processes"] - len(psutil.pids())) < 20
+    root = next(p for p in message["diskInfo"]["partitions"] if p["mountPoint"] == "/")
+    assert root["total"] == psutil.disk_usage("/").total
+    assert abs(message["swapMemoryInfo"]["total"] - psutil.swap_memory().total) < 2**20
+    assert 0 <= message["cpuInfo"]["percent"] <= 100
+
+
+def test_psutil_readings_agree_with_proc() -> None:
+    """The psutil collector (macOS, the BSDs, --use-psutil) against /proc, field by field."""
+    proc, via_psutil = agent.Collector(SETTINGS), agent.PsutilCollector(SETTINGS)
+    a, b = proc.sample(), via_psutil.sample()
+    for sample in (a, b):
+        assert None not in (sample.processes, sample.tcp, sample.udp, sample.disk_io)
+    assert a.memory[0] == b.memory[0] and abs(a.memory[2] - b.memory[2]) < 5
+    assert a.swap[0] == b.swap[0]
+    assert set(a.nic_bytes) == set(b.nic_bytes)
+    assert [p.mount_point for p in a.partitions] == [p.mount_point for p in b.partitions]
+    assert [p.total for p in a.partitions] == [p.total for p in b.partitions]
+    assert a.boot_time == b.boot_time and abs(a.processes - b.processes) < 20
+    assert abs(a.tcp - b.tcp) < 50 and abs(a.udp - b.udp) < 50
+    assert abs(a.cpu[1] / os.sysconf("SC_CLK_TCK") - b.cpu[1]) < 5
+    later = via_psutil.sample()
+    message = agent.build_message("web-1", FACTS, b, later, 5)
+    assert set(message["extraInfo"]) == {"tcpConnections", "udpConnections", "processes",
+                                         "diskReadSpeed", "diskWriteSpeed"}
+    unreadable = later._replace(tcp=None, udp=None, disk_io=None)
+    extra = agent.build_message("web-1", FACTS, b, unreadable, 5)["extraInfo"]
+    assert extra == {"processes": later.processes}  # left out, never a made-up zero
+    assert agent.make_collector(SETTINGS).__class__ is agent.Collector
+    forced = agent.parse_settings(["--once"], {"SSS_USE_PSUTIL": "1"})[0]
+    assert agent.make_collector(forced).__class__ is agent.PsutilCollector
+
+
+def test_a_too_old_websockets_is_named_with_the_fix(tmp_path: Path) -> None:
+    (tmp_path / "websockets").mkdir()
+    (tmp_path / "websockets/__init__.py").write_text('__version__ = "9.1"\n')
+    result = subprocess.run([sys.executable, str(HERE / "agent.py"), "--help"],
+                            env={**os.environ, "PYTHONPATH": str(tmp_path)},
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2 and len(result.stderr.splitlines()) == 1
+    assert "needs websockets 10.1 or newer, found 9.1" in result.stderr
+    assert "apt-get install python3-websockets" in result.stderr
 
 
 # --- end to end ----------------------------------------------------------------
@@ -365,8 +414,9 @@ def test_wrong_secret_is_explained_and_retried_slowly(make_dashboard: Any,
                                                       make_agent: Any) -> None:
     dash: Dashboard = make_dashboard()
     reporter = make_agent(*agent_args(dash, secret="not-the-secret"))
-    reporter.wait_for_log(r"dashboard rejected id alpha \(unknown server id or wrong secret\): "
-                          "check --id/--secret against servers.json")
+    # The legacy client (websockets < 13) keeps no response body: "unauthorized" then.
+    reporter.wait_for_log(r"dashboard rejected id alpha \((unknown server id or wrong secret|"
+                          r"unauthorized)\): check --id/--secret against servers.json")
     time.sleep(20)
     attempts = dash.count_log("agent rejected: id='alpha'")
     assert 3 <= attempts <= 6, attempts  # 0, 3, 6.6, 10.9, 16.1 s on the seed's backoff
@@ -440,7 +490,7 @@ def test_a_missing_websockets_is_one_line_and_exit_2(script: str) -> None:
 
 
 def test_help_shows_defaults_and_the_environment_but_never_a_secret() -> None:
-    result = subprocess.run([sys.executable, str(HERE / "agent.py"), "--help"],
+    result = subprocess.run([AGENT_PYTHON, str(HERE / "agent.py"), "--help"],
                             env={**os.environ, "SSS_SECRET": "env-secret-value-123"},
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0
@@ -480,8 +530,8 @@ def test_agent_pointed_at_the_viewer_path_says_so(make_dashboard: Any, make_agen
     dash: Dashboard = make_dashboard()
     reporter = make_agent("--server", dash.url("/ws-frontend", "ws"), "--id", "alpha",
                           "--secret", SECRET)
-    reporter.wait_for_log(r"dashboard answered HTTP 400: agents report on /ws-report, not "
-                          r"/ws-frontend; fix the path in --server")
+    reporter.wait_for_log(r"dashboard answered HTTP 400: (agents report on /ws-report, not "
+                          r"/ws-frontend; fix the path in --server|check the path in --server)")
 
 
 def test_wrong_scheme_is_named(make_dashboard: Any, make_agent: Any, tmp_path: Path) -> None:
@@ -503,7 +553,7 @@ def test_check_says_whether_the_dashboard_accepts(make_dashboard: Any) -> None:
     dash: Dashboard = make_dashboard()
 
     def check(secret: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, str(HERE / "agent.py"), "--check"],
+        return subprocess.run([AGENT_PYTHON, str(HERE / "agent.py"), "--check"],
                               env={**os.environ, "SSS_SERVER": dash.url("/ws-report", "ws"),
                                    "SSS_ID": "alpha", "SSS_SECRET": secret},
                               capture_output=True, text=True, timeout=60)
@@ -515,8 +565,8 @@ def test_check_says_whether_the_dashboard_accepts(make_dashboard: Any) -> None:
     assert dash.get_json("/api/servers")[0]["lastReportTime"] > 0  # the report was real
     refused = check("not-the-secret")
     assert refused.returncode == 1
-    assert refused.stdout.startswith("failed: dashboard rejected id alpha (unknown server id "
-                                     "or wrong secret)")
+    assert re.match(r"failed: dashboard rejected id alpha \((unknown server id or wrong secret|"
+                    r"unauthorized)\)", refused.stdout)
 
 
 # --- install.sh ------------------------------------------------------------------
