@@ -11,6 +11,11 @@
 
 One sample per interval goes to the dashboard as the JSON message described in
 PROTOCOL.md (the original SimpleServerStatus ServerInfo, plus our extensions).
+
+It needs websockets 10.1 or newer (the new asyncio client from 13 on, the legacy one
+before: the distributions' python3-websockets is enough). On Linux every reading comes
+from /proc and statvfs; psutil is imported only where there is no /proc, or with
+--use-psutil.
 """
 
 from __future__ import annotations

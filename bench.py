@@ -47,7 +47,8 @@ FAKE_FACTS = agent.HostFacts("linux", "debian", "debian", "12", "6.1.0-18-amd64"
 # The floor for the agent: what any Python agent costs before it collects anything.
 AGENT_FLOOR = """
 import asyncio, sys
-import psutil
+if sys.argv[3] == "psutil":
+    import psutil
 from websockets.asyncio.client import connect
 async def main():
     headers = {"X-SERVER-ID": "floor", "X-AUTH-SECRET": sys.argv[2]}
@@ -197,16 +198,20 @@ def time_sampling(duration: float, result: list[float]) -> None:
 def bench_agent(duration: float) -> dict[str, Any]:
     """agent.py at 1 Hz against a real dashboard, next to the floor process."""
     with tempfile.TemporaryDirectory() as tmp:
-        dash, port = start_dashboard(Path(tmp), ["bench", "floor"])
+        dash, port = start_dashboard(Path(tmp), ["bench", "bench-psutil", "floor"], "--no-history")
         url = f"ws://127.0.0.1:{port}/ws-report"
         # Started as the systemd unit starts it: `python3 -m agent`, from bytecode.
-        reporter = subprocess.Popen([sys.executable, "-m", "agent", "--server", url,
-                                     "--id", "bench", "--secret", SECRET, "--interval", "1",
-                                     "--min-interval", "1", "--no-adaptive",
-                                     "--log-level", "WARNING"], cwd=HERE)
-        floor = subprocess.Popen([sys.executable, "-c", AGENT_FLOOR, url, SECRET])
+        # Linux readings from /proc need no psutil; --use-psutil is how other systems run.
+        agents = [subprocess.Popen([sys.executable, "-m", "agent", "--server", url,
+                                    "--id", sid, "--secret", SECRET, "--interval", "1",
+                                    "--min-interval", "1", "--no-adaptive",
+                                    "--log-level", "WARNING", *extra], cwd=HERE)
+                  for sid, extra in (("bench", []), ("bench-psutil", ["--use-psutil"]))]
+        floors = [subprocess.Popen([sys.executable, "-c", AGENT_FLOOR, url, SECRET, kind])
+                  for kind in ("bare", "psutil")]
         try:
-            procs = {"agent": psutil.Process(reporter.pid), "floor": psutil.Process(floor.pid)}
+            procs = {name: psutil.Process(p.pid) for name, p in
+                     zip(("agent", "agent_psutil", "floor", "floor_psutil"), agents + floors)}
             warmup = min(5.0, duration / 3)
             time.sleep(warmup)  # imports done, connection open, first samples sent
             start = {name: (cpu_seconds(p), p.memory_full_info()) for name, p in procs.items()}
@@ -220,7 +225,7 @@ def bench_agent(duration: float) -> dict[str, Any]:
                 for name, p in procs.items():
                     rss[name].append(p.memory_info().rss)
                 time.sleep(min(1.0, max(deadline - time.monotonic(), 0)))
-            samples = reports_accepted(port) - reports_start
+            samples = (reports_accepted(port) - reports_start) // 2  # per agent
             timer.join()
             result: dict[str, Any] = {
                 "samples": samples, "duration": duration,
@@ -236,7 +241,7 @@ def bench_agent(duration: float) -> dict[str, Any]:
                 }
             return result
         finally:
-            for process in (reporter, floor, dash):
+            for process in (*agents, *floors, dash):
                 stop(process)
 
 
@@ -244,12 +249,17 @@ def print_agent(result: dict[str, Any]) -> None:
     print(f"agent bench: {result['samples']} samples at 1 s, {result['duration']:.0f} s, "
           f"{os.cpu_count()} cores")
     print(f"{'':34} {'CPU/sample':>10} {'RSS MB':>7} {'USS MB':>7} {'RSS growth MB':>14}")
-    for name, label in (("agent", "agent.py"), ("floor", "floor (imports + 1 connection)")):
+    for name, label in (("agent", "agent.py (/proc, no psutil)"),
+                        ("agent_psutil", "agent.py --use-psutil"),
+                        ("floor", "floor (imports + 1 connection)"),
+                        ("floor_psutil", "floor + import psutil")):
         r = result[name]
         print(f"{label:34} {r['cpu_ms_per_sample']:7.3f} ms {r['rss_mb']:7.1f} "
               f"{r['uss_mb']:7.1f} {r['rss_growth_mb']:14.2f}")
     above = result["agent"]["rss_mb"] - result["floor"]["rss_mb"]
-    print(f"agent RSS above the floor: {above:.1f} MB")
+    above_psutil = result["agent_psutil"]["rss_mb"] - result["floor"]["rss_mb"]
+    print(f"agent RSS above the floor: {above:.1f} MB without psutil, "
+          f"{above_psutil:.1f} MB with it")
     if result["sampling_ms"] is not None:
         print(f"of which collect + build + encode (median, in-process, 1 Hz): "
               f"{result['sampling_ms']:.3f} ms per sample")

@@ -16,6 +16,7 @@ ID=
 SECRET=
 SYSTEMD=auto
 SYSTEM_SITE=no
+FORCE_VENV=no
 UNINSTALL=no
 UNIT_DIR=/etc/systemd/system
 STEP="starting"
@@ -32,6 +33,8 @@ Usage: install.sh --id ID --secret SECRET [options]
   --prefix DIR         install into DIR (default /opt/sss-agent)
   --env-file FILE      settings file (default /etc/sss-agent.env, or DIR/sss-agent.env with --prefix)
   --no-systemd         do not install the service; print how to start the agent
+  --venv               install websockets into a virtual environment even where the
+                       distribution ships python3-websockets 10.1 or newer
   --system-site-packages
                        let the agent's venv use Debian's python3-psutil and python3-websockets
   --uninstall          remove everything this script installed
@@ -61,7 +64,8 @@ while [ $# -gt 0 ]; do
         --prefix) PREFIX=${2:?--prefix needs a directory}; shift 2 ;;
         --env-file) ENV_FILE=${2:?--env-file needs a path}; shift 2 ;;
         --no-systemd) SYSTEMD=no; shift ;;
-        --system-site-packages) SYSTEM_SITE=yes; shift ;;
+        --system-site-packages) SYSTEM_SITE=yes; FORCE_VENV=yes; shift ;;
+        --venv) FORCE_VENV=yes; shift ;;
         --uninstall) UNINSTALL=yes; shift ;;
         -h|--help) usage; exit 0 ;;
         *) usage >&2; printf '\nsss-agent: unknown option %s\n' "$1" >&2; exit 2 ;;
@@ -106,6 +110,8 @@ apt_install() {
         { apt-get update -qq >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null 2>&1; }
 }
 
+WEBSOCKETS_OK='import re, websockets, sys; sys.exit(tuple(int(x) for x in re.findall(r"\d+", websockets.__version__)[:2]) < (10, 1))'
+
 make_venv() {  # make_venv [--system-site-packages]
     rm -rf "$PREFIX/venv"
     python3 -m venv "$@" "$PREFIX/venv" >/dev/null 2>&1
@@ -138,40 +144,51 @@ python3 -c 'import sys; sys.exit(sys.version_info < (3, 9))' ||
 [ -d "$PREFIX" ] || FRESH=yes
 mkdir -p "$PREFIX" || fail "cannot create $PREFIX" "run as root (sudo sh) or pass --prefix"
 
-STEP="creating the virtual environment in $PREFIX/venv"
-SITE=
-[ "$SYSTEM_SITE" = yes ] && SITE=--system-site-packages
-# shellcheck disable=SC2086  # $SITE is one optional word
-if ! make_venv $SITE; then
-    apt_install python3-venv || fail "python3 -m venv does not work" "apt-get install python3-venv, then run this again"
-    # shellcheck disable=SC2086
-    make_venv $SITE || fail "python3 -m venv does not work" "apt-get install python3-venv, then run this again"
+# Where the distribution ships websockets 10.1 or newer (Debian 12, Ubuntu 22.04 and
+# later), the agent runs on the system python3 with it: no venv, no pip, no compiler.
+# On Linux it needs nothing else (it reads /proc). Older ones get a virtual environment.
+SYSTEM_PYTHON=/usr/bin/python3
+PYTHON="$PREFIX/venv/bin/python3"
+if [ "$FORCE_VENV" = no ] && [ -x "$SYSTEM_PYTHON" ]; then
+    STEP="installing python3-websockets with apt-get"
+    if "$SYSTEM_PYTHON" -c "$WEBSOCKETS_OK" 2>/dev/null ||
+            { apt_install python3-websockets && "$SYSTEM_PYTHON" -c "$WEBSOCKETS_OK" 2>/dev/null; }; then
+        PYTHON=$SYSTEM_PYTHON
+        rm -rf "$PREFIX/venv"  # an earlier install's, now unused
+        say "using the system python3 with the distribution's websockets"
+    fi
 fi
 
-STEP="installing websockets and psutil"
-PIP="$PREFIX/venv/bin/python3 -m pip install -q --disable-pip-version-check"
-if ! $PIP "websockets>=15.0" psutil >/dev/null 2>&1; then
-    # No compiler for psutil: Debian's build of it, through the system site packages.
-    say "pip could not install psutil; using Debian's python3-psutil"
-    apt_install python3-psutil || fail "neither pip nor apt-get could install psutil" "apt-get install python3-psutil, then run this again"
-    make_venv --system-site-packages || fail "python3 -m venv does not work" "apt-get install python3-venv"
-    $PIP "websockets>=15.0" >/dev/null 2>&1 || fail "pip could not install websockets" "check that this box can reach PyPI"
+if [ "$PYTHON" != "$SYSTEM_PYTHON" ]; then
+    STEP="creating the virtual environment in $PREFIX/venv"
+    SITE=
+    [ "$SYSTEM_SITE" = yes ] && SITE=--system-site-packages
+    # shellcheck disable=SC2086  # $SITE is one optional word
+    if ! make_venv $SITE; then
+        apt_install python3-venv || fail "python3 -m venv does not work" "apt-get install python3-venv, then run this again"
+        # shellcheck disable=SC2086
+        make_venv $SITE || fail "python3 -m venv does not work" "apt-get install python3-venv, then run this again"
+    fi
+
+    STEP="installing websockets"
+    PIP="$PYTHON -m pip install -q --disable-pip-version-check"
+    $PIP "websockets>=10.1" >/dev/null 2>&1 || fail "pip could not install websockets" "check that this box can reach PyPI"
 fi
 
 STEP="downloading agent.py from $DASHBOARD_URL"
 fetch "$DASHBOARD_URL/agent.py" "$PREFIX/agent.py.new" ||
     fail "could not fetch $DASHBOARD_URL/agent.py" "check that the dashboard is reachable from here"
-"$PREFIX/venv/bin/python3" "$PREFIX/agent.py.new" --version >/dev/null 2>&1 ||
+"$PYTHON" "$PREFIX/agent.py.new" --version >/dev/null 2>&1 ||
     fail "the downloaded agent.py does not run" "check $DASHBOARD_URL/agent.py in a browser"
 mv "$PREFIX/agent.py.new" "$PREFIX/agent.py"
 # Run as `python3 -m agent` from this bytecode: compiling agent.py at every start costs memory.
-"$PREFIX/venv/bin/python3" -m compileall -q "$PREFIX/agent.py" >/dev/null ||
+"$PYTHON" -m compileall -q "$PREFIX/agent.py" >/dev/null ||
     fail "could not compile agent.py" "check that $PREFIX is writable"
 
 STEP="checking that the dashboard accepts $ID"
 # Through the environment, so the secret never shows on a command line.
 if ! VERDICT=$(cd "$PREFIX" && SSS_SERVER="$SERVER" SSS_ID="$ID" SSS_SECRET="$SECRET" \
-        "$PREFIX/venv/bin/python3" -m agent --check 2>&1); then
+        "$PYTHON" -m agent --check 2>&1); then
     fail "$(printf '%s' "$VERDICT" | tail -n 1)" "fix --id, --secret or --dashboard (or servers.json), then run this again"
 fi
 say "$VERDICT"
@@ -185,7 +202,8 @@ mv "$ENV_FILE.new" "$ENV_FILE"
 STEP="writing the systemd unit"
 fetch "$DASHBOARD_URL/sss-agent.service" "$PREFIX/sss-agent.service.in" ||
     fail "could not fetch $DASHBOARD_URL/sss-agent.service" "check that the dashboard is reachable"
-sed "s#/opt/sss-agent#$PREFIX#g; s#/etc/sss-agent.env#$ENV_FILE#g" "$PREFIX/sss-agent.service.in" > "$PREFIX/sss-agent.service"
+sed "s#/opt/sss-agent/venv/bin/python3#@PYTHON@#g; s#/opt/sss-agent#$PREFIX#g; s#/etc/sss-agent.env#$ENV_FILE#g; s#@PYTHON@#$PYTHON#g" \
+    "$PREFIX/sss-agent.service.in" > "$PREFIX/sss-agent.service"
 rm -f "$PREFIX/sss-agent.service.in"
 FRESH=no  # from here on a failure leaves a working install behind
 
@@ -198,5 +216,5 @@ if [ "$SYSTEMD" = yes ]; then
     say "installed and started: reporting to $SERVER as $ID (journalctl -u sss-agent -f)"
 else
     say "installed in $PREFIX without systemd; start the agent with:"
-    say "  set -a; . $ENV_FILE; set +a; cd $PREFIX && venv/bin/python3 -m agent"
+    say "  set -a; . $ENV_FILE; set +a; cd $PREFIX && $PYTHON -m agent"
 fi

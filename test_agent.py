@@ -623,6 +623,45 @@ def test_install_sh_installs_upgrades_and_uninstalls(make_dashboard: Any,
     assert not prefix.exists() and not env_file.exists()
 
 
+def test_install_sh_uses_the_distributions_websockets(make_dashboard: Any,
+                                                    tmp_path: Path) -> None:
+    """The apt path: Debian's python3-websockets (CI installs it), the system python3, no
+    venv and no pip (PIP_NO_INDEX would make any pip install fail)."""
+    system = Path("/usr/bin/python3")
+    if not system.exists() or subprocess.run(
+            [str(system), "-c", "import websockets"], capture_output=True).returncode:
+        if os.environ.get("CI") == "true":
+            pytest.fail("CI=true but Debian's python3-websockets is missing")
+        pytest.skip("no /usr/bin/python3 with websockets (apt-get install python3-websockets)")
+    dash: Dashboard = make_dashboard()
+    prefix, env_file = tmp_path / "opt/sss-agent", tmp_path / "etc/sss-agent.env"
+    script = f'curl -fsSL {dash.url("")}/install.sh | sh -s -- "$@"'
+    result = subprocess.run(["sh", "-c", script, "sh", "--prefix", str(prefix), "--env-file",
+                             str(env_file), "--no-systemd", "--id", "alpha", "--secret", SECRET],
+                            env={**os.environ, "PIP_NO_INDEX": "1"}, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr + result.stdout
+    assert "using the system python3 with the distribution's websockets" in result.stdout
+    assert not (prefix / "venv").exists()
+    unit = (prefix / "sss-agent.service").read_text()
+    assert f"WorkingDirectory={prefix}\nExecStart=/usr/bin/python3 -m agent" in unit
+    start = re.search(r"sss-agent:   (set -a; .*)", result.stdout)
+    assert start and "/usr/bin/python3 -m agent" in start[1], result.stdout
+    installed = LoggedProcess()
+    installed.spawn(["sh", "-c", start[1]])
+    try:
+        wait_online(dash, "alpha", timeout=20)
+    finally:
+        installed.kill()
+    forced = subprocess.run(["sh", "-c", script, "sh", "--prefix", str(prefix), "--env-file",
+                             str(env_file), "--no-systemd", "--venv"],
+                            env={**os.environ, "PIP_NO_INDEX": "1"}, capture_output=True,
+                            text=True, timeout=300)
+    # --venv makes a venv and asks pip, which has no index here: the step is named.
+    assert forced.returncode == 1 and "installing websockets" in forced.stderr
+    assert (prefix / "agent.py").exists()  # an upgrade that failed keeps the old install
+
+
 def test_install_sh_failure_names_the_step_and_leaves_nothing(make_dashboard: Any,
                                                               tmp_path: Path) -> None:
     dash: Dashboard = make_dashboard()
@@ -665,7 +704,7 @@ def run_bench(*args: str) -> Any:
 def test_agent_bench_smoke() -> None:
     result = run_bench("agent", "--duration", "4")
     assert result["samples"] >= 1
-    for name in ("agent", "floor"):
+    for name in ("agent", "agent_psutil", "floor", "floor_psutil"):
         assert result[name]["rss_mb"] > 5 and result[name]["uss_mb"] > 1
         assert result[name]["cpu_ms_per_sample"] >= 0
 
