@@ -88,6 +88,9 @@ BACKOFF_FACTOR = 1.2
 BACKOFF_CAP = 600.0
 BACKOFF_JITTER = 0.1  # each wait is 90-100 % of the schedule
 STABLE_CONNECTION = 30.0  # only a connection up this long resets the backoff
+RESTART_RETRIES = 3  # after a connection that was up: this many retries with full jitter,
+RESTART_SPREAD = 10.0  # each at a random moment 0.5-10 s later (3 x 10 s: back within 30 s)
+RESTART_MIN_DELAY = 0.5
 PING_INTERVAL = 30.0
 PING_TIMEOUT = 15.0  # a dead dashboard is noticed within 30 + 15 s
 QUEUE_SIZE = 100  # the seed's send queue
@@ -746,6 +749,20 @@ def jittered(delay: float, rng: random.Random) -> float:
     return delay * (1 - BACKOFF_JITTER * rng.random())
 
 
+def retry_delay(retry: int, after_connection: bool, scheduled: float,
+                rng: random.Random) -> float:
+    """How long to wait before a retry (`retry` counts from 1 in this outage).
+
+    When a connection that was up drops, the whole fleet usually lost it at once (the
+    dashboard restarted): the first RESTART_RETRIES retries are spread evenly over
+    RESTART_SPREAD seconds (full jitter), so 10,000 agents come back within 30 s instead of
+    within one second. Otherwise, and after those, the seed's backoff with 10 % jitter.
+    """
+    if after_connection and retry <= RESTART_RETRIES:
+        return rng.uniform(RESTART_MIN_DELAY, RESTART_SPREAD)
+    return jittered(scheduled, rng)
+
+
 def refusal_status(exc: BaseException) -> int:
     """The HTTP status of a refused handshake, from either client."""
     response = getattr(exc, "response", None)
@@ -893,6 +910,7 @@ class Reporter:
         rng = random.Random()
         delays = backoff_delays()
         attempts = 0  # in the current outage
+        lost_connection = False  # this outage began with a connection that was up
         outage_start: float | None = None  # None until the first connection is lost
         last_cause = ""
         while True:
@@ -909,6 +927,7 @@ class Reporter:
                     else:
                         log.info("connected to %s", settings.server)
                     attempts, last_cause, outage_start = 0, "", None
+                    lost_connection = False
                     self.connection = ws
                     await self.report(ws)
             except Exception as exc:  # whatever went wrong, explain it and retry
@@ -929,9 +948,11 @@ class Reporter:
                 self.connection = None
                 while not self.queue.empty():
                     self.queue.get_nowait()  # stale once the connection is gone
-            if connected_at is not None and time.monotonic() - connected_at >= STABLE_CONNECTION:
-                delays = backoff_delays()
-            delay = jittered(next(delays), rng)
+            if connected_at is not None:
+                lost_connection = True  # retries in this outage follow a lost connection
+                if time.monotonic() - connected_at >= STABLE_CONNECTION:
+                    delays = backoff_delays()
+            delay = retry_delay(attempts + 1, lost_connection, next(delays), rng)
             log.debug("next attempt in %.1f s", delay)
             await asyncio.sleep(delay)
 

@@ -175,14 +175,14 @@ class Dashboard(LoggedProcess):
         text = config if isinstance(config, str) else json.dumps(config)
         self.config_path.write_text(text)
 
-    def start(self, *extra: str) -> Dashboard:
+    def start(self, *extra: str, **popen: Any) -> Dashboard:
         """Start (or restart, on the same port) and wait until it listens.
 
         A dashboard that exits instead raises LogNotFound at once, with its exit code.
         """
         mark = self.spawn([sys.executable, str(HERE / "dashboard.py"), "--config",
                            str(self.config_path), "--host", "127.0.0.1", "--port",
-                           str(self.port), *extra])
+                           str(self.port), *extra], **popen)
         line = self.wait_for_log(LISTENING, after=mark, timeout=15)
         self.port = int(LISTENING.search(line).group(1))  # type: ignore[union-attr]
         return self

@@ -43,14 +43,18 @@ import argparse  # noqa: E402 (after the dependency check, on purpose)
 import asyncio  # noqa: E402
 import contextlib  # noqa: E402
 import dataclasses  # noqa: E402
+import errno  # noqa: E402
 import getpass  # noqa: E402
 import importlib.util  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
+import math  # noqa: E402
+import resource  # noqa: E402
 import signal  # noqa: E402
 import ssl  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
 
 from websockets.asyncio.server import ServerConnection, broadcast, serve  # noqa: E402
 from websockets.exceptions import ConnectionClosed  # noqa: E402
@@ -359,11 +363,60 @@ def check_answer(error: str) -> str:
 # --- serving -------------------------------------------------------------------
 
 
+# --- open files ------------------------------------------------------------------------
+
+VIEWER_MARGIN = 128  # open files kept for viewers, the history database, logs
+FILE_LIMIT_CAP = 1 << 20  # when the hard limit is "unlimited"
+
+
+def raise_file_limit(servers: int) -> int:
+    """Raise the soft RLIMIT_NOFILE to the hard limit (as Go programs do); log it, and warn
+    when the fleet would not fit. systemd gives services 1,024 by default."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = FILE_LIMIT_CAP if hard == resource.RLIM_INFINITY else hard
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            log.info("open-file limit raised from %d to %d", soft, target)
+            soft = target
+        except (ValueError, OSError) as exc:
+            log.warning("open-file limit stays at %d: cannot raise it (%s)", soft, exc)
+    else:
+        log.info("open-file limit: %d", soft)
+    if soft != resource.RLIM_INFINITY and servers + VIEWER_MARGIN > soft:
+        log.warning("open-file limit %d is below %d servers plus %d for viewers: agents past "
+                    "it will be refused; raise LimitNOFILE= in the unit (or ulimit -n)",
+                    soft, servers, VIEWER_MARGIN)
+    return soft
+
+
+class AcceptErrors:
+    """asyncio's handler for a refused accept (out of file descriptors), rate-limited: one
+    line a minute with a count instead of a traceback per attempt."""
+
+    def __init__(self, every: float = 60.0) -> None:
+        self.every, self.count, self.last = every, 0, -math.inf
+
+    def __call__(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        exc = context.get("exception")
+        if not (isinstance(exc, OSError) and exc.errno in (errno.EMFILE, errno.ENFILE)):
+            loop.default_exception_handler(context)
+            return
+        self.count += 1
+        now = time.monotonic()
+        if now - self.last >= self.every:
+            log.error("open-file limit reached (%s): refused %d new connections in the last "
+                      "minute; the open ones are served. Raise LimitNOFILE= (README, Scale)",
+                      exc.strerror, self.count)
+            self.last, self.count = now, 0
+
+
 async def run(config: Config, config_path: Path, options: Options,
               history: History | None, data: Path) -> None:
     """Serve until SIGTERM or SIGINT; SIGHUP reloads servers.json."""
     dashboard = Dashboard(config, config_path, options, history, data)
     loop = asyncio.get_running_loop()
+    loop.set_exception_handler(AcceptErrors())
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
@@ -479,6 +532,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     options = Options(args.public_url, tls, args.viewer_compression,
                       frozenset(args.trusted_proxy))
+    raise_file_limit(len(config.servers))
     data = args.data or args.config.resolve().parent
     history = None
     if not args.no_history:

@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import re
+import resource
 import signal
 import socket
 import ssl
@@ -626,6 +627,34 @@ def test_no_secret_or_ip_reaches_a_browser(make_dashboard: Any) -> None:
         assert "127.0.0.1" not in payload
     # countryCode from servers.json wins over the agent's loc
     assert server_in(json.loads(payloads[1]), "alpha")["loc"] == "de"
+
+
+def file_limit(soft: int, hard: int) -> Any:
+    return lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_the_file_limit_is_raised_and_running_out_is_one_line(make_dashboard: Any) -> None:
+    raised: Dashboard = make_dashboard(start=False).start(preexec_fn=file_limit(64, 4096))
+    raised.wait_for_log("open-file limit raised from 64 to 4096")
+    capped: Dashboard = make_dashboard(start=False).start("--no-history",
+                                                         preexec_fn=file_limit(64, 64))
+    capped.wait_for_log(r"open-file limit 64 is below 3 servers plus 128 for viewers")
+    with capped.agent("alpha") as agent, capped.viewer() as viewer:
+        recv_json(viewer)
+        idle = []
+        try:
+            for _ in range(80):  # bounded: more than the limit, then stop
+                idle.append(socket.create_connection(("127.0.0.1", capped.port), timeout=5))
+            capped.wait_for_log("open-file limit reached", timeout=10)
+            for percent in (11.0, 22.0):  # the open connections are served
+                agent.send(json.dumps(go_report(cpuInfo={"percent": percent, "info": []})))
+                recv_until(viewer, lambda m, p=percent: cpu_of(m, "alpha") == p)
+            time.sleep(2.5)  # asyncio retries the accept every second: still one line
+            assert capped.count_log("open-file limit reached") == 1
+        finally:
+            for sock in idle:
+                sock.close()
+    assert "Traceback" not in capped.log_text()
 
 
 # --- signals -----------------------------------------------------------------
