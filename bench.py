@@ -389,6 +389,99 @@ def print_dashboard(results: list[dict[str, Any]]) -> None:
               f"{r['viewer_bytes_per_second'] / 1024:12.1f} {r['viewer_bytes_per_report']:8.0f}")
 
 
+# --- bench: a restart storm ------------------------------------------------------------
+
+
+async def reconnecting_agents(url: str, ids: list[str], duration: float,
+                              interval: float) -> dict[str, Any]:
+    """Agents that reconnect the way agent.py does (agent.retry_delay), reporting meanwhile."""
+    deadline = time.monotonic() + duration
+    handshakes = 0
+
+    async def one(server_id: str, offset: float) -> None:
+        nonlocal handshakes
+        rng = random.Random(server_id)
+        template = json.dumps(fake_report(server_id, rng))
+        headers = {"X-SERVER-ID": server_id, "X-AUTH-SECRET": SECRET}
+        await asyncio.sleep(offset)
+        retry, delays, lost = 0, agent.backoff_delays(), False
+        while time.monotonic() < deadline:
+            try:
+                handshakes += 1
+                async with connect(url, additional_headers=headers, open_timeout=30,
+                                   ping_interval=None, compression=None) as ws:
+                    retry, delays, lost = 0, agent.backoff_delays(), True
+                    while time.monotonic() < deadline:
+                        await ws.send(template)
+                        await asyncio.sleep(interval)
+            except Exception:  # refused, reset, timed out: retry as agent.py would
+                pass
+            retry += 1
+            await asyncio.sleep(agent.retry_delay(retry, lost, next(delays), rng))
+
+    await asyncio.gather(*(one(sid, i * interval / len(ids)) for i, sid in enumerate(ids)),
+                         return_exceptions=True)
+    return {"handshakes": handshakes}
+
+
+def agents_connected(port: int) -> int:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as response:
+            return json.loads(response.read())["agents"]
+    except OSError:
+        return -1
+
+
+def bench_restart(agents: int, down: float, interval: float) -> dict[str, Any]:
+    """Restart a dashboard under `agents` agents; how long until all are back, peak CPU."""
+    ids = [f"agent-{i:05d}" for i in range(agents)]
+    generators = max((os.cpu_count() or 2) - 1, 1)
+    with tempfile.TemporaryDirectory() as tmp:
+        dash, port = start_dashboard(Path(tmp), ids)
+        url = f"ws://127.0.0.1:{port}/ws-report"
+        budget = 120.0 + agents / 100 + down
+        procs = [subprocess.Popen(
+            [sys.executable, str(HERE / "bench.py"), "_reconnect", "--url", url, "--duration",
+             str(budget), "--interval", str(interval), "--ids", ",".join(ids[g::generators])],
+            stdout=subprocess.PIPE, text=True) for g in range(generators)]
+        try:
+            deadline = time.monotonic() + 60 + agents / 100
+            while agents_connected(port) < agents and time.monotonic() < deadline:
+                time.sleep(0.5)
+            stop(dash)
+            time.sleep(down)
+            restarted = time.monotonic()
+            dash, port = start_server([sys.executable, str(HERE / "dashboard.py"), "--config",
+                                       str(Path(tmp) / "servers.json"), "--host", "127.0.0.1",
+                                       "--port", str(port)], Path(tmp) / "dashboard2.log")
+            process = psutil.Process(dash.pid)
+            process.cpu_percent()
+            peak, connected, curve = 0.0, 0, []
+            while time.monotonic() - restarted < 60:
+                time.sleep(0.5)
+                peak = max(peak, process.cpu_percent() / 100)
+                connected = agents_connected(port)
+                curve.append((round(time.monotonic() - restarted, 1), connected))
+                if connected >= agents:
+                    break
+            back = time.monotonic() - restarted
+        finally:
+            stop(dash)
+            for p in procs:
+                p.kill()
+    return {"agents": agents, "down_seconds": down, "all_back_seconds": back,
+            "all_back": connected >= agents, "peak_cpu_cores": peak, "curve": curve[::4]}
+
+
+def print_restart(r: dict[str, Any]) -> None:
+    state = "all back" if r["all_back"] else "NOT all back"
+    print(f"restart bench: {r['agents']} agents, dashboard down {r['down_seconds']:.0f} s: "
+          f"{state} {r['all_back_seconds']:.1f} s after it restarted; "
+          f"peak dashboard CPU {r['peak_cpu_cores']:.2f} cores")
+    print("  seconds after restart, agents connected: " +
+          ", ".join(f"{t}: {n}" for t, n in r["curve"]))
+
+
 # --- bench: history ------------------------------------------------------------
 
 
@@ -503,7 +596,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Measure agent.py and dashboard.py.")
     # The helpers (_load, _floor) are run by bench.py itself; the metavar hides them.
     commands = parser.add_subparsers(dest="command", required=True,
-                                     metavar="{agent,dashboard,history}")
+                                     metavar="{agent,dashboard,history,restart}")
     agent_cmd = commands.add_parser("agent", help="the agent's CPU and memory")
     agent_cmd.add_argument("--duration", type=float, default=60)
     agent_cmd.add_argument("--json", action="store_true")
@@ -516,6 +609,16 @@ def main(argv: list[str] | None = None) -> int:
     dash_cmd.add_argument("--no-history", action="store_true",
                           help="start the dashboard with --no-history (live data only)")
     dash_cmd.add_argument("--json", action="store_true")
+    restart_cmd = commands.add_parser("restart", help="a dashboard restart under N agents")
+    restart_cmd.add_argument("--agents", type=int, default=2000)
+    restart_cmd.add_argument("--down", type=float, default=5.0)
+    restart_cmd.add_argument("--interval", type=float, default=5.0)
+    restart_cmd.add_argument("--json", action="store_true")
+    reconnect_cmd = commands.add_parser("_reconnect")  # internal: reconnecting agents
+    reconnect_cmd.add_argument("--url")
+    reconnect_cmd.add_argument("--duration", type=float)
+    reconnect_cmd.add_argument("--interval", type=float)
+    reconnect_cmd.add_argument("--ids")
     hist_cmd = commands.add_parser("history", help="history.py: fold, writes, disk, queries")
     hist_cmd.add_argument("--servers", type=int, default=2000)
     hist_cmd.add_argument("--json", action="store_true")
@@ -534,6 +637,12 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(result))
     elif args.command == "_floor":
         asyncio.run(floor_server())
+    elif args.command == "_reconnect":
+        print(json.dumps(asyncio.run(reconnecting_agents(args.url, args.ids.split(","),
+                                                         args.duration, args.interval))))
+    elif args.command == "restart":
+        result = bench_restart(args.agents, args.down, args.interval)
+        print(json.dumps(result, indent=2)) if args.json else print_restart(result)
     elif args.command == "history":
         result = bench_history(args.servers)
         print(json.dumps(result, indent=2)) if args.json else print_history(result)

@@ -524,7 +524,7 @@ def test_help_shows_defaults_and_the_environment_but_never_a_secret() -> None:
     assert "env-secret-value-123" not in result.stdout
     bench_help = subprocess.run([sys.executable, str(HERE / "bench.py"), "--help"],
                                 capture_output=True, text=True, timeout=60).stdout
-    assert "{agent,dashboard,history}" in bench_help and "_load" not in bench_help
+    assert "{agent,dashboard,history,restart}" in bench_help and "_load" not in bench_help
     assert ".venv/" in (HERE / ".gitignore").read_text().split()
 
 
