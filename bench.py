@@ -482,6 +482,80 @@ def print_restart(r: dict[str, Any]) -> None:
           ", ".join(f"{t}: {n}" for t, n in r["curve"]))
 
 
+# --- bench: the page ------------------------------------------------------------------
+
+PAGE_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+              "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def bench_page(servers: int, duration: float) -> dict[str, Any]:
+    """Chromium on a real dashboard fed by `servers` agents at 1 Hz: how long an update takes
+    to parse and to apply (p95, measured in the page), the JS heap over `duration`, and how
+    long search and collapsing a group take."""
+    from playwright.sync_api import sync_playwright
+    ids = [f"host-{i:05d}" for i in range(servers)]
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "servers.json").write_text(json.dumps({"servers": [
+            {"id": sid, "secret": SECRET, "group": f"Rack {i % 20:02d}"}
+            for i, sid in enumerate(ids)]}))
+        dash, port = start_server([sys.executable, str(HERE / "dashboard.py"), "--config",
+                                   str(Path(tmp) / "servers.json"), "--host", "127.0.0.1",
+                                   "--port", "0"], Path(tmp) / "dashboard.log")
+        load = subprocess.Popen(
+            [sys.executable, str(HERE / "bench.py"), "_load", "--url",
+             f"ws://127.0.0.1:{port}/ws-report", "--viewer-url",
+             f"ws://127.0.0.1:{port}/ws-frontend", "--viewers", "0", "--duration",
+             str(duration + 40 + servers / 100), "--ids", ",".join(ids)],
+            stdout=subprocess.DEVNULL)
+        try:
+            with sync_playwright() as playwright:
+                browser = playwright.chromium.launch(executable_path="/usr/bin/chromium",
+                                                     args=PAGE_FLAGS)
+                page = browser.new_page(viewport={"width": 1280, "height": 900})
+                page.goto(f"http://127.0.0.1:{port}/")
+                page.locator("#online", has_text=str(servers)).wait_for(
+                    timeout=60_000 + servers * 10)
+                cdp = page.context.new_cdp_session(page)
+
+                def heap_mb() -> float:
+                    cdp.send("HeapProfiler.collectGarbage")
+                    return cdp.send("Runtime.getHeapUsage")["usedSize"] / 2**20
+
+                page.wait_for_timeout(10_000)
+                heap_start = heap_mb()
+                page.wait_for_timeout(duration * 1000)
+                heap_end = heap_mb()
+                result = {"servers": servers, "duration": duration,
+                          "updates": page.evaluate("timings.count"),
+                          "apply_p95_ms": page.evaluate("timings.p95('apply')"),
+                          "parse_p95_ms": page.evaluate("timings.p95('parse')"),
+                          "heap_start_mb": heap_start, "heap_end_mb": heap_end,
+                          "search_ms": page.evaluate("""() => {
+                              const t0 = performance.now(), box = document.getElementById("search");
+                              box.value = "host-0001"; box.dispatchEvent(new Event("input"));
+                              const ms = performance.now() - t0;
+                              box.value = ""; box.dispatchEvent(new Event("input"));
+                              return ms; }"""),
+                          "collapse_ms": page.evaluate("""() => {
+                              const head = document.querySelector("button.group-head");
+                              const t0 = performance.now(); head.click();
+                              const ms = performance.now() - t0; head.click(); return ms; }""")}
+                browser.close()
+        finally:
+            load.kill()
+            stop(dash)
+    return result
+
+
+def print_page(r: dict[str, Any]) -> None:
+    print(f"page bench: {r['servers']} servers at 1 Hz, {r['duration']:.0f} s, "
+          f"{r['updates']} updates in Chromium")
+    print(f"  one update: parse p95 {r['parse_p95_ms']:.1f} ms, apply p95 "
+          f"{r['apply_p95_ms']:.1f} ms")
+    print(f"  JS heap {r['heap_start_mb']:.1f} MB -> {r['heap_end_mb']:.1f} MB")
+    print(f"  search {r['search_ms']:.1f} ms, collapse a group {r['collapse_ms']:.1f} ms")
+
+
 # --- bench: history ------------------------------------------------------------
 
 
@@ -596,7 +670,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Measure agent.py and dashboard.py.")
     # The helpers (_load, _floor) are run by bench.py itself; the metavar hides them.
     commands = parser.add_subparsers(dest="command", required=True,
-                                     metavar="{agent,dashboard,history,restart}")
+                                     metavar="{agent,dashboard,history,restart,page}")
     agent_cmd = commands.add_parser("agent", help="the agent's CPU and memory")
     agent_cmd.add_argument("--duration", type=float, default=60)
     agent_cmd.add_argument("--json", action="store_true")
@@ -609,6 +683,10 @@ def main(argv: list[str] | None = None) -> int:
     dash_cmd.add_argument("--no-history", action="store_true",
                           help="start the dashboard with --no-history (live data only)")
     dash_cmd.add_argument("--json", action="store_true")
+    page_cmd = commands.add_parser("page", help="the page in Chromium with N servers")
+    page_cmd.add_argument("--servers", type=int, default=2000)
+    page_cmd.add_argument("--duration", type=float, default=60)
+    page_cmd.add_argument("--json", action="store_true")
     restart_cmd = commands.add_parser("restart", help="a dashboard restart under N agents")
     restart_cmd.add_argument("--agents", type=int, default=2000)
     restart_cmd.add_argument("--down", type=float, default=5.0)
@@ -640,6 +718,9 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "_reconnect":
         print(json.dumps(asyncio.run(reconnecting_agents(args.url, args.ids.split(","),
                                                          args.duration, args.interval))))
+    elif args.command == "page":
+        result = bench_page(args.servers, args.duration)
+        print(json.dumps(result, indent=2)) if args.json else print_page(result)
     elif args.command == "restart":
         result = bench_restart(args.agents, args.down, args.interval)
         print(json.dumps(result, indent=2)) if args.json else print_restart(result)

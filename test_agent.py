@@ -524,7 +524,7 @@ def test_help_shows_defaults_and_the_environment_but_never_a_secret() -> None:
     assert "env-secret-value-123" not in result.stdout
     bench_help = subprocess.run([sys.executable, str(HERE / "bench.py"), "--help"],
                                 capture_output=True, text=True, timeout=60).stdout
-    assert "{agent,dashboard,history,restart}" in bench_help and "_load" not in bench_help
+    assert "{agent,dashboard,history,restart,page}" in bench_help and "_load" not in bench_help
     assert ".venv/" in (HERE / ".gitignore").read_text().split()
 
 
@@ -735,6 +735,15 @@ def test_history_bench_smoke() -> None:
     result = run_bench("history", "--servers", "50")
     assert result["servers"] == 50 and result["fold_us"] > 0 and result["step_ms"] > 0
     assert result["bytes_per_server_day_fine"] > 0 and result["query_1y_ms"] > 0
+
+
+def test_restart_and_page_bench_smoke() -> None:
+    (restart,) = [run_bench("restart", "--agents", "20", "--down", "1")]
+    assert restart["all_back"] and restart["agents"] == 20
+    require_tool("/usr/bin/chromium", "chromium")
+    page = run_bench("page", "--servers", "50", "--duration", "3")
+    assert page["servers"] == 50 and page["updates"] > 0
+    assert page["apply_p95_ms"] is not None and page["heap_end_mb"] > 0
 
 
 def test_dashboard_bench_smoke() -> None:

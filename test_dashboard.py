@@ -977,6 +977,25 @@ def test_page_screenshots_dark_mode_and_narrow_screens(make_dashboard: Any,
         page.screenshot(path=str(SCREENSHOTS / "page-375px.png"), full_page=True)
 
 
+def test_page_draws_only_cards_on_screen(make_dashboard: Any, page_on: Any) -> None:
+    sids = [f"host-{i:03d}" for i in range(60)]
+    dash: Dashboard = make_dashboard([server_entry(sid) for sid in sids])
+    page = page_on(dash, viewport={"width": 800, "height": 500})
+    card(page, sids[-1]).wait_for(state="attached")
+    with contextlib.ExitStack() as stack:
+        agents = [stack.enter_context(dash.agent(sid)) for sid in (sids[0], sids[-1])]
+        for agent in agents:
+            agent.send(json.dumps(go_report()))
+        page.locator("#online", has_text="2").wait_for(timeout=10_000)
+        first, last = card(page, sids[0]), card(page, sids[-1])
+        assert "debian" in first.locator(".sys").inner_text()
+        assert last.locator("h3").inner_text() == sids[-1]  # its name and state: yes
+        assert "online" in last.get_attribute("class")
+        assert last.locator(".sys").evaluate("n => n.textContent") == ""  # not drawn yet
+        last.scroll_into_view_if_needed()
+        last.locator(".sys", has_text="debian").wait_for(timeout=5_000)
+
+
 def test_page_memory_stays_flat_with_500_servers(make_dashboard: Any, page_on: Any) -> None:
     count, seconds, bound_mb = 500, 60, 8
     sids = [f"host-{i:03d}" for i in range(count)]
