@@ -269,15 +269,15 @@ def print_agent(result: dict[str, Any]) -> None:
 
 
 async def generate_load(url: str, ids: list[str], viewers: int, duration: float,
-                        viewer_url: str) -> dict[str, Any]:
+                        viewer_url: str, interval: float = 1.0) -> dict[str, Any]:
     """One load-generator process: its share of agents, plus the viewers."""
     sent_at: dict[int, float] = {}
     latencies: list[float] = []
     received = [[0] for _ in range(viewers)]
     watchers = [watch(viewer_url, duration + 2, sent_at if i == 0 else None, latencies,
                       received[i]) for i in range(viewers)]
-    sent, *_ = await asyncio.gather(fake_agents(url, ids, SECRET, duration, sent_at=sent_at),
-                                    *watchers)
+    sent, *_ = await asyncio.gather(fake_agents(url, ids, SECRET, duration, interval,
+                                                sent_at=sent_at), *watchers)
     return {"sent": sent, "latencies": latencies, "viewer_bytes": [r[0] for r in received]}
 
 
@@ -294,7 +294,7 @@ async def floor_server() -> None:
 
 
 def run_load(target_port: int, ids: list[str], viewers: int, duration: float,
-             target: psutil.Process) -> dict[str, Any]:
+             target: psutil.Process, interval: float = 1.0) -> dict[str, Any]:
     """Drive `target` with generator processes; measure its CPU and memory meanwhile."""
     generators = max((os.cpu_count() or 2) - 1, 1)
     url = f"ws://127.0.0.1:{target_port}/ws-report"
@@ -305,9 +305,11 @@ def run_load(target_port: int, ids: list[str], viewers: int, duration: float,
         procs.append(subprocess.Popen(
             [sys.executable, str(HERE / "bench.py"), "_load", "--url", url, "--viewer-url",
              viewer_url, "--viewers", str(viewers if g == 0 else 0), "--duration",
-             str(duration), "--ids", ",".join(share)], stdout=subprocess.PIPE, text=True))
+             str(duration), "--interval", str(interval), "--ids", ",".join(share)],
+            stdout=subprocess.PIPE, text=True))
+    idle_rss = target.memory_info().rss
     # Measure the middle of the run: connections are up and the stagger has settled.
-    warmup = min(5.0 + len(ids) / 500, duration / 3)
+    warmup = min(5.0 + len(ids) / 500 + interval, duration / 3)
     time.sleep(warmup)
     cpu0, wall0 = cpu_seconds(target), time.monotonic()
     peak = target.memory_info().rss
@@ -317,11 +319,13 @@ def run_load(target_port: int, ids: list[str], viewers: int, duration: float,
     cpu = (cpu_seconds(target) - cpu0) / (time.monotonic() - wall0)
     outputs = [json.loads(p.communicate(timeout=duration + 120)[0]) for p in procs]
     return {"cpu_cores": cpu, "peak_rss_mb": peak / 2**20, "generators": outputs,
-            "window": time.monotonic() - wall0}
+            "window": time.monotonic() - wall0,
+            "rss_per_agent_kib": (peak - idle_rss) / max(len(ids), 1) / 1024}
 
 
 def bench_dashboard(agents: int, viewers: int, duration: float,
-                    compression: bool = False, history: bool = True) -> dict[str, Any]:
+                    compression: bool = False, history: bool = True,
+                    interval: float = 1.0) -> dict[str, Any]:
     ids = [f"agent-{i:05d}" for i in range(agents)]
     with tempfile.TemporaryDirectory() as tmp:
         flags = ["--viewer-compression"] if compression else []
@@ -329,7 +333,7 @@ def bench_dashboard(agents: int, viewers: int, duration: float,
         dash, port = start_dashboard(Path(tmp), ids, *flags)
         try:
             accepted0 = reports_accepted(port)
-            load = run_load(port, ids, viewers, duration, psutil.Process(dash.pid))
+            load = run_load(port, ids, viewers, duration, psutil.Process(dash.pid), interval)
             accepted = reports_accepted(port) - accepted0
         finally:
             stop(dash)
@@ -337,7 +341,8 @@ def bench_dashboard(agents: int, viewers: int, duration: float,
         floor, floor_port = start_server([sys.executable, str(HERE / "bench.py"), "_floor"],
                                          Path(tmp) / "floor.log")
         try:
-            floor_load = run_load(floor_port, ids, 0, duration, psutil.Process(floor.pid))
+            floor_load = run_load(floor_port, ids, 0, duration, psutil.Process(floor.pid),
+                                  interval)
         finally:
             stop(floor)
     sent = sum(g["sent"] for g in load["generators"])
@@ -358,6 +363,8 @@ def bench_dashboard(agents: int, viewers: int, duration: float,
         "floor_cpu_ms_per_report": floor_per_report * 1000,
         "cpu_ratio_to_floor": cpu_per_report / floor_per_report if floor_per_report else None,
         "peak_rss_mb": load["peak_rss_mb"], "floor_peak_rss_mb": floor_load["peak_rss_mb"],
+        "rss_per_agent_kib": load["rss_per_agent_kib"],
+        "floor_rss_per_agent_kib": floor_load["rss_per_agent_kib"], "interval": interval,
         "latency_p50_ms": percentile(latencies, 50) * 1000 if latencies else None,
         "latency_p99_ms": percentile(latencies, 99) * 1000 if latencies else None,
         "latency_samples": len(latencies),
@@ -374,11 +381,12 @@ def print_dashboard(results: list[dict[str, Any]]) -> None:
     first = results[0]
     print(f"dashboard bench: {first['viewers']} viewers"
           f"{' (compressed)' if first['viewer_compression'] else ''}, history "
-          f"{'on' if first['history'] else 'off'}, {first['duration']:.0f} s "
+          f"{'on' if first['history'] else 'off'}, reports every {first['interval']:g} s, "
+          f"{first['duration']:.0f} s "
           f"per run, {first['cores']} cores (dashboard and load generators share them)")
     print(f"{'agents':>6} {'reports/s':>9} {'CPU cores':>9} {'ms/report':>9} "
           f"{'floor ms':>8} {'ratio':>5} {'peak RSS MB':>11} {'p50 ms':>7} {'p99 ms':>7} "
-          f"{'viewer KiB/s':>12} {'B/report':>8}")
+          f"{'viewer KiB/s':>12} {'B/report':>8} {'KiB/agent':>9} {'floor':>6}")
     for r in results:
         p50 = f"{r['latency_p50_ms']:7.0f}" if r["latency_p50_ms"] is not None else "      –"
         p99 = f"{r['latency_p99_ms']:7.0f}" if r["latency_p99_ms"] is not None else "      –"
@@ -386,7 +394,8 @@ def print_dashboard(results: list[dict[str, Any]]) -> None:
         print(f"{r['agents']:6d} {r['reports_per_second']:9.0f} {r['cpu_cores']:9.2f} "
               f"{r['cpu_ms_per_report']:9.3f} {r['floor_cpu_ms_per_report']:8.3f} {ratio} "
               f"{r['peak_rss_mb']:11.1f} {p50} {p99} "
-              f"{r['viewer_bytes_per_second'] / 1024:12.1f} {r['viewer_bytes_per_report']:8.0f}")
+              f"{r['viewer_bytes_per_second'] / 1024:12.1f} {r['viewer_bytes_per_report']:8.0f} "
+              f"{r['rss_per_agent_kib']:9.1f} {r['floor_rss_per_agent_kib']:6.1f}")
 
 
 # --- bench: a restart storm ------------------------------------------------------------
@@ -680,6 +689,8 @@ def main(argv: list[str] | None = None) -> int:
     dash_cmd.add_argument("--duration", type=float, default=30)
     dash_cmd.add_argument("--viewer-compression", action="store_true",
                           help="start the dashboard with --viewer-compression")
+    dash_cmd.add_argument("--interval", type=float, default=1.0,
+                          help="seconds between one agent's reports (the seed's default is 5)")
     dash_cmd.add_argument("--no-history", action="store_true",
                           help="start the dashboard with --no-history (live data only)")
     dash_cmd.add_argument("--json", action="store_true")
@@ -706,12 +717,13 @@ def main(argv: list[str] | None = None) -> int:
     load_cmd.add_argument("--viewers", type=int)
     load_cmd.add_argument("--duration", type=float)
     load_cmd.add_argument("--ids")
+    load_cmd.add_argument("--interval", type=float, default=1.0)
     commands.add_parser("_floor")  # internal: the bare receiving server
     args = parser.parse_args(argv)
 
     if args.command == "_load":
         result = asyncio.run(generate_load(args.url, args.ids.split(","), args.viewers,
-                                           args.duration, args.viewer_url))
+                                           args.duration, args.viewer_url, args.interval))
         print(json.dumps(result))
     elif args.command == "_floor":
         asyncio.run(floor_server())
@@ -732,7 +744,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(result, indent=2)) if args.json else print_agent(result)
     else:
         results = [bench_dashboard(n, args.viewers, args.duration, args.viewer_compression,
-                                   not args.no_history) for n in args.agents]
+                                   not args.no_history, args.interval) for n in args.agents]
         print(json.dumps(results, indent=2)) if args.json else print_dashboard(results)
     return 0
 
