@@ -753,10 +753,10 @@ def retry_delay(retry: int, after_connection: bool, scheduled: float,
                 rng: random.Random) -> float:
     """How long to wait before a retry (`retry` counts from 1 in this outage).
 
-    When a connection that was up drops, the whole fleet usually lost it at once (the
-    dashboard restarted): the first RESTART_RETRIES retries are spread evenly over
-    RESTART_SPREAD seconds (full jitter), so 10,000 agents come back within 30 s instead of
-    within one second. Otherwise, and after those, the seed's backoff with 10 % jitter.
+    When a connection that was up (for STABLE_CONNECTION) drops, the whole fleet usually
+    lost it at once (the dashboard restarted): the first RESTART_RETRIES retries are spread
+    evenly over RESTART_SPREAD seconds (full jitter), so 10,000 agents come back within
+    30 s instead of within one second. Otherwise, and after those, the seed's backoff with 10 % jitter.
     """
     if after_connection and retry <= RESTART_RETRIES:
         return rng.uniform(RESTART_MIN_DELAY, RESTART_SPREAD)
@@ -948,10 +948,11 @@ class Reporter:
                 self.connection = None
                 while not self.queue.empty():
                     self.queue.get_nowait()  # stale once the connection is gone
-            if connected_at is not None:
-                lost_connection = True  # retries in this outage follow a lost connection
-                if time.monotonic() - connected_at >= STABLE_CONNECTION:
-                    delays = backoff_delays()
+            if connected_at is not None and time.monotonic() - connected_at >= STABLE_CONNECTION:
+                delays = backoff_delays()
+                # A connection that was up for a while dropped: likely the whole fleet's
+                # (a restart). One that drops at once (a flapping proxy) keeps the backoff.
+                lost_connection = True
             delay = retry_delay(attempts + 1, lost_connection, next(delays), rng)
             log.debug("next attempt in %.1f s", delay)
             await asyncio.sleep(delay)
@@ -966,13 +967,15 @@ async def run(settings: Settings) -> None:
     """Report until SIGTERM or SIGINT, then close with 1000."""
     reporter = Reporter(settings)
     loop = asyncio.get_running_loop()
-    stop = loop.create_future()
+    stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, lambda: stop.done() or stop.set_result(None))
+        loop.add_signal_handler(sig, stop.set)
     log.info("reporting to %s as %s", settings.server, settings.server_id)
     tasks = [asyncio.ensure_future(reporter.collect()),
              asyncio.ensure_future(reporter.connect_forever())]
-    await asyncio.wait([stop, *tasks], return_when=asyncio.FIRST_COMPLETED)
+    stopping = asyncio.ensure_future(stop.wait())
+    await asyncio.wait([stopping, *tasks], return_when=asyncio.FIRST_COMPLETED)
+    stopping.cancel()
     for task in tasks:
         if task.done():
             task.result()  # a bug surfaced as a traceback, not a silent hang

@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import queue
 import threading
 import time
@@ -27,6 +26,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from config import AlertRule, NotifierConfig, ServerConfig
+from datafiles import JsonFile
 
 log = logging.getLogger("sss.dashboard")
 
@@ -259,24 +259,20 @@ def message_text(event: Event) -> str:
 # --- keeping the firing state in the data directory ------------------------------------
 
 
-def save_firing(path: Path, firing: dict[Key, Firing]) -> None:
-    """Write atomically: a crash leaves the old file or the new one, never half of one."""
-    rows = [{"alert": rule, "id": sid, **dataclasses.asdict(state)}
+def firing_rows(firing: dict[Key, Firing]) -> list[dict[str, Any]]:
+    """The firing state as saved in alerts.json."""
+    return [{"alert": rule, "id": sid, **dataclasses.asdict(state)}
             for (rule, sid), state in firing.items()]
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(json.dumps(rows))
-    os.replace(temporary, path)
 
 
-def load_firing(path: Path) -> dict[Key, Firing]:
+def firing_from(rows: Any) -> dict[Key, Firing]:
     try:
-        rows = json.loads(path.read_text())
         return {(row["alert"], row["id"]): Firing(float(row["since"]), row.get("value"),
-                                                   float(row["last_sent"])) for row in rows}
-    except FileNotFoundError:
-        return {}
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        log.error("alerts: %s is unreadable (%s); starting with no alert firing", path, exc)
+                                                   float(row["last_sent"]))
+                for row in rows or []}
+    except (KeyError, TypeError, ValueError) as exc:
+        log.error("alerts: the saved firing state is unusable (%s); starting with no alert "
+                  "firing", exc)
         return {}
 
 
@@ -440,10 +436,10 @@ class Alerting:
     """Evaluator, delivery and the saved firing state, for the dashboard's tick."""
 
     def __init__(self, state_path: Path, started: float) -> None:
-        self.path = state_path
-        self.evaluator = Evaluator(started, load_firing(state_path))
+        self.file = JsonFile(state_path, "alerts", "alerts still go out")
+        self.evaluator = Evaluator(started, firing_from(
+            self.file.load("starting with no alert firing")))
         self.delivery = Delivery()
-        self.save_problem = ""
 
     def configure(self, notifiers: dict[str, NotifierConfig]) -> None:
         self.delivery.configure(notifiers)
@@ -458,15 +454,7 @@ class Alerting:
             self.delivery.submit(event)
         after = set(self.evaluator.firing)
         if before != after or events:
-            try:
-                save_firing(self.path, self.evaluator.firing)
-                self.save_problem = ""
-            except OSError as exc:
-                problem = f"{self.path}: {exc.strerror or exc}"
-                if problem != self.save_problem:
-                    log.error("alerts: cannot save the firing state to %s; make the data "
-                              "directory writable (alerts still go out)", problem)
-                self.save_problem = problem
+            self.file.save(firing_rows(self.evaluator.firing))
         return {sid for _, sid in before ^ after}
 
     def view_fragment(self, sid: str) -> str:

@@ -82,6 +82,7 @@ log = logging.getLogger("sss.dashboard")
 HERE = Path(__file__).resolve().parent
 DEFAULT_CONFIG = HERE / "servers.json"
 BAD_REPORTS_BEFORE_CLOSE = 5
+LISTEN_BACKLOG = 1024  # a fleet reconnecting at once: asyncio's default of 100 drops SYNs
 LOGIN_TIMEOUT = 10.0  # a sign-in socket that says nothing is closed
 # Checked against for unknown user names, so they take as long as known ones.
 DUMMY_HASH = ("scrypt$16384$8$1$AAAAAAAAAAAAAAAAAAAAAA==$"
@@ -424,6 +425,7 @@ async def run(config: Config, config_path: Path, options: Options,
     tls = options.tls
     async with serve(dashboard.handler, config.host, config.port,
                      process_request=dashboard.process_request, max_size=MAX_FRAME_BYTES,
+                     backlog=LISTEN_BACKLOG,
                      server_header=f"sss-dashboard/{__version__}", compression=None, ssl=tls,
                      extensions=[VIEWER_COMPRESSION] if options.viewer_compression else None,
                      ) as server:

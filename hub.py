@@ -30,6 +30,7 @@ else:
 
 log = logging.getLogger("sss.dashboard")
 
+POLICY_VIOLATION = 1008  # websockets' CloseCode.POLICY_VIOLATION (hub imports no websockets)
 VIEWER_BACKLOG_BYTES = 1024 * 1024  # allowed beyond one snapshot before a viewer is cut
 
 Broadcast = Callable[[list[Any], str], None]
@@ -124,7 +125,7 @@ class Hub:
         state.last_frame_mono = now
         if older is None:
             return None
-        return Closing(older, 1008, "replaced by a newer connection for this id")
+        return Closing(older, POLICY_VIOLATION, "replaced by a newer connection for this id")
 
     def detach_agent(self, sid: str, ws: ServerConnection) -> bool:
         """Forget `ws`; False when it had been replaced or dropped by a reload already."""
@@ -248,7 +249,8 @@ class Hub:
             limit = silent_close_after(interval)
             if state.connection is not None and now - state.last_frame_mono > limit:
                 state.last_frame_mono = now  # close once
-                closes.append(Closing(state.connection, 1008, f"no report for {limit:.0f} s"))
+                closes.append(Closing(state.connection, POLICY_VIOLATION,
+                                      f"no report for {limit:.0f} s"))
         return gone, closes
 
     def apply_config(self, config: Config) -> tuple[list[Closing], int, int]:
@@ -273,7 +275,7 @@ class Hub:
     def _drop(self, state: ServerState, reason: str) -> Closing:
         ws, state.connection = state.connection, None
         self._set_online(state, False)
-        return Closing(ws, 1008, reason)
+        return Closing(ws, POLICY_VIOLATION, reason)
 
     # --- viewers ---
     # Two audiences: viewers who may see hidden servers (signed in) and those who may not.

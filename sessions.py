@@ -19,11 +19,12 @@ import base64
 import dataclasses
 import hashlib
 import hmac
-import json
 import logging
 import os
 import secrets
 from pathlib import Path
+
+from datafiles import JsonFile
 
 log = logging.getLogger("sss.dashboard")
 
@@ -90,7 +91,8 @@ class Sessions:
         self.path = path
         self.sessions: dict[str, Session] = {}
         self.tickets: dict[str, tuple[str, float]] = {}  # key -> (user, expires)
-        self.save_problem = ""
+        self.file = JsonFile(path, "sessions", "sign-ins then last until a restart",
+                             private=True)
 
     def ticket(self, user: str, now: float) -> str:
         """A one-time ticket for a user who just proved the password."""
@@ -139,30 +141,15 @@ class Sessions:
         return len(ended)
 
     def save(self) -> None:
-        temporary = self.path.with_name(self.path.name + ".tmp")
-        data = {key: dataclasses.asdict(s) for key, s in self.sessions.items()}
-        try:
-            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as file:
-                json.dump(data, file)
-            os.replace(temporary, self.path)
-            self.save_problem = ""
-        except OSError as exc:
-            problem = f"{self.path}: {exc.strerror or exc}"
-            if problem != self.save_problem:
-                log.error("sessions: cannot save %s; make the data directory writable "
-                          "(sign-ins then last until a restart)", problem)
-            self.save_problem = problem
+        self.file.save({key: dataclasses.asdict(s) for key, s in self.sessions.items()})
 
     def load(self) -> None:
+        data = self.file.load("everyone signs in again")
         try:
-            data = json.loads(self.path.read_text())
-            self.sessions = {key: Session(**value) for key, value in data.items()}
-        except FileNotFoundError:
-            pass
-        except (OSError, ValueError, TypeError) as exc:
-            log.error("sessions: %s is unreadable (%s); everyone signs in again", self.path,
-                      exc)
+            self.sessions = {key: Session(**value) for key, value in (data or {}).items()}
+        except (TypeError, AttributeError) as exc:
+            log.error("sessions: %s holds no sessions (%s); everyone signs in again",
+                      self.path, exc)
 
 
 def cookie_value(cookie_header: str | None) -> str | None:

@@ -28,6 +28,7 @@ from conftest import (
     recv_until,
     server_in,
 )
+from datafiles import JsonFile
 
 T0 = 1_795_000_000.0
 WEB = ServerConfig("web-1", "Web 1", "Frankfurt", SECRET, "de")
@@ -123,16 +124,17 @@ def test_no_page_for_a_dashboard_restart() -> None:
 
 def test_firing_state_survives_a_restart(tmp_path: Path) -> None:
     down = rule("down", "offline", None)
-    path = tmp_path / "alerts.json"
+    saved = JsonFile(tmp_path / "alerts.json", "alerts", "")
     first = alerts.Evaluator(started=T0 - 3600)
     first.evaluate((down,), [seen(online=False)], T0)
-    alerts.save_firing(path, first.firing)
-    restarted = alerts.Evaluator(started=T0 + 100, firing=alerts.load_firing(path))
+    assert saved.save(alerts.firing_rows(first.firing))
+    restarted = alerts.Evaluator(started=T0 + 100, firing=alerts.firing_from(saved.load("")))
     assert restarted.evaluate((down,), [seen(online=False)], T0 + 200) == []  # no repeat
     (back,) = restarted.evaluate((down,), [seen(cpu=1)], T0 + 300)
     assert back.state == "resolved" and back.since == T0  # and not forgotten
-    (path.parent / "broken.json").write_text("{")
-    assert alerts.load_firing(path.parent / "broken.json") == {}
+    (tmp_path / "broken.json").write_text("{")
+    assert JsonFile(tmp_path / "broken.json", "alerts", "").load("") is None
+    assert alerts.firing_from([{"alert": "x"}]) == {}
 
 
 def test_durations_and_values_read_well() -> None:
@@ -207,7 +209,7 @@ class Receiver:
                     owner.changed.notify_all()
                 if owner.mode == "hang":
                     time.sleep(30)
-                status = 500 if owner.mode == "fail" else 200
+                status = {"fail": 500, "reject": 400}.get(owner.mode, 200)
                 self.send_response(status)
                 self.send_header("Content-Length", "2")
                 self.end_headers()
@@ -323,15 +325,16 @@ def test_restart_neither_refires_nor_forgets(make_dashboard: Any, receivers: Any
 
 def test_failing_receivers_are_retried_then_dropped(make_dashboard: Any,
                                                     receivers: Any) -> None:
-    failing, hanging = receivers("fail"), receivers("hang")
+    failing, hanging, rejecting = receivers("fail"), receivers("hang"), receivers("reject")
     refused = f"http://127.0.0.1:{free_port()}"
     dash = make_dashboard(
         [{"id": "alpha", "secret": SECRET}],
         notifiers=[{"name": "broken", "type": "webhook", "url": failing.url},
                    {"name": "closed", "type": "webhook", "url": refused},
-                   {"name": "stuck", "type": "webhook", "url": hanging.url}],
+                   {"name": "stuck", "type": "webhook", "url": hanging.url},
+                   {"name": "picky", "type": "webhook", "url": rejecting.url}],
         alerts=[{"name": "cpu", "metric": "cpu", "above": 50,
-                 "notify": ["broken", "closed", "stuck"]}])
+                 "notify": ["broken", "closed", "stuck", "picky"]}])
     with dash.viewer() as viewer, dash.agent("alpha") as agent:
         recv_json(viewer)
         agent.send(json.dumps(go_report(cpuInfo={"percent": 99.0, "info": []})))
@@ -348,10 +351,16 @@ def test_failing_receivers_are_retried_then_dropped(make_dashboard: Any,
             recv_until(viewer, lambda m, p=percent: (server_in(m, "alpha") or {}).get(
                 "cpuInfo", {}).get("percent") == p)
             assert time.monotonic() - sent < 1.0
+        # A 4xx will not change: one attempt, no retries.
+        dash.wait_for_log(r"alert delivery failed: notifier picky \(webhook\): HTTP 400$")
+        assert len(rejecting.posts) == 1
+        # The hung receiver: 10 s per attempt, three attempts, then dropped (bounded: 50 s).
+        dash.wait_for_log(r"alert delivery failed: notifier stuck \(webhook\): .*timed out "
+                          r"after 3 attempts", timeout=50)
     metrics = dash.get("/metrics")[2].decode()
-    assert 'sss_alert_notifications_total{notifier="broken",result="failed"} 1' in metrics
-    assert 'sss_alert_notifications_total{notifier="closed",result="failed"} 1' in metrics
-    assert failing.url not in dash.log_text()
+    for name in ("broken", "closed", "picky", "stuck"):
+        assert f'sss_alert_notifications_total{{notifier="{name}",result="failed"}} 1' in metrics
+    assert failing.url not in dash.log_text() and hanging.url not in dash.log_text()
 
 
 def test_the_card_and_header_show_firing_alerts(make_dashboard: Any, receivers: Any,

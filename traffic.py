@@ -3,8 +3,6 @@
     >>> parse_size("2 TiB"), parse_size("500 GB"), parse_size(1024)
     (2199023255552, 500000000000, 1024)
     >>> from zoneinfo import ZoneInfo
-
-Zone = datetime.tzinfo
     >>> period(1_800_000_000, 15, ZoneInfo("UTC"))  # 2027-01-15 08:00 UTC
     (1799971200, 1802649600)
 
@@ -22,13 +20,13 @@ from __future__ import annotations
 import calendar
 import dataclasses
 import datetime
-import json
 import logging
-import os
 import re
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
+
+from datafiles import JsonFile
 
 Zone = datetime.tzinfo
 
@@ -151,7 +149,7 @@ class Traffic:
         self.path = path
         self.zone = time_zone
         self.meters: dict[str, Meter] = {}
-        self.save_problem = ""
+        self.file = JsonFile(path, "traffic", "counting goes on in memory")
 
     def observe(self, sid: str, record: dict[str, Any], plan: Plan, now: float) -> None:
         """Count one report's increase (the hot path: a few dictionary reads)."""
@@ -193,30 +191,18 @@ class Traffic:
     # --- the file in the data directory ---
 
     def save(self) -> None:
-        """Write atomically; a problem is one log line (counting goes on in memory)."""
-        data = {sid: dataclasses.asdict(meter) for sid, meter in self.meters.items()}
-        temporary = self.path.with_name(self.path.name + ".tmp")
-        try:
-            temporary.write_text(json.dumps(data))
-            os.replace(temporary, self.path)
-            self.save_problem = ""
-        except OSError as exc:
-            problem = f"{self.path}: {exc.strerror or exc}"
-            if problem != self.save_problem:
-                log.error("traffic: cannot save %s; make the data directory writable "
-                          "(counting goes on in memory)", problem)
-            self.save_problem = problem
+        """Write the meters (a problem is one log line; counting goes on in memory)."""
+        self.file.save({sid: dataclasses.asdict(meter) for sid, meter in self.meters.items()})
 
     def load(self) -> None:
+        data = self.file.load("counting starts afresh")
         try:
-            data = json.loads(self.path.read_text())
             self.meters = {sid: Meter(Period(**m["current"]), m["last_in"], m["last_out"],
                                       m["boot_time"], [Period(**p) for p in m["past"]])
-                           for sid, m in data.items()}
-        except FileNotFoundError:
-            pass
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            log.error("traffic: %s is unreadable (%s); counting starts afresh", self.path, exc)
+                           for sid, m in (data or {}).items()}
+        except (KeyError, TypeError, AttributeError) as exc:
+            log.error("traffic: %s holds no meters (%s); counting starts afresh", self.path,
+                      exc)
 
 
 def days_left(expires: str, now: float, time_zone: Zone) -> int:
