@@ -756,7 +756,8 @@ def retry_delay(retry: int, after_connection: bool, scheduled: float,
     When a connection that was up (for STABLE_CONNECTION) drops, the whole fleet usually
     lost it at once (the dashboard restarted): the first RESTART_RETRIES retries are spread
     evenly over RESTART_SPREAD seconds (full jitter), so 10,000 agents come back within
-    30 s instead of within one second. Otherwise, and after those, the seed's backoff with 10 % jitter.
+    30 s instead of within one second. Otherwise, and after those, the seed's backoff
+    with 10 % jitter.
     """
     if after_connection and retry <= RESTART_RETRIES:
         return rng.uniform(RESTART_MIN_DELAY, RESTART_SPREAD)
