@@ -1,16 +1,33 @@
 #!/usr/bin/env python3
-"""Benchmarks: the agent's footprint and the dashboard's capacity, measured here.
+"""Benchmarks: the agent's footprint, the dashboard's capacity, history, restarts, the page.
+
+Real runs on this project's 2-core test machine (2026-11-27):
 
     $ python3 bench.py agent --duration 60
-    agent (1 s interval, 57 samples)       CPU/sample  RSS MB  USS MB  RSS growth MB
-    agent.py                                  0.42 ms    27.9    22.1    0.00
-    floor (imports + one connection)          0.03 ms    26.3    20.5    0.00
+    agent bench: 53 samples at 1 s, 60 s, 2 cores
+                                       CPU/sample  RSS MB  USS MB  RSS growth MB
+    agent.py (/proc, no psutil)          1.509 ms    26.3    15.6           0.01
+    agent.py --use-psutil               20.377 ms    27.4    16.6           0.09
+    floor (imports + 1 connection)       0.000 ms    25.3    14.6           0.00
+    floor + import psutil                0.000 ms    26.1    15.4           0.00
+    agent RSS above the floor: 1.0 MB without psutil, 2.1 MB with it
+    of which collect + build + encode (median, in-process, 1 Hz): 0.861 ms per sample
 
-    $ python3 bench.py dashboard --agents 500 1000 2000 --viewers 20 --duration 30
-    agents  reports/s  CPU cores  CPU/report  floor/report  ratio  peak RSS MB  p50 ms  p99 ms ...
+    $ python3 bench.py dashboard --agents 10000 --interval 5 --viewers 20 --duration 60
+    dashboard bench: 20 viewers, history on, reports every 5 s, 60 s per run, 2 cores (...)
+    agents reports/s CPU cores ms/report floor ms ratio peak RSS MB  p50 ms  p99 ms ...
+     10000      1607      0.70     0.437    0.142  3.07       546.0     464    5082 ...
+
+    $ python3 bench.py history
+    history bench: 2000 servers, 60 s resolution
+      fold per report            6.89 µs  (validating it: 60.85 µs)
+      one step, 2000 servers: 212.2 ms the first of an hour, 157.0 ms the others, ...
+
+    $ python3 bench.py restart --agents 10000 --down 5
+    restart bench: 10000 agents, dashboard down 5 s: all back 20.0 s after it restarted; ...
 
 Everything runs on 127.0.0.1: a real dashboard.py process, real agent.py or
-load-generator processes holding real WebSocket connections.
+load-generator processes holding real WebSocket connections, and Debian's Chromium.
 """
 
 from __future__ import annotations

@@ -593,6 +593,12 @@ def test_check_says_whether_the_dashboard_accepts(make_dashboard: Any) -> None:
 
 # --- install.sh ------------------------------------------------------------------
 
+# The installer runs as on a Debian box: `python3` is Debian's own (/usr/bin first), whose
+# python3-websockets and python3-venv .ci/run installs, so a venv made with
+# --system-site-packages finds websockets there; PIP_NO_INDEX: the tests reach no index.
+INSTALL_ENV = {**os.environ, "PIP_NO_INDEX": "1",
+               "PATH": "/usr/bin:/bin:" + os.environ.get("PATH", "")}
+
 
 def test_install_sh_is_shellcheck_clean() -> None:
     shellcheck = require_tool("shellcheck", "shellcheck")
@@ -605,8 +611,7 @@ def test_install_sh_installs_upgrades_and_uninstalls(make_dashboard: Any,
                                                      tmp_path: Path) -> None:
     dash: Dashboard = make_dashboard()
     prefix, env_file = tmp_path / "opt/sss-agent", tmp_path / "etc/sss-agent.env"
-    # PIP_NO_INDEX: the venv reuses this machine's packages, and the test reaches no index.
-    environ = {**os.environ, "PIP_NO_INDEX": "1"}
+    environ = INSTALL_ENV
 
     def install(*args: str, dashboard_url: str = dash.url("")) -> subprocess.CompletedProcess:
         script = f'curl -fsSL {dashboard_url}/install.sh | sh -s -- "$@"'
@@ -660,7 +665,7 @@ def test_install_sh_uses_the_distributions_websockets(make_dashboard: Any,
     script = f'curl -fsSL {dash.url("")}/install.sh | sh -s -- "$@"'
     result = subprocess.run(["sh", "-c", script, "sh", "--prefix", str(prefix), "--env-file",
                              str(env_file), "--no-systemd", "--id", "alpha", "--secret", SECRET],
-                            env={**os.environ, "PIP_NO_INDEX": "1"}, capture_output=True,
+                            env=INSTALL_ENV, capture_output=True,
                             text=True, timeout=300)
     assert result.returncode == 0, result.stderr + result.stdout
     assert "using the system python3 with the distribution's websockets" in result.stdout
@@ -677,7 +682,7 @@ def test_install_sh_uses_the_distributions_websockets(make_dashboard: Any,
         installed.kill()
     forced = subprocess.run(["sh", "-c", script, "sh", "--prefix", str(prefix), "--env-file",
                              str(env_file), "--no-systemd", "--venv"],
-                            env={**os.environ, "PIP_NO_INDEX": "1"}, capture_output=True,
+                            env=INSTALL_ENV, capture_output=True,
                             text=True, timeout=300)
     # --venv makes a venv and asks pip, which has no index here: the step is named.
     assert forced.returncode == 1 and "installing websockets" in forced.stderr
@@ -693,7 +698,7 @@ def test_install_sh_failure_names_the_step_and_leaves_nothing(make_dashboard: An
     result = subprocess.run(["sh", "-c", script, "install.sh", "--prefix", str(prefix),
                              "--no-systemd", "--system-site-packages", "--dashboard", closed,
                              "--id", "alpha", "--secret", SECRET],
-                            env={**os.environ, "PIP_NO_INDEX": "1"}, capture_output=True,
+                            env=INSTALL_ENV, capture_output=True,
                             text=True, timeout=300)
     assert result.returncode == 1
     assert "failed while downloading agent.py" in result.stderr
@@ -704,7 +709,7 @@ def test_install_sh_failure_names_the_step_and_leaves_nothing(make_dashboard: An
     refused = subprocess.run(["sh", "-c", script, "install.sh", "--prefix", str(prefix),
                               "--no-systemd", "--system-site-packages", "--dashboard",
                               dash.url("").rstrip("/"), "--id", "alpha", "--secret", "wrong-0451"],
-                             env={**os.environ, "PIP_NO_INDEX": "1"}, capture_output=True,
+                             env=INSTALL_ENV, capture_output=True,
                              text=True, timeout=300)
     assert refused.returncode == 1 and "installed" not in refused.stdout
     assert "failed while checking that the dashboard accepts alpha: failed: dashboard " \
