@@ -199,7 +199,7 @@ def test_wrong_passwords_earn_429_for_one_address_only(make_dashboard: Any) -> N
     dash.wait_for_log("address 127.0.0.2 banned")
 
 
-def test_hidden_servers_reach_no_anonymous_viewer(make_dashboard: Any) -> None:
+def test_hidden_servers_reach_no_anonymous_viewer(make_dashboard: Any, page_on: Any) -> None:
     dash: Dashboard = make_dashboard(
         private_servers(), viewers={"public": True, "users": {"alice": HASH}},
         notifiers=[{"name": "ops", "type": "webhook", "url": "http://127.0.0.1:9/"}],
@@ -230,6 +230,11 @@ def test_hidden_servers_reach_no_anonymous_viewer(make_dashboard: Any) -> None:
         assert [a["server"]["id"] for a in json.loads(request(dash, "/api/alerts", own)[2])] \
             == ["vault"]
         assert b"vault" not in request(dash, "/metrics")[2]  # no token set: anonymous
+        page = page_on(dash)  # the header's totals count what this viewer may see
+        card(page, "alpha").wait_for()
+        assert page.locator("#total").inner_text() == "1"
+        assert page.locator("#alerts").inner_text() == "0" and card(page, "vault").count() == 0
+        assert not page.locator("#signin-open").is_hidden()  # users exist: "Sign in" shows
 
 
 # --- the page, in Chromium -----------------------------------------------------------
