@@ -1,12 +1,13 @@
 #!/usr/bin/env python3
 """SimpleServerStatus dashboard: agents report over WebSocket, browsers watch live.
 
-    $ python3 dashboard.py
-    2026-11-27 04:02:11 WARNING /work/main/servers.json: servers[0] (id 'local') uses the pl...
-    2026-11-27 04:02:11 INFO listening on http://0.0.0.0:8900 (1 servers configured)
-    2026-11-27 04:02:12 INFO agent connected: id=local from 127.0.0.1
-    2026-11-27 04:02:13 INFO viewer connected (1 watching)
-    2026-11-27 04:02:20 INFO agent disconnected: id=local (1000 'agent shutting down')
+    $ python3 dashboard.py --port 8931
+    2026-11-27 04:56:22 WARNING /work/main/servers.json: servers[0] (id 'local') uses the pl...
+    2026-11-27 04:56:22 INFO open-file limit: 20000
+    2026-11-27 04:56:22 INFO listening on http://0.0.0.0:8931 (1 servers configured)
+    2026-11-27 04:56:23 INFO agent connected: id=local from 127.0.0.1
+    2026-11-27 04:56:24 INFO viewer connected (1 watching)
+    2026-11-27 04:56:27 INFO agent disconnected: id=local (1000 'agent shutting down')
 
 Agents connect to /ws-report with the headers X-SERVER-ID and X-AUTH-SECRET and
 send one JSON report per interval; browsers connect to /ws-frontend and get a
@@ -14,7 +15,8 @@ snapshot, then coalesced updates. PROTOCOL.md describes every message.
 
 This file wires the modules beside it together (README, "Layout"): config.py reads
 servers.json, reports.py validates reports, hub.py keeps the live state, web.py answers
-HTTP, metrics.py renders /metrics, limits.py and timings.py hold the limits and timings.
+HTTP, metrics.py renders /metrics, limits.py and timings.py hold the limits and timings,
+history.py, alerts.py, traffic.py and sessions.py the features, datafiles.py their files.
 """
 
 from __future__ import annotations
