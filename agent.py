@@ -444,8 +444,9 @@ def require_psutil() -> Any:
     try:
         import psutil
     except ImportError:
-        print("agent.py needs psutil on a system without /proc: pip install psutil "
-              "(or your system's py3-psutil package)", file=sys.stderr)
+        print("agent.py needs psutil for --use-psutil (SSS_USE_PSUTIL=1) and on systems "
+              "without /proc: pip install psutil (or your system's py3-psutil package)",
+              file=sys.stderr)
         raise SystemExit(2) from None
     return psutil
 

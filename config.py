@@ -16,6 +16,7 @@ import dataclasses
 import datetime
 import json
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfoNotFoundError
@@ -334,23 +335,30 @@ def parse_duration(value: Any) -> float | None:
     return None
 
 
+def named_items(entries: list[Any], where: str, example: str,
+                errors: list[str]) -> Iterator[tuple[str, str, dict[str, Any]]]:
+    """(where, name, item) for each item of a list of named objects; the ones that are no
+    object or have no usable name are reported and skipped."""
+    for index, entry in enumerate(entries):
+        place = f"{where}[{index}]"
+        if not isinstance(entry, dict):
+            errors.append(f"{place}: must be an object like {example}")
+            continue
+        name = entry.get("name")
+        if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
+            errors.append(f'{place}: field "name" must be 1-40 characters of A-Z a-z 0-9 _ . -')
+            continue
+        yield f"{place} ({name!r})", name, entry
+
+
 def parse_notifiers(entries: Any, source: str, errors: list[str]) -> dict[str, NotifierConfig]:
     """The notifiers list; each problem names the notifier (index and name) and the field."""
     if not isinstance(entries, list):
         errors.append(f'{source}: field "notifiers" must be a list of notifier objects')
         return {}
     notifiers: dict[str, NotifierConfig] = {}
-    for index, entry in enumerate(entries):
-        where = f"{source}: notifiers[{index}]"
-        if not isinstance(entry, dict):
-            errors.append(f'{where}: must be an object like {{"name": "ops", "type": '
-                          '"webhook", "url": "https://..."}')
-            continue
-        name = entry.get("name")
-        if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
-            errors.append(f'{where}: field "name" must be 1-40 characters of A-Z a-z 0-9 _ . -')
-            continue
-        where = f"{where} ({name!r})"
+    example = '{"name": "ops", "type": "webhook", "url": "https://..."}'
+    for where, name, entry in named_items(entries, f"{source}: notifiers", example, errors):
         if name in notifiers:
             errors.append(f'{where}: field "name" repeats an earlier notifier; give each its own')
             continue
@@ -404,17 +412,8 @@ def parse_alerts(entries: Any, source: str, notifiers: dict[str, NotifierConfig]
         errors.append(f'{source}: field "alerts" must be a list of alert rules')
         return ()
     rules: list[AlertRule] = []
-    for index, entry in enumerate(entries):
-        where = f"{source}: alerts[{index}]"
-        if not isinstance(entry, dict):
-            errors.append(f'{where}: must be an object like {{"name": "cpu", "metric": "cpu", '
-                          '"above": 90, "notify": ["ops"]}')
-            continue
-        name = entry.get("name")
-        if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
-            errors.append(f'{where}: field "name" must be 1-40 characters of A-Z a-z 0-9 _ . -')
-            continue
-        where = f"{where} ({name!r})"
+    example = '{"name": "cpu", "metric": "cpu", "above": 90, "notify": ["ops"]}'
+    for where, name, entry in named_items(entries, f"{source}: alerts", example, errors):
         if any(rule.name == name for rule in rules):
             errors.append(f'{where}: field "name" repeats an earlier rule; give each its own')
             continue

@@ -596,8 +596,8 @@ def test_check_says_whether_the_dashboard_accepts(make_dashboard: Any) -> None:
 # The installer runs as on a Debian box: `python3` is Debian's own (/usr/bin first), whose
 # python3-websockets and python3-venv .ci/run installs, so a venv made with
 # --system-site-packages finds websockets there; PIP_NO_INDEX: the tests reach no index.
-INSTALL_ENV = {**os.environ, "PIP_NO_INDEX": "1",
-               "PATH": "/usr/bin:/bin:" + os.environ.get("PATH", "")}
+INSTALL_ENV = {**{k: v for k, v in os.environ.items() if k != "SSS_USE_PSUTIL"},
+               "PIP_NO_INDEX": "1", "PATH": "/usr/bin:/bin:" + os.environ.get("PATH", "")}
 
 
 def test_install_sh_is_shellcheck_clean() -> None:
@@ -605,6 +605,19 @@ def test_install_sh_is_shellcheck_clean() -> None:
     result = subprocess.run([shellcheck, "--shell=sh", str(HERE / "install.sh")],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout
+
+
+def start_printed_agent(dash: Dashboard, printed: str) -> str:
+    """Run the start command install.sh printed (--no-systemd) until the agent reports."""
+    start = re.search(r"sss-agent:   (set -a; .*)", printed)
+    assert start, printed
+    installed = LoggedProcess()
+    installed.spawn(["sh", "-c", start[1]], env=INSTALL_ENV)
+    try:
+        wait_online(dash, "alpha", timeout=20)
+    finally:
+        installed.kill()
+    return start[1]
 
 
 def test_install_sh_installs_upgrades_and_uninstalls(make_dashboard: Any,
@@ -626,14 +639,7 @@ def test_install_sh_installs_upgrades_and_uninstalls(make_dashboard: Any,
     settings = env_file.read_text()
     assert f"SSS_SERVER=ws://127.0.0.1:{dash.port}/ws-report\n" in settings
     assert f"SSS_SECRET={SECRET}\n" in settings
-    start = re.search(r"sss-agent:   (set -a; .*)", first.stdout)
-    assert start, first.stdout
-    installed = LoggedProcess()
-    installed.spawn(["sh", "-c", start[1]])
-    try:
-        wait_online(dash, "alpha", timeout=20)
-    finally:
-        installed.kill()
+    start_printed_agent(dash, first.stdout)
     unit = (prefix / "sss-agent.service").read_text()
     assert f"WorkingDirectory={prefix}\nExecStart={prefix}/venv/bin/python3 -m agent" in unit
     assert list((prefix / "__pycache__").glob("agent.*.pyc"))
@@ -672,14 +678,7 @@ def test_install_sh_uses_the_distributions_websockets(make_dashboard: Any,
     assert not (prefix / "venv").exists()
     unit = (prefix / "sss-agent.service").read_text()
     assert f"WorkingDirectory={prefix}\nExecStart=/usr/bin/python3 -m agent" in unit
-    start = re.search(r"sss-agent:   (set -a; .*)", result.stdout)
-    assert start and "/usr/bin/python3 -m agent" in start[1], result.stdout
-    installed = LoggedProcess()
-    installed.spawn(["sh", "-c", start[1]])
-    try:
-        wait_online(dash, "alpha", timeout=20)
-    finally:
-        installed.kill()
+    assert "/usr/bin/python3 -m agent" in start_printed_agent(dash, result.stdout)
     forced = subprocess.run(["sh", "-c", script, "sh", "--prefix", str(prefix), "--env-file",
                              str(env_file), "--no-systemd", "--venv"],
                             env=INSTALL_ENV, capture_output=True,

@@ -299,13 +299,19 @@ def test_offline_and_back_reach_a_webhook_and_telegram(make_dashboard: Any,
     assert "hook-secret-1" not in log and "tg-secret" not in log and hook.url not in log
 
 
-def test_restart_neither_refires_nor_forgets(make_dashboard: Any, receivers: Any) -> None:
+def offline_fired(make_dashboard: Any, receivers: Any) -> tuple[Dashboard, Receiver]:
+    """A dashboard whose agent came and went: its "down" alert has fired."""
     hook, telegram = receivers(), receivers()
     dash = alerting_dashboard(make_dashboard, hook, telegram)
     with dash.agent("alpha") as agent:
         agent.send(json.dumps(go_report(reportInterval=0.5)))
         time.sleep(0.3)
     hook.wait(1)
+    return dash, hook
+
+
+def test_restart_neither_refires_nor_forgets(make_dashboard: Any, receivers: Any) -> None:
+    dash, hook = offline_fired(make_dashboard, receivers)
     for stop in ("graceful", "kill"):
         if stop == "graceful":
             assert dash.stop() == 0
@@ -365,12 +371,7 @@ def test_failing_receivers_are_retried_then_dropped(make_dashboard: Any,
 
 def test_the_card_and_header_show_firing_alerts(make_dashboard: Any, receivers: Any,
                                                 page_on: Any) -> None:
-    hook, telegram = receivers(), receivers()
-    dash = alerting_dashboard(make_dashboard, hook, telegram)
-    with dash.agent("alpha") as agent:
-        agent.send(json.dumps(go_report(reportInterval=0.5)))
-        time.sleep(0.3)
-    hook.wait(1)
+    dash, _ = offline_fired(make_dashboard, receivers)
     page = page_on(dash)
     alpha = card(page, "alpha")
     alpha.locator(".firing", has_text="🔥 down for").wait_for(timeout=10_000)
