@@ -278,8 +278,9 @@ class Dashboard:
 
     async def history_step(self, history: History, loop: asyncio.AbstractEventLoop,
                            now: float, final: bool = False) -> None:
+        online = {sid for sid, state in self.hub.servers.items() if state.online}
         fields = await history.step(loop, now, list(self.hub.servers), self.hub.last_record,
-                                    final)
+                                    final, online)
         if fields is not None:
             self.hub.take_history(fields)
 

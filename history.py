@@ -26,6 +26,7 @@ import json
 import logging
 import math
 import sqlite3
+from collections.abc import Container
 from pathlib import Path
 from typing import Any, Callable
 
@@ -125,9 +126,10 @@ def bucket_row(tier: int, sid: str, bucket: Bucket, length: float) -> tuple[Any,
             *bucket.net_totals)
 
 
-def watched_row(tier: int, sid: str, start: int, length: float) -> tuple[Any, ...]:
-    """A bucket in which a known server did not report: watched, offline, no metrics."""
-    return (tier, sid, start, 0, 0.0, length, *([None] * (2 * len(METRICS) + 2)))
+def watched_row(tier: int, sid: str, start: int, length: float,
+                online: float = 0.0) -> tuple[Any, ...]:
+    """A step in which a known server did not report: watched, no metrics (never zeros)."""
+    return (tier, sid, start, 0, online, length, *([None] * (2 * len(METRICS) + 2)))
 
 
 def weighted(column: str) -> str:
@@ -374,11 +376,13 @@ class Writer:
             f"SELECT server, SUM(online), SUM(watched) FROM samples WHERE tier = {HOURLY} "
             "AND t >= ? AND t < ? GROUP BY server", (day_start - 30 * 24 * HOUR, day_start))}
 
-    def rows(self, closed: Closed, servers: list[str]) -> list[tuple[Any, ...]]:
+    def rows(self, closed: Closed, servers: list[str],
+             online: Container[str] = ()) -> list[tuple[Any, ...]]:
         """Rows for the closed buckets; the ledger follows.
 
-        A known, configured server without a report in a closed step gets a watched row,
-        so its offline time counts against its availability.
+        A known, configured server without a report in a closed step gets a watched row:
+        online the whole step if the hub had it online (its reports only fell either side
+        of the step), else offline, so its offline time counts against its availability.
         """
         rows = []
         length = self.resolution
@@ -389,15 +393,16 @@ class Writer:
             self.known.update(buckets)
             for sid in servers:
                 if sid in self.known and sid not in buckets:
-                    rows.append(watched_row(FINE, sid, start, length))
-                    self.ledger.add(sid, start, 0.0, length)
+                    seconds = float(length) if sid in online else 0.0
+                    rows.append(watched_row(FINE, sid, start, length, seconds))
+                    self.ledger.add(sid, start, seconds, length)
         return rows
 
-    def step(self, closed: Closed, servers: list[str],
-             latest: list[tuple[str, int, str]], now: float) -> dict[str, str]:
+    def step(self, closed: Closed, servers: list[str], latest: list[tuple[str, int, str]],
+             now: float, online: Container[str] = ()) -> dict[str, str]:
         """One resolution step, in one transaction: the buckets, the last records, rollups
         and retention. Returns each known server's history fields for its view."""
-        rows = self.rows(closed, servers)
+        rows = self.rows(closed, servers, online)
         db = self.connection()
         try:
             db.execute("BEGIN IMMEDIATE")
@@ -493,7 +498,7 @@ class History:
 
     async def step(self, loop: Any, now: float, servers: list[str],
                    records: Callable[[str], tuple[int, str] | None],
-                   final: bool = False) -> dict[str, str] | None:
+                   final: bool = False, online: Container[str] = ()) -> dict[str, str] | None:
         """Write the closed buckets on the writer thread; each server's view fields, or None
         when the step could not be written (logged once per distinct problem). The final
         step, at a graceful stop, writes the open buckets too."""
@@ -503,7 +508,7 @@ class History:
         started = loop.time()
         try:
             fields = await loop.run_in_executor(self.executor, self.writer.step, closed,
-                                                servers, latest, now)
+                                                servers, latest, now, online)
         except (sqlite3.Error, OSError) as exc:
             self.problem(exc)
             return None

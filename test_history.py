@@ -298,3 +298,18 @@ def test_the_cached_view_fields_equal_the_plain_computation() -> None:
         expected = history.availability(ledger.hours["web-1"], ledger.month.get(
             "web-1", (0.0, 0.0)), now)
         assert json.loads("{" + ledger.json("web-1", now)[1:] + "}") == expected
+
+
+def test_a_step_without_a_report_counts_as_the_hub_saw_the_server(tmp_path: Path) -> None:
+    """Reports every 60 s at a 60 s resolution fall either side of some steps: a server the
+    hub has online is online that step; one it has offline is offline."""
+    store = history.History(tmp_path, resolution=60)
+    for sid in ("steady", "gone"):
+        store.fold(sid, report(5, interval=60), T0 + 30)
+    store.writer.step(store.take_closed(T0 + 61), ["steady", "gone"], [], T0 + 61)
+    empty = store.take_closed(T0 + 121)  # nobody reported in this step
+    store.writer.step(empty, ["steady", "gone"], [], T0 + 121, online={"steady"})
+    db = store.writer.connection()
+    rows = dict(db.execute("SELECT server, online FROM samples WHERE t = ?", (T0 + 60,)))
+    assert rows == {"steady": 60.0, "gone": 0.0}
+    store.close()
