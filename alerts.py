@@ -25,8 +25,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Callable
 
-from config import AlertRule, NotifierConfig, ServerConfig
+from config import ALERT_METRICS, AlertRule, NotifierConfig, ServerConfig
 from datafiles import JsonFile
+from history import METRICS, metric_values
 
 log = logging.getLogger("sss.dashboard")
 
@@ -54,22 +55,13 @@ class Observed:
 
 
 def observed_values(record: dict[str, Any] | None) -> dict[str, float]:
-    """The alert metrics of a validated record."""
+    """The alert metrics of a validated record: history's extraction, plus load5."""
     if not record:
         return {}
-    get = record.get
-    load = get("hostInfo", {}).get("avgStat", {})
-    net = get("networkInfo", {})
-    extra = get("extraInfo", {})
-    values = {"cpu": get("cpuInfo", {}).get("percent"),
-              "memory": get("virtualMemoryInfo", {}).get("usedPercent"),
-              "swap": get("swapMemoryInfo", {}).get("usedPercent"),
-              "disk": get("diskInfo", {}).get("usedPercent"),
-              "load1": load.get("load1"), "load5": load.get("load5"),
-              "netIn": net.get("netInSpeed"), "netOut": net.get("netOutSpeed"),
-              "tcp": extra.get("tcpConnections"), "udp": extra.get("udpConnections"),
-              "processes": extra.get("processes")}
-    return {metric: value for metric, value in values.items() if value is not None}
+    values = dict(zip((name for name, _ in METRICS), metric_values(record)))
+    values["load5"] = record.get("hostInfo", {}).get("avgStat", {}).get("load5")
+    return {metric: value for metric, value in values.items()
+            if value is not None and metric in ALERT_METRICS}
 
 
 # --- evaluation (pure) ------------------------------------------------------------------

@@ -205,15 +205,23 @@ def installer_for(template: bytes, url: str) -> bytes:
 # --- the agents' handshake ---------------------------------------------------
 
 
+def banned_response(site: Site, address: str, now: float) -> Response | None:
+    """429 saying how long, for an address the failure limiter refuses; None otherwise."""
+    banned = site.limiter.banned_for(address, now)
+    if not banned:
+        return None
+    seconds = int(banned) + 1
+    return text_response(HTTPStatus.TOO_MANY_REQUESTS,
+                         f"too many failed attempts from this address; refused for "
+                         f"{seconds} more s", {"Retry-After": str(seconds)})
+
+
 def check_agent(site: Site, address: str, headers: Headers,
                 now: float) -> tuple[Response | None, AgentIdentity | None]:
     """Authenticate an agent before the upgrade: (refusal, None) or (None, identity)."""
-    banned = site.limiter.banned_for(address, now)
-    if banned:
-        seconds = int(banned) + 1
-        return text_response(HTTPStatus.TOO_MANY_REQUESTS,
-                             f"too many failed attempts from this address; refused for "
-                             f"{seconds} more s", {"Retry-After": str(seconds)}), None
+    refusal = banned_response(site, address, now)
+    if refusal is not None:
+        return refusal, None
     ids, secrets = headers.get_all("X-SERVER-ID"), headers.get_all("X-AUTH-SECRET")
     sid = ids[0] if ids else ""
     if len(ids) > 1 or len(secrets) > 1:
@@ -495,12 +503,9 @@ def login_handshake(site: Site, connection: Any, request: Request,
         return text_response(HTTPStatus.FORBIDDEN, "cross-site sign-in refused")
     peer = connection.remote_address[0] if connection.remote_address else "?"
     address = client_address(peer, request.headers, site.options.trusted_proxies)
-    banned = site.limiter.banned_for(address, now)
-    if banned:
-        seconds = int(banned) + 1
-        return text_response(HTTPStatus.TOO_MANY_REQUESTS,
-                             f"too many failed attempts from this address; refused for "
-                             f"{seconds} more s", {"Retry-After": str(seconds)})
+    refusal = banned_response(site, address, now)
+    if refusal is not None:
+        return refusal
     connection.agent, connection.login_from = None, address
     connection.protocol.available_extensions = []
     return None
