@@ -46,6 +46,7 @@ import tempfile
 import threading
 import time
 import urllib.request
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -114,7 +115,7 @@ async def fake_agents(url: str, ids: list[str], secret: str, duration: float,
         for attempt in range(5):  # a listen queue full at 10,000 agents: retry, as agents do
             try:
                 ws = await connect(url, additional_headers=headers, open_timeout=60,
-                                   ping_interval=None)
+                                   ping_interval=None, local_addr=(fleet_address(server_id), 0))
                 break
             except (OSError, InvalidMessage, asyncio.TimeoutError):
                 await asyncio.sleep(1 + attempt)
@@ -134,6 +135,13 @@ async def fake_agents(url: str, ids: list[str], secret: str, duration: float,
 
     await asyncio.gather(*(one(sid, i * interval / len(ids)) for i, sid in enumerate(ids)))
     return sent
+
+
+def fleet_address(server_id: str) -> str:
+    """A loopback address of the agent's own (127.x.y.z), as a real fleet has one each:
+    the dashboard limits handshakes in progress per address."""
+    number = zlib.crc32(server_id.encode())
+    return f"127.{number % 250 + 1}.{number // 250 % 250}.{number // 62500 % 250 + 1}"
 
 
 async def watch(url: str, duration: float, sent_at: dict[int, float] | None,
@@ -169,7 +177,8 @@ def start_dashboard(directory: Path, server_ids: list[str],
     config.write_text(json.dumps({"servers": [{"id": sid, "secret": SECRET}
                                               for sid in server_ids]}))
     return start_server([sys.executable, str(HERE / "dashboard.py"), "--config", str(config),
-                         "--host", "127.0.0.1", "--port", "0", *flags], directory / "dashboard.log")
+                         "--host", "127.0.0.1", "--port", "0", "--viewers-per-address", "1000",
+                         *flags], directory / "dashboard.log")
 
 
 def start_server(args: list[str], log_path: Path) -> tuple[subprocess.Popen, int]:
@@ -452,7 +461,8 @@ async def reconnecting_agents(url: str, ids: list[str], duration: float,
             try:
                 handshakes += 1
                 async with connect(url, additional_headers=headers, open_timeout=30,
-                                   ping_interval=None, compression=None) as ws:
+                                   ping_interval=None, compression=None,
+                                   local_addr=(fleet_address(server_id), 0)) as ws:
                     retry, delays, lost = 0, agent.backoff_delays(), True
                     while time.monotonic() < deadline:
                         await ws.send(template)

@@ -203,6 +203,18 @@ class Dashboard(LoggedProcess):
         assert status == 200, (path, status, body)
         return json.loads(body)
 
+    def metric(self, name: str, labels: str = "") -> float:
+        """One series' value from /metrics (0 when absent), e.g. metric("x", 'reason="y"')."""
+        series = f"{name}{{{labels}}}" if labels else name
+        for line in self.get("/metrics")[2].decode().splitlines():
+            if line.startswith(series + " "):
+                return float(line.split()[-1])
+        return 0.0
+
+    def refused(self, reason: str) -> int:
+        """Connections refused before the upgrade for `reason` (sss_refused_total)."""
+        return int(self.metric("sss_refused_total", f'reason="{reason}"'))
+
     def agent(self, sid: str, secret: str = SECRET, headers: dict[str, str] | None = None,
               **kwargs: Any) -> ClientConnection:
         return connect(self.url("/ws-report", "ws"), open_timeout=10,

@@ -46,6 +46,7 @@ import asyncio  # noqa: E402
 import contextlib  # noqa: E402
 import dataclasses  # noqa: E402
 import errno  # noqa: E402
+import functools  # noqa: E402
 import getpass  # noqa: E402
 import importlib.util  # noqa: E402
 import json  # noqa: E402
@@ -55,9 +56,11 @@ import resource  # noqa: E402
 import signal  # noqa: E402
 import ssl  # noqa: E402
 import time  # noqa: E402
+from http import HTTPStatus  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
+import websockets.http11  # noqa: E402
 from websockets.asyncio.server import ServerConnection, broadcast, serve  # noqa: E402
 from websockets.exceptions import ConnectionClosed  # noqa: E402
 from websockets.extensions.permessage_deflate import (  # noqa: E402
@@ -71,11 +74,36 @@ from alerts import test_notify as alerts_test_notify  # noqa: E402
 from config import Config, ConfigError, load_config  # noqa: E402
 from history import DEFAULT_DAYS, DEFAULT_RESOLUTION, History  # noqa: E402
 from hub import Closing, Hub  # noqa: E402
+from limits import (  # noqa: E402
+    BAD_REPORTS_LIMIT,
+    BAD_REPORTS_WINDOW,
+    FLOOD_DROPS,
+    FLOOD_WINDOW,
+    MAX_HEADER_LINE,
+    MAX_HEADERS,
+    REPORT_BURST,
+    REPORTS_PER_SECOND,
+    VIEWER_MEMORY_BUDGET,
+    VIEWERS_PER_ADDRESS,
+    VIEWERS_TOTAL,
+    Burst,
+    TokenBucket,
+    address_key,
+)
 from reports import MAX_FRAME_BYTES, ReportError, validate_report  # noqa: E402
 from sessions import Sessions, check_password, hash_password  # noqa: E402
 from timings import TICK_SECONDS  # noqa: E402
 from traffic import SAVE_SECONDS, Traffic, zone  # noqa: E402
-from web import SAFE_URL, Files, Options, Site, route_request  # noqa: E402
+from web import (  # noqa: E402
+    SAFE_URL,
+    Files,
+    Options,
+    Site,
+    banned_response,
+    count_failure,
+    route_request,
+    text_response,
+)
 
 __version__ = "0.2.0"
 
@@ -83,9 +111,9 @@ log = logging.getLogger("sss.dashboard")
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_CONFIG = HERE / "servers.json"
-BAD_REPORTS_BEFORE_CLOSE = 5
 LISTEN_BACKLOG = 1024  # a fleet reconnecting at once: asyncio's default of 100 drops SYNs
 LOGIN_TIMEOUT = 10.0  # a sign-in socket that says nothing is closed
+TLS_HANDSHAKE_TIMEOUT = 10.0  # asyncio's default of 60 s lets idle sockets pile up
 # Checked against for unknown user names, so they take as long as known ones.
 DUMMY_HASH = ("scrypt$16384$8$1$AAAAAAAAAAAAAAAAAAAAAA==$"
               "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=")
@@ -101,6 +129,74 @@ VIEWER_COMPRESSION = ServerPerMessageDeflateFactory(
 # --- connections ---------------------------------------------------------------
 
 
+class Connection(ServerConnection):
+    """websockets' connection, plus what the dashboard counts from the first byte on:
+    the handshake in progress (per address and in total), the request's method (HEAD
+    and 405 are answered here, because websockets 15 reads GET requests only), and the
+    viewer it becomes, until the socket closes however it closes."""
+
+    def __init__(self, *args: Any, site: Site, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.site = site
+        self.peer = "?"
+        self.handshaking = False
+        self.head = False  # a HEAD request, parsed as GET and answered without a body
+        self.before_method: bytes | None = b""  # the first bytes, until the method is known
+        self.viewer_from: str | None = None  # set by web.route_request
+        self.agent = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        peer = transport.get_extra_info("peername")
+        self.peer = peer[0] if peer else "?"
+        refusal = self.site.connections.start_handshake(self.peer)
+        if refusal:
+            self.site.refuse("handshakes", ("handshakes", address_key(self.peer)),
+                             f"connection from {self.peer} refused: {refusal}",
+                             time.monotonic())
+            self.refuse(HTTPStatus.SERVICE_UNAVAILABLE, f"{refusal}; retry later",
+                        {"Retry-After": "10"})
+        else:
+            self.handshaking = True
+
+    def data_received(self, data: bytes) -> None:
+        if self.before_method is not None:
+            data = self.before_method + data
+            method = data.split(b" ", 1)[0]
+            if len(method) == len(data) < 8:  # the method is not complete yet
+                self.before_method = data
+                return
+            self.before_method = None
+            if method == b"HEAD":
+                self.head, data = True, b"GET" + data[4:]
+            elif method != b"GET":
+                self.site.refused["method"] += 1
+                self.refuse(HTTPStatus.METHOD_NOT_ALLOWED, "only GET and HEAD are served here",
+                            {"Allow": "GET, HEAD"})
+                return
+        super().data_received(data)
+
+    def headers_read(self) -> None:
+        """The request is complete: it no longer counts as a handshake in progress."""
+        if self.handshaking:
+            self.handshaking = False
+            self.site.connections.end_handshake(self.peer)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.headers_read()
+        if self.viewer_from is not None:
+            self.site.connections.remove_viewer(self.viewer_from)
+            self.viewer_from = None
+        super().connection_lost(exc)
+
+    def refuse(self, status: HTTPStatus, text: str, headers: dict[str, str]) -> None:
+        """Answer before websockets has read a request, and hang up."""
+        self.before_method = None
+        response = text_response(status, text, {**headers, "Connection": "close"})
+        self.transport.write(response.serialize())
+        self.transport.close()
+
+
 class Dashboard:
     """The hub and the site, plus what only a running server has: closes in flight."""
 
@@ -110,7 +206,8 @@ class Dashboard:
         self.history = history
         self.traffic = Traffic(data / "traffic.json", zone(config.timezone))
         self.traffic.load()
-        self.hub = Hub(config, broadcast, asyncio.get_running_loop(), history, self.traffic)
+        self.hub = Hub(config, broadcast, asyncio.get_running_loop(), history, self.traffic,
+                       options.viewer_memory)
         self.alerting = Alerting(data / "alerts.json", time.time())
         self.alerting.configure(config.notifiers)
         self.sessions = Sessions(data / "sessions.json")
@@ -131,8 +228,14 @@ class Dashboard:
         self.closing.add(future)
         future.add_done_callback(self.closing.discard)
 
-    def process_request(self, connection: ServerConnection, request: Request) -> Response | None:
-        return route_request(self.site, connection, request, time.monotonic())
+    def process_request(self, connection: Connection, request: Request) -> Response | None:
+        connection.headers_read()
+        response = route_request(self.site, connection, request, time.monotonic())
+        if connection.head:  # the GET answer's headers, no body; no upgrade on HEAD
+            response = response or text_response(HTTPStatus.METHOD_NOT_ALLOWED,
+                                                 "WebSocket handshakes use GET")
+            response = dataclasses.replace(response, body=b"")
+        return response
 
     async def handler(self, ws: ServerConnection) -> None:
         """Dispatch by who connected; process_request vetted it and stored who it is."""
@@ -153,19 +256,25 @@ class Dashboard:
         except (asyncio.TimeoutError, ConnectionClosed, ValueError, KeyError, TypeError):
             await ws.close(CloseCode.POLICY_VIOLATION, "expected a user and a password")
             return
+        now, who = time.monotonic(), f"user:{user}"
+        refusal = banned_response(self.site, address, who, now)
+        if refusal is not None:
+            with contextlib.suppress(ConnectionClosed):
+                await ws.send(json.dumps({"ok": False, "error": refusal.body.decode().strip()}))
+                await ws.close()
+            return
         users = self.hub.config.viewers.users
         stored = users.get(user, DUMMY_HASH)  # as slow for unknown users as for known ones
         loop = asyncio.get_running_loop()
         matches = await loop.run_in_executor(None, check_password, password, stored)
         if matches and user in users:
             log.info("viewer sign-in: %r from %s", user, address)
+            self.site.limiter.succeeded(address, now)
             answer = {"ok": True, "ticket": self.sessions.ticket(user, time.time())}
         else:
-            log.warning("viewer sign-in refused: %.64r from %s: wrong user name or password",
-                        user, address)
-            if self.site.limiter.fail(address, time.monotonic()):
-                log.warning("address %s banned for %.0f s after %d failed attempts",
-                            address, self.site.limiter.ban, self.site.limiter.limit)
+            count_failure(self.site, address, who, "sign_in",
+                          f"viewer sign-in refused: {user[:64]!r} from {address}: "
+                          "wrong user name or password", now)
             answer = {"ok": False, "error": "wrong user name or password"}
         with contextlib.suppress(ConnectionClosed):
             await ws.send(json.dumps(answer))
@@ -181,29 +290,36 @@ class Dashboard:
             self.close_later(older)
         else:
             log.info("agent connected: id=%s from %s", sid, address)
-        bad_in_a_row = 0
+        limits = AgentLimits(time.monotonic())
         try:
             async for frame in ws:
                 if not hub.is_current(sid, ws):
                     break  # removed or re-keyed by a reload
                 now = time.monotonic()
                 hub.heard_from(sid, now)
+                if not limits.reports.take(now):  # over 10 a second: dropped unread
+                    hub.reject_report(ReportError("rate", "over the report rate"))
+                    self.log_report_problem(sid, "rate",
+                                            f"over {REPORTS_PER_SECOND:.0f} reports a second", now)
+                    if limits.drops.add(sid, now):
+                        await self.close_agent(ws, sid, CloseCode.POLICY_VIOLATION,
+                                               f"{FLOOD_DROPS} reports over the rate within "
+                                               f"{FLOOD_WINDOW:.0f} s")
+                        break
+                    continue
                 try:
                     record = validate_report(frame)
                 except ReportError as exc:
                     hub.reject_report(exc)
-                    log.warning("report dropped: id=%s: %s", sid, exc)
+                    self.log_report_problem(sid, exc.reason, str(exc), now)
                     if check:
                         await ws.send(check_answer(str(exc)))
-                    bad_in_a_row += 1
-                    if bad_in_a_row >= BAD_REPORTS_BEFORE_CLOSE:
-                        log.warning("agent closed: id=%s sent %d invalid reports in a row",
-                                    sid, bad_in_a_row)
-                        await ws.close(CloseCode.INVALID_DATA,
-                                       f"{bad_in_a_row} invalid reports in a row")
+                    if limits.bad.add(sid, now):
+                        await self.close_agent(ws, sid, CloseCode.INVALID_DATA,
+                                               f"{BAD_REPORTS_LIMIT} invalid reports within "
+                                               f"{BAD_REPORTS_WINDOW:.0f} s")
                         break
                     continue
-                bad_in_a_row = 0
                 hub.accept_report(sid, record, now, time.time())
                 if check:
                     await ws.send(check_answer(""))
@@ -211,16 +327,27 @@ class Dashboard:
             if exc.sent is not None and exc.sent.code == CloseCode.MESSAGE_TOO_BIG:
                 error = ReportError("too_large", f"frame over {MAX_FRAME_BYTES} bytes")
                 hub.reject_report(error)
-                log.warning("report dropped: id=%s: %s", sid, error)
+                self.log_report_problem(sid, error.reason, str(error), time.monotonic())
         finally:
             if hub.detach_agent(sid, ws):
                 log.info("agent disconnected: id=%s (%s %r)", sid, ws.close_code,
                          ws.close_reason)
 
+    def log_report_problem(self, sid: str, reason: str, detail: str, now: float) -> None:
+        """One line per agent and reason a minute, with how many were held back."""
+        self.site.log_quietly(logging.WARNING, ("report", sid, reason),
+                              f"report dropped: id={sid}: {detail}", now)
+
+    @staticmethod
+    async def close_agent(ws: ServerConnection, sid: str, code: CloseCode, why: str) -> None:
+        log.warning("agent closed: id=%s: %s", sid, why)
+        await ws.close(code, why)
+
     async def serve_viewer(self, ws: ServerConnection) -> None:
         """Send the snapshot, then updates, until the browser leaves."""
         hub = self.hub
-        hub.add_viewer(ws, time.time(), ws.sees_hidden)  # type: ignore[attr-defined]
+        if ws in hub.add_viewer(ws, time.time(), ws.sees_hidden):  # type: ignore[attr-defined]
+            return  # cut at once: the viewers' memory budget is spent
         log.info("viewer connected (%d watching)", len(hub.viewers))
         try:
             async for _ in ws:
@@ -357,6 +484,15 @@ def test_notifier(config: Config, name: str) -> int:
     return 0
 
 
+class AgentLimits:
+    """Per agent connection: reports a second, and bursts of dropped and invalid ones."""
+
+    def __init__(self, now: float) -> None:
+        self.reports = TokenBucket(REPORTS_PER_SECOND, REPORT_BURST, now)
+        self.drops = Burst(FLOOD_DROPS, FLOOD_WINDOW)
+        self.bad = Burst(BAD_REPORTS_LIMIT, BAD_REPORTS_WINDOW)
+
+
 def check_answer(error: str) -> str:
     """The frame answering one report on an agent.py --check connection (PROTOCOL.md)."""
     if not error:
@@ -426,9 +562,15 @@ async def run(config: Config, config_path: Path, options: Options,
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, dashboard.reload)
     tls = options.tls
+    # Request headers: what agents and browsers send, not websockets' 128 lines of 8 KiB
+    # (1 MiB held by every unfinished handshake).
+    websockets.http11.MAX_NUM_HEADERS = MAX_HEADERS
+    websockets.http11.MAX_LINE_LENGTH = MAX_HEADER_LINE
     async with serve(dashboard.handler, config.host, config.port,
                      process_request=dashboard.process_request, max_size=MAX_FRAME_BYTES,
+                     create_connection=functools.partial(Connection, site=dashboard.site),
                      backlog=LISTEN_BACKLOG,
+                     ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT if tls else None,
                      server_header=f"sss-dashboard/{__version__}", compression=None, ssl=tls,
                      extensions=[VIEWER_COMPRESSION] if options.viewer_compression else None,
                      ) as server:
@@ -475,6 +617,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="a reverse proxy's address (repeatable): agents behind it are "
                              "known by its X-Forwarded-For, so one bad client cannot get "
                              "the proxy banned for everyone")
+    parser.add_argument("--max-viewers", type=int, default=VIEWERS_TOTAL, metavar="N",
+                        help="browsers watching at once, in total")
+    parser.add_argument("--viewers-per-address", type=int, default=VIEWERS_PER_ADDRESS,
+                        metavar="N", help="browsers watching at once from one address "
+                        "(an IPv6 /64); behind a proxy, by its X-Forwarded-For")
+    parser.add_argument("--viewer-memory", type=int, default=VIEWER_MEMORY_BUDGET >> 20,
+                        metavar="MIB", help="unsent bytes of all viewers together; past it "
+                        "the slowest viewers are disconnected")
     parser.add_argument("--data", type=Path, metavar="DIR",
                         help="where the dashboard keeps what it remembers (history.db) "
                              "(default: the folder holding servers.json)")
@@ -494,6 +644,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if not 1 <= args.history_resolution <= 3600:
         parser.error("--history-resolution must be 1-3600 seconds")
+    if min(args.max_viewers, args.viewers_per_address, args.viewer_memory) < 1:
+        parser.error("--max-viewers, --viewers-per-address and --viewer-memory must be 1 or more")
     if args.history_days < 3:
         parser.error("--history-days must be at least 3")
     return args
@@ -536,7 +688,8 @@ def main(argv: list[str] | None = None) -> int:
                       args.keyfile, exc)
             return 2
     options = Options(args.public_url, tls, args.viewer_compression,
-                      frozenset(args.trusted_proxy))
+                      frozenset(args.trusted_proxy), args.max_viewers,
+                      args.viewers_per_address, args.viewer_memory << 20)
     raise_file_limit(len(config.servers))
     data = args.data or args.config.resolve().parent
     history = None

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Callable, NamedTuple
 from alerts import Observed, observed_values
 from config import COUNTRY_PATTERN, Config, ServerConfig
 from history import History
+from limits import VIEWER_BACKLOG_BYTES, VIEWER_MEMORY_BUDGET
 from reports import VIEW_FIELDS, ReportError
 from timings import COALESCE_SECONDS, DEFAULT_REPORT_INTERVAL, offline_after, silent_close_after
 from traffic import Traffic, days_left, zone
@@ -31,7 +32,7 @@ else:
 log = logging.getLogger("sss.dashboard")
 
 POLICY_VIOLATION = 1008  # websockets' CloseCode.POLICY_VIOLATION (hub imports no websockets)
-VIEWER_BACKLOG_BYTES = 1024 * 1024  # allowed beyond one snapshot before a viewer is cut
+SNAPSHOT_SHARED_SECONDS = 1.0
 
 Broadcast = Callable[[list[Any], str], None]
 
@@ -68,6 +69,23 @@ def browser_message(kind: str, wall: float, server_views: list[str]) -> str:
     return f'{{"type":"{kind}","time":{wall:.3f},"servers":[{",".join(server_views)}]}}'
 
 
+def to_cut(backlogs: dict[Any, int], cap: int, budget: int) -> list[Any]:
+    """Which viewers to cut: each over `cap`, then the largest until the rest fit `budget`.
+
+        >>> to_cut({"a": 10, "b": 500, "c": 300, "d": 0}, cap=400, budget=200)
+        ['b', 'c']
+    """
+    cut = [ws for ws, size in backlogs.items() if size > cap]
+    total = sum(backlogs.values()) - sum(backlogs[ws] for ws in cut)
+    for ws in sorted(backlogs, key=backlogs.__getitem__, reverse=True):
+        if total <= budget:
+            break
+        if ws not in cut:
+            cut.append(ws)
+            total -= backlogs[ws]
+    return cut
+
+
 @dataclasses.dataclass
 class ServerState:
     config: ServerConfig
@@ -102,7 +120,8 @@ class Hub:
 
     def __init__(self, config: Config, broadcast: Broadcast,
                  loop: asyncio.AbstractEventLoop | None = None,
-                 history: History | None = None, traffic: Traffic | None = None) -> None:
+                 history: History | None = None, traffic: Traffic | None = None,
+                 viewer_budget: int = VIEWER_MEMORY_BUDGET) -> None:
         self.config = config
         self.broadcast = broadcast
         self.history = history
@@ -113,6 +132,9 @@ class Hub:
         self.dirty: set[str] = set()
         self.flush_handle: asyncio.TimerHandle | None = None
         self.snapshot_bytes = 0
+        self.snapshots: dict[bool, tuple[float, str]] = {}  # per audience: (built, message)
+        self.viewer_budget = viewer_budget
+        self.viewers_cut = 0
         self.accepted = 0
         self.rejected: collections.Counter[str] = collections.Counter()
 
@@ -188,6 +210,7 @@ class Hub:
             if state is not None and state.record is None:
                 state.record, state.last_report = record, last_report
                 state.refresh_view()
+        self.snapshots.clear()
 
     def take_history(self, fields: dict[str, str]) -> None:
         """Each server's availability from history; a change goes out as an update."""
@@ -285,17 +308,27 @@ class Hub:
         return [s for s in self.servers.values() if sees_hidden or not s.config.hidden]
 
     def snapshot(self, wall: float, sees_hidden: bool = True) -> str:
-        message = browser_message("snapshot", wall,
-                                  [s.view_json for s in self.visible(sees_hidden)])
-        self.snapshot_bytes = max(self.snapshot_bytes, len(message))
+        """The snapshot for one audience, shared by every viewer joining within a second
+        while nothing changed: viewers reconnecting in a loop cost no rebuilds. (Its
+        `time` sets the page's clock, so it is never older than that.)"""
+        built, message = self.snapshots.get(sees_hidden, (-1.0, ""))
+        if not 0 <= wall - built < SNAPSHOT_SHARED_SECONDS:
+            message = browser_message("snapshot", wall,
+                                      [s.view_json for s in self.visible(sees_hidden)])
+            self.snapshots[sees_hidden] = (wall, message)
+            self.snapshot_bytes = max(self.snapshot_bytes, len(message))
         return message
 
-    def add_viewer(self, ws: ServerConnection, wall: float, sees_hidden: bool = True) -> None:
-        """Queue the snapshot, then updates; broadcast() keeps the two in order."""
+    def add_viewer(self, ws: ServerConnection, wall: float,
+                   sees_hidden: bool = True) -> list[ServerConnection]:
+        """Queue the snapshot, then updates; broadcast() keeps the two in order. Returns
+        the viewers cut to stay within the memory budget (this one, maybe)."""
         self.broadcast([ws], self.snapshot(wall, sees_hidden))
         self.viewers[ws] = sees_hidden
+        return self.cut_backlogs()
 
     def mark_dirty(self, sid: str) -> None:
+        self.snapshots.clear()
         self.dirty.add(sid)
         if self.flush_handle is None and self.loop is not None:
             self.flush_handle = self.loop.call_later(COALESCE_SECONDS, self.flush)
@@ -317,26 +350,31 @@ class Hub:
         """After a reload: everyone gets a fresh snapshot of what they may see."""
         wall = self.wall()
         self.snapshot_bytes = 0
+        self.snapshots.clear()
         self.push(lambda sees_hidden: self.snapshot(wall, sees_hidden))
 
     def push(self, message_for: Callable[[bool], str | None]) -> list[ServerConnection]:
-        """Send to every viewer that keeps up; cut (and return) those whose backlog overflows."""
-        cap = VIEWER_BACKLOG_BYTES + self.snapshot_bytes
+        """Send to every viewer that keeps up; cut (and return) those that do not."""
+        cut = self.cut_backlogs()
         audiences: dict[bool, list[ServerConnection]] = {True: [], False: []}
-        cut = []
         for ws, sees_hidden in self.viewers.items():
-            if ws.transport.get_write_buffer_size() > cap:
-                cut.append(ws)
-            else:
-                audiences[sees_hidden].append(ws)
-        for ws in cut:
-            log.warning("viewer disconnected: not reading (over %d bytes queued)", cap)
-            self.viewers.pop(ws, None)
-            ws.transport.abort()  # a close handshake would queue behind the backlog
+            audiences[sees_hidden].append(ws)
         for sees_hidden, members in audiences.items():
             message = message_for(sees_hidden) if members else None
             if message is not None:  # None: nothing this audience may see changed
                 self.broadcast(members, message)
+        return cut
+
+    def cut_backlogs(self) -> list[ServerConnection]:
+        """Cut viewers whose unsent bytes pass their own cap (1 MiB beyond a snapshot),
+        then the largest backlogs until all viewers' together fit the memory budget."""
+        backlogs = {ws: ws.transport.get_write_buffer_size() for ws in self.viewers}
+        cut = to_cut(backlogs, VIEWER_BACKLOG_BYTES + self.snapshot_bytes, self.viewer_budget)
+        for ws in cut:
+            log.warning("viewer disconnected: not reading (%d bytes queued)", backlogs[ws])
+            self.viewers.pop(ws, None)
+            ws.transport.abort()  # a close handshake would queue behind the backlog
+        self.viewers_cut += len(cut)
         return cut
 
     @staticmethod

@@ -1,54 +1,274 @@
-"""Per-address limits on failed attempts (pure: time comes in as `now`).
+"""Limits on what one client, one address and everyone together may cost (pure: time
+comes in as `now`, so every rule is tested with a fake clock).
 
-    >>> limiter = FailureLimiter(limit=2, window=60, ban=300)
-    >>> limiter.fail("198.51.100.7", now=0.0), limiter.fail("198.51.100.7", now=1.0)
-    (False, True)
-    >>> limiter.banned_for("198.51.100.7", now=2.0)
-    299.0
+    >>> limiter, nat = FailureLimiter(limit=2, window=60, ban=300), "198.51.100.7"
+    >>> limiter.fail(nat, "id:web", now=0.0), limiter.fail(nat, "id:web", now=1.0)
+    (None, 'id:web')
+    >>> limiter.banned_for(nat, "id:web", now=2.0), limiter.banned_for(nat, "id:db", now=2.0)
+    (299.0, 0.0)
 
-Agents' failed handshakes count here today; wrong sign-in passwords will count in the
-same limiter, so guessing either costs the same.
+- FailureLimiter: failed handshakes and sign-ins. A misconfigured agent bans only its own
+  id from its address; guessing across ids bans the address; failures from everywhere
+  together past a global budget let only addresses that signed in recently through.
+- Burst: "this many events within that many seconds", the building block.
+- TokenBucket: reports per agent connection.
+- LogLimiter: one log line per key and minute, the next one saying how many were held back.
+- Connections: handshakes in progress and viewers, per address and in total.
+
+README's Security section lists the numbers and how to tune them.
 """
 
 from __future__ import annotations
 
 import collections
+import ipaddress
+from collections.abc import Hashable
 
-from timings import BAN_SECONDS, FAILED_HANDSHAKES_LIMIT, FAILED_HANDSHAKES_WINDOW
+MAX_TRACKED_KEYS = 20_000  # a flood of addresses cannot grow any table without bound
 
-MAX_TRACKED_ADDRESSES = 10_000  # a flood of addresses cannot grow memory without bound
+# Failed handshakes and sign-ins: 10 of one id (or user) from one address within 60 s
+# refuse that id there for 5 minutes; 50 of any ids refuse the address; 300 from
+# everywhere within 60 s let only addresses that authenticated within a day through.
+FAILED_HANDSHAKES_LIMIT = 10
+FAILED_HANDSHAKES_WINDOW = 60.0
+BAN_SECONDS = 300.0
+ADDRESS_FAILURES_LIMIT = 50
+GLOBAL_FAILURES_LIMIT = 300
+RECENT_SUCCESS_SECONDS = 86400.0
+# Handshakes in progress (connected, request headers not complete yet): each may hold up
+# to MAX_HEADERS lines of MAX_HEADER_LINE bytes until websockets' open timeout (10 s).
+HANDSHAKES_PER_ADDRESS = 16
+HANDSHAKES_TOTAL = 512
+# The request headers agents and browsers send: a browser's WebSocket handshake has about
+# 15 headers, a proxy adds a few; one long line is a Cookie header.
+MAX_HEADERS = 32
+MAX_HEADER_LINE = 8192
+# Viewers (browsers on /ws-frontend).
+VIEWERS_PER_ADDRESS = 16
+VIEWERS_TOTAL = 1000
+VIEWER_BACKLOG_BYTES = 1024 * 1024  # one viewer's unsent bytes beyond a snapshot
+VIEWER_MEMORY_BUDGET = 64 * 1024 * 1024  # all viewers' unsent bytes together (--viewer-memory)
+# Reports per agent connection: the agent's fastest pace is 1 s; a dashboard restart
+# flushes its queue of up to 100, so a burst is allowed.
+REPORTS_PER_SECOND = 10.0
+REPORT_BURST = 100
+FLOOD_DROPS = 200  # dropped reports within FLOOD_WINDOW close the connection
+FLOOD_WINDOW = 10.0
+BAD_REPORTS_LIMIT = 5  # invalid reports within BAD_REPORTS_WINDOW close the connection
+BAD_REPORTS_WINDOW = 60.0
+LOG_EVERY = 60.0
 
 
-class FailureLimiter:
-    """`limit` failures within `window` seconds from one address ban it for `ban` seconds."""
+def address_key(address: str) -> str:
+    """What one client controls: an IPv4 address, or an IPv6 /64 (one customer's prefix,
+    where every address is free to take)."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return str(ip)
 
-    def __init__(self, limit: int = FAILED_HANDSHAKES_LIMIT,
-                 window: float = FAILED_HANDSHAKES_WINDOW, ban: float = BAN_SECONDS) -> None:
-        self.limit, self.window, self.ban = limit, window, ban
-        self.failures: dict[str, collections.deque[float]] = {}
-        self.banned_until: dict[str, float] = {}
 
-    def banned_for(self, address: str, now: float) -> float:
-        """Seconds this address is still refused; 0 when it is not."""
-        return max(self.banned_until.get(address, 0.0) - now, 0.0)
+def forget_oldest(table: dict, limit: int = MAX_TRACKED_KEYS) -> None:
+    """Make room for one more key by dropping the oldest (dicts keep insertion order)."""
+    while len(table) >= limit:
+        del table[next(iter(table))]
 
-    def fail(self, address: str, now: float) -> bool:
-        """Count one failure; True when it just earned the address a ban."""
-        if address not in self.failures and len(self.failures) >= MAX_TRACKED_ADDRESSES:
-            del self.failures[next(iter(self.failures))]  # the oldest tracked address
-        recent = self.failures.setdefault(address, collections.deque(maxlen=self.limit))
-        recent.append(now)
-        if len(recent) == self.limit and now - recent[0] <= self.window:
-            if len(self.banned_until) >= MAX_TRACKED_ADDRESSES:
-                del self.banned_until[next(iter(self.banned_until))]
-            self.banned_until[address] = now + self.ban
-            del self.failures[address]
+
+class Burst:
+    """`limit` events within `window` seconds, per key."""
+
+    def __init__(self, limit: int, window: float) -> None:
+        self.limit, self.window = limit, window
+        self.times: dict[Hashable, collections.deque[float]] = {}
+
+    def add(self, key: Hashable, now: float) -> bool:
+        """Count one event; True when it completes a burst (the count starts over)."""
+        times = self.times.get(key)
+        if times is None:
+            forget_oldest(self.times)
+            times = self.times[key] = collections.deque(maxlen=self.limit)
+        times.append(now)
+        if len(times) == self.limit and now - times[0] <= self.window:
+            del self.times[key]
             return True
         return False
 
     def expire(self, now: float) -> None:
-        """Forget failures older than the window and bans that ended."""
-        for address in [a for a, times in self.failures.items() if now - times[-1] > self.window]:
-            del self.failures[address]
-        for address in [a for a, until in self.banned_until.items() if until <= now]:
-            del self.banned_until[address]
+        for key in [k for k, times in self.times.items() if now - times[-1] > self.window]:
+            del self.times[key]
+
+
+class FailureLimiter:
+    """Failed attempts: per address and id (or user), per address, and in total.
+
+    `limit` failures of one id from one address within `window` ban that id there for
+    `ban` seconds (an agent with a wrong secret locks out itself, not its neighbours
+    behind the same NAT); `address_limit` failures of any ids ban the address; past
+    `global_limit` failures from everywhere within the window, only addresses that
+    authenticated within `recent` seconds get through until the count falls again.
+    """
+
+    def __init__(self, limit: int = FAILED_HANDSHAKES_LIMIT,
+                 window: float = FAILED_HANDSHAKES_WINDOW, ban: float = BAN_SECONDS,
+                 address_limit: int = ADDRESS_FAILURES_LIMIT,
+                 global_limit: int = GLOBAL_FAILURES_LIMIT,
+                 recent: float = RECENT_SUCCESS_SECONDS) -> None:
+        self.limit, self.window, self.ban, self.recent = limit, window, ban, recent
+        self.by_who = Burst(limit, window)
+        self.by_address = Burst(address_limit, window)
+        self.everywhere: collections.deque[float] = collections.deque(maxlen=global_limit)
+        self.banned_until: dict[tuple[str, str], float] = {}  # (address, who or "") -> until
+        self.succeeded_at: dict[str, float] = {}
+
+    def banned_for(self, address: str, who: str, now: float) -> float:
+        """Seconds `who` from this address is still refused; 0 when it is not."""
+        key = address_key(address)
+        until = max(self.banned_until.get((key, who), 0.0), self.banned_until.get((key, ""), 0.0))
+        return max(until - now, 0.0)
+
+    def over_budget(self, address: str, now: float) -> bool:
+        """The global budget is spent and this address has not authenticated recently."""
+        everywhere = self.everywhere
+        if len(everywhere) < (everywhere.maxlen or 0) or now - everywhere[0] > self.window:
+            return False
+        return now - self.succeeded_at.get(address_key(address), -self.recent) >= self.recent
+
+    def fail(self, address: str, who: str, now: float) -> str | None:
+        """Count one failure; returns what it just got banned (`who`, or "address"), if any."""
+        key = address_key(address)
+        self.everywhere.append(now)
+        if self.by_address.add(key, now):
+            self.ban_key((key, ""), now)
+            return "address"
+        if self.by_who.add((key, who), now):
+            self.ban_key((key, who), now)
+            return who
+        return None
+
+    def ban_key(self, key: tuple[str, str], now: float) -> None:
+        if key not in self.banned_until:
+            forget_oldest(self.banned_until)
+        self.banned_until[key] = now + self.ban
+
+    def succeeded(self, address: str, now: float) -> None:
+        """An address that authenticated gets through while the global budget is spent."""
+        key = address_key(address)
+        self.succeeded_at.pop(key, None)
+        forget_oldest(self.succeeded_at)
+        self.succeeded_at[key] = now
+
+    def expire(self, now: float) -> None:
+        """Forget failures older than the window, bans that ended, old successes."""
+        for burst in (self.by_who, self.by_address):
+            burst.expire(now)
+        for key in [k for k, until in self.banned_until.items() if until <= now]:
+            del self.banned_until[key]
+        while self.succeeded_at:
+            key, at = next(iter(self.succeeded_at.items()))
+            if now - at < self.recent:
+                break
+            del self.succeeded_at[key]
+
+
+class TokenBucket:
+    """`rate` events a second on average, `burst` at once."""
+
+    def __init__(self, rate: float, burst: float, now: float) -> None:
+        self.rate, self.burst = rate, burst
+        self.tokens, self.last = burst, now
+
+    def take(self, now: float) -> bool:
+        self.tokens = min(self.burst, self.tokens + (now - self.last) * self.rate)
+        self.last = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return True
+        return False
+
+
+class LogLimiter:
+    """At most one log line per key (an agent and a reason, say) every `every` seconds.
+
+        >>> quiet = LogLimiter(every=60)
+        >>> [quiet.allow("web/too_large", now=t) for t in (0, 1, 2, 61)]
+        [0, None, None, 2]
+    """
+
+    def __init__(self, every: float = LOG_EVERY) -> None:
+        self.every = every
+        self.last: dict[Hashable, float] = {}
+        self.held: collections.Counter[Hashable] = collections.Counter()
+
+    def allow(self, key: Hashable, now: float) -> int | None:
+        """None: stay quiet; else how many lines for this key were held back before this."""
+        last = self.last.get(key)
+        if last is not None and now - last < self.every:
+            self.held[key] += 1
+            return None
+        if last is None:
+            forget_oldest(self.last)
+        self.last[key] = now
+        return self.held.pop(key, 0)
+
+
+def held_back(count: int) -> str:
+    """The suffix of a rate-limited log line."""
+    return f" ({count} more like this in the last minute)" if count else ""
+
+
+class Connections:
+    """Handshakes in progress and viewers, counted per address and in total.
+
+    Handshakes are counted by the peer's address from the moment the TCP connection is
+    made (before any header is read), so trusted proxies, which carry many clients, are
+    exempt from the per-address cap; viewers are counted by the client's address.
+    """
+
+    def __init__(self, viewers_total: int = VIEWERS_TOTAL,
+                 viewers_per_address: int = VIEWERS_PER_ADDRESS,
+                 handshakes_total: int = HANDSHAKES_TOTAL,
+                 handshakes_per_address: int = HANDSHAKES_PER_ADDRESS,
+                 exempt: frozenset[str] = frozenset()) -> None:
+        self.viewers_total, self.viewers_per_address = viewers_total, viewers_per_address
+        self.handshakes_total = handshakes_total
+        self.handshakes_per_address = handshakes_per_address
+        self.exempt = exempt
+        self.handshakes: collections.Counter[str] = collections.Counter()
+        self.viewers: collections.Counter[str] = collections.Counter()
+
+    def start_handshake(self, peer: str) -> str:
+        """Count a new connection's handshake; a reason to refuse it, or ""."""
+        if sum(self.handshakes.values()) >= self.handshakes_total:
+            return f"{self.handshakes_total} handshakes in progress in total"
+        key = address_key(peer)
+        if peer not in self.exempt and self.handshakes[key] >= self.handshakes_per_address:
+            return f"{self.handshakes_per_address} handshakes in progress from this address"
+        self.handshakes[key] += 1
+        return ""
+
+    def end_handshake(self, peer: str) -> None:
+        release(self.handshakes, address_key(peer))
+
+    def add_viewer(self, address: str) -> str:
+        """Count a viewer; a reason to refuse it, or ""."""
+        if sum(self.viewers.values()) >= self.viewers_total:
+            return f"{self.viewers_total} viewers connected in total"
+        key = address_key(address)
+        if self.viewers[key] >= self.viewers_per_address:
+            return f"{self.viewers_per_address} viewers connected from this address"
+        self.viewers[key] += 1
+        return ""
+
+    def remove_viewer(self, address: str) -> None:
+        release(self.viewers, address_key(address))
+
+
+def release(counter: collections.Counter[str], key: str) -> None:
+    counter[key] -= 1
+    if counter[key] <= 0:
+        del counter[key]

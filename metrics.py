@@ -68,9 +68,12 @@ def render_metrics(states: list[ServerState], agents: int, viewers: int,
               "# TYPE sss_viewers_connected gauge", f"sss_viewers_connected {viewers}",
               "# HELP sss_reports_accepted_total Reports validated and applied.",
               "# TYPE sss_reports_accepted_total counter",
-              f"sss_reports_accepted_total {accepted}",
-              "# HELP sss_reports_rejected_total Reports dropped, by reason.",
-              "# TYPE sss_reports_rejected_total counter"]
-    lines += [f'sss_reports_rejected_total{{reason="{label(reason)}"}} {count}'
-              for reason, count in sorted(rejected.items())]
+              f"sss_reports_accepted_total {accepted}"]
+    lines += counter_lines("sss_reports_rejected_total", "Reports dropped, by reason.", rejected)
     return "\n".join(lines + (extra or [])) + "\n"
+
+
+def counter_lines(name: str, help_text: str, counts: dict[str, int]) -> list[str]:
+    """A counter with one series per reason."""
+    return [f"# HELP {name} {help_text}", f"# TYPE {name} counter"] + [
+        f'{name}{{reason="{label(reason)}"}} {count}' for reason, count in sorted(counts.items())]

@@ -440,7 +440,7 @@ def test_wrong_secret_is_explained_and_retried_slowly(make_dashboard: Any,
     reporter.wait_for_log(r"dashboard rejected id alpha \((unknown server id or wrong secret|"
                           r"unauthorized)\): check --id/--secret against servers.json")
     time.sleep(20)
-    attempts = dash.count_log("agent rejected: id='alpha'")
+    attempts = dash.refused("wrong_secret")
     assert 3 <= attempts <= 6, attempts  # 0, 3, 6.6, 10.9, 16.1 s on the seed's backoff
     assert reporter.count_log("WARNING dashboard rejected id alpha") == 1  # once per outage
     assert reporter.process is not None and reporter.process.poll() is None

@@ -27,11 +27,6 @@ SILENT_CLOSE_FLOOR = 60.0
 # plus one coalescing window and one tick (index.html, staleLimit()).
 COALESCE_SECONDS = 0.25
 
-# Failed handshakes: 10 within 60 s from one address earn it 429 for 5 minutes.
-FAILED_HANDSHAKES_LIMIT = 10
-FAILED_HANDSHAKES_WINDOW = 60.0
-BAN_SECONDS = 300.0
-
 # How often the housekeeping tick runs (offline transitions, silent closes, old bans).
 TICK_SECONDS = 1.0
 

@@ -8,6 +8,7 @@ by returning None. It imports websockets' HTTP types only.
 from __future__ import annotations
 
 import base64
+import collections
 import dataclasses
 import hashlib
 import hmac
@@ -30,8 +31,17 @@ from alerts import Alerting
 from config import PLACEHOLDER_SECRET
 from history import RANGES
 from hub import Hub
-from limits import FailureLimiter
-from metrics import label, render_metrics
+from limits import (
+    VIEWER_MEMORY_BUDGET,
+    VIEWERS_PER_ADDRESS,
+    VIEWERS_TOTAL,
+    Connections,
+    FailureLimiter,
+    LogLimiter,
+    address_key,
+    held_back,
+)
+from metrics import counter_lines, label, render_metrics
 from sessions import COOKIE, Sessions, cookie_value
 
 log = logging.getLogger("sss.dashboard")
@@ -82,6 +92,9 @@ class Options:
     tls: ssl.SSLContext | None = None
     viewer_compression: bool = False
     trusted_proxies: frozenset[str] = frozenset()
+    max_viewers: int = VIEWERS_TOTAL
+    viewers_per_address: int = VIEWERS_PER_ADDRESS
+    viewer_memory: int = VIEWER_MEMORY_BUDGET
 
 
 class AgentIdentity(NamedTuple):
@@ -108,14 +121,31 @@ class Site:
     options: Options
     limiter: FailureLimiter
     page_csp: str
+    connections: Connections
     alerting: Alerting | None = None
     sessions: Sessions | None = None
+    quiet: LogLimiter = dataclasses.field(default_factory=LogLimiter)
+    # Connections refused before the upgrade, by reason (/metrics: sss_refused_total).
+    refused: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)
 
     @classmethod
     def create(cls, hub: Hub, files: Files, options: Options,
                alerting: Alerting | None = None, sessions: Sessions | None = None) -> Site:
         csp = content_security_policy(files.page.decode()) if files.page else ""
-        return cls(hub, files, options, FailureLimiter(), csp, alerting, sessions)
+        connections = Connections(options.max_viewers, options.viewers_per_address,
+                                  exempt=options.trusted_proxies)
+        return cls(hub, files, options, FailureLimiter(), csp, connections, alerting, sessions)
+
+    def refuse(self, reason: str, key: tuple[str, ...], message: str, now: float) -> None:
+        """Count a refused connection and log it, quietly."""
+        self.refused[reason] += 1
+        self.log_quietly(logging.WARNING, key, message, now)
+
+    def log_quietly(self, level: int, key: tuple[str, ...], message: str, now: float) -> None:
+        """One line per key a minute (a flood of the same event is one line and a count)."""
+        held = self.quiet.allow(key, now)
+        if held is not None:
+            log.log(level, "%s%s", message, held_back(held))
 
     def access(self, headers: Headers, now: float) -> Access:
         """Who the request comes from, by its session cookie."""
@@ -205,31 +235,53 @@ def installer_for(template: bytes, url: str) -> bytes:
 # --- the agents' handshake ---------------------------------------------------
 
 
-def banned_response(site: Site, address: str, now: float) -> Response | None:
-    """429 saying how long, for an address the failure limiter refuses; None otherwise."""
-    banned = site.limiter.banned_for(address, now)
-    if not banned:
+def banned_response(site: Site, address: str, who: str, now: float) -> Response | None:
+    """429 saying how long, for an address (or an id there) the failure limiter refuses,
+    logged once a minute per address; None when it is let through."""
+    limiter = site.limiter
+    if limiter.over_budget(address, now):
+        seconds, why, key = int(limiter.window), (
+            "too many failed attempts from many addresses; only addresses that "
+            "authenticated recently are let in for now"), ("over_budget", "")
+    elif banned := limiter.banned_for(address, who, now):
+        seconds, why = int(banned) + 1, "too many failed attempts from this address"
+        key = ("banned", address_key(address))
+    else:
         return None
-    seconds = int(banned) + 1
-    return text_response(HTTPStatus.TOO_MANY_REQUESTS,
-                         f"too many failed attempts from this address; refused for "
-                         f"{seconds} more s", {"Retry-After": str(seconds)})
+    site.refuse(key[0], key, f"refused {address} ({who or 'sign-in'}): {why}", now)
+    return text_response(HTTPStatus.TOO_MANY_REQUESTS, f"{why}; refused for {seconds} more s",
+                         {"Retry-After": str(seconds)})
+
+
+def count_failure(site: Site, address: str, who: str, kind: str, message: str,
+                  now: float) -> None:
+    """A failed handshake or sign-in: logged (once a minute per address and kind), counted,
+    and what it got banned logged."""
+    site.refuse(kind, (kind, address_key(address)), message, now)
+    banned = site.limiter.fail(address, who, now)
+    if banned:
+        log.warning("%s from %s refused for %.0f s after repeated failures within %.0f s",
+                    "every attempt" if banned == "address" else banned, address,
+                    site.limiter.ban, site.limiter.window)
 
 
 def check_agent(site: Site, address: str, headers: Headers,
                 now: float) -> tuple[Response | None, AgentIdentity | None]:
     """Authenticate an agent before the upgrade: (refusal, None) or (None, identity)."""
-    refusal = banned_response(site, address, now)
-    if refusal is not None:
-        return refusal, None
     ids, secrets = headers.get_all("X-SERVER-ID"), headers.get_all("X-AUTH-SECRET")
     sid = ids[0] if ids else ""
+    who = f"id:{sid[:64]}"
+    refusal = banned_response(site, address, who, now)
+    if refusal is not None:
+        return refusal, None
     if len(ids) > 1 or len(secrets) > 1:
-        status, reason, why = (HTTPStatus.BAD_REQUEST,
-                               "X-SERVER-ID and X-AUTH-SECRET must be sent once each", "")
+        status, reason, why, kind = (HTTPStatus.BAD_REQUEST,
+                                     "X-SERVER-ID and X-AUTH-SECRET must be sent once each",
+                                     "", "bad_headers")
     elif not ids or not secrets:
-        status, reason, why = HTTPStatus.UNAUTHORIZED, \
-            "missing X-SERVER-ID or X-AUTH-SECRET header", ""
+        status, reason, why, kind = (HTTPStatus.UNAUTHORIZED,
+                                     "missing X-SERVER-ID or X-AUTH-SECRET header", "",
+                                     "bad_headers")
     else:
         server = site.hub.config.servers.get(sid)
         expected = server.secret if server else PLACEHOLDER_SECRET + "\0"
@@ -238,16 +290,16 @@ def check_agent(site: Site, address: str, headers: Headers,
             status, reason = HTTPStatus.UNAUTHORIZED, (
                 "this server still has the placeholder secret, which is accepted from the "
                 "dashboard's own machine only; set a real secret in servers.json")
-            why = "placeholder secret from a non-loopback address"
+            why, kind = "placeholder secret from a non-loopback address", "placeholder_secret"
         elif matches:
+            site.limiter.succeeded(address, now)
             return None, AgentIdentity(sid, address, headers.get(CHECK_HEADER) == "1")
         else:
             status, reason = HTTPStatus.UNAUTHORIZED, "unknown server id or wrong secret"
             why = "wrong secret" if server else "id not in servers.json"
-    log.warning("agent rejected: id=%.60r from %s: %s", sid, address, why or reason)
-    if site.limiter.fail(address, now):
-        log.warning("address %s banned for %.0f s after %d failed handshakes within %.0f s",
-                    address, site.limiter.ban, site.limiter.limit, site.limiter.window)
+            kind = "wrong_secret" if server else "unknown_id"
+    count_failure(site, address, who, kind,
+                  f"agent rejected: id={sid[:60]!r} from {address}: {why or reason}", now)
     return text_response(status, reason), None
 
 
@@ -371,6 +423,13 @@ def metrics(site: Site, request: Request, access: Access) -> Response:
     shown = {state.config.id for state in hub.visible(sees_hidden)}
     extra = site.alerting.metrics_lines(label, shown.__contains__) if site.alerting else []
     extra += traffic_metrics(hub, time.time(), sees_hidden)
+    extra += counter_lines("sss_refused_total", "Connections refused before the upgrade, "
+                           "by reason.", site.refused)
+    backlog = sum(ws.transport.get_write_buffer_size() for ws in hub.viewers)
+    extra += ["# HELP sss_viewers_cut_total Viewers disconnected for not reading.",
+              "# TYPE sss_viewers_cut_total counter", f"sss_viewers_cut_total {hub.viewers_cut}",
+              "# HELP sss_viewer_backlog_bytes Bytes queued for all viewers, not sent yet.",
+              "# TYPE sss_viewer_backlog_bytes gauge", f"sss_viewer_backlog_bytes {backlog}"]
     text = render_metrics(hub.visible(sees_hidden), hub.agents_connected(),
                           len(hub.viewers), hub.accepted, hub.rejected, extra)
     return http_response(HTTPStatus.OK, text.encode(), "text/plain; version=0.0.4")
@@ -475,12 +534,20 @@ def route_request(site: Site, connection: Any, request: Request, now: float) -> 
             return text_response(HTTPStatus.BAD_REQUEST,
                                  "agents report on /ws-report, not /ws-frontend; "
                                  "fix the path in --server")
-        if site.hub.config.viewers.users and not same_origin(site, request.headers):
+        if not same_origin(site, request.headers):
             return text_response(HTTPStatus.FORBIDDEN, "cross-site WebSocket refused")
         access = site.access(request.headers, time.time())
         if site.private and access.user is None:
             return text_response(HTTPStatus.UNAUTHORIZED, "sign in first")
+        peer = connection.remote_address[0] if connection.remote_address else "?"
+        address = client_address(peer, request.headers, site.options.trusted_proxies)
+        refusal = site.connections.add_viewer(address)
+        if refusal:
+            site.refuse("viewers", ("viewers", address_key(address)),
+                        f"viewer from {address} refused: {refusal}", now)
+            return text_response(HTTPStatus.TOO_MANY_REQUESTS, refusal, {"Retry-After": "10"})
         connection.agent, connection.sees_hidden = None, access.sees_hidden
+        connection.viewer_from = address
         return None
     if path == "/ws-login":
         return login_handshake(site, connection, request, now)
@@ -503,7 +570,7 @@ def login_handshake(site: Site, connection: Any, request: Request,
         return text_response(HTTPStatus.FORBIDDEN, "cross-site sign-in refused")
     peer = connection.remote_address[0] if connection.remote_address else "?"
     address = client_address(peer, request.headers, site.options.trusted_proxies)
-    refusal = banned_response(site, address, now)
+    refusal = banned_response(site, address, "", now)
     if refusal is not None:
         return refusal
     connection.agent, connection.login_from = None, address
