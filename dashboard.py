@@ -113,6 +113,7 @@ HERE = Path(__file__).resolve().parent
 DEFAULT_CONFIG = HERE / "servers.json"
 LISTEN_BACKLOG = 1024  # a fleet reconnecting at once: asyncio's default of 100 drops SYNs
 LOGIN_TIMEOUT = 10.0  # a sign-in socket that says nothing is closed
+REFUSED_LINGER = 1.0  # a refused client gets this long to read the answer
 TLS_HANDSHAKE_TIMEOUT = 10.0  # asyncio's default of 60 s lets idle sockets pile up
 # Checked against for unknown user names, so they take as long as known ones.
 DUMMY_HASH = ("scrypt$16384$8$1$AAAAAAAAAAAAAAAAAAAAAA==$"
@@ -144,6 +145,7 @@ class Connection(ServerConnection):
         self.before_method: bytes | None = b""  # the first bytes, until the method is known
         self.viewer_from: str | None = None  # set by web.route_request
         self.agent = None
+        self.refused = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -160,6 +162,8 @@ class Connection(ServerConnection):
             self.handshaking = True
 
     def data_received(self, data: bytes) -> None:
+        if self.refused:
+            return  # read and dropped, so that closing sends FIN, not RST over the answer
         if self.before_method is not None:
             data = self.before_method + data
             method = data.split(b" ", 1)[0]
@@ -190,11 +194,14 @@ class Connection(ServerConnection):
         super().connection_lost(exc)
 
     def refuse(self, status: HTTPStatus, text: str, headers: dict[str, str]) -> None:
-        """Answer before websockets has read a request, and hang up."""
-        self.before_method = None
+        """Answer before websockets has read a request, and hang up: our side at once,
+        the socket when the client closes or after a second."""
+        self.refused, self.before_method = True, None
         response = text_response(status, text, {**headers, "Connection": "close"})
-        self.transport.write(response.serialize())
-        self.transport.close()
+        transport = self.transport
+        transport.write(response.serialize())
+        transport.write_eof()
+        self.loop.call_later(REFUSED_LINGER, transport.abort)
 
 
 class Dashboard:
@@ -298,9 +305,9 @@ class Dashboard:
                 now = time.monotonic()
                 hub.heard_from(sid, now)
                 if not limits.reports.take(now):  # over 10 a second: dropped unread
-                    hub.reject_report(ReportError("rate", "over the report rate"))
-                    self.log_report_problem(sid, "rate",
-                                            f"over {REPORTS_PER_SECOND:.0f} reports a second", now)
+                    error = ReportError("rate", f"over {REPORTS_PER_SECOND:.0f} reports a second")
+                    hub.reject_report(error)
+                    self.log_report_problem(sid, error.reason, str(error), now)
                     if limits.drops.add(sid, now):
                         await self.close_agent(ws, sid, CloseCode.POLICY_VIOLATION,
                                                f"{FLOOD_DROPS} reports over the rate within "

@@ -46,6 +46,9 @@ MAX_HEADER_LINE = 8192
 # Viewers (browsers on /ws-frontend).
 VIEWERS_PER_ADDRESS = 16
 VIEWERS_TOTAL = 1000
+# The kernel's send buffer of a viewer's socket (Linux doubles it): without a cap it grows
+# to 4 MiB for a viewer that never reads, memory outside the process but inside its cgroup.
+VIEWER_SEND_BUFFER = 256 * 1024
 VIEWER_BACKLOG_BYTES = 1024 * 1024  # one viewer's unsent bytes beyond a snapshot
 VIEWER_MEMORY_BUDGET = 64 * 1024 * 1024  # all viewers' unsent bytes together (--viewer-memory)
 # Reports per agent connection: the agent's fastest pace is 1 s; a dashboard restart

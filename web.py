@@ -16,6 +16,7 @@ import ipaddress
 import json
 import logging
 import re
+import socket
 import sqlite3
 import ssl
 import time
@@ -33,6 +34,7 @@ from history import RANGES
 from hub import Hub
 from limits import (
     VIEWER_MEMORY_BUDGET,
+    VIEWER_SEND_BUFFER,
     VIEWERS_PER_ADDRESS,
     VIEWERS_TOTAL,
     Connections,
@@ -548,6 +550,9 @@ def route_request(site: Site, connection: Any, request: Request, now: float) -> 
             return text_response(HTTPStatus.TOO_MANY_REQUESTS, refusal, {"Retry-After": "10"})
         connection.agent, connection.sees_hidden = None, access.sees_hidden
         connection.viewer_from = address
+        sock = connection.transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, VIEWER_SEND_BUFFER)
         return None
     if path == "/ws-login":
         return login_handshake(site, connection, request, now)

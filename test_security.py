@@ -1,0 +1,231 @@
+"""Attacks from the open internet, each reproduced on loopback and shown contained.
+
+Every test here is bounded in count and time and uses addresses of 127.0.0.0/8 as the
+attacker's many sources. README's Security section has the numbers at full tilt
+(bench.py attack).
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from typing import Any
+
+import pytest
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.sync.client import connect
+
+from conftest import SECRET, Dashboard, go_report, recv_json, recv_until, server_entry, server_in
+
+WS_KEY = "dGhlIHNhbXBsZSBub25jZQ=="
+
+
+def raw(dash: Dashboard, data: bytes, source: str = "127.0.0.1", read: bool = True) -> bytes:
+    """Send `data` on a fresh TCP connection from `source`; the whole answer (until close)."""
+    with socket.create_connection(("127.0.0.1", dash.port), timeout=10,
+                                  source_address=(source, 0)) as sock:
+        sock.sendall(data)
+        answer = b""
+        while read and (chunk := sock.recv(65536)):
+            answer += chunk
+        return answer
+
+
+def upgrade_request(path: str, *headers: str) -> bytes:
+    lines = [f"GET {path} HTTP/1.1", "Host: 127.0.0.1", "Upgrade: websocket",
+             "Connection: Upgrade", f"Sec-WebSocket-Key: {WS_KEY}", "Sec-WebSocket-Version: 13",
+             *headers]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+def idle_viewer(dash: Dashboard, source: str) -> socket.socket:
+    """A viewer that completes the handshake and never reads a byte again."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect: small window
+    sock.bind((source, 0))
+    sock.connect(("127.0.0.1", dash.port))
+    sock.sendall(upgrade_request("/ws-frontend"))
+    assert sock.recv(12) == b"HTTP/1.1 101"
+    return sock
+
+
+def viewer_from(dash: Dashboard, source: str, **kwargs: Any) -> Any:
+    sock = socket.create_connection(("127.0.0.1", dash.port), timeout=10,
+                                    source_address=(source, 0))
+    return connect(dash.url("/ws-frontend", "ws"), sock=sock, open_timeout=10, **kwargs)
+
+
+def agent_status(dash: Dashboard, sid: str, secret: str, source: str) -> int:
+    sock = socket.create_connection(("127.0.0.1", dash.port), timeout=10,
+                                    source_address=(source, 0))
+    try:
+        with connect(dash.url("/ws-report", "ws"), sock=sock, open_timeout=10,
+                     additional_headers={"X-SERVER-ID": sid, "X-AUTH-SECRET": secret}):
+            return 101
+    except InvalidStatus as refused:
+        return refused.response.status_code
+
+
+# --- memory an unauthenticated client can take ---------------------------------------
+
+
+def big_fleet(count: int) -> list[dict[str, Any]]:
+    """Servers whose names make a snapshot of about 0.6 KB each."""
+    return [server_entry(f"s{i:04d}", name=f"server {i} " + "n" * 240,
+                         group="g" * 250) for i in range(count)]
+
+
+def test_viewers_that_never_read_stay_within_the_memory_budget(make_dashboard: Any) -> None:
+    dash: Dashboard = make_dashboard([*big_fleet(2000), server_entry("alpha")], start=False)
+    dash.start("--viewer-memory", "2")
+    snapshot = len(dash.get("/api/servers")[2])
+    assert snapshot > 1_000_000
+    idle = [idle_viewer(dash, f"127.0.3.{n}") for n in range(1, 4) for _ in range(8)]
+    try:
+        with dash.viewer(max_size=None) as watcher, dash.agent("alpha") as agent:
+            recv_json(watcher, timeout=10)
+            agent.send(json.dumps(go_report()))
+            recv_until(watcher, lambda m: server_in(m, "alpha"), timeout=5)  # still served
+            backlog = dash.metric("sss_viewer_backlog_bytes")
+            assert backlog <= 2 * 2**20 + snapshot, backlog
+            assert dash.metric("sss_viewers_cut_total") >= 16  # 24 snapshots do not fit
+        dash.wait_for_log(r"viewer disconnected: not reading \(\d+ bytes queued\)")
+    finally:
+        for sock in idle:
+            sock.close()
+
+
+def test_viewers_are_capped_per_address(make_dashboard: Any) -> None:
+    dash: Dashboard = make_dashboard(start=False).start("--viewers-per-address", "3")
+    first = [viewer_from(dash, "127.0.0.5") for _ in range(3)]
+    with pytest.raises(InvalidStatus) as refused:
+        viewer_from(dash, "127.0.0.5")
+    assert refused.value.response.status_code == 429
+    assert b"3 viewers connected from this address" in refused.value.response.body
+    with viewer_from(dash, "127.0.0.6") as other:  # another address is unaffected
+        assert recv_json(other)["type"] == "snapshot"
+    first[0].close()
+    deadline = time.monotonic() + 5
+    while dash.metric("sss_viewers_connected") > 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    with viewer_from(dash, "127.0.0.5") as again:  # a closed one frees its place
+        assert recv_json(again)["type"] == "snapshot"
+    for ws in first[1:]:
+        ws.close()
+    assert dash.refused("viewers") == 1
+
+
+def test_unfinished_handshakes_are_capped_per_address(make_dashboard: Any) -> None:
+    dash: Dashboard = make_dashboard()
+    partial = b"GET /ws-frontend HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: "
+    held = []
+    try:
+        for _ in range(16):
+            sock = socket.create_connection(("127.0.0.1", dash.port), timeout=10,
+                                            source_address=("127.0.0.8", 0))
+            sock.sendall(partial + b"a" * 8000)
+            held.append(sock)
+        answer = raw(dash, partial, "127.0.0.8")  # the 17th from that address
+        assert answer.startswith(b"HTTP/1.1 503") and b"Retry-After: 10" in answer
+        assert b"16 handshakes in progress from this address" in answer
+        with dash.agent("alpha") as agent:  # agents elsewhere connect as usual
+            agent.send(json.dumps(go_report()))
+    finally:
+        for sock in held:
+            sock.close()
+    time.sleep(0.2)  # the dashboard sees the closes
+    assert raw(dash, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n", "127.0.0.8").startswith(
+        b"HTTP/1.1 200")
+    assert dash.refused("handshakes") == 1
+
+
+def test_request_headers_are_limited_to_what_clients_send(make_dashboard: Any) -> None:
+    dash: Dashboard = make_dashboard()
+    many = b"GET / HTTP/1.1\r\n" + b"".join(b"X-%d: y\r\n" % n for n in range(40)) + b"\r\n"
+    assert raw(dash, many).startswith(b"HTTP/1.1 431")
+    long = b"GET / HTTP/1.1\r\nCookie: " + b"c" * 9000 + b"\r\n\r\n"
+    assert raw(dash, long).startswith(b"HTTP/1.1 431")
+    cookie = b"GET / HTTP/1.1\r\nHost: x\r\nCookie: " + b"c" * 7000 + b"\r\n\r\n"
+    assert raw(dash, cookie).startswith(b"HTTP/1.1 200")  # a long cookie still fits
+
+
+# --- lockouts and limits -------------------------------------------------------------
+
+
+def test_rotating_addresses_spend_a_global_budget(make_dashboard: Any) -> None:
+    """50 addresses x 9 guesses each stay under every per-address limit; the global
+    budget (300 failures a minute) stops them, while known addresses get through."""
+    dash: Dashboard = make_dashboard()
+    assert agent_status(dash, "alpha", SECRET, "127.0.0.1") == 101  # known before the attack
+    statuses = [agent_status(dash, ("alpha", "beta")[n % 2], f"guess-{n}", f"127.0.1.{n // 9 + 1}")
+                for n in range(450)]
+    assert statuses[:300] == [401] * 300
+    assert statuses[300:] == [429] * 150
+    assert agent_status(dash, "alpha", SECRET, "127.0.0.1") == 101
+    assert agent_status(dash, "beta", SECRET, "127.0.2.1") == 429  # an unknown address
+    assert dash.refused("over_budget") == 151
+    assert dash.count_log("only addresses that authenticated recently") == 1  # once a minute
+
+
+def test_a_report_flood_is_dropped_counted_and_closed(make_dashboard: Any) -> None:
+    dash: Dashboard = make_dashboard()
+    report = json.dumps(go_report())
+    started = time.monotonic()
+    sent = 0
+    with dash.agent("alpha") as agent:
+        with pytest.raises(ConnectionClosed):
+            for _ in range(5000):
+                agent.send(report)
+                sent += 1
+            agent.recv(timeout=10)
+        assert agent.close_code == 1008
+    elapsed = time.monotonic() - started
+    accepted = dash.metric("sss_reports_accepted_total")
+    assert accepted <= 100 + 10 * elapsed + 1, (accepted, elapsed)  # burst, then 10 a second
+    assert dash.metric("sss_reports_rejected_total", 'reason="rate"') >= 200
+    dash.wait_for_log("agent closed: id=alpha: 200 reports over the rate within 10 s")
+    assert dash.count_log("report dropped: id=alpha: rate") == 1  # not one line per report
+    with dash.agent("alpha") as again:  # it may come back at a sane pace
+        again.send(report)
+
+
+# --- small ones ------------------------------------------------------------------------
+
+
+def test_the_viewer_socket_checks_origin(make_dashboard: Any) -> None:
+    dash: Dashboard = make_dashboard()  # a public dashboard: no users configured
+    with pytest.raises(InvalidStatus) as refused:
+        dash.viewer(origin="http://evil.example").close()
+    assert refused.value.response.status_code == 403
+    with dash.viewer(origin=f"http://127.0.0.1:{dash.port}") as own:
+        assert recv_json(own)["type"] == "snapshot"
+    with dash.viewer() as no_origin:  # not a browser: unaffected
+        assert recv_json(no_origin)["type"] == "snapshot"
+
+
+def test_methods_other_than_get_and_head_get_405(make_dashboard: Any) -> None:
+    dash: Dashboard = make_dashboard()
+    page = dash.get("/")[2]
+    for method in (b"POST", b"DELETE", b"OPTIONS", b"PUT"):
+        answer = raw(dash, method + b" / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+        assert answer.startswith(b"HTTP/1.1 405"), answer[:40]
+        assert b"Allow: GET, HEAD" in answer
+    head = raw(dash, b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\n")
+    headers, _, body = head.partition(b"\r\n\r\n")
+    assert headers.startswith(b"HTTP/1.1 200") and body == b""
+    assert f"Content-Length: {len(page)}".encode() in headers
+    assert raw(dash, b"HEAD /ws-report HTTP/1.1\r\nHost: x\r\n\r\n").startswith(b"HTTP/1.1 401")
+    assert dash.refused("method") == 4
+
+
+def test_peer_text_is_escaped_in_the_log(make_dashboard: Any) -> None:
+    dash: Dashboard = make_dashboard()
+    forged = "bye\n2026-01-01 00:00:00 INFO agent connected: id=root \x1b[31m"
+    with dash.agent("alpha") as agent:
+        agent.send(json.dumps(go_report()))
+        agent.close(1000, forged)
+    line = dash.wait_for_log("agent disconnected: id=alpha")
+    assert "\\n2026-01-01" in line and "\\x1b[31m" in line
+    assert not any(x.startswith("2026-01-01") for x in dash.lines)  # no forged line
+    assert "\x1b" not in dash.log_text()
