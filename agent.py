@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import errno
@@ -42,7 +43,7 @@ import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
-from urllib.parse import urlsplit
+from urllib.parse import urljoin, urlsplit
 
 # --- dependencies: websockets 10.1 or newer; psutil only where there is no /proc -------
 
@@ -79,6 +80,45 @@ else:  # websockets 10.1-12 (Debian 12: 10.4, Ubuntu 22.04: 10.1): the legacy cl
 
 ClientConnection = Any  # either client's connection: send, recv and close alike
 
+
+class RedirectRefused(Exception):
+    """The dashboard's address redirected to another host, port or scheme: not followed,
+    because the agent would send its secret there."""
+
+    def __init__(self, target: str) -> None:
+        super().__init__(f"redirected to {target!r}")
+        self.target = target
+
+
+class FrameFlood(Exception):
+    """The dashboard sent frames faster than any dashboard should."""
+
+
+def same_origin(old: str, new: str) -> bool:
+    a, b = urlsplit(old), urlsplit(new)
+    return (a.scheme, a.hostname, a.port) == (b.scheme, b.hostname, b.port)
+
+
+if WEBSOCKETS >= (13, 0):
+    class DashboardConnect(new_connect):  # type: ignore[misc,valid-type]
+        """websockets' connect(), following redirects on the same host and scheme only."""
+
+        def process_redirect(self, exc: Exception) -> Exception | str:
+            response = getattr(exc, "response", None)
+            location = response.headers.get("Location") if response is not None else None
+            if location and not same_origin(self.uri, urljoin(self.uri, location)):
+                return RedirectRefused(urljoin(self.uri, location))
+            return super().process_redirect(exc)
+else:
+    class DashboardConnect(legacy_connect):  # type: ignore[misc,valid-type,no-redef]
+        """websockets' legacy connect(), following redirects on the same host and scheme."""
+
+        def handle_redirect(self, uri: str) -> None:
+            target = urljoin(self._uri, uri)
+            if not same_origin(self._uri, target):
+                raise RedirectRefused(target)
+            super().handle_redirect(uri)
+
 __version__ = "0.1.0"
 
 log = logging.getLogger("sss.agent")
@@ -96,6 +136,13 @@ PING_TIMEOUT = 15.0  # a dead dashboard is noticed within 30 + 15 s
 QUEUE_SIZE = 100  # the seed's send queue
 MAX_INTERVAL = 3600.0  # the longest reportInterval a dashboard accepts (PROTOCOL.md)
 CHECK_TIMEOUT = 10.0  # --check: how long to wait for the dashboard's answer
+# Frames from the dashboard (the probes list): read at most this many a second, and a
+# dashboard sending FLOOD_FRAMES within FLOOD_SECONDS is hung up on (a malicious or broken
+# one cannot keep this process busy).
+NAME_MISMATCH = (62, 64)  # OpenSSL's X509_V_ERR_HOSTNAME_MISMATCH, _IP_ADDRESS_MISMATCH
+FRAMES_PER_SECOND = 5.0
+FLOOD_FRAMES = 20
+FLOOD_SECONDS = 10.0
 ADAPT_HIGH_CPU = 80.0
 ADAPT_LOW_CPU = 30.0
 ADAPT_STREAK = 3  # samples in a row before the interval moves (hysteresis)
@@ -794,12 +841,16 @@ def explain_failure(exc: BaseException, settings: Settings) -> str:
         if said:
             return f"dashboard answered HTTP {status}: {said}"
         return f"dashboard answered HTTP {status}: check the path in --server (/ws-report)"
+    if isinstance(exc, RedirectRefused):
+        return (f"the dashboard at {url.netloc} redirected to {exc.target!r}, another host or "
+                "scheme; not followed, so the secret is not sent there: fix --server")
     if isinstance(exc, socket.gaierror):
         return f"cannot resolve {host}: check --server"
     if isinstance(exc, ssl.SSLCertVerificationError):
-        if exc.verify_code == 62:  # X509_V_ERR_HOSTNAME_MISMATCH
-            return (f"TLS certificate of {host} is for another name ({exc.verify_message}): "
-                    "use the name it was issued for in --server")
+        if exc.verify_code in NAME_MISMATCH:
+            names = ", ".join(getattr(exc, "names", ())) or "another name"
+            return (f"TLS certificate of {host} is for {names}, not {host}: use the name it "
+                    "was issued for in --server")
         return (f"TLS certificate of {host} rejected ({exc.verify_message}): "
                 "pass --ca-file for a self-signed dashboard")
     if url.scheme == "wss" and isinstance(exc, (ssl.SSLError, ConnectionResetError,
@@ -820,7 +871,32 @@ def explain_failure(exc: BaseException, settings: Settings) -> str:
         return f"connection closed ({code}{': ' + repr(reason) if reason else ''})"
     if isinstance(exc, InvalidURI):
         return f"{exc}: check --server"
+    if isinstance(exc, FrameFlood):
+        return str(exc)
     return f"cannot connect to {settings.server}: {type(exc).__name__}: {exc}"
+
+
+async def certificate_names(settings: Settings) -> list[str]:
+    """The names the dashboard's certificate is for (checked against the CAs, not the
+    name), to say which name to use; [] when they cannot be read."""
+    url = urlsplit(settings.server)
+    context = ssl.create_default_context(cafile=settings.ca_file)
+    context.check_hostname = False
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(
+            url.hostname, url.port or 443, ssl=context), 10)
+    except (OSError, ssl.SSLError, asyncio.TimeoutError):
+        return []
+    cert = writer.get_extra_info("peercert") or {}
+    writer.close()
+    return [str(value) for _, value in cert.get("subjectAltName", ())][:5]
+
+
+async def explain(exc: BaseException, settings: Settings) -> str:
+    """explain_failure, after reading the certificate's names for a name mismatch."""
+    if isinstance(exc, ssl.SSLCertVerificationError) and exc.verify_code in NAME_MISMATCH:
+        exc.names = await certificate_names(settings)  # type: ignore[attr-defined]
+    return explain_failure(exc, settings)
 
 
 def is_refusal(exc: BaseException) -> bool:
@@ -843,8 +919,8 @@ def open_connection(settings: Settings, check: bool = False) -> Any:
               "ping_timeout": PING_TIMEOUT, "close_timeout": 1, "compression": None,
               "user_agent_header": f"sss-agent/{__version__}"}
     if WEBSOCKETS >= (13, 0):
-        return new_connect(settings.server, additional_headers=headers, **common)
-    return legacy_connect(settings.server, extra_headers=headers, **common)
+        return DashboardConnect(settings.server, additional_headers=headers, **common)
+    return DashboardConnect(settings.server, extra_headers=headers, **common)
 
 
 class Reporter:
@@ -891,20 +967,37 @@ class Reporter:
         while True:
             await ws.send(await self.queue.get())
 
+    async def read_dashboard(self, ws: ClientConnection) -> None:
+        """Frames from the dashboard, a few a second at most; raises when the connection
+        drops, or closes it on a flood (FLOOD_FRAMES within FLOOD_SECONDS)."""
+        recent: collections.deque[float] = collections.deque(maxlen=FLOOD_FRAMES)
+        while True:
+            frame = await ws.recv()
+            now = time.monotonic()
+            recent.append(now)
+            if len(recent) == FLOOD_FRAMES and now - recent[0] <= FLOOD_SECONDS:
+                await ws.close(1008, "too many frames")
+                raise FrameFlood(f"the dashboard sent {FLOOD_FRAMES} frames within "
+                                 f"{FLOOD_SECONDS:.0f} s; hung up")
+            self.dashboard_said(frame)
+            await asyncio.sleep(1 / FRAMES_PER_SECOND)  # unread frames wait in TCP buffers
+
+    def dashboard_said(self, frame: str | bytes) -> None:
+        """One frame from the dashboard (PROTOCOL.md: only "probes" so far)."""
+        log.debug("frame from the dashboard: %.80r", frame)
+
     async def report(self, ws: ClientConnection) -> None:
         """Send queued samples; raise ConnectionClosed as soon as the connection drops."""
-        async def watch_close() -> None:
-            while True:
-                await ws.recv()  # the dashboard sends nothing; this raises on close
-
-        tasks = [asyncio.ensure_future(self.send_queued(ws)), asyncio.ensure_future(watch_close())]
+        tasks = [asyncio.ensure_future(self.read_dashboard(ws)),
+                 asyncio.ensure_future(self.send_queued(ws))]
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         finally:
             for task in tasks:
                 task.cancel()
-        for task in done:
-            task.result()
+        for task in tasks:  # the reader's reason first: it knows why the connection ended
+            if task in done:
+                task.result()
 
     async def connect_forever(self) -> None:
         """Connect, report, and reconnect on the seed's backoff; never gives up."""
@@ -935,7 +1028,7 @@ class Reporter:
             except Exception as exc:  # whatever went wrong, explain it and retry
                 if self.stopping:
                     return
-                cause = explain_failure(exc, settings)
+                cause = await explain(exc, settings)
                 self.refused = is_refusal(exc)
                 if connected_at is not None:
                     log.warning("lost the dashboard: %s", cause)
@@ -1017,7 +1110,7 @@ async def check_once(settings: Settings, message: dict[str, Any]) -> tuple[bool,
             reason = str(answer.get("reason", "no reason given"))[:200]
             return False, f"the dashboard refused the report: {reason!r}"
     except Exception as exc:  # whatever went wrong, say it in plain words
-        return False, explain_failure(exc, settings)
+        return False, await explain(exc, settings)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import errno
+import http.server
 import json
 import os
 import random
 import re
 import signal
+import socket
 import ssl
 import subprocess
 import sys
@@ -757,3 +759,81 @@ def test_dashboard_bench_smoke() -> None:
     assert result["latency_samples"] > 0 and result["latency_p99_ms"] is not None
     assert result["viewer_bytes_per_second"] > 0 and result["peak_rss_mb"] > 5
     assert result["floor_cpu_ms_per_report"] >= 0
+
+
+# --- a hostile or misdirected dashboard ------------------------------------------------
+
+
+def test_redirects_to_another_host_are_not_followed(make_agent: Any) -> None:
+    """The agent's address answers 302 to another host: the secret never goes there."""
+    elsewhere = socket.socket()
+    elsewhere.bind(("127.0.0.2", 0))
+    elsewhere.listen()
+    elsewhere.settimeout(0.5)
+    target = f"ws://127.0.0.2:{elsewhere.getsockname()[1]}/ws-report"
+
+    class Redirect(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self) -> None:
+            self.send_response(302)
+            self.send_header("Location", target)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    redirector = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Redirect)
+    threading.Thread(target=redirector.serve_forever, daemon=True).start()
+    try:
+        reporter = make_agent("--server", f"ws://127.0.0.1:{redirector.server_port}/ws-report",
+                              "--id", "alpha", "--secret", SECRET)
+        reporter.wait_for_log(re.escape(f"redirected to {target!r}, another host or scheme; "
+                                        "not followed, so the secret is not sent there"))
+        with pytest.raises(TimeoutError):
+            elsewhere.accept()  # nobody came
+        assert SECRET not in reporter.log_text()
+    finally:
+        redirector.shutdown()
+        elsewhere.close()
+
+
+def test_a_dashboard_flooding_frames_is_hung_up_on(make_agent: Any) -> None:
+    closes: list[int | None] = []
+    sent = [0]
+
+    def flood(ws: ServerConnection) -> None:
+        try:
+            while True:
+                ws.send('{"type":"noise"}')
+                sent[0] += 1
+        except ConnectionClosed:
+            closes.append(ws.close_code)
+
+    with serve(flood, "127.0.0.1", 0) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        reporter = make_agent("--server", f"ws://127.0.0.1:{server.socket.getsockname()[1]}",
+                              "--id", "alpha", "--secret", SECRET)
+        reporter.wait_for_log(r"lost the dashboard: the dashboard sent 20 frames within 10 s; "
+                              r"hung up", timeout=30)
+        server.shutdown()
+    assert closes and closes[0] == 1008
+    process = psutil.Process(reporter.process.pid)
+    cpu = process.cpu_times()
+    # Read a few a second, the frames cost little: a busy loop would take seconds of CPU.
+    assert cpu.user + cpu.system < 3.0, cpu
+
+
+def test_a_certificate_for_another_name_is_named(make_dashboard: Any, make_agent: Any,
+                                                 tmp_path: Path) -> None:
+    trustme = pytest.importorskip("trustme")
+    ca = trustme.CA()
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    ca.issue_cert("status.example").private_key_and_cert_chain_pem.write_to_path(
+        str(tmp_path / "server.pem"))
+    tls: Dashboard = make_dashboard(start=False).start("--certfile", str(tmp_path / "server.pem"))
+    reporter = make_agent("--server", tls.url("/ws-report", "wss"), "--id", "alpha",
+                          "--secret", SECRET, "--ca-file", str(tmp_path / "ca.pem"))
+    reporter.wait_for_log(r"TLS certificate of 127\.0\.0\.1 is for status\.example, not "
+                          r"127\.0\.0\.1: use the name it was issued for in --server")
