@@ -27,6 +27,9 @@ from traffic import COUNT_MODES, Plan, parse_size, zone
 DEFAULT_PORT = 8900
 MAX_NAME = 256
 PLACEHOLDER_SECRET = "change-me-local-demo-secret"
+# What install.sh refuses too: characters sh or systemd would not read literally from the
+# agent's env file, even in single quotes.
+UNSAFE_SECRET = re.compile(r"""[\s'"\\$`\x00-\x1f\x7f]""")
 SECRET_HINT = "python3 -c 'import secrets; print(secrets.token_urlsafe(24))'"
 ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{3,50}")
 COUNTRY_PATTERN = re.compile(r"[A-Za-z]{2}")
@@ -246,6 +249,10 @@ def parse_server(entry: Any, where: str, errors: list[str],
     if not isinstance(secret, str) or not secret:
         errors.append(f'{where}: field "secret" is missing; add one made with {SECRET_HINT}')
         secret = ""
+    elif UNSAFE_SECRET.search(secret):
+        errors.append(f'{where}: field "secret" contains a quote, backslash, $, backtick, space '
+                      "or control character, which the agent's env file (install.sh) cannot "
+                      f"hold literally; make one with {SECRET_HINT}")
     country = entry.get("countryCode", "")
     if not isinstance(country, str) or (country and not COUNTRY_PATTERN.fullmatch(country)):
         errors.append(f'{where}: field "countryCode" must be two letters such as "de", '

@@ -79,9 +79,31 @@ if [ "$SYSTEMD" = auto ]; then
     if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then SYSTEMD=yes; else SYSTEMD=no; fi
 fi
 UNIT="$UNIT_DIR/sss-agent.service"
+MARKER=.installed-by-sss-install.sh  # --uninstall removes only a prefix that holds it
+
+# Values go into the env file in single quotes, which sh (the printed start command) and
+# systemd (EnvironmentFile=) both read literally, as long as these characters stay out.
+check_value() {  # check_value OPTION VALUE
+    case "$2" in
+        *[\'\"\\\$\`[:space:][:cntrl:]]*)
+            fail "$1 contains a quote, backslash, \$, backtick, space or control character" \
+                "the env file could not hold it literally; use letters, digits and - _ . ~ + / = : @ ! # % & * ( ) , ; ? [ ]" ;;
+    esac
+}
+check_path() {  # check_path OPTION PATH: absolute, and plain enough for the unit and sed
+    case "$2" in
+        /*) ;;
+        *) fail "$1 must be an absolute path, got $2" ;;
+    esac
+    case "$2" in
+        *[!A-Za-z0-9._/+-]*) fail "$1 may hold only letters, digits and . _ / + -" "choose another directory" ;;
+    esac
+}
 
 uninstall() {
     STEP="uninstalling"
+    [ -f "$PREFIX/$MARKER" ] ||
+        fail "$PREFIX was not installed by install.sh (no $MARKER in it); nothing removed" "pass the --prefix it was installed with"
     if [ "$SYSTEMD" = yes ] && [ -f "$UNIT" ]; then
         systemctl disable --now sss-agent.service >/dev/null 2>&1 || true
         rm -f "$UNIT"
@@ -100,7 +122,7 @@ fetch() {  # fetch URL FILE: curl, wget or python3, whichever this box has
 }
 
 env_value() {  # env_value NAME: the value NAME has in the existing env file, if any
-    [ -f "$ENV_FILE" ] && sed -n "s/^$1=//p" "$ENV_FILE" | tail -n 1
+    [ -f "$ENV_FILE" ] && sed -n "s/^$1='\{0,1\}\([^']*\)'\{0,1\}\$/\1/p" "$ENV_FILE" | tail -n 1
     return 0
 }
 
@@ -117,6 +139,9 @@ make_venv() {  # make_venv [--system-site-packages]
     python3 -m venv "$@" "$PREFIX/venv" >/dev/null 2>&1
 }
 
+STEP="checking the options"
+check_path --prefix "$PREFIX"
+check_path --env-file "$ENV_FILE"
 if [ "$UNINSTALL" = yes ]; then uninstall; exit 0; fi
 
 # Settings: new values win, otherwise keep what an earlier install wrote.
@@ -133,6 +158,9 @@ SECRET=${SECRET:-$(env_value SSS_SECRET)}
 [ -n "$SECRET" ] || fail "no --secret given" "pass --secret with this server's secret from servers.json"
 [ -n "$SERVER" ] || fail "no dashboard known" "pass --dashboard http://HOST:8900"
 [ -n "$DASHBOARD_URL" ] || DASHBOARD_URL=$(printf '%s' "${SERVER%/ws-report}" | sed 's#^ws:#http:#; s#^wss:#https:#')
+check_value --id "$ID"
+check_value --secret "$SECRET"
+check_value --server "$SERVER"
 
 STEP="checking python3"
 if ! command -v python3 >/dev/null 2>&1; then
@@ -195,7 +223,7 @@ say "$VERDICT"
 
 STEP="writing $ENV_FILE"
 mkdir -p "$(dirname "$ENV_FILE")"
-(umask 077 && printf 'SSS_SERVER=%s\nSSS_ID=%s\nSSS_SECRET=%s\n' "$SERVER" "$ID" "$SECRET" > "$ENV_FILE.new") ||
+(umask 077 && printf "SSS_SERVER='%s'\nSSS_ID='%s'\nSSS_SECRET='%s'\n" "$SERVER" "$ID" "$SECRET" > "$ENV_FILE.new") ||
     fail "cannot write $ENV_FILE" "run as root (sudo sh) or pass --env-file"
 mv "$ENV_FILE.new" "$ENV_FILE"
 
@@ -205,6 +233,7 @@ fetch "$DASHBOARD_URL/sss-agent.service" "$PREFIX/sss-agent.service.in" ||
 sed "s#/opt/sss-agent/venv/bin/python3#@PYTHON@#g; s#/opt/sss-agent#$PREFIX#g; s#/etc/sss-agent.env#$ENV_FILE#g; s#@PYTHON@#$PYTHON#g" \
     "$PREFIX/sss-agent.service.in" > "$PREFIX/sss-agent.service"
 rm -f "$PREFIX/sss-agent.service.in"
+printf 'sss-agent installed here by install.sh; env file: %s\n' "$ENV_FILE" > "$PREFIX/$MARKER"
 FRESH=no  # from here on a failure leaves a working install behind
 
 if [ "$SYSTEMD" = yes ]; then

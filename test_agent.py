@@ -639,8 +639,8 @@ def test_install_sh_installs_upgrades_and_uninstalls(make_dashboard: Any,
     assert (prefix / "agent.py").read_bytes() == (HERE / "agent.py").read_bytes()
     assert env_file.stat().st_mode & 0o777 == 0o600
     settings = env_file.read_text()
-    assert f"SSS_SERVER=ws://127.0.0.1:{dash.port}/ws-report\n" in settings
-    assert f"SSS_SECRET={SECRET}\n" in settings
+    assert f"SSS_SERVER='ws://127.0.0.1:{dash.port}/ws-report'\n" in settings
+    assert f"SSS_SECRET='{SECRET}'\n" in settings
     start_printed_agent(dash, first.stdout)
     unit = (prefix / "sss-agent.service").read_text()
     assert f"WorkingDirectory={prefix}\nExecStart={prefix}/venv/bin/python3 -m agent" in unit
@@ -716,6 +716,46 @@ def test_install_sh_failure_names_the_step_and_leaves_nothing(make_dashboard: An
     assert "failed while checking that the dashboard accepts alpha: failed: dashboard " \
            "rejected id alpha" in refused.stderr, refused.stderr
     assert not prefix.exists() and "wrong-0451" not in dash.log_text()
+
+
+PUNCTUATED = "s3cret!#%&*(),;?[]~+/=:@-0123456789"  # every character install.sh allows
+
+
+def test_install_sh_writes_values_that_sh_and_systemd_read_literally(
+        make_dashboard: Any, tmp_path: Path) -> None:
+    dash: Dashboard = make_dashboard([{"id": "alpha", "secret": PUNCTUATED}])
+    prefix, env_file = tmp_path / "opt/sss-agent", tmp_path / "etc/sss-agent.env"
+    script = f'curl -fsSL {dash.url("")}/install.sh | sh -s -- "$@"'
+
+    def install(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["sh", "-c", script, "sh", "--no-systemd", *args],
+                              env=INSTALL_ENV, capture_output=True, text=True, timeout=300)
+
+    pwned = tmp_path / "pwned"
+    for secret in (f"x$(touch {pwned})", f"x`touch {pwned}`", "it's", "two words", "a\\b"):
+        refused = install("--prefix", str(prefix), "--id", "alpha", "--secret", secret)
+        assert refused.returncode == 1 and "--secret contains a quote, backslash" in \
+            refused.stderr, refused.stderr
+    assert not pwned.exists() and not prefix.exists()
+    for bad_prefix in ("relative/dir", f"{tmp_path}/a#b", f"{tmp_path}/a&b", f"{tmp_path}/a b"):
+        refused = install("--prefix", bad_prefix, "--id", "alpha", "--secret", PUNCTUATED)
+        assert refused.returncode == 1 and "--prefix" in refused.stderr, refused.stderr
+
+    done = install("--prefix", str(prefix), "--env-file", str(env_file), "--id", "alpha",
+                   "--secret", PUNCTUATED, "--system-site-packages")
+    assert done.returncode == 0, done.stderr + done.stdout
+    assert f"SSS_SECRET='{PUNCTUATED}'\n" in env_file.read_text()
+    start_printed_agent(dash, done.stdout)  # sh read the secret back exactly
+
+    not_ours = tmp_path / "data"
+    not_ours.mkdir()
+    (not_ours / "precious").write_text("keep me")
+    refused = install("--uninstall", "--prefix", str(not_ours))
+    assert refused.returncode == 1 and "was not installed by install.sh" in refused.stderr
+    assert (not_ours / "precious").exists()
+    removed = install("--uninstall", "--prefix", str(prefix), "--env-file", str(env_file))
+    assert removed.returncode == 0, removed.stderr
+    assert not prefix.exists() and not env_file.exists()
 
 
 

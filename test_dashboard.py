@@ -88,6 +88,8 @@ def test_config_defaults_and_warnings() -> None:
     ({"servers": [{"id": "web-1"}]}, "servers[0] (id 'web-1'): field \"secret\" is missing"),
     ({"servers": [{"id": "web-1", "secret": SECRET}, {"id": "web-1", "secret": SECRET}]},
      "servers[1] (id 'web-1'): field \"id\" repeats"),
+    ({"servers": [{"id": "web-1", "secret": "x$(reboot)-0123456789"}]},
+     "servers[0] (id 'web-1'): field \"secret\" contains a quote, backslash, $, backtick"),
     ({"servers": [{"id": "web-1", "secret": SECRET, "countryCode": "DEU"}]}, '"countryCode"'),
     ({"servers": [{"id": "web-1", "secret": SECRET, "name": 5}]}, 'field "name"'),
     ({"port": "80", "servers": []}, 'field "port"'),
