@@ -192,6 +192,11 @@ class Connection(ServerConnection):
             self.site.connections.remove_viewer(self.viewer_from)
             self.viewer_from = None
         super().connection_lost(exc)
+        # Before Python 3.12 the transport keeps a bound method of itself (_read_ready_cb),
+        # a cycle that only a full collection frees: under reconnect churn memory grows.
+        # 3.12 clears it on close (CPython gh-100348); do the same on older ones.
+        if getattr(self.transport, "_read_ready_cb", None) is not None:
+            self.transport._read_ready_cb = None  # type: ignore[attr-defined]
 
     def refuse(self, status: HTTPStatus, text: str, headers: dict[str, str]) -> None:
         """Answer before websockets has read a request, and hang up: our side at once,
