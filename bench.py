@@ -34,11 +34,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import random
 import re
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -722,6 +724,235 @@ def print_history(r: dict[str, Any]) -> None:
     print(f"  1 y query, one server  {r['query_1y_ms']:8.1f} ms")
 
 
+# --- bench: attacks from the open internet (README, Security) --------------------------
+
+ATTACK_ADDRESSES = 50  # sources per attack, from 127.9-12.x.y: the per-address caps apply
+
+
+def attack_source(kind: int, n: int) -> str:
+    return f"127.{9 + kind}.{n // 250 % 250}.{n % 250 + 1}"
+
+
+async def attack(port: int, duration: float, flooder: str) -> dict[str, int]:
+    """Four attacks at once, for `duration` s: viewers that never read, reconnecting in
+    a loop; request headers that never end; wrong secrets from rotating addresses; an
+    authenticated agent flooding reports. Counts what each got done."""
+    deadline = time.monotonic() + duration
+    done = {"idle_viewers": 0, "slow_headers": 0, "guesses": 0, "flood_reports": 0}
+    upgrade = (b"GET /ws-frontend HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+               b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+               b"Sec-WebSocket-Version: 13\r\n\r\n")
+    slow = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n" + b"X-Pad: " + b"p" * 8000 + b"\r\n"
+
+    async def opened(source: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setblocking(False)
+        sock.bind((source, 0))
+        await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+        return await asyncio.open_connection(sock=sock)
+
+    async def idle_viewer(n: int) -> None:
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError):
+                _, writer = await opened(attack_source(0, n % ATTACK_ADDRESSES))
+                writer.write(upgrade)
+                done["idle_viewers"] += 1
+                await asyncio.sleep(2)  # never read; then reconnect
+                writer.transport.abort()
+            await asyncio.sleep(0.1)
+
+    async def slow_headers(n: int) -> None:
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError):
+                reader, writer = await opened(attack_source(1, n % ATTACK_ADDRESSES))
+                for _ in range(30):  # just under the header limits, and never finished
+                    writer.write(slow)
+                done["slow_headers"] += 1
+                await asyncio.wait_for(reader.read(), 15)  # until the dashboard hangs up
+                writer.transport.abort()
+            await asyncio.sleep(0.1)
+
+    async def guesses(n: int) -> None:
+        while time.monotonic() < deadline:
+            source = attack_source(2, random.randrange(250 * 250))
+            with contextlib.suppress(Exception):
+                async with connect(f"ws://127.0.0.1:{port}/ws-report", open_timeout=10,
+                                   additional_headers={"X-SERVER-ID": "host-00001",
+                                                       "X-AUTH-SECRET": f"guess-{n}"},
+                                   local_addr=(source, 0)):
+                    pass
+            done["guesses"] += 1
+
+    async def flood() -> None:
+        report = json.dumps(fake_report(flooder, random.Random(0)))
+        while time.monotonic() < deadline:
+            with contextlib.suppress(Exception):
+                async with connect(f"ws://127.0.0.1:{port}/ws-report", ping_interval=None,
+                                   additional_headers={"X-SERVER-ID": flooder,
+                                                       "X-AUTH-SECRET": SECRET}) as ws:
+                    while time.monotonic() < deadline:
+                        await ws.send(report)
+                        done["flood_reports"] += 1
+            await asyncio.sleep(1)
+
+    with contextlib.suppress(asyncio.TimeoutError):
+        await asyncio.wait_for(asyncio.gather(
+            *(idle_viewer(n) for n in range(1000)), *(slow_headers(n) for n in range(1000)),
+            *(guesses(n) for n in range(20)), flood(), return_exceptions=True), duration + 20)
+    return done
+
+
+def dashboard_rss_mb(process: psutil.Process) -> float:
+    return process.memory_info().rss / 2**20
+
+
+def metric_values(port: int, name: str) -> dict[str, float]:
+    """Every series of one metric from /metrics: {labels: value}."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    return {m[1] or "": float(m[2])
+            for m in re.finditer(rf"^{name}(?:{{(.*)}})? (\S+)$", text, re.M)}
+
+
+def bench_attack(servers: int, duration: float) -> dict[str, Any]:
+    """A 500-server fleet reporting every 5 s and a viewer watching, then the attacks at
+    full tilt for `duration` s: the dashboard's RSS before, at its peak and after; the
+    fewest agents connected; the longest wait of the watching viewer between updates."""
+    ids = [f"host-{i:05d}" for i in range(servers)]
+    with tempfile.TemporaryDirectory() as tmp:
+        config = Path(tmp) / "servers.json"
+        config.write_text(json.dumps({"servers": [
+            {"id": sid, "secret": SECRET, "name": f"{sid}.example.net", "group": "Fleet"}
+            for sid in [*ids, "flooder"]]}))
+        dash, port = start_server([sys.executable, str(HERE / "dashboard.py"), "--config",
+                                   str(config), "--host", "127.0.0.1", "--port", "0"],
+                                  Path(tmp) / "dashboard.log")
+        process = psutil.Process(dash.pid)
+        total = 30 + duration + 30
+        load = subprocess.Popen([sys.executable, str(HERE / "bench.py"), "_load", "--url",
+                                 f"ws://127.0.0.1:{port}/ws-report", "--viewer-url",
+                                 f"ws://127.0.0.1:{port}/ws-frontend", "--viewers", "0",
+                                 "--duration", str(total), "--interval", "5",
+                                 "--ids", ",".join(ids)], stdout=subprocess.PIPE)
+        gaps: list[float] = []
+        watcher = threading.Thread(target=watch_gaps, args=(port, total - 5, gaps), daemon=True)
+        try:
+            time.sleep(30)  # every agent connected, the heap warm
+            watcher.start()
+            before = dashboard_rss_mb(process)
+            attacker = subprocess.Popen([sys.executable, str(HERE / "bench.py"), "_attack",
+                                         "--port", str(port), "--duration", str(duration)],
+                                        stdout=subprocess.PIPE)
+            peak, fewest = before, servers
+            started = time.monotonic()
+            while attacker.poll() is None and time.monotonic() - started < duration + 30:
+                time.sleep(0.5)
+                peak = max(peak, dashboard_rss_mb(process))
+                if time.monotonic() - started < duration:
+                    up = metric_values(port, "sss_up")
+                    fewest = min(fewest, int(sum(v for k, v in up.items() if "host-" in k)))
+            done = json.loads(attacker.communicate(timeout=60)[0] or "{}")
+            time.sleep(20)  # the attack's connections time out
+            after = dashboard_rss_mb(process)
+            refused = metric_values(port, "sss_refused_total")
+            cut = metric_values(port, "sss_viewers_cut_total").get("", 0)
+            watcher.join(timeout=30)
+        finally:
+            stop(dash)
+            load.kill()
+    return {"servers": servers, "duration": duration, "rss_before_mb": before,
+            "rss_peak_mb": peak, "rss_after_mb": after, "fewest_agents": fewest,
+            "longest_update_gap_s": max(gaps) if gaps else None, "attacks": done,
+            "refused": {k.split('"')[1]: int(v) for k, v in refused.items()},
+            "viewers_cut": int(cut)}
+
+
+def watch_gaps(port: int, duration: float, gaps: list[float]) -> None:
+    """A real viewer: the longest time between two messages while the attacks run."""
+    from websockets.sync.client import connect as sync_connect
+    deadline = time.monotonic() + duration
+    with sync_connect(f"ws://127.0.0.1:{port}/ws-frontend", max_size=None) as ws:
+        last = time.monotonic()
+        while time.monotonic() < deadline:
+            ws.recv(timeout=30)
+            now = time.monotonic()
+            gaps.append(now - last)
+            last = now
+
+
+def print_attack(r: dict[str, Any]) -> None:
+    print(f"attack bench: {r['servers']} agents reporting every 5 s, one viewer watching; "
+          f"four attacks at once for {r['duration']:.0f} s")
+    print("  done by the attackers: " + ", ".join(f"{k} {v}" for k, v in r["attacks"].items()))
+    print("  refused by the dashboard: " + ", ".join(f"{k} {v}" for k, v in r["refused"].items())
+          + f"; viewers cut {r['viewers_cut']}")
+    print(f"  dashboard RSS: {r['rss_before_mb']:.1f} MB before, peak {r['rss_peak_mb']:.1f} MB, "
+          f"{r['rss_after_mb']:.1f} MB after")
+    gap = r["longest_update_gap_s"]
+    print(f"  servers online: at least {r['fewest_agents']} of {r['servers']}; the viewer's "
+          f"longest wait between updates: {gap:.2f} s" if gap is not None else "  no updates")
+
+
+async def churning_agents(url: str, ids: list[str], churning: int, duration: float) -> int:
+    """`ids` report every 5 s; the first `churning` of them reconnect every 10 s."""
+    deadline = time.monotonic() + duration
+    reconnects = 0
+
+    async def one(server_id: str, churn: bool) -> None:
+        nonlocal reconnects
+        report = json.dumps(fake_report(server_id, random.Random(server_id)))
+        headers = {"X-SERVER-ID": server_id, "X-AUTH-SECRET": SECRET}
+        while time.monotonic() < deadline:
+            with contextlib.suppress(Exception):
+                async with connect(url, additional_headers=headers, ping_interval=None,
+                                   local_addr=(fleet_address(server_id), 0)) as ws:
+                    until = time.monotonic() + (10 if churn else duration)
+                    while time.monotonic() < min(until, deadline):
+                        await ws.send(report)
+                        await asyncio.sleep(5 if not churn else 2)
+            reconnects += churn
+
+    await asyncio.gather(*(one(sid, i < churning) for i, sid in enumerate(ids)))
+    return reconnects
+
+
+def bench_churn(agents: int, churning: int, duration: float) -> dict[str, Any]:
+    """`agents` connected, `churning` of them reconnecting every 10 s, for `duration` s:
+    the dashboard's RSS once a minute. Flat after warm-up means closed connections are
+    freed."""
+    ids = [f"host-{i:05d}" for i in range(agents)]
+    with tempfile.TemporaryDirectory() as tmp:
+        dash, port = start_dashboard(Path(tmp), ids)
+        process = psutil.Process(dash.pid)
+        load = subprocess.Popen([sys.executable, str(HERE / "bench.py"), "_churn", "--port",
+                                 str(port), "--agents", str(agents), "--churning",
+                                 str(churning), "--duration", str(duration)],
+                                stdout=subprocess.PIPE)
+        curve = []
+        started = time.monotonic()
+        try:
+            while load.poll() is None:
+                time.sleep(min(60, max(duration + started - time.monotonic(), 1)))
+                curve.append((round((time.monotonic() - started) / 60, 1),
+                              round(dashboard_rss_mb(process), 2)))
+            reconnects = int(load.communicate()[0] or 0)
+        finally:
+            stop(dash)
+            load.kill()
+    warm = [rss for minute, rss in curve if minute >= 3]
+    growth = (warm[-1] - warm[0]) / max(len(warm) - 1, 1) if len(warm) > 1 else 0.0
+    return {"agents": agents, "churning": churning, "duration": duration,
+            "reconnects": reconnects, "rss_curve": curve, "growth_mb_per_minute": growth}
+
+
+def print_churn(r: dict[str, Any]) -> None:
+    print(f"churn bench: {r['agents']} agents, {r['churning']} reconnecting every 10 s, "
+          f"{r['duration'] / 60:.0f} min, {r['reconnects']} reconnects")
+    print("  minute, dashboard RSS MB: " + ", ".join(f"{m}: {v}" for m, v in r["rss_curve"]))
+    print(f"  after minute 3: {r['growth_mb_per_minute'] * 1024:+.0f} KiB per minute")
+
+
 # --- main ----------------------------------------------------------------------
 
 
@@ -729,7 +960,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Measure agent.py and dashboard.py.")
     # The helpers (_load, _floor) are run by bench.py itself; the metavar hides them.
     commands = parser.add_subparsers(dest="command", required=True,
-                                     metavar="{agent,dashboard,history,restart,page}")
+                                     metavar="{agent,dashboard,history,restart,page,"
+                                             "attack,churn}")
     agent_cmd = commands.add_parser("agent", help="the agent's CPU and memory")
     agent_cmd.add_argument("--duration", type=float, default=60)
     agent_cmd.add_argument("--json", action="store_true")
@@ -769,6 +1001,23 @@ def main(argv: list[str] | None = None) -> int:
     load_cmd.add_argument("--ids")
     load_cmd.add_argument("--interval", type=float, default=1.0)
     commands.add_parser("_floor")  # internal: the bare receiving server
+    attack_cmd = commands.add_parser("attack", help="four attacks at once on a live fleet")
+    attack_cmd.add_argument("--servers", type=int, default=500)
+    attack_cmd.add_argument("--duration", type=float, default=60)
+    attack_cmd.add_argument("--json", action="store_true")
+    inner_attack = commands.add_parser("_attack")  # internal: the attacking process
+    inner_attack.add_argument("--port", type=int)
+    inner_attack.add_argument("--duration", type=float)
+    churn_cmd = commands.add_parser("churn", help="RSS while agents reconnect all the time")
+    churn_cmd.add_argument("--agents", type=int, default=300)
+    churn_cmd.add_argument("--churning", type=int, default=20)
+    churn_cmd.add_argument("--duration", type=float, default=900)
+    churn_cmd.add_argument("--json", action="store_true")
+    inner_churn = commands.add_parser("_churn")  # internal: the churning agents
+    inner_churn.add_argument("--port", type=int)
+    inner_churn.add_argument("--agents", type=int)
+    inner_churn.add_argument("--churning", type=int)
+    inner_churn.add_argument("--duration", type=float)
     args = parser.parse_args(argv)
 
     if args.command == "_load":
@@ -777,6 +1026,18 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(result))
     elif args.command == "_floor":
         asyncio.run(floor_server())
+    elif args.command == "_attack":
+        print(json.dumps(asyncio.run(attack(args.port, args.duration, "flooder"))))
+    elif args.command == "_churn":
+        ids = [f"host-{i:05d}" for i in range(args.agents)]
+        print(asyncio.run(churning_agents(f"ws://127.0.0.1:{args.port}/ws-report", ids,
+                                          args.churning, args.duration)))
+    elif args.command == "attack":
+        result = bench_attack(args.servers, args.duration)
+        print(json.dumps(result, indent=2)) if args.json else print_attack(result)
+    elif args.command == "churn":
+        result = bench_churn(args.agents, args.churning, args.duration)
+        print(json.dumps(result, indent=2)) if args.json else print_churn(result)
     elif args.command == "_reconnect":
         print(json.dumps(asyncio.run(reconnecting_agents(args.url, args.ids.split(","),
                                                          args.duration, args.interval))))

@@ -79,8 +79,10 @@ from limits import (  # noqa: E402
     BAD_REPORTS_WINDOW,
     FLOOD_DROPS,
     FLOOD_WINDOW,
+    HANDSHAKES_TOTAL,
     MAX_HEADER_LINE,
     MAX_HEADERS,
+    MAX_REQUEST_BYTES,
     REPORT_BURST,
     REPORTS_PER_SECOND,
     VIEWER_MEMORY_BUDGET,
@@ -146,24 +148,38 @@ class Connection(ServerConnection):
         self.viewer_from: str | None = None  # set by web.route_request
         self.agent = None
         self.refused = False
+        self.request_bytes = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         peer = transport.get_extra_info("peername")
         self.peer = peer[0] if peer else "?"
-        refusal = self.site.connections.start_handshake(self.peer)
+        refusal, oldest = self.site.connections.start_handshake(self, self.peer)
         if refusal:
             self.site.refuse("handshakes", ("handshakes", address_key(self.peer)),
                              f"connection from {self.peer} refused: {refusal}",
                              time.monotonic())
             self.refuse(HTTPStatus.SERVICE_UNAVAILABLE, f"{refusal}; retry later",
                         {"Retry-After": "10"})
-        else:
-            self.handshaking = True
+            return
+        self.handshaking = True
+        if isinstance(oldest, Connection):  # every place taken: the slowest one goes
+            oldest.handshaking = False
+            self.site.refuse("handshakes_dropped", ("handshakes_dropped",),
+                             f"connection from {oldest.peer} dropped: {HANDSHAKES_TOTAL} "
+                             "handshakes in progress, it was the oldest", time.monotonic())
+            oldest.transport.abort()
 
     def data_received(self, data: bytes) -> None:
         if self.refused:
             return  # read and dropped, so that closing sends FIN, not RST over the answer
+        if self.handshaking:
+            self.request_bytes += len(data)
+            if self.request_bytes > MAX_REQUEST_BYTES:
+                self.site.refused["request_too_large"] += 1
+                self.refuse(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE,
+                            f"request headers over {MAX_REQUEST_BYTES} bytes", {})
+                return
         if self.before_method is not None:
             data = self.before_method + data
             method = data.split(b" ", 1)[0]
@@ -184,7 +200,7 @@ class Connection(ServerConnection):
         """The request is complete: it no longer counts as a handshake in progress."""
         if self.handshaking:
             self.handshaking = False
-            self.site.connections.end_handshake(self.peer)
+            self.site.connections.end_handshake(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.headers_read()

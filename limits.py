@@ -36,13 +36,16 @@ ADDRESS_FAILURES_LIMIT = 50
 GLOBAL_FAILURES_LIMIT = 300
 RECENT_SUCCESS_SECONDS = 86400.0
 # Handshakes in progress (connected, request headers not complete yet): each may hold up
-# to MAX_HEADERS lines of MAX_HEADER_LINE bytes until websockets' open timeout (10 s).
+# to MAX_REQUEST_BYTES until websockets' open timeout (10 s). Past the total, the oldest
+# is dropped for the newcomer: a slow attacker's, most likely, not an agent's (agents
+# finish theirs within a round trip).
 HANDSHAKES_PER_ADDRESS = 16
-HANDSHAKES_TOTAL = 512
+HANDSHAKES_TOTAL = 1024
 # The request headers agents and browsers send: a browser's WebSocket handshake has about
 # 15 headers, a proxy adds a few; one long line is a Cookie header.
 MAX_HEADERS = 32
 MAX_HEADER_LINE = 8192
+MAX_REQUEST_BYTES = 16 * 1024
 # Viewers (browsers on /ws-frontend).
 VIEWERS_PER_ADDRESS = 16
 VIEWERS_TOTAL = 1000
@@ -241,21 +244,28 @@ class Connections:
         self.handshakes_total = handshakes_total
         self.handshakes_per_address = handshakes_per_address
         self.exempt = exempt
+        self.handshaking: dict[Hashable, str] = {}  # connection -> address key, oldest first
         self.handshakes: collections.Counter[str] = collections.Counter()
         self.viewers: collections.Counter[str] = collections.Counter()
 
-    def start_handshake(self, peer: str) -> str:
-        """Count a new connection's handshake; a reason to refuse it, or ""."""
-        if sum(self.handshakes.values()) >= self.handshakes_total:
-            return f"{self.handshakes_total} handshakes in progress in total"
+    def start_handshake(self, connection: Hashable, peer: str) -> tuple[str, Hashable | None]:
+        """Count a new connection's handshake: (a reason to refuse it, or "";
+        the oldest handshake to drop for it when all places are taken, or None)."""
         key = address_key(peer)
         if peer not in self.exempt and self.handshakes[key] >= self.handshakes_per_address:
-            return f"{self.handshakes_per_address} handshakes in progress from this address"
+            return f"{self.handshakes_per_address} handshakes in progress from this address", None
+        oldest = next(iter(self.handshaking)) if len(self.handshaking) >= self.handshakes_total \
+            else None
+        if oldest is not None:
+            self.end_handshake(oldest)
+        self.handshaking[connection] = key
         self.handshakes[key] += 1
-        return ""
+        return "", oldest
 
-    def end_handshake(self, peer: str) -> None:
-        release(self.handshakes, address_key(peer))
+    def end_handshake(self, connection: Hashable) -> None:
+        key = self.handshaking.pop(connection, None)
+        if key is not None:
+            release(self.handshakes, key)
 
     def add_viewer(self, address: str) -> str:
         """Count a viewer; a reason to refuse it, or ""."""

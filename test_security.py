@@ -17,6 +17,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
 from conftest import SECRET, Dashboard, go_report, recv_json, recv_until, server_entry, server_in
+from limits import Connections
 
 WS_KEY = "dGhlIHNhbXBsZSBub25jZQ=="
 
@@ -148,6 +149,24 @@ def test_request_headers_are_limited_to_what_clients_send(make_dashboard: Any) -
     assert raw(dash, long).startswith(b"HTTP/1.1 431")
     cookie = b"GET / HTTP/1.1\r\nHost: x\r\nCookie: " + b"c" * 7000 + b"\r\n\r\n"
     assert raw(dash, cookie).startswith(b"HTTP/1.1 200")  # a long cookie still fits
+    heavy = b"GET / HTTP/1.1\r\n" + b"".join(b"X-%d: " % n + b"h" * 7000 + b"\r\n"
+                                              for n in range(3))
+    answer = raw(dash, heavy)  # unfinished, but 21 KB already: answered at once
+    assert answer.startswith(b"HTTP/1.1 431") and b"over 16384 bytes" in answer
+    assert dash.refused("request_too_large") == 1
+
+
+def test_past_the_total_the_oldest_handshake_makes_room() -> None:
+    connections = Connections(handshakes_total=3, handshakes_per_address=2)
+    assert connections.start_handshake("slow-1", "192.0.2.1") == ("", None)
+    assert connections.start_handshake("slow-2", "192.0.2.1") == ("", None)
+    refusal, _ = connections.start_handshake("slow-3", "192.0.2.1")
+    assert refusal == "2 handshakes in progress from this address"
+    assert connections.start_handshake("agent-1", "198.51.100.1") == ("", None)
+    assert connections.start_handshake("agent-2", "198.51.100.2") == ("", "slow-1")
+    connections.end_handshake("agent-1")
+    assert connections.start_handshake("slow-4", "192.0.2.1") == ("", None)  # slow-1 left
+    assert dict(connections.handshakes) == {"192.0.2.1": 2, "198.51.100.2": 1}
 
 
 # --- lockouts and limits -------------------------------------------------------------
