@@ -733,7 +733,11 @@ def attack_source(kind: int, n: int) -> str:
     return f"127.{9 + kind}.{n // 250 % 250}.{n % 250 + 1}"
 
 
-async def attack(port: int, duration: float, flooder: str) -> dict[str, int]:
+ATTACKS = ("idle_viewers", "slow_headers", "guesses", "flood_reports")
+
+
+async def attack(port: int, duration: float, flooder: str,
+                 kinds: tuple[str, ...] = ATTACKS) -> dict[str, int]:
     """Four attacks at once, for `duration` s: viewers that never read, reconnecting in
     a loop; request headers that never end; wrong secrets from rotating addresses; an
     authenticated agent flooding reports. Counts what each got done."""
@@ -742,7 +746,9 @@ async def attack(port: int, duration: float, flooder: str) -> dict[str, int]:
     upgrade = (b"GET /ws-frontend HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
                b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
                b"Sec-WebSocket-Version: 13\r\n\r\n")
-    slow = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n" + b"X-Pad: " + b"p" * 8000 + b"\r\n"
+    # Just under the limits (16 KiB of headers, 8 KiB a line), and never finished.
+    slow = (b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Pad: " + b"p" * 8000 + b"\r\nX-Pad: "
+            + b"p" * 7000 + b"\r\n")
 
     async def opened(source: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         sock = socket.socket()
@@ -766,8 +772,7 @@ async def attack(port: int, duration: float, flooder: str) -> dict[str, int]:
         while time.monotonic() < deadline:
             with contextlib.suppress(OSError):
                 reader, writer = await opened(attack_source(1, n % ATTACK_ADDRESSES))
-                for _ in range(30):  # just under the header limits, and never finished
-                    writer.write(slow)
+                writer.write(slow)
                 done["slow_headers"] += 1
                 await asyncio.wait_for(reader.read(), 15)  # until the dashboard hangs up
                 writer.transport.abort()
@@ -796,11 +801,18 @@ async def attack(port: int, duration: float, flooder: str) -> dict[str, int]:
                         done["flood_reports"] += 1
             await asyncio.sleep(1)
 
+    attackers = {"idle_viewers": [idle_viewer(n) for n in range(1000)],
+                 "slow_headers": [slow_headers(n) for n in range(1000)],
+                 "guesses": [guesses(n) for n in range(20)], "flood_reports": [flood()]}
+    for kind, coroutines in attackers.items():
+        if kind not in kinds:
+            for coroutine in coroutines:
+                coroutine.close()
     with contextlib.suppress(asyncio.TimeoutError):
         await asyncio.wait_for(asyncio.gather(
-            *(idle_viewer(n) for n in range(1000)), *(slow_headers(n) for n in range(1000)),
-            *(guesses(n) for n in range(20)), flood(), return_exceptions=True), duration + 20)
-    return done
+            *(c for kind in kinds for c in attackers[kind]), return_exceptions=True),
+            duration + 20)
+    return {kind: done[kind] for kind in kinds}
 
 
 def dashboard_rss_mb(process: psutil.Process) -> float:
@@ -815,7 +827,8 @@ def metric_values(port: int, name: str) -> dict[str, float]:
             for m in re.finditer(rf"^{name}(?:{{(.*)}})? (\S+)$", text, re.M)}
 
 
-def bench_attack(servers: int, duration: float) -> dict[str, Any]:
+def bench_attack(servers: int, duration: float,
+                 kinds: tuple[str, ...] = ATTACKS) -> dict[str, Any]:
     """A 500-server fleet reporting every 5 s and a viewer watching, then the attacks at
     full tilt for `duration` s: the dashboard's RSS before, at its peak and after; the
     fewest agents connected; the longest wait of the watching viewer between updates."""
@@ -835,23 +848,26 @@ def bench_attack(servers: int, duration: float) -> dict[str, Any]:
                                  f"ws://127.0.0.1:{port}/ws-frontend", "--viewers", "0",
                                  "--duration", str(total), "--interval", "5",
                                  "--ids", ",".join(ids)], stdout=subprocess.PIPE)
-        gaps: list[float] = []
-        watcher = threading.Thread(target=watch_gaps, args=(port, total - 5, gaps), daemon=True)
+        seen: dict[str, Any] = {"gaps": [], "fewest_online": servers}
+        watcher = threading.Thread(target=watch_fleet, args=(port, total - 5, seen),
+                                   daemon=True)
         try:
             time.sleep(30)  # every agent connected, the heap warm
             watcher.start()
             before = dashboard_rss_mb(process)
             attacker = subprocess.Popen([sys.executable, str(HERE / "bench.py"), "_attack",
-                                         "--port", str(port), "--duration", str(duration)],
+                                         "--port", str(port), "--duration", str(duration),
+                                         "--only", *kinds],
                                         stdout=subprocess.PIPE)
-            peak, fewest = before, servers
+            seen["attack"] = True
+            peak = before
             started = time.monotonic()
             while attacker.poll() is None and time.monotonic() - started < duration + 30:
                 time.sleep(0.5)
                 peak = max(peak, dashboard_rss_mb(process))
-                if time.monotonic() - started < duration:
-                    up = metric_values(port, "sss_up")
-                    fewest = min(fewest, int(sum(v for k, v in up.items() if "host-" in k)))
+                if time.monotonic() - started >= duration:
+                    seen["attack"] = False
+            seen["attack"] = False
             done = json.loads(attacker.communicate(timeout=60)[0] or "{}")
             time.sleep(20)  # the attack's connections time out
             after = dashboard_rss_mb(process)
@@ -861,6 +877,7 @@ def bench_attack(servers: int, duration: float) -> dict[str, Any]:
         finally:
             stop(dash)
             load.kill()
+        gaps, fewest = seen["gaps"], seen["fewest_online"]
     return {"servers": servers, "duration": duration, "rss_before_mb": before,
             "rss_peak_mb": peak, "rss_after_mb": after, "fewest_agents": fewest,
             "longest_update_gap_s": max(gaps) if gaps else None, "attacks": done,
@@ -868,16 +885,23 @@ def bench_attack(servers: int, duration: float) -> dict[str, Any]:
             "viewers_cut": int(cut)}
 
 
-def watch_gaps(port: int, duration: float, gaps: list[float]) -> None:
-    """A real viewer: the longest time between two messages while the attacks run."""
+def watch_fleet(port: int, duration: float, seen: dict[str, Any]) -> None:
+    """A real viewer: while the attacks run, the longest time between two messages and
+    the fewest servers online in what it is shown."""
     from websockets.sync.client import connect as sync_connect
     deadline = time.monotonic() + duration
-    with sync_connect(f"ws://127.0.0.1:{port}/ws-frontend", max_size=None) as ws:
+    online: dict[str, bool] = {}
+    with contextlib.suppress(ConnectionClosed), \
+            sync_connect(f"ws://127.0.0.1:{port}/ws-frontend", max_size=None) as ws:
         last = time.monotonic()
         while time.monotonic() < deadline:
-            ws.recv(timeout=30)
+            message = json.loads(ws.recv(timeout=30))
+            online.update((s["id"], s["online"]) for s in message["servers"])
             now = time.monotonic()
-            gaps.append(now - last)
+            if seen.get("attack"):
+                seen["gaps"].append(now - last)
+                fleet = sum(up for sid, up in online.items() if sid.startswith("host-"))
+                seen["fewest_online"] = min(seen["fewest_online"], fleet)
             last = now
 
 
@@ -1004,10 +1028,13 @@ def main(argv: list[str] | None = None) -> int:
     attack_cmd = commands.add_parser("attack", help="four attacks at once on a live fleet")
     attack_cmd.add_argument("--servers", type=int, default=500)
     attack_cmd.add_argument("--duration", type=float, default=60)
+    attack_cmd.add_argument("--only", nargs="+", choices=ATTACKS, default=list(ATTACKS),
+                            help="some of the attacks (default: all four at once)")
     attack_cmd.add_argument("--json", action="store_true")
     inner_attack = commands.add_parser("_attack")  # internal: the attacking process
     inner_attack.add_argument("--port", type=int)
     inner_attack.add_argument("--duration", type=float)
+    inner_attack.add_argument("--only", nargs="+", default=list(ATTACKS))
     churn_cmd = commands.add_parser("churn", help="RSS while agents reconnect all the time")
     churn_cmd.add_argument("--agents", type=int, default=300)
     churn_cmd.add_argument("--churning", type=int, default=20)
@@ -1027,13 +1054,14 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "_floor":
         asyncio.run(floor_server())
     elif args.command == "_attack":
-        print(json.dumps(asyncio.run(attack(args.port, args.duration, "flooder"))))
+        print(json.dumps(asyncio.run(attack(args.port, args.duration, "flooder",
+                                            tuple(args.only)))))
     elif args.command == "_churn":
         ids = [f"host-{i:05d}" for i in range(args.agents)]
         print(asyncio.run(churning_agents(f"ws://127.0.0.1:{args.port}/ws-report", ids,
                                           args.churning, args.duration)))
     elif args.command == "attack":
-        result = bench_attack(args.servers, args.duration)
+        result = bench_attack(args.servers, args.duration, tuple(args.only))
         print(json.dumps(result, indent=2)) if args.json else print_attack(result)
     elif args.command == "churn":
         result = bench_churn(args.agents, args.churning, args.duration)

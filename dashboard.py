@@ -44,6 +44,8 @@ require_websockets()
 import argparse  # noqa: E402 (after the dependency check, on purpose)
 import asyncio  # noqa: E402
 import contextlib  # noqa: E402
+import ctypes  # noqa: E402
+import ctypes.util  # noqa: E402
 import dataclasses  # noqa: E402
 import errno  # noqa: E402
 import functools  # noqa: E402
@@ -203,6 +205,12 @@ class Connection(ServerConnection):
             self.site.connections.end_handshake(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if exc is not None:
+            # A write that failed (the peer reset) raised inside broadcast(): the traceback
+            # holds its frames, and with them the encoded message and its frame (a whole
+            # snapshot, twice) for as long as websockets keeps the exception, until the
+            # handler ends. Nothing here needs that traceback.
+            exc.__traceback__ = None
         self.headers_read()
         if self.viewer_from is not None:
             self.site.connections.remove_viewer(self.viewer_from)
@@ -405,6 +413,8 @@ class Dashboard:
             self.evaluate_alerts(wall)
             if int(wall) % 60 == 0:
                 self.sessions.expire(self.hub.config.viewers.users, wall)
+            if int(wall) % TRIM_SECONDS == 0:
+                give_back_memory()
 
     def evaluate_alerts(self, wall: float) -> None:
         """Alert rules against the live state; a change shows on the servers' cards."""
@@ -529,6 +539,29 @@ def check_answer(error: str) -> str:
 
 
 # --- serving -------------------------------------------------------------------
+
+
+# --- memory ----------------------------------------------------------------------------
+
+TRIM_SECONDS = 10
+
+
+@functools.lru_cache(maxsize=1)
+def malloc_trim() -> Any:
+    """glibc's malloc_trim, or None (musl, macOS)."""
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+def give_back_memory() -> None:
+    """Return freed heap pages to the system. Connections come and go in bursts (a viewer
+    flood, a reconnect storm); glibc keeps what they freed, in holes between live
+    blocks, and RSS stays at the burst's peak. Trimming takes a few milliseconds."""
+    trim = malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 # --- open files ------------------------------------------------------------------------

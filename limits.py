@@ -53,7 +53,7 @@ VIEWERS_TOTAL = 1000
 # to 4 MiB for a viewer that never reads, memory outside the process but inside its cgroup.
 VIEWER_SEND_BUFFER = 256 * 1024
 VIEWER_BACKLOG_BYTES = 1024 * 1024  # one viewer's unsent bytes beyond a snapshot
-VIEWER_MEMORY_BUDGET = 64 * 1024 * 1024  # all viewers' unsent bytes together (--viewer-memory)
+VIEWER_MEMORY_BUDGET = 32 * 1024 * 1024  # all viewers' unsent bytes together (--viewer-memory)
 # Reports per agent connection: the agent's fastest pace is 1 s; a dashboard restart
 # flushes its queue of up to 100, so a burst is allowed.
 REPORTS_PER_SECOND = 10.0
