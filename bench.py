@@ -869,7 +869,7 @@ def bench_attack(servers: int, duration: float,
                     seen["attack"] = False
             seen["attack"] = False
             done = json.loads(attacker.communicate(timeout=60)[0] or "{}")
-            time.sleep(20)  # the attack's connections time out
+            time.sleep(65)  # the attack's connections time out; a full collection runs
             after = dashboard_rss_mb(process)
             refused = metric_values(port, "sss_refused_total")
             cut = metric_values(port, "sss_viewers_cut_total").get("", 0)

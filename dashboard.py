@@ -49,6 +49,7 @@ import ctypes.util  # noqa: E402
 import dataclasses  # noqa: E402
 import errno  # noqa: E402
 import functools  # noqa: E402
+import gc  # noqa: E402
 import getpass  # noqa: E402
 import importlib.util  # noqa: E402
 import json  # noqa: E402
@@ -150,20 +151,23 @@ class Connection(ServerConnection):
         self.viewer_from: str | None = None  # set by web.route_request
         self.agent = None
         self.refused = False
+        self.started = False  # websockets' own connection_made ran: it has a handler
         self.request_bytes = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(transport)
         peer = transport.get_extra_info("peername")
         self.peer = peer[0] if peer else "?"
         refusal, oldest = self.site.connections.start_handshake(self, self.peer)
-        if refusal:
+        if refusal:  # before websockets starts a handler: a refusal costs next to nothing
+            self.transport = transport  # type: ignore[assignment]
             self.site.refuse("handshakes", ("handshakes", address_key(self.peer)),
                              f"connection from {self.peer} refused: {refusal}",
                              time.monotonic())
             self.refuse(HTTPStatus.SERVICE_UNAVAILABLE, f"{refusal}; retry later",
                         {"Retry-After": "10"})
             return
+        super().connection_made(transport)
+        self.started = True
         self.handshaking = True
         if isinstance(oldest, Connection):  # every place taken: the slowest one goes
             oldest.handshaking = False
@@ -215,6 +219,8 @@ class Connection(ServerConnection):
         if self.viewer_from is not None:
             self.site.connections.remove_viewer(self.viewer_from)
             self.viewer_from = None
+        if not self.started:
+            return  # refused before websockets knew of it
         super().connection_lost(exc)
         # Before Python 3.12 the transport keeps a bound method of itself (_read_ready_cb),
         # a cycle that only a full collection frees: under reconnect churn memory grows.
@@ -414,7 +420,7 @@ class Dashboard:
             if int(wall) % 60 == 0:
                 self.sessions.expire(self.hub.config.viewers.users, wall)
             if int(wall) % TRIM_SECONDS == 0:
-                give_back_memory()
+                give_back_memory(collect=int(wall) % 60 == 0)
 
     def evaluate_alerts(self, wall: float) -> None:
         """Alert rules against the live state; a change shows on the servers' cards."""
@@ -555,10 +561,14 @@ def malloc_trim() -> Any:
         return None
 
 
-def give_back_memory() -> None:
+def give_back_memory(collect: bool) -> None:
     """Return freed heap pages to the system. Connections come and go in bursts (a viewer
     flood, a reconnect storm); glibc keeps what they freed, in holes between live
-    blocks, and RSS stays at the burst's peak. Trimming takes a few milliseconds."""
+    blocks, and RSS stays at the burst's peak. Trimming takes a few milliseconds; with
+    `collect`, a full garbage collection first frees what cycles still hold (exceptions
+    and their tracebacks from failed connections)."""
+    if collect:
+        gc.collect()
     trim = malloc_trim()
     if trim is not None:
         trim(0)

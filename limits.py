@@ -40,7 +40,7 @@ RECENT_SUCCESS_SECONDS = 86400.0
 # is dropped for the newcomer: a slow attacker's, most likely, not an agent's (agents
 # finish theirs within a round trip).
 HANDSHAKES_PER_ADDRESS = 16
-HANDSHAKES_TOTAL = 1024
+HANDSHAKES_TOTAL = 512
 # The request headers agents and browsers send: a browser's WebSocket handshake has about
 # 15 headers, a proxy adds a few; one long line is a Cookie header.
 MAX_HEADERS = 32
