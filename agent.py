@@ -873,7 +873,8 @@ def explain_failure(exc: BaseException, settings: Settings) -> str:
         return f"{exc}: check --server"
     if isinstance(exc, FrameFlood):
         return str(exc)
-    return f"cannot connect to {settings.server}: {type(exc).__name__}: {exc}"
+    # Whatever else: its text may quote the peer (a header, a status line), so escaped.
+    return f"cannot connect to {settings.server}: {type(exc).__name__}: {str(exc)!r}"
 
 
 async def certificate_names(settings: Settings) -> list[str]:

@@ -544,6 +544,8 @@ def test_failures_are_said_in_plain_words() -> None:
     mismatch = ssl.SSLCertVerificationError("certificate verify failed")
     mismatch.verify_code = 62
     mismatch.verify_message = "Hostname mismatch, certificate is not valid for 'status.example'."
+    forged = agent.explain_failure(ValueError("bad header\n2026 INFO forged \x1b[2J"), settings)
+    assert "\n" not in forged and "\x1b" not in forged and "\\n2026" in forged
     words = agent.explain_failure(mismatch, settings)
     assert "is for another name" in words and "--ca-file" not in words
     closed = ConnectionClosed(Close(1008, "evil\n2026-01-01 INFO forged"), None)

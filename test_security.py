@@ -7,17 +7,38 @@ attacker's many sources. README's Security section has the numbers at full tilt
 
 from __future__ import annotations
 
+import asyncio
+import collections
+import contextlib
+import dataclasses
+import gc
 import json
+import os
+import signal
 import socket
+import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
-from conftest import SECRET, Dashboard, go_report, recv_json, recv_until, server_entry, server_in
+import dashboard
+from config import load_config
+from conftest import (
+    SECRET,
+    Dashboard,
+    free_port,
+    go_report,
+    recv_json,
+    recv_until,
+    server_entry,
+    server_in,
+)
 from limits import Connections
+from web import Options
 
 WS_KEY = "dGhlIHNhbXBsZSBub25jZQ=="
 
@@ -167,6 +188,50 @@ def test_past_the_total_the_oldest_handshake_makes_room() -> None:
     connections.end_handshake("agent-1")
     assert connections.start_handshake("slow-4", "192.0.2.1") == ("", None)  # slow-1 left
     assert dict(connections.handshakes) == {"192.0.2.1": 2, "198.51.100.2": 1}
+
+
+def test_closed_connections_are_freed_without_a_collection(tmp_path: Path) -> None:
+    """Reconnect churn: every closed connection must be freed at once (refcounting), not
+    left in a cycle for the next full collection. The dashboard runs in this process so
+    the garbage collector can be asked what is left."""
+    config_path = tmp_path / "servers.json"
+    config_path.write_text(json.dumps({"servers": [server_entry(f"agent{i}") for i in range(5)]}))
+    config, _ = load_config(config_path)
+    config = dataclasses.replace(config, host="127.0.0.1", port=free_port())
+    left: list[str] = []
+
+    def churn() -> None:
+        url = f"ws://127.0.0.1:{config.port}"
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError), socket.create_connection(
+                    ("127.0.0.1", config.port), timeout=1):
+                break
+            time.sleep(0.05)
+        gc.collect()
+        gc.disable()
+        try:
+            for _ in range(6):
+                for i in range(5):
+                    with connect(f"{url}/ws-report", additional_headers={
+                            "X-SERVER-ID": f"agent{i}", "X-AUTH-SECRET": SECRET}) as agent:
+                        agent.send(json.dumps(go_report()))
+                with connect(f"{url}/ws-frontend") as viewer:
+                    viewer.recv(timeout=5)
+            time.sleep(0.5)  # the dashboard sees every close
+            gc.set_debug(gc.DEBUG_SAVEALL)
+            gc.collect()
+            left.extend(type(o).__name__ for o in gc.garbage
+                        if type(o).__module__.startswith(("asyncio", "dashboard")))
+        finally:
+            gc.set_debug(0)
+            gc.garbage.clear()
+            gc.enable()
+            os.kill(os.getpid(), signal.SIGINT)  # the dashboard's own handler stops it
+
+    threading.Thread(target=churn, daemon=True).start()
+    asyncio.run(dashboard.run(config, config_path, Options(), None, tmp_path))
+    assert left == [], collections.Counter(left)
 
 
 # --- lockouts and limits -------------------------------------------------------------
