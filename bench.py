@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Benchmarks: the agent's footprint, the dashboard's capacity, history, restarts, the page.
+"""Benchmarks: the agent's footprint, the dashboard's capacity, history, restarts, the page,
+and the dashboard under attack (attack, churn).
 
 Real runs on this project's 2-core test machine (2026-11-27):
 
@@ -25,6 +26,11 @@ Real runs on this project's 2-core test machine (2026-11-27):
 
     $ python3 bench.py restart --agents 10000 --down 5
     restart bench: 10000 agents, dashboard down 5 s: all back 20.0 s after it restarted; ...
+
+    $ python3 bench.py attack --duration 60
+    attack bench: 500 agents reporting every 5 s, one viewer watching; four attacks at once ...
+      dashboard RSS: 46.8 MB before, peak 179.0 MB, 71.2 MB after
+      servers online: at least 500 of 500; the viewer's longest wait between updates: 0.78 s
 
 Everything runs on 127.0.0.1: a real dashboard.py process, real agent.py or
 load-generator processes holding real WebSocket connections, and Debian's Chromium.
@@ -827,8 +833,8 @@ def metric_values(port: int, name: str) -> dict[str, float]:
             for m in re.finditer(rf"^{name}(?:{{(.*)}})? (\S+)$", text, re.M)}
 
 
-def bench_attack(servers: int, duration: float,
-                 kinds: tuple[str, ...] = ATTACKS) -> dict[str, Any]:
+def bench_attack(servers: int, duration: float, kinds: tuple[str, ...] = ATTACKS,
+                 warmup: float = 30, settle: float = 65) -> dict[str, Any]:
     """A 500-server fleet reporting every 5 s and a viewer watching, then the attacks at
     full tilt for `duration` s: the dashboard's RSS before, at its peak and after; the
     fewest agents connected; the longest wait of the watching viewer between updates."""
@@ -842,7 +848,7 @@ def bench_attack(servers: int, duration: float,
                                    str(config), "--host", "127.0.0.1", "--port", "0"],
                                   Path(tmp) / "dashboard.log")
         process = psutil.Process(dash.pid)
-        total = 30 + duration + 30
+        total = warmup + duration + settle + 10
         load = subprocess.Popen([sys.executable, str(HERE / "bench.py"), "_load", "--url",
                                  f"ws://127.0.0.1:{port}/ws-report", "--viewer-url",
                                  f"ws://127.0.0.1:{port}/ws-frontend", "--viewers", "0",
@@ -852,7 +858,7 @@ def bench_attack(servers: int, duration: float,
         watcher = threading.Thread(target=watch_fleet, args=(port, total - 5, seen),
                                    daemon=True)
         try:
-            time.sleep(30)  # every agent connected, the heap warm
+            time.sleep(warmup)  # every agent connected, the heap warm
             watcher.start()
             before = dashboard_rss_mb(process)
             attacker = subprocess.Popen([sys.executable, str(HERE / "bench.py"), "_attack",
@@ -869,7 +875,7 @@ def bench_attack(servers: int, duration: float,
                     seen["attack"] = False
             seen["attack"] = False
             done = json.loads(attacker.communicate(timeout=60)[0] or "{}")
-            time.sleep(65)  # the attack's connections time out; a full collection runs
+            time.sleep(settle)  # the attack's connections time out; a full collection runs
             after = dashboard_rss_mb(process)
             refused = metric_values(port, "sss_refused_total")
             cut = metric_values(port, "sss_viewers_cut_total").get("", 0)
@@ -1030,6 +1036,10 @@ def main(argv: list[str] | None = None) -> int:
     attack_cmd.add_argument("--duration", type=float, default=60)
     attack_cmd.add_argument("--only", nargs="+", choices=ATTACKS, default=list(ATTACKS),
                             help="some of the attacks (default: all four at once)")
+    attack_cmd.add_argument("--warmup", type=float, default=30,
+                            help="seconds for the fleet to connect before the attacks")
+    attack_cmd.add_argument("--settle", type=float, default=65,
+                            help="seconds after the attacks before RSS is read again")
     attack_cmd.add_argument("--json", action="store_true")
     inner_attack = commands.add_parser("_attack")  # internal: the attacking process
     inner_attack.add_argument("--port", type=int)
@@ -1061,7 +1071,8 @@ def main(argv: list[str] | None = None) -> int:
         print(asyncio.run(churning_agents(f"ws://127.0.0.1:{args.port}/ws-report", ids,
                                           args.churning, args.duration)))
     elif args.command == "attack":
-        result = bench_attack(args.servers, args.duration, tuple(args.only))
+        result = bench_attack(args.servers, args.duration, tuple(args.only), args.warmup,
+                              args.settle)
         print(json.dumps(result, indent=2)) if args.json else print_attack(result)
     elif args.command == "churn":
         result = bench_churn(args.agents, args.churning, args.duration)

@@ -526,7 +526,8 @@ def test_help_shows_defaults_and_the_environment_but_never_a_secret() -> None:
     assert "env-secret-value-123" not in result.stdout
     bench_help = subprocess.run([sys.executable, str(HERE / "bench.py"), "--help"],
                                 capture_output=True, text=True, timeout=60).stdout
-    assert "{agent,dashboard,history,restart,page}" in bench_help and "_load" not in bench_help
+    assert "{agent,dashboard,history,restart,page,attack,churn}" in bench_help
+    assert "_load" not in bench_help
     assert ".venv/" in (HERE / ".gitignore").read_text().split()
 
 
@@ -801,6 +802,18 @@ def test_dashboard_bench_smoke() -> None:
     assert result["latency_samples"] > 0 and result["latency_p99_ms"] is not None
     assert result["viewer_bytes_per_second"] > 0 and result["peak_rss_mb"] > 5
     assert result["floor_cpu_ms_per_report"] >= 0
+
+
+def test_attack_and_churn_bench_smoke() -> None:
+    attack = run_bench("attack", "--servers", "20", "--duration", "4", "--warmup", "3",
+                       "--settle", "2")
+    assert set(attack["attacks"]) == {"idle_viewers", "slow_headers", "guesses",
+                                      "flood_reports"}
+    assert attack["attacks"]["guesses"] > 0 and attack["refused"]
+    assert attack["rss_peak_mb"] >= attack["rss_before_mb"] > 5
+    assert attack["fewest_agents"] <= 20
+    churn = run_bench("churn", "--agents", "10", "--churning", "2", "--duration", "12")
+    assert churn["reconnects"] >= 2 and churn["rss_curve"]
 
 
 # --- a hostile or misdirected dashboard ------------------------------------------------
