@@ -38,6 +38,8 @@ import re
 import signal
 import socket
 import ssl
+import statistics
+import struct
 import sys
 import time
 from collections.abc import Iterator, Mapping
@@ -905,6 +907,176 @@ def is_refusal(exc: BaseException) -> bool:
     return isinstance(exc, RefusedHandshake)
 
 
+# --- latency probes: what the dashboard asks to measure --------------------------------
+
+PROBES_PER_ROUND = 5  # spread over the round, not in one burst
+PROBE_TIMEOUT = 2.0
+PROBES_AT_ONCE = 4
+MAX_PROBE_TARGETS = 16
+ICMP_FALLBACK_PORT = 443  # where ICMP echo is not permitted, TCP connect to this port
+
+
+class ProbeTarget(NamedTuple):
+    name: str
+    host: str
+    port: int | None  # None: ICMP echo
+
+
+def parse_probes(frame: str | bytes) -> tuple[float, tuple[ProbeTarget, ...]] | None:
+    """The dashboard's probes frame (PROTOCOL.md, "Probes"), checked; None for any other
+    frame or one that does not fit."""
+    try:
+        message = json.loads(frame)
+        if not isinstance(message, dict) or message.get("type") != "probes":
+            return None
+        interval = float(message["interval"])
+        targets = tuple(ProbeTarget(str(t["name"])[:64], str(t["host"])[:253],
+                                    int(t["port"]) if t.get("port") else None)
+                        for t in message["targets"][:MAX_PROBE_TARGETS])
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None
+    if not 5 <= interval <= MAX_INTERVAL:
+        return None
+    return interval, targets
+
+
+def summarize(name: str, rtts: list[float | None]) -> dict[str, Any]:
+    """One target's round: the median round trip of the replies (ms) and the share lost."""
+    replies = sorted(r for r in rtts if r is not None)
+    result: dict[str, Any] = {"name": name, "loss": round(1 - len(replies) / len(rtts), 3)}
+    if replies:
+        result["rtt"] = round(statistics.median(replies), 2)
+    return result
+
+
+async def tcp_rtt(address: str, port: int) -> float | None:
+    """Milliseconds to connect, or to be refused (a reply too); None when nothing came."""
+    start = time.monotonic()
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(address, port),
+                                           PROBE_TIMEOUT)
+        writer.transport.abort()
+    except ConnectionRefusedError:
+        pass
+    except (OSError, asyncio.TimeoutError):
+        return None
+    return (time.monotonic() - start) * 1000
+
+
+async def icmp_rtt(address: str, family: int) -> float | None:
+    """Milliseconds for an ICMP echo through an unprivileged ping socket (Linux's
+    net.ipv4.ping_group_range); PermissionError where those are not allowed."""
+    v6 = family == socket.AF_INET6
+    sock = socket.socket(family, socket.SOCK_DGRAM,
+                         socket.IPPROTO_ICMPV6 if v6 else socket.IPPROTO_ICMP)
+    sock.setblocking(False)
+    loop = asyncio.get_running_loop()
+    sequence = random.randrange(1 << 16)
+    try:
+        start = time.monotonic()
+        # The kernel fills in the identifier and the checksum of a ping socket's echo.
+        sock.sendto(struct.pack("!BBHHH", 128 if v6 else 8, 0, 0, 0, sequence) + b"sss",
+                    (address, 0))
+        while (left := PROBE_TIMEOUT - (time.monotonic() - start)) > 0:
+            reply = await asyncio.wait_for(loop.sock_recv(sock, 2048), left)
+            kind, _, _, _, seq = struct.unpack("!BBHHH", reply[:8])
+            if kind == (129 if v6 else 0) and seq == sequence:
+                return (time.monotonic() - start) * 1000
+    except (asyncio.TimeoutError, OSError, struct.error) as exc:
+        if isinstance(exc, PermissionError):
+            raise
+        return None
+    finally:
+        sock.close()
+    return None
+
+
+class Prober:
+    """Rounds of probes every `interval` s to the targets the dashboard named; the last
+    round's results wait in `results` for the next report (probing never delays one)."""
+
+    def __init__(self) -> None:
+        self.interval = 30.0
+        self.targets: tuple[ProbeTarget, ...] = ()
+        self.results: list[dict[str, Any]] = []
+        self.changed = asyncio.Event()
+        self.icmp_permitted = True
+        self.unresolved: set[str] = set()  # targets whose name did not resolve (logged once)
+
+    def plan(self, interval: float, targets: tuple[ProbeTarget, ...]) -> None:
+        if (interval, targets) != (self.interval, self.targets):
+            log.info("probing %d target%s every %.0f s", len(targets),
+                     "" if len(targets) == 1 else "s", interval)
+            self.interval, self.targets, self.results = interval, targets, []
+            self.changed.set()
+
+    async def run(self) -> None:
+        while True:
+            self.changed.clear()
+            targets, interval = self.targets, self.interval
+            if not targets:
+                await self.changed.wait()
+                continue
+            gate = asyncio.Semaphore(PROBES_AT_ONCE)
+            round_ = asyncio.gather(*(self.measure(t, interval, gate) for t in targets))
+            changed = asyncio.ensure_future(self.changed.wait())
+            await asyncio.wait([round_, changed], return_when=asyncio.FIRST_COMPLETED)
+            if changed.done():  # a new plan: drop this round, start the new one at once
+                round_.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await round_
+                continue
+            changed.cancel()
+            self.results = round_.result()
+
+    async def measure(self, target: ProbeTarget, interval: float,
+                      gate: asyncio.Semaphore) -> dict[str, Any]:
+        """One round for one target: PROBES_PER_ROUND probes spread over the interval."""
+        spacing = interval / PROBES_PER_ROUND
+        start = time.monotonic() + random.uniform(0, spacing)  # targets apart, too
+        address = await self.resolve(target)
+        rtts: list[float | None] = []
+        for n in range(PROBES_PER_ROUND):
+            await asyncio.sleep(max(start + n * spacing - time.monotonic(), 0))
+            if address is None:
+                rtts.append(None)
+                continue
+            async with gate:
+                rtts.append(await self.probe(target, *address))
+        return summarize(target.name, rtts)
+
+    async def resolve(self, target: ProbeTarget) -> tuple[int, str] | None:
+        """(family, address), resolved once a round in a thread; None (logged once an
+        outage) when the name does not resolve in time."""
+        loop = asyncio.get_running_loop()
+        try:
+            found = await asyncio.wait_for(loop.getaddrinfo(
+                target.host, target.port or ICMP_FALLBACK_PORT, type=socket.SOCK_STREAM),
+                PROBE_TIMEOUT)
+            family, address = found[0][0], found[0][4][0]
+        except (OSError, asyncio.TimeoutError, IndexError) as exc:
+            if target.name not in self.unresolved:
+                log.warning("probe %r: cannot resolve %s (%s): counted as loss until it "
+                            "does", target.name, target.host, type(exc).__name__)
+                self.unresolved.add(target.name)
+            return None
+        if target.name in self.unresolved:
+            log.info("probe %r: %s resolves again", target.name, target.host)
+            self.unresolved.discard(target.name)
+        return family, address
+
+    async def probe(self, target: ProbeTarget, family: int, address: str) -> float | None:
+        if target.port is None and self.icmp_permitted:
+            try:
+                return await icmp_rtt(address, family)
+            except PermissionError:
+                self.icmp_permitted = False
+                log.warning("ICMP echo is not permitted here (unprivileged ping sockets: "
+                            "sysctl net.ipv4.ping_group_range); probing ICMP targets by TCP "
+                            "port %d instead", ICMP_FALLBACK_PORT)
+        return await tcp_rtt(address, target.port or ICMP_FALLBACK_PORT)
+
+
 # --- transport ---------------------------------------------------------------
 
 
@@ -935,6 +1107,7 @@ class Reporter:
         self.dropping = False
         self.stopping = False
         self.refused = False  # the dashboard is up but refuses this agent
+        self.prober = Prober()
 
     async def collect(self) -> None:
         """Sample every interval; enqueue while connected, drop (logged once) while not."""
@@ -951,6 +1124,8 @@ class Reporter:
                 log.warning("sample failed: %s", exc)
                 continue
             before = after
+            if self.prober.results:  # the last finished round, however old the sample
+                message.setdefault("extraInfo", {})["probes"] = self.prober.results
             self.pace = adapt(self.pace, message["cpuInfo"]["percent"], self.settings)
             if self.connection is None:
                 if not self.dropping:
@@ -985,7 +1160,11 @@ class Reporter:
 
     def dashboard_said(self, frame: str | bytes) -> None:
         """One frame from the dashboard (PROTOCOL.md: only "probes" so far)."""
-        log.debug("frame from the dashboard: %.80r", frame)
+        plan = parse_probes(frame)
+        if plan is None:
+            log.debug("frame from the dashboard ignored: %.80r", frame)
+        else:
+            self.prober.plan(*plan)
 
     async def report(self, ws: ClientConnection) -> None:
         """Send queued samples; raise ConnectionClosed as soon as the connection drops."""
@@ -1068,7 +1247,8 @@ async def run(settings: Settings) -> None:
         loop.add_signal_handler(sig, stop.set)
     log.info("reporting to %s as %s", settings.server, settings.server_id)
     tasks = [asyncio.ensure_future(reporter.collect()),
-             asyncio.ensure_future(reporter.connect_forever())]
+             asyncio.ensure_future(reporter.connect_forever()),
+             asyncio.ensure_future(reporter.prober.run())]
     stopping = asyncio.ensure_future(stop.wait())
     await asyncio.wait([stopping, *tasks], return_when=asyncio.FIRST_COMPLETED)
     stopping.cancel()
@@ -1100,6 +1280,8 @@ async def check_once(settings: Settings, message: dict[str, Any]) -> tuple[bool,
             await ws.send(encode(message))
             try:
                 answer = json.loads(await asyncio.wait_for(ws.recv(), CHECK_TIMEOUT))
+                if isinstance(answer, dict) and answer.get("type") == "probes":
+                    answer = json.loads(await asyncio.wait_for(ws.recv(), CHECK_TIMEOUT))
             except asyncio.TimeoutError:
                 return True, ("connected and sent a report; this dashboard does not confirm "
                               "reports (an older or the Go dashboard)")

@@ -34,9 +34,14 @@ SECRET_HINT = "python3 -c 'import secrets; print(secrets.token_urlsafe(24))'"
 ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{3,50}")
 COUNTRY_PATTERN = re.compile(r"[A-Za-z]{2}")
 TOP_LEVEL_KEYS = ("host", "port", "servers", "notifiers", "alerts", "timezone", "viewers",
-                  "metricsToken")
+                  "metricsToken", "probes")
 SERVER_KEYS = ("id", "name", "group", "secret", "countryCode", "traffic", "expires", "price",
-               "hidden")
+               "hidden", "probes")
+PROBES_KEYS = ("interval", "targets")
+PROBE_KEYS = ("name", "host", "port")
+MAX_PROBE_TARGETS = 16
+PROBE_NAME_PATTERN = re.compile(r"[^\x00-\x1f\x7f]{1,64}")
+PROBE_HOST_PATTERN = re.compile(r"[A-Za-z0-9.-]{1,253}|[0-9A-Fa-f:.]{2,45}")
 VIEWER_KEYS = ("public", "users", "sessionDays")
 USER_PATTERN = re.compile(r"[A-Za-z0-9_.@-]{1,64}")
 TRAFFIC_KEYS = ("limit", "resetDay", "count")
@@ -54,6 +59,7 @@ class ServerConfig:
     expires: str = ""  # YYYY-MM-DD, "" when not configured
     price: str = ""
     hidden: bool = False  # only signed-in viewers see it
+    probes: tuple[str, ...] | None = None  # the probe targets it measures; None: all
 
     @property
     def uses_placeholder_secret(self) -> bool:
@@ -103,6 +109,27 @@ class Viewers:
 
 
 @dataclasses.dataclass(frozen=True)
+class ProbeTarget:
+    """Where agents measure latency: ICMP echo, or TCP connect time with `port`."""
+
+    name: str
+    host: str
+    port: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Probes:
+    interval: float = 30.0
+    targets: tuple[ProbeTarget, ...] = ()
+
+    def for_server(self, server: ServerConfig) -> tuple[ProbeTarget, ...]:
+        """The targets one server measures: its own list, or all."""
+        if server.probes is None:
+            return self.targets
+        return tuple(t for t in self.targets if t.name in server.probes)
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
     host: str
     port: int
@@ -112,6 +139,7 @@ class Config:
     timezone: str = "UTC"  # IANA name: where traffic periods start at midnight
     viewers: Viewers = dataclasses.field(default_factory=Viewers)
     metrics_token: str = dataclasses.field(default="", repr=False)
+    probes: Probes = dataclasses.field(default_factory=Probes)
 
 
 class ConfigError(Exception):
@@ -175,10 +203,61 @@ def parse_config(data: Any, source: str) -> tuple[Config, list[str]]:
         errors.append(f'{source}: field "metricsToken" must be a string of at least 16 '
                       f"characters; make one with {SECRET_HINT}")
         metrics_token = ""
+    probes = parse_probes(data.get("probes", {}), source, errors)
+    known = {target.name for target in probes.targets}
+    for index, server in enumerate(servers.values()):
+        errors.extend(f'{source}: servers[{index}] (id {server.id!r}): field "probes" names '
+                      f"{name!r}, which is not among the probe targets "
+                      f"({', '.join(sorted(known)) or 'none are configured'})"
+                      for name in server.probes or () if name not in known)
     if errors:
         raise ConfigError(errors)
     return Config(host, port, servers, notifiers, alerts, timezone, viewers,
-                  metrics_token), warnings
+                  metrics_token, probes), warnings
+
+
+def parse_probes(entry: Any, source: str, errors: list[str]) -> Probes:
+    """"probes": {"interval": 30, "targets": [{"name", "host", "port"?}]}."""
+    where = f'{source}: field "probes'
+    if not isinstance(entry, dict):
+        errors.append(f'{where}" must be an object like {{"interval": 30, "targets": [...]}}')
+        return Probes()
+    errors.extend(f'{where}" has unknown key {key!r} (known: {", ".join(PROBES_KEYS)})'
+                  for key in entry if key not in PROBES_KEYS)
+    interval = entry.get("interval", 30)
+    if isinstance(interval, bool) or not isinstance(interval, (int, float)) \
+            or not 5 <= interval <= 3600:
+        errors.append(f'{where}.interval" must be 5-3600 seconds, got {interval!r}')
+        interval = 30
+    entries = entry.get("targets", [])
+    if not isinstance(entries, list) or len(entries) > MAX_PROBE_TARGETS:
+        errors.append(f'{where}.targets" must be a list of at most {MAX_PROBE_TARGETS} '
+                      'targets like {"name": "Cloudflare", "host": "1.1.1.1"}')
+        entries = []
+    targets: dict[str, ProbeTarget] = {}
+    for index, target in enumerate(entries):
+        place = f'{where}.targets[{index}]"'
+        if not isinstance(target, dict):
+            errors.append(f'{place}: must be an object like {{"name": "Cloudflare", '
+                          '"host": "1.1.1.1"}')
+            continue
+        errors.extend(f"{place}: unknown key {key!r} (known: {', '.join(PROBE_KEYS)})"
+                      for key in target if key not in PROBE_KEYS)
+        name, host, port = target.get("name"), target.get("host"), target.get("port")
+        if not isinstance(name, str) or not PROBE_NAME_PATTERN.fullmatch(name):
+            errors.append(f'{place}: field "name" must be 1-64 printable characters')
+            continue
+        if name in targets:
+            errors.append(f'{place}: field "name" repeats {name!r}; name each target once')
+        if not isinstance(host, str) or not PROBE_HOST_PATTERN.fullmatch(host):
+            errors.append(f'{place} ({name!r}): field "host" must be a host name or an IP '
+                          f"address such as 1.1.1.1, got {host!r}")
+        if port is not None and (isinstance(port, bool) or not isinstance(port, int)
+                                 or not 1 <= port <= 65535):
+            errors.append(f'{place} ({name!r}): field "port" must be 1-65535 (or left out '
+                          f"for ICMP echo), got {port!r}")
+        targets[name] = ProbeTarget(name, str(host), port)
+    return Probes(float(interval), tuple(targets.values()))
 
 
 def parse_viewers(entry: Any, source: str, errors: list[str]) -> Viewers:
@@ -283,10 +362,15 @@ def parse_server(entry: Any, where: str, errors: list[str],
     hidden = entry.get("hidden", False)
     if not isinstance(hidden, bool):
         errors.append(f'{where}: field "hidden" must be true or false')
+    probes = entry.get("probes")
+    if probes is not None and (not isinstance(probes, list)
+                               or not all(isinstance(name, str) for name in probes)):
+        errors.append(f'{where}: field "probes" must be a list of probe target names, '
+                      'such as ["Cloudflare"]')
     if len(errors) > first_error:
         return None
     return ServerConfig(server_id, name, group, secret, country.lower(), plan, expires, price,
-                        hidden is True)
+                        hidden is True, None if probes is None else tuple(probes))
 
 
 def parse_traffic(entry: Any, where: str, errors: list[str]) -> Plan:

@@ -74,7 +74,7 @@ from websockets.http11 import Request, Response  # noqa: E402
 
 from alerts import Alerting  # noqa: E402
 from alerts import test_notify as alerts_test_notify  # noqa: E402
-from config import Config, ConfigError, load_config  # noqa: E402
+from config import Config, ConfigError, ServerConfig, load_config  # noqa: E402
 from history import DEFAULT_DAYS, DEFAULT_RESOLUTION, History  # noqa: E402
 from hub import Closing, Hub  # noqa: E402
 from limits import (  # noqa: E402
@@ -95,6 +95,7 @@ from limits import (  # noqa: E402
     TokenBucket,
     address_key,
 )
+from probes import probes_frame  # noqa: E402
 from reports import MAX_FRAME_BYTES, ReportError, validate_report  # noqa: E402
 from sessions import Sessions, check_password, hash_password  # noqa: E402
 from timings import TICK_SECONDS  # noqa: E402
@@ -332,6 +333,7 @@ class Dashboard:
             self.close_later(older)
         else:
             log.info("agent connected: id=%s from %s", sid, address)
+        self.tell_probes(ws, hub.servers[sid].config)
         limits = AgentLimits(time.monotonic())
         try:
             async for frame in ws:
@@ -374,6 +376,18 @@ class Dashboard:
             if hub.detach_agent(sid, ws):
                 log.info("agent disconnected: id=%s (%s %r)", sid, ws.close_code,
                          ws.close_reason)
+
+    def tell_probes(self, ws: ServerConnection, server: ServerConfig,
+                    unless_none: bool = True) -> None:
+        """Send the agent what to probe, when anything is configured for it (agents that
+        know nothing of probes, the Go one, read frames and ignore them)."""
+        probes = self.hub.config.probes
+        if unless_none and not probes.for_server(server):
+            return
+        future = asyncio.ensure_future(ws.send(probes_frame(probes, server)))
+        self.closing.add(future)
+        future.add_done_callback(self.closing.discard)
+        future.add_done_callback(lambda done: done.cancelled() or done.exception())
 
     def log_report_problem(self, sid: str, reason: str, detail: str, now: float) -> None:
         """One line per agent and reason a minute, with how many were held back."""
@@ -470,7 +484,13 @@ class Dashboard:
             log.error("config reload failed, keeping the previous config: %s", problem)
             return
         old = self.hub.config
+        told = {sid: (old.probes.interval, old.probes.for_server(state.config))
+                for sid, state in self.hub.servers.items()}
         closes, added, removed = self.hub.apply_config(config)
+        for sid, state in self.hub.servers.items():
+            plan = (config.probes.interval, config.probes.for_server(state.config))
+            if state.connection is not None and told.get(sid, (0, ())) != plan:
+                self.tell_probes(state.connection, state.config, unless_none=False)
         self.alerting.configure(config.notifiers)
         self.traffic.zone = zone(config.timezone)
         self.hub.refresh_traffic(time.time())

@@ -22,8 +22,13 @@ MAX_STRING = 256
 MAX_ITEMS = 64
 MAX_BYTES_VALUE = 2**64  # Go's uint64
 
-# Leaf kinds of the report schema; dicts are objects, one-item lists are arrays.
+# Leaf kinds of the report schema; dicts are objects, lists are arrays ([item] holds up to
+# MAX_ITEMS, [item, n] up to n).
 STR, BYTES, PERCENT, NUMBER, INTERVAL = "str", "bytes", "percent", "number", "interval"
+NAME, RATIO, MILLISECONDS = "name", "ratio", "milliseconds"
+MAX_PROBES = 16
+MAX_NAME = 64
+MAX_RTT_MS = 60_000.0
 
 REPORT_SCHEMA: dict[str, Any] = {
     "name": STR, "group": STR, "id": STR, "ip": STR, "loc": STR, "lastReportTime": NUMBER,
@@ -46,7 +51,9 @@ REPORT_SCHEMA: dict[str, Any] = {
     # Our extensions (PROTOCOL.md); the Go agent sends neither.
     "reportInterval": INTERVAL,
     "extraInfo": {"tcpConnections": NUMBER, "udpConnections": NUMBER, "processes": NUMBER,
-                  "diskReadSpeed": BYTES, "diskWriteSpeed": BYTES},
+                  "diskReadSpeed": BYTES, "diskWriteSpeed": BYTES,
+                  # The last round of latency probes (PROTOCOL.md, "Probes").
+                  "probes": [{"name": NAME, "rtt": MILLISECONDS, "loss": RATIO}, MAX_PROBES]},
 }
 # What a browser may see of a report: never ip, nor the agent's own name/group/id.
 VIEW_FIELDS = ("hostInfo", "cpuInfo", "virtualMemoryInfo", "swapMemoryInfo", "diskInfo",
@@ -106,24 +113,28 @@ def compile_schema(spec: Any, path: str) -> Check:
         return check_object
     if isinstance(spec, list):
         check_item = compile_schema(spec[0], f"{path}[]")
+        max_items = spec[1] if len(spec) > 1 else MAX_ITEMS
 
         def check_list(value: Any) -> list[Any]:
             if type(value) is not list:
                 raise ReportError("wrong_type", f"{path} must be a list")
-            if len(value) > MAX_ITEMS:
+            if len(value) > max_items:
                 raise ReportError("too_many_items", f"{path} has {len(value)} items, "
-                                                    f"max {MAX_ITEMS}")
+                                                    f"max {max_items}")
             return [check_item(item) for item in value]
         return check_list
-    if spec == STR:
+    if spec in (STR, NAME):
+        longest = MAX_NAME if spec == NAME else MAX_STRING
+
         def check_string(value: Any) -> str:
             if type(value) is not str:
                 raise ReportError("wrong_type", f"{path} must be a string")
-            if len(value) > MAX_STRING:
-                raise ReportError("string_too_long", f"{path} is over {MAX_STRING} characters")
+            if len(value) > longest:
+                raise ReportError("string_too_long", f"{path} is over {longest} characters")
             return value
         return check_string
-    limits = {BYTES: MAX_BYTES_VALUE, PERCENT: 100 + PERCENT_SLACK, INTERVAL: MAX_REPORT_INTERVAL}
+    limits = {BYTES: MAX_BYTES_VALUE, PERCENT: 100 + PERCENT_SLACK, INTERVAL: MAX_REPORT_INTERVAL,
+              RATIO: 1.0, MILLISECONDS: MAX_RTT_MS}
     limit = limits.get(spec, 1e15)
     low = math.ulp(0) if spec == INTERVAL else 0  # an interval of 0 is no interval
 

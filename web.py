@@ -44,6 +44,7 @@ from limits import (
     held_back,
 )
 from metrics import counter_lines, label, render_metrics
+from probes import probe_metrics
 from sessions import COOKIE, Sessions, cookie_value
 
 log = logging.getLogger("sss.dashboard")
@@ -425,6 +426,8 @@ def metrics(site: Site, request: Request, access: Access) -> Response:
     shown = {state.config.id for state in hub.visible(sees_hidden)}
     extra = site.alerting.metrics_lines(label, shown.__contains__) if site.alerting else []
     extra += traffic_metrics(hub, time.time(), sees_hidden)
+    extra += probe_metrics((state.config, state.record if state.online else None)
+                           for state in hub.visible(sees_hidden))
     extra += counter_lines("sss_refused_total", "Connections refused before the upgrade, "
                            "by reason.", site.refused)
     backlog = sum(ws.transport.get_write_buffer_size() for ws in hub.viewers)

@@ -1,0 +1,168 @@
+"""Latency probes: the dashboard says what to probe, agents measure, reports carry it.
+
+All on loopback: a listening port (a reply), a closed port (refused is a reply too), a
+listener whose accept queue is full (SYNs dropped: all loss), ICMP echo to 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import socket
+import time
+from typing import Any
+
+import pytest
+from websockets.sync.client import connect
+
+import agent
+from conftest import (
+    SECRET,
+    Dashboard,
+    free_port,
+    go_report,
+    recv_json,
+    server_entry,
+)
+
+
+@pytest.fixture
+def listener() -> Any:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(16)
+    yield sock
+    sock.close()
+
+
+@pytest.fixture
+def black_hole() -> Any:
+    """A port whose accept queue is full: the kernel drops further SYNs, nothing answers."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(0)
+    port = sock.getsockname()[1]
+    fillers = []
+    for _ in range(3):
+        filler = socket.socket()
+        filler.setblocking(False)
+        filler.connect_ex(("127.0.0.1", port))
+        fillers.append(filler)
+    time.sleep(0.2)
+    yield port
+    for filler in fillers:
+        filler.close()
+    sock.close()
+
+
+def test_the_probes_frame_and_a_round_summary() -> None:
+    frame = json.dumps({"type": "probes", "interval": 30, "targets": [
+        {"name": "Cloudflare", "host": "1.1.1.1"},
+        {"name": "CT", "host": "ct.example", "port": 80}]})
+    assert agent.parse_probes(frame) == (30.0, (agent.ProbeTarget("Cloudflare", "1.1.1.1", None),
+                                                agent.ProbeTarget("CT", "ct.example", 80)))
+    for other in ('{"type": "check"}', "not json", '{"type": "probes", "interval": 1, '
+                  '"targets": []}', '{"type": "probes", "interval": 30, "targets": [{}]}'):
+        assert agent.parse_probes(other) is None
+    assert agent.summarize("CT", [10.0, None, 30.0, 20.0, None]) == {
+        "name": "CT", "loss": 0.4, "rtt": 20.0}
+    assert agent.summarize("CT", [None] * 5) == {"name": "CT", "loss": 1.0}
+
+
+def test_tcp_probes_measure_a_reply_a_refusal_and_silence(listener: Any,
+                                                          black_hole: int) -> None:
+    open_port, closed_port = listener.getsockname()[1], free_port()
+
+    async def measure() -> tuple[Any, Any, Any]:
+        return await asyncio.gather(agent.tcp_rtt("127.0.0.1", open_port),
+                                    agent.tcp_rtt("127.0.0.1", closed_port),
+                                    agent.tcp_rtt("127.0.0.1", black_hole))
+    connected, refused, silent = asyncio.run(measure())
+    assert isinstance(connected, float) and 0 < connected < agent.PROBE_TIMEOUT * 1000
+    assert isinstance(refused, float) and refused > 0  # refused is an answer
+    assert silent is None  # dropped SYNs: loss after the 2 s timeout
+
+
+def test_icmp_echo_to_loopback() -> None:
+    try:
+        rtt = asyncio.run(agent.icmp_rtt("127.0.0.1", socket.AF_INET))
+    except PermissionError:
+        pytest.skip("unprivileged ICMP is not allowed here: sysctl net.ipv4.ping_group_range "
+                    "does not include this user's group")
+    assert isinstance(rtt, float) and 0 < rtt < 2000
+
+
+def probes_config(port: int, hang_port: int) -> dict[str, Any]:
+    return {"interval": 5, "targets": [{"name": "Local", "host": "127.0.0.1", "port": port},
+                                       {"name": "Hole", "host": "127.0.0.1", "port": hang_port}]}
+
+
+def test_agents_probe_what_the_dashboard_says_and_reports_keep_their_pace(
+        make_dashboard: Any, make_agent: Any, listener: Any, black_hole: int) -> None:
+    dash: Dashboard = make_dashboard([server_entry("alpha", probes=["Local", "Hole"])],
+                                     probes=probes_config(listener.getsockname()[1], black_hole))
+    reporter = make_agent("--server", dash.url("/ws-report", "ws"), "--id", "alpha",
+                          "--secret", SECRET, "--interval", "1", "--min-interval", "1",
+                          "--no-adaptive")
+    reporter.wait_for_log("probing 2 targets every 5 s")
+    started, accepted = time.monotonic(), dash.metric("sss_reports_accepted_total")
+    probes = wait_for_probes(dash, "alpha", {"Local", "Hole"})
+    elapsed = time.monotonic() - started
+    local = next(p for p in probes if p["name"] == "Local")
+    hole = next(p for p in probes if p["name"] == "Hole")
+    assert local["loss"] == 0 and 0 < local["rtt"] < 2000
+    assert hole == {"name": "Hole", "loss": 1.0}  # no rtt without a reply
+    # The hanging target never held a report back: about one a second throughout.
+    reports = dash.metric("sss_reports_accepted_total") - accepted
+    assert reports >= elapsed * 0.6, (reports, elapsed)
+    metrics = dash.get("/metrics")[2].decode()
+    assert 'sss_probe_loss_ratio{id="alpha",name="alpha",target="Hole"} 1.0' in metrics
+    assert 'sss_probe_rtt_ms{id="alpha",name="alpha",target="Local"}' in metrics
+
+    # A reload changes what the agent measures.
+    config = json.loads(dash.config_path.read_text())
+    config["probes"]["targets"] = [{"name": "Other", "host": "127.0.0.1",
+                                    "port": listener.getsockname()[1]}]
+    config["servers"][0]["probes"] = ["Other"]
+    dash.config_path.write_text(json.dumps(config))
+    assert dash.process is not None
+    dash.process.send_signal(signal.SIGHUP)
+    reporter.wait_for_log("probing 1 target every 5 s")
+    assert [p["name"] for p in wait_for_probes(dash, "alpha", {"Other"})] == ["Other"]
+
+
+def wait_for_probes(dash: Dashboard, sid: str, names: set[str],
+                    timeout: float = 20) -> list[dict[str, Any]]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        server = next(s for s in dash.get_json("/api/servers") if s["id"] == sid)
+        probes = server.get("extraInfo", {}).get("probes", [])
+        if {p["name"] for p in probes} == names:
+            return probes
+        time.sleep(0.3)
+    raise AssertionError(f"no probes {names} from {sid} in {timeout} s")
+
+
+def test_a_go_style_agent_ignores_the_probes_frame(make_dashboard: Any) -> None:
+    dash: Dashboard = make_dashboard(probes={"targets": [{"name": "CF", "host": "1.1.1.1"}]})
+    with dash.agent("alpha") as go_agent, dash.viewer() as viewer:
+        recv_json(viewer)
+        frame = json.loads(go_agent.recv(timeout=5))  # sent right after the handshake
+        assert frame == {"type": "probes", "interval": 30.0,
+                         "targets": [{"name": "CF", "host": "1.1.1.1"}]}
+        for _ in range(3):  # the Go agent reads frames and ignores them: reports go on
+            go_agent.send(json.dumps(go_report()))
+    assert dash.metric("sss_reports_accepted_total") == 3
+
+
+def test_bad_probe_results_are_refused(make_dashboard: Any) -> None:
+    dash: Dashboard = make_dashboard()
+    with connect(dash.url("/ws-report", "ws"), additional_headers={
+            "X-SERVER-ID": "alpha", "X-AUTH-SECRET": SECRET}) as sender:
+        sender.send(json.dumps(go_report(extraInfo={"probes": [
+            {"name": "x", "rtt": 1, "loss": 2}]})))
+        sender.send(json.dumps(go_report(extraInfo={"probes": [
+            {"name": str(n), "loss": 0} for n in range(17)]})))
+    dash.wait_for_log("report dropped: id=alpha: out_of_range")
+    assert dash.metric("sss_reports_rejected_total", 'reason="too_many_items"') == 1
