@@ -60,8 +60,24 @@ def observed_values(record: dict[str, Any] | None) -> dict[str, float]:
         return {}
     values = dict(zip((name for name, _ in METRICS), metric_values(record)))
     values["load5"] = record.get("hostInfo", {}).get("avgStat", {}).get("load5")
-    return {metric: value for metric, value in values.items()
-            if value is not None and metric in ALERT_METRICS}
+    observed = {metric: value for metric, value in values.items()
+                if value is not None and metric in ALERT_METRICS}
+    return {**observed, **probe_values(record.get("extraInfo", {}).get("probes", []))}
+
+
+def probe_values(probes: list[dict[str, Any]]) -> dict[str, float]:
+    """latency (ms) and loss (%) of each probe target ("latency:NAME"), and the worst of
+    all targets ("latency", "loss"). A target with no reply has loss, not latency."""
+    values: dict[str, float] = {}
+    for probe in probes:
+        values[f"loss:{probe['name']}"] = round(probe["loss"] * 100, 1)
+        if "rtt" in probe:
+            values[f"latency:{probe['name']}"] = probe["rtt"]
+    for metric in ("latency", "loss"):
+        mine = [value for key, value in values.items() if key.startswith(metric + ":")]
+        if mine:
+            values[metric] = max(mine)
+    return values
 
 
 # --- evaluation (pure) ------------------------------------------------------------------
@@ -144,10 +160,10 @@ class Evaluator:
             if rule.metric not in seen.plan:
                 return None, None
             value = seen.plan[rule.metric]
-        elif not seen.online or rule.metric not in seen.values:
+        elif not seen.online or rule.value_key not in seen.values:
             return None, None
         else:
-            value = seen.values[rule.metric]
+            value = seen.values[rule.value_key]
         holds = (rule.above is not None and value > rule.above) or \
                 (rule.below is not None and value < rule.below)
         return holds, value
@@ -192,8 +208,9 @@ class Evaluator:
 METRIC_NAMES = {"cpu": "CPU", "memory": "memory", "swap": "swap", "disk": "disk",
                 "load1": "load (1 min)", "load5": "load (5 min)", "netIn": "download",
                 "netOut": "upload", "tcp": "TCP connections", "udp": "UDP sockets",
-                "processes": "processes", "traffic": "traffic", "expiry": "plan"}
-PERCENT_METRICS = {"cpu", "memory", "swap", "disk", "traffic"}
+                "processes": "processes", "traffic": "traffic", "expiry": "plan",
+                "latency": "latency", "loss": "packet loss"}
+PERCENT_METRICS = {"cpu", "memory", "swap", "disk", "traffic", "loss"}
 BYTE_RATE_METRICS = {"netIn", "netOut"}
 
 
@@ -221,6 +238,8 @@ def metric_value(metric: str, value: float | None) -> str:
             if value < 1024 or unit == "GiB/s":
                 return f"{value:.0f} {unit}" if unit == "B/s" else f"{value:.1f} {unit}"
             value /= 1024
+    if metric == "latency":
+        return f"{value:.0f} ms"
     return f"{value:g}"
 
 
@@ -233,7 +252,7 @@ def message_text(event: Event) -> str:
         if event.state == "firing":
             return f"🔴 {who} offline for {lasted}"
         return f"✅ {who} back after {lasted}"
-    name = METRIC_NAMES[rule.metric]
+    name = METRIC_NAMES[rule.metric] + (f" to {rule.target}" if rule.target else "")
     value = metric_value(rule.metric, event.value)
     if rule.metric == "expiry":
         days = int(event.value or 0)
@@ -243,7 +262,7 @@ def message_text(event: Event) -> str:
         return f"✅ {who} plan renewed ({days} d left)"
     if event.state == "firing":
         side = "above" if rule.above is not None else "below"
-        limit = metric_value(rule.metric, event.threshold).replace(" %", "")
+        limit = metric_value(rule.metric, event.threshold).replace(" %", "").replace(" ms", "")
         return f"🔥 {who} {name} {value} for {lasted} ({side} {limit})"
     return f"✅ {who} {name} back to {value} after {lasted}"
 

@@ -93,6 +93,12 @@ class AlertRule:
     servers: tuple[str, ...]  # ids and "group:NAME"; empty means every server
     repeat: float | None  # seconds between reminders while firing; None: never
     notify: tuple[str, ...]
+    target: str | None = None  # latency and loss: one probe target (default: the worst)
+
+    @property
+    def value_key(self) -> str:
+        """Which observed value the rule judges: the metric, or the metric of one target."""
+        return f"{self.metric}:{self.target}" if self.target else self.metric
 
     def applies_to(self, server: ServerConfig) -> bool:
         return not self.servers or server.id in self.servers \
@@ -210,6 +216,10 @@ def parse_config(data: Any, source: str) -> tuple[Config, list[str]]:
                       f"{name!r}, which is not among the probe targets "
                       f"({', '.join(sorted(known)) or 'none are configured'})"
                       for name in server.probes or () if name not in known)
+    errors.extend(f'{source}: alerts ({rule.name!r}): field "target" names {rule.target!r}, '
+                  f"which is not among the probe targets "
+                  f"({', '.join(sorted(known)) or 'none are configured'})"
+                  for rule in alerts if rule.target and rule.target not in known)
     if errors:
         raise ConfigError(errors)
     return Config(host, port, servers, notifiers, alerts, timezone, viewers,
@@ -409,7 +419,8 @@ def parse_traffic(entry: Any, where: str, errors: list[str]) -> Plan:
 NOTIFIER_TYPES = ("webhook", "telegram", "apprise")
 # Metrics an alert can watch (PROTOCOL.md, "Alerts").
 ALERT_METRICS = ("offline", "cpu", "memory", "swap", "disk", "load1", "load5", "netIn", "netOut",
-                 "tcp", "udp", "processes", "traffic", "expiry")
+                 "tcp", "udp", "processes", "traffic", "expiry", "latency", "loss")
+PROBE_METRICS = ("latency", "loss")  # of the probe targets: the worst, or "target"
 DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd]?)")
 DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,40}")
@@ -543,7 +554,12 @@ def parse_alerts(entries: Any, source: str, notifiers: dict[str, NotifierConfig]
                 known = ", ".join(notifiers) or "none are configured"
                 errors.append(f'{where}: field "notify" names {target!r}, which is not in '
                               f'"notifiers" (known: {known})')
+        target = entry.get("target")
+        if target is not None and (metric not in PROBE_METRICS or not isinstance(target, str)):
+            errors.append(f'{where}: field "target" names a probe target, for the metrics '
+                          f'{" and ".join(PROBE_METRICS)} only')
         if len(errors) == first:
             rules.append(AlertRule(name, metric, above, below, durations["for"] or 0.0,
-                                   tuple(selected), durations["repeat"] or None, tuple(notify)))
+                                   tuple(selected), durations["repeat"] or None, tuple(notify),
+                                   target))
     return tuple(rules)

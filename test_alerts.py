@@ -411,3 +411,31 @@ def test_test_notify_and_config_errors_from_the_command_line(tmp_path: Path,
                                                     "url": "json://127.0.0.1/"}]}
     needs = run(apprise_config)
     assert needs.returncode == 2 and "pip install apprise" in needs.stderr
+
+
+def test_latency_and_loss_judge_one_target_or_the_worst() -> None:
+    probes = [{"name": "CT Shanghai", "rtt": 182.0, "loss": 0.02},
+              {"name": "Cloudflare", "rtt": 4.0, "loss": 0.0}]
+    values = alerts.observed_values({"extraInfo": {"probes": probes}})
+    assert values["latency"] == 182.0 and values["loss"] == 2.0  # the worst target
+    assert values["latency:Cloudflare"] == 4.0 and values["loss:Cloudflare"] == 0.0
+    to_ct = AlertRule("ct", "latency", 150, None, 0, (), None, ("ops",), "CT Shanghai")
+    lossy = AlertRule("loss", "loss", 1, None, 0, (), None, ("ops",))
+    to_cf = AlertRule("cf", "latency", 50, None, 0, (), None, ("ops",), "Cloudflare")
+    evaluator = alerts.Evaluator(started=T0 - 3600)
+    fired = evaluator.evaluate((to_ct, lossy, to_cf), [seen(**values)], T0)
+    assert sorted(event.text() for event in fired) == [
+        "🔥 Web 1 (Frankfurt) latency to CT Shanghai 182 ms for 0s (above 150)",
+        "🔥 Web 1 (Frankfurt) packet loss 2 % for 0s (above 1)"]
+    config, _ = parse_config({
+        "servers": [{"id": "web-1", "secret": SECRET}],
+        "probes": {"targets": [{"name": "Cloudflare", "host": "1.1.1.1"}]},
+        "notifiers": [{"name": "ops", "type": "webhook", "url": "http://127.0.0.1:9/"}],
+        "alerts": [{"name": "cf", "metric": "latency", "above": 50, "target": "Cloudflare",
+                    "notify": ["ops"]}]}, "servers.json")
+    assert config.alerts[0].value_key == "latency:Cloudflare"
+    with pytest.raises(ConfigError, match="field \"target\" names 'Nowhere'"):
+        parse_config({"servers": [], "notifiers": [
+            {"name": "ops", "type": "webhook", "url": "http://127.0.0.1:9/"}],
+            "alerts": [{"name": "x", "metric": "loss", "above": 5, "target": "Nowhere",
+                        "notify": ["ops"]}]}, "servers.json")
