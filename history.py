@@ -85,6 +85,22 @@ class Bucket:
     missing: list[int] = dataclasses.field(default_factory=lambda: [0] * len(METRICS))
     maxes: list[float] = dataclasses.field(default_factory=lambda: [-math.inf] * len(METRICS))
     net_totals: tuple[Any, Any] = (None, None)
+    # Latency probes, per target: [reports, sum of rtt, reports with an rtt, max rtt, sum of loss]
+    probes: dict[str, list[float]] = dataclasses.field(default_factory=dict)
+
+    def add_probes(self, probes: list[dict[str, Any]]) -> None:
+        """The last probe round a report carried (extraInfo.probes)."""
+        for probe in probes:
+            sums = self.probes.get(probe["name"])
+            if sums is None:
+                sums = self.probes[probe["name"]] = [0, 0.0, 0, -math.inf, 0.0]
+            sums[0] += 1
+            sums[4] += probe["loss"]
+            rtt = probe.get("rtt")
+            if rtt is not None:
+                sums[1] += rtt
+                sums[2] += 1
+                sums[3] = max(sums[3], rtt)
 
     def add(self, values: tuple[Any, ...], online_seconds: float,
             net_totals: tuple[Any, Any]) -> None:
@@ -126,6 +142,16 @@ def bucket_row(tier: int, sid: str, bucket: Bucket, length: float) -> tuple[Any,
             *bucket.net_totals)
 
 
+PROBE_COLUMNS = ("tier", "server", "target", "t", "n", "rtt", "rtt_max", "loss")
+
+
+def probe_rows(tier: int, sid: str, bucket: Bucket) -> list[tuple[Any, ...]]:
+    """One row per probe target of a bucket: mean and max round trip, mean loss."""
+    return [(tier, sid, target, bucket.start, n, rtt_sum / rtt_n if rtt_n else None,
+             rtt_max if rtt_n else None, loss_sum / n)
+            for target, (n, rtt_sum, rtt_n, rtt_max, loss_sum) in bucket.probes.items()]
+
+
 def watched_row(tier: int, sid: str, start: int, length: float,
                 online: float = 0.0) -> tuple[Any, ...]:
     """A step in which a known server did not report: watched, no metrics (never zeros)."""
@@ -140,6 +166,7 @@ def weighted(column: str) -> str:
 AGGREGATES = ", ".join(
     ["SUM(n)", "SUM(online)", "SUM(watched)"]
     + [f"{weighted(col)}, MAX({col}_max)" for _, col in METRICS])
+PROBE_AGGREGATES = f"SUM(n), {weighted('rtt')}, MAX(rtt_max), {weighted('loss')}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,7 +192,8 @@ def plan(range_seconds: int, resolution: int, now: float) -> Plan:
     return Plan(end - step * math.ceil(range_seconds / step), end, step, tier)
 
 
-def columnar(sid: str, range_name: str, chosen: Plan, rows: list[tuple[Any, ...]]) -> str:
+def columnar(sid: str, range_name: str, chosen: Plan, rows: list[tuple[Any, ...]],
+             probes: list[tuple[Any, ...]] | None = None) -> str:
     """The /api/history answer: one array per field, a slot for every step, null in gaps."""
     by_slot = {row[0]: row for row in rows}
     slots = list(range(chosen.start, chosen.end, chosen.step))
@@ -177,7 +205,24 @@ def columnar(sid: str, range_name: str, chosen: Plan, rows: list[tuple[Any, ...]
         if name == "cpu":
             answer["cpuMax"] = [rounded(row[5]) if row else None for row in found]
     answer["online"] = [round(row[2] / row[3], 4) if row and row[3] else None for row in found]
+    if probes:
+        answer["probes"] = probe_columns(slots, probes)
     return json.dumps(answer, separators=(",", ":"))
+
+
+def probe_columns(slots: list[int], rows: list[tuple[Any, ...]]) -> dict[str, Any]:
+    """{target: {"rtt": [...], "loss": [...]}} from (target, slot, n, rtt, rtt_max, loss)
+    rows; loss as a ratio, null in gaps."""
+    by_target: dict[str, dict[int, tuple[Any, ...]]] = {}
+    for row in rows:
+        by_target.setdefault(row[0], {})[row[1]] = row
+    answer = {}
+    for target, found in sorted(by_target.items()):
+        answer[target] = {
+            "rtt": [rounded(found[t][3]) if t in found else None for t in slots],
+            "loss": [round(found[t][5], 4) if t in found and found[t][5] is not None else None
+                     for t in slots]}
+    return answer
 
 
 def rounded(value: Any) -> Any:
@@ -272,9 +317,16 @@ CREATE INDEX IF NOT EXISTS samples_by_time ON samples (tier, t);
 CREATE TABLE IF NOT EXISTS latest (
     server TEXT PRIMARY KEY, t INTEGER NOT NULL, record TEXT NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER) WITHOUT ROWID;
+-- Latency probes: one row per server, target and bucket (mean and max rtt in ms, mean loss).
+CREATE TABLE IF NOT EXISTS probe_samples (
+    tier INTEGER NOT NULL, server TEXT NOT NULL, target TEXT NOT NULL, t INTEGER NOT NULL,
+    n INTEGER NOT NULL, rtt REAL, rtt_max REAL, loss REAL,
+    PRIMARY KEY (tier, server, t, target)) WITHOUT ROWID;
 """
 INSERT = (f"INSERT OR REPLACE INTO samples ({', '.join(COLUMNS)}) "
           f"VALUES ({', '.join('?' * len(COLUMNS))})")
+INSERT_PROBES = (f"INSERT OR REPLACE INTO probe_samples ({', '.join(PROBE_COLUMNS)}) "
+                 f"VALUES ({', '.join('?' * len(PROBE_COLUMNS))})")
 
 
 def record_of(view: dict[str, Any]) -> dict[str, Any]:
@@ -403,10 +455,13 @@ class Writer:
         """One resolution step, in one transaction: the buckets, the last records, rollups
         and retention. Returns each known server's history fields for its view."""
         rows = self.rows(closed, servers, online)
+        probes = [row for _, buckets in closed for sid, bucket in buckets.items()
+                  for row in probe_rows(FINE, sid, bucket)]
         db = self.connection()
         try:
             db.execute("BEGIN IMMEDIATE")
             db.executemany(INSERT, rows)
+            db.executemany(INSERT_PROBES, probes)
             db.executemany("INSERT OR REPLACE INTO latest VALUES (?, ?, ?)", latest)
             self.roll_up(db, now)
             db.execute("COMMIT")
@@ -429,6 +484,12 @@ class Writer:
                     f"SELECT {tier}, server, t / {length} * {length}, {AGGREGATES} "
                     f"FROM samples WHERE tier = {tier - 1} AND t >= ? AND t < ? "
                     f"GROUP BY server, t / {length}", (done, current))
+                db.execute(
+                    f"INSERT OR REPLACE INTO probe_samples ({', '.join(PROBE_COLUMNS)}) "
+                    f"SELECT {tier}, server, target, t / {length} * {length}, "
+                    f"{PROBE_AGGREGATES} FROM probe_samples WHERE tier = {tier - 1} "
+                    f"AND t >= ? AND t < ? GROUP BY server, target, t / {length}",
+                    (done, current))
                 rolled = True
             db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (f"rolled_until_{tier}",
                                                                      current))
@@ -438,9 +499,11 @@ class Writer:
 
     def expire(self, db: sqlite3.Connection, now: float) -> None:
         """Retention: fine rows for 48 hours, rolled-up rows for --history-days."""
-        db.execute("DELETE FROM samples WHERE tier = ? AND t < ?", (FINE, now - FINE_RETENTION))
-        db.execute("DELETE FROM samples WHERE tier > ? AND t < ?",
-                   (FINE, now - self.hourly_retention))
+        for table in ("samples", "probe_samples"):
+            db.execute(f"DELETE FROM {table} WHERE tier = ? AND t < ?",
+                       (FINE, now - FINE_RETENTION))
+            db.execute(f"DELETE FROM {table} WHERE tier > ? AND t < ?",
+                       (FINE, now - self.hourly_retention))
 
 
 class History:
@@ -478,6 +541,9 @@ class History:
         bucket.add(metric_values(record),
                    online_seconds(wall, self.last_wall.get(sid), record.get("reportInterval", 2.0)),
                    (net.get("netInTransfer"), net.get("netOutTransfer")))
+        probes = record.get("extraInfo", EMPTY).get("probes")
+        if probes:
+            bucket.add_probes(probes)
         self.last_wall[sid] = wall
 
     def take_closed(self, now: float, everything: bool = False) -> Closed:
@@ -560,10 +626,15 @@ class History:
                 f"SELECT t / {chosen.step} * {chosen.step} AS slot, {AGGREGATES} FROM samples "
                 f"WHERE server = ? AND t >= ? AND t < ? AND {sources} GROUP BY slot",
                 (sid, chosen.start, chosen.end, *args)).fetchall()
+            probes = db.execute(
+                f"SELECT target, t / {chosen.step} * {chosen.step} AS slot, "
+                f"{PROBE_AGGREGATES} FROM probe_samples WHERE server = ? AND t >= ? "
+                f"AND t < ? AND {sources} GROUP BY target, slot",
+                (sid, chosen.start, chosen.end, *args)).fetchall()
         except sqlite3.Error:
             self.close_reader()
             raise
-        return columnar(sid, range_name, chosen, rows)
+        return columnar(sid, range_name, chosen, rows, probes)
 
     def close_reader(self) -> None:
         if self.reader is not None:

@@ -313,3 +313,31 @@ def test_a_step_without_a_report_counts_as_the_hub_saw_the_server(tmp_path: Path
     rows = dict(db.execute("SELECT server, online FROM samples WHERE t = ?", (T0 + 60,)))
     assert rows == {"steady": 60.0, "gone": 0.0}
     store.close()
+
+
+def test_probe_history_per_target_rolls_up_and_answers_every_range(tmp_path: Path) -> None:
+    store = history.History(tmp_path, resolution=60, days=3)
+    # Two hours at one report every 10 s; "CT" answers slowly in the first hour and loses
+    # half its probes in the second; "Hole" never answers.
+    for second in range(0, 2 * HOUR, 10):
+        slow = second < HOUR
+        probes = [{"name": "CT", "rtt": 180.0 if slow else 20.0, "loss": 0.0 if slow else 0.5},
+                  {"name": "Hole", "loss": 1.0}]
+        store.fold("web", report(10.0, extraInfo={"probes": probes}), T0 + second)
+        if second % 60 == 50:
+            writer_step(store.writer, store, T0 + second + 10, ["web"])
+    db = store.writer.connection()
+    hourly = db.execute("SELECT target, t, n, rtt, rtt_max, loss FROM probe_samples "
+                        "WHERE tier = 1 ORDER BY target, t").fetchall()
+    assert hourly == [("CT", T0, 360, 180.0, 180.0, 0.0), ("CT", T0 + HOUR, 360, 20.0, 20.0, 0.5),
+                      ("Hole", T0, 360, None, None, 1.0), ("Hole", T0 + HOUR, 360, None, None, 1.0)]
+    day = json.loads(store.query("web", "24h", T0 + 2 * HOUR))
+    ct, hole = day["probes"]["CT"], day["probes"]["Hole"]
+    assert len(ct["rtt"]) == len(day["time"])
+    assert [v for v in ct["rtt"] if v is not None] == [180.0] * 60 + [20.0] * 60
+    assert [v for v in ct["loss"] if v is not None][-1] == 0.5
+    assert set(hole["rtt"]) == {None} and {v for v in hole["loss"] if v is not None} == {1.0}
+    week = json.loads(store.query("web", "7d", T0 + 2 * HOUR))
+    assert [v for v in week["probes"]["CT"]["rtt"] if v is not None] == [180.0, 20.0]
+    assert "probes" not in json.loads(store.query("other", "1h", T0 + 2 * HOUR))
+    store.close()
