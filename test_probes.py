@@ -20,6 +20,7 @@ import agent
 from conftest import (
     SECRET,
     Dashboard,
+    card,
     free_port,
     go_report,
     recv_json,
@@ -166,3 +167,29 @@ def test_bad_probe_results_are_refused(make_dashboard: Any) -> None:
             {"name": str(n), "loss": 0} for n in range(17)]})))
     dash.wait_for_log("report dropped: id=alpha: out_of_range")
     assert dash.metric("sss_reports_rejected_total", 'reason="too_many_items"') == 1
+
+
+def test_the_page_shows_the_worst_target_and_charts_every_target(
+        make_dashboard: Any, page_on: Any) -> None:
+    dash: Dashboard = make_dashboard(start=False).start("--history-resolution", "1")
+    probes = [{"name": "CT Shanghai", "rtt": 182.4, "loss": 0.02},
+              {"name": "Cloudflare", "rtt": 4.1, "loss": 0.0}]
+    with dash.agent("alpha") as sender:
+        page = page_on(dash)
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        for _ in range(3):
+            sender.send(json.dumps(go_report(extraInfo={"probes": probes})))
+            time.sleep(1.1)  # history rows of one second each
+        line = card(page, "alpha").locator(".probe")
+        line.wait_for(timeout=10_000)
+        assert line.inner_text() == "CT Shanghai 182 ms · 2 % loss"
+        assert "warn" in (line.get_attribute("class") or "")
+        assert "Cloudflare 4 ms · 0 % loss" in (line.get_attribute("title") or "")
+        page.goto(dash.url("/#/server/alpha"))
+        titles = page.locator(".plot h3")
+        titles.nth(8).wait_for(timeout=10_000)
+        assert titles.all_inner_texts()[-2:] == ["Latency", "Packet loss"]
+        keys = page.locator(".plot").nth(7).locator(".keys span").all_inner_texts()
+        assert keys == ["CT Shanghai", "Cloudflare"]
+        assert errors == [], errors
