@@ -241,6 +241,26 @@ def time_sampling(duration: float, result: list[float]) -> None:
         before = after
 
 
+def probe_round_cpu(targets: int = 4) -> float:
+    """CPU seconds of one probe round (5 s) to `targets` TCP ports on loopback: five
+    probes each, as agent.py's Prober measures them."""
+    listeners = [socket.create_server(("127.0.0.1", 0), backlog=64) for _ in range(targets)]
+    plan = [agent.ProbeTarget(f"t{i}", "127.0.0.1", s.getsockname()[1])
+            for i, s in enumerate(listeners)]
+
+    async def one_round() -> float:
+        prober, gate = agent.Prober(), asyncio.Semaphore(agent.PROBES_AT_ONCE)
+        start = time.process_time()
+        results = await asyncio.gather(*(prober.measure(t, 5.0, gate) for t in plan))
+        assert all(r["loss"] == 0 for r in results), results
+        return time.process_time() - start
+    try:
+        return asyncio.run(one_round())
+    finally:
+        for listener in listeners:
+            listener.close()
+
+
 def bench_agent(duration: float) -> dict[str, Any]:
     """agent.py at 1 Hz against a real dashboard, next to the floor process."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -275,7 +295,8 @@ def bench_agent(duration: float) -> dict[str, Any]:
             timer.join()
             result: dict[str, Any] = {
                 "samples": samples, "duration": duration,
-                "sampling_ms": statistics.median(sampling) * 1000 if sampling else None}
+                "sampling_ms": statistics.median(sampling) * 1000 if sampling else None,
+                "probe_round_ms": probe_round_cpu() * 1000}
             for name, p in procs.items():
                 cpu0, mem0 = start[name]
                 mem = p.memory_full_info()
@@ -309,6 +330,8 @@ def print_agent(result: dict[str, Any]) -> None:
     if result["sampling_ms"] is not None:
         print(f"of which collect + build + encode (median, in-process, 1 Hz): "
               f"{result['sampling_ms']:.3f} ms per sample")
+    print(f"latency probes, 4 TCP targets: {result['probe_round_ms']:.1f} ms CPU per round "
+          "(20 probes, in-process)")
 
 
 # --- bench: dashboard ------------------------------------------------------------
