@@ -987,8 +987,9 @@ def bench_churn(agents: int, churning: int, duration: float) -> dict[str, Any]:
         try:
             while load.poll() is None:
                 time.sleep(min(60, max(duration + started - time.monotonic(), 1)))
-                curve.append((round((time.monotonic() - started) / 60, 1),
-                              round(dashboard_rss_mb(process), 2)))
+                minute = round((time.monotonic() - started) / 60, 1)
+                if not curve or minute - curve[-1][0] >= 0.5:  # not again while it ends
+                    curve.append((minute, round(dashboard_rss_mb(process), 2)))
             reconnects = int(load.communicate()[0] or 0)
         finally:
             stop(dash)
