@@ -193,3 +193,29 @@ def test_the_page_shows_the_worst_target_and_charts_every_target(
         keys = page.locator(".plot").nth(7).locator(".keys span").all_inner_texts()
         assert keys == ["CT Shanghai", "Cloudflare"]
         assert errors == [], errors
+
+
+def test_icmp_falls_back_once_names_fail_once_and_ipv6_works(caplog: Any) -> None:
+    async def rounds() -> tuple[Any, ...]:
+        prober, gate = agent.Prober(), asyncio.Semaphore(agent.PROBES_AT_ONCE)
+        echo = agent.ProbeTarget("Loop", "127.0.0.1", None)
+        nowhere = agent.ProbeTarget("Nowhere", "no-such-host.invalid", 80)
+        results = [await prober.measure(t, 0.5, gate) for t in (echo, echo, nowhere, nowhere)]
+        return prober.icmp_permitted, results
+    with caplog.at_level("INFO", logger="sss.agent"):
+        icmp_permitted, (echo1, echo2, lost1, lost2) = asyncio.run(rounds())
+    # ICMP echo where ping sockets are allowed; else TCP 443 on loopback (refused: a reply).
+    assert echo1["loss"] == 0 and echo2["loss"] == 0 and echo1["rtt"] > 0
+    fallbacks = [r for r in caplog.records if "ICMP echo is not permitted" in r.message]
+    assert len(fallbacks) == (0 if icmp_permitted else 1)  # said once, not per probe
+    assert lost1 == lost2 == {"name": "Nowhere", "loss": 1.0}
+    unresolved = [r for r in caplog.records if "cannot resolve no-such-host.invalid" in r.message]
+    assert len(unresolved) == 1  # once per outage
+
+    try:
+        server = socket.create_server(("::1", 0), family=socket.AF_INET6)
+    except OSError:
+        pytest.skip("no IPv6 loopback here")
+    with server:
+        rtt = asyncio.run(agent.tcp_rtt("::1", server.getsockname()[1]))
+    assert isinstance(rtt, float) and rtt > 0
