@@ -186,7 +186,7 @@ def start_dashboard(directory: Path, server_ids: list[str],
                                               for sid in server_ids]}))
     return start_server([sys.executable, str(HERE / "dashboard.py"), "--config", str(config),
                          "--host", "127.0.0.1", "--port", "0", "--viewers-per-address", "1000",
-                         *flags], directory / "dashboard.log")
+                         "--viewer-memory", "512", *flags], directory / "dashboard.log")
 
 
 def start_server(args: list[str], log_path: Path) -> tuple[subprocess.Popen, int]:
