@@ -236,7 +236,10 @@ class Connection(ServerConnection):
         response = text_response(status, text, {**headers, "Connection": "close"})
         transport = self.transport
         transport.write(response.serialize())
-        transport.write_eof()
+        if transport.can_write_eof():
+            transport.write_eof()
+        else:  # TLS: no half-close; close() still sends what is buffered first
+            transport.close()
         self.loop.call_later(REFUSED_LINGER, transport.abort)
 
 

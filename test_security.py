@@ -8,8 +8,10 @@ attacker's many sources. README's Security section has the numbers at full tilt
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -314,6 +316,25 @@ def test_methods_other_than_get_and_head_get_405(make_dashboard: Any) -> None:
     assert f"Content-Length: {len(page)}".encode() in headers
     assert raw(dash, b"HEAD /ws-report HTTP/1.1\r\nHost: x\r\n\r\n").startswith(b"HTTP/1.1 401")
     assert dash.refused("method") == 4
+
+
+def test_refusals_before_the_request_work_over_tls(make_dashboard: Any, tmp_path: Path) -> None:
+    trustme = pytest.importorskip("trustme")
+    ca = trustme.CA()
+    ca.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(
+        str(tmp_path / "server.pem"))
+    dash: Dashboard = make_dashboard(start=False).start("--certfile", str(tmp_path / "server.pem"))
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    with socket.create_connection(("127.0.0.1", dash.port), timeout=10) as plain, \
+            context.wrap_socket(plain, server_hostname="127.0.0.1") as sock:
+        sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+        answer = b""
+        with contextlib.suppress(ssl.SSLError, OSError):
+            while chunk := sock.recv(65536):
+                answer += chunk
+    assert answer.startswith(b"HTTP/1.1 405"), answer[:60]
+    assert "Traceback" not in dash.log_text()
 
 
 def test_peer_text_is_escaped_in_the_log(make_dashboard: Any) -> None:
