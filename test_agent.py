@@ -872,6 +872,9 @@ def test_a_dashboard_flooding_frames_is_hung_up_on(make_agent: Any) -> None:
                               "--id", "alpha", "--secret", SECRET)
         reporter.wait_for_log(r"lost the dashboard: the dashboard sent 20 frames within 10 s; "
                               r"hung up", timeout=30)
+        deadline = time.monotonic() + 10
+        while not closes and time.monotonic() < deadline:  # the flooding thread sees it
+            time.sleep(0.05)
         server.shutdown()
     assert closes and closes[0] == 1008
     process = psutil.Process(reporter.process.pid)
