@@ -226,14 +226,23 @@ def parse_config(data: Any, source: str) -> tuple[Config, list[str]]:
                   metrics_token, probes), warnings
 
 
+def known_object(entry: Any, where: str, example: str, keys: tuple[str, ...],
+                 errors: list[str]) -> bool:
+    """A top-level section is an object; its unknown keys are named. False: not an object."""
+    if not isinstance(entry, dict):
+        errors.append(f'{where}" must be an object like {example}')
+        return False
+    errors.extend(f'{where}" has unknown key {key!r} (known: {", ".join(keys)})'
+                  for key in entry if key not in keys)
+    return True
+
+
 def parse_probes(entry: Any, source: str, errors: list[str]) -> Probes:
     """"probes": {"interval": 30, "targets": [{"name", "host", "port"?}]}."""
     where = f'{source}: field "probes'
-    if not isinstance(entry, dict):
-        errors.append(f'{where}" must be an object like {{"interval": 30, "targets": [...]}}')
+    if not known_object(entry, where, '{"interval": 30, "targets": [...]}', PROBES_KEYS,
+                        errors):
         return Probes()
-    errors.extend(f'{where}" has unknown key {key!r} (known: {", ".join(PROBES_KEYS)})'
-                  for key in entry if key not in PROBES_KEYS)
     interval = entry.get("interval", 30)
     if isinstance(interval, bool) or not isinstance(interval, (int, float)) \
             or not 5 <= interval <= 3600:
@@ -273,11 +282,9 @@ def parse_probes(entry: Any, source: str, errors: list[str]) -> Probes:
 def parse_viewers(entry: Any, source: str, errors: list[str]) -> Viewers:
     """"viewers": {"public": false, "users": {"alice": "scrypt$…"}, "sessionDays": 30}."""
     where = f'{source}: field "viewers'
-    if not isinstance(entry, dict):
-        errors.append(f'{where}" must be an object like {{"public": false, "users": {{...}}}}')
+    if not known_object(entry, where, '{"public": false, "users": {...}}', VIEWER_KEYS,
+                        errors):
         return Viewers()
-    errors.extend(f'{where}" has unknown key {key!r} (known: {", ".join(VIEWER_KEYS)})'
-                  for key in entry if key not in VIEWER_KEYS)
     public = entry.get("public", True)
     if not isinstance(public, bool):
         errors.append(f'{where}.public" must be true or false')

@@ -225,6 +225,18 @@ class Dashboard(LoggedProcess):
         return connect(self.url("/ws-frontend", "ws"), open_timeout=10, **kwargs)
 
 
+def tls_dashboard(make_dashboard: Any, tmp_path: Path,
+                  name: str = "127.0.0.1") -> tuple[Any, Any]:
+    """A dashboard serving https and wss with a certificate for `name` from a test CA
+    (written to ca.pem); (dashboard, CA). Skips without trustme."""
+    trustme = pytest.importorskip("trustme")
+    ca = trustme.CA()
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    ca.issue_cert(name).private_key_and_cert_chain_pem.write_to_path(
+        str(tmp_path / "server.pem"))
+    return make_dashboard(start=False).start("--certfile", str(tmp_path / "server.pem")), ca
+
+
 @pytest.fixture
 def make_dashboard(tmp_path: Path):
     """Factory: make_dashboard(servers=[...]) starts a dashboard; all are killed after."""

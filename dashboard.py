@@ -345,9 +345,8 @@ class Dashboard:
                 now = time.monotonic()
                 hub.heard_from(sid, now)
                 if not limits.reports.take(now):  # over 10 a second: dropped unread
-                    error = ReportError("rate", f"over {REPORTS_PER_SECOND:.0f} reports a second")
-                    hub.reject_report(error)
-                    self.log_report_problem(sid, error.reason, str(error), now)
+                    self.drop_report(sid, ReportError(
+                        "rate", f"over {REPORTS_PER_SECOND:.0f} reports a second"), now)
                     if limits.drops.add(sid, now):
                         await self.close_agent(ws, sid, CloseCode.POLICY_VIOLATION,
                                                f"{FLOOD_DROPS} reports over the rate within "
@@ -357,8 +356,7 @@ class Dashboard:
                 try:
                     record = validate_report(frame)
                 except ReportError as exc:
-                    hub.reject_report(exc)
-                    self.log_report_problem(sid, exc.reason, str(exc), now)
+                    self.drop_report(sid, exc, now)
                     if check:
                         await ws.send(check_answer(str(exc)))
                     if limits.bad.add(sid, now):
@@ -372,9 +370,8 @@ class Dashboard:
                     await ws.send(check_answer(""))
         except ConnectionClosed as exc:
             if exc.sent is not None and exc.sent.code == CloseCode.MESSAGE_TOO_BIG:
-                error = ReportError("too_large", f"frame over {MAX_FRAME_BYTES} bytes")
-                hub.reject_report(error)
-                self.log_report_problem(sid, error.reason, str(error), time.monotonic())
+                self.drop_report(sid, ReportError("too_large", f"frame over {MAX_FRAME_BYTES} "
+                                                  "bytes"), time.monotonic())
         finally:
             if hub.detach_agent(sid, ws):
                 log.info("agent disconnected: id=%s (%s %r)", sid, ws.close_code,
@@ -392,10 +389,12 @@ class Dashboard:
         future.add_done_callback(self.closing.discard)
         future.add_done_callback(lambda done: done.cancelled() or done.exception())
 
-    def log_report_problem(self, sid: str, reason: str, detail: str, now: float) -> None:
-        """One line per agent and reason a minute, with how many were held back."""
-        self.site.log_quietly(logging.WARNING, ("report", sid, reason),
-                              f"report dropped: id={sid}: {detail}", now)
+    def drop_report(self, sid: str, error: ReportError, now: float) -> None:
+        """Count a dropped report; log it once a minute per agent and reason, with how many
+        were held back."""
+        self.hub.reject_report(error)
+        self.site.log_quietly(logging.WARNING, ("report", sid, error.reason),
+                              f"report dropped: id={sid}: {error}", now)
 
     @staticmethod
     async def close_agent(ws: ServerConnection, sid: str, code: CloseCode, why: str) -> None:

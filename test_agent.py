@@ -37,6 +37,7 @@ from conftest import (
     go_report,
     require_tool,
     server_in,
+    tls_dashboard,
 )
 
 SETTINGS = agent.Settings(server="ws://127.0.0.1:1/ws-report", server_id="web-1", secret=SECRET)
@@ -567,11 +568,7 @@ def test_wrong_scheme_is_named(make_dashboard: Any, make_agent: Any, tmp_path: P
                      "--secret", SECRET)
     wss.wait_for_log(r"the dashboard at 127\.0\.0\.1:\d+ speaks ws://, not wss:// "
                      r"\(no TLS there\): fix --server")
-    trustme = pytest.importorskip("trustme")
-    ca = trustme.CA()
-    ca.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(
-        str(tmp_path / "server.pem"))
-    tls: Dashboard = make_dashboard(start=False).start("--certfile", str(tmp_path / "server.pem"))
+    tls, _ = tls_dashboard(make_dashboard, tmp_path)
     ws = make_agent("--server", tls.url("/ws-report", "ws"), "--id", "alpha", "--secret", SECRET)
     ws.wait_for_log(r"the dashboard at 127\.0\.0\.1:\d+ speaks wss:// \(TLS\), not ws://")
 
@@ -885,12 +882,7 @@ def test_a_dashboard_flooding_frames_is_hung_up_on(make_agent: Any) -> None:
 
 def test_a_certificate_for_another_name_is_named(make_dashboard: Any, make_agent: Any,
                                                  tmp_path: Path) -> None:
-    trustme = pytest.importorskip("trustme")
-    ca = trustme.CA()
-    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
-    ca.issue_cert("status.example").private_key_and_cert_chain_pem.write_to_path(
-        str(tmp_path / "server.pem"))
-    tls: Dashboard = make_dashboard(start=False).start("--certfile", str(tmp_path / "server.pem"))
+    tls, _ = tls_dashboard(make_dashboard, tmp_path, "status.example")
     reporter = make_agent("--server", tls.url("/ws-report", "wss"), "--id", "alpha",
                           "--secret", SECRET, "--ca-file", str(tmp_path / "ca.pem"))
     reporter.wait_for_log(r"TLS certificate of 127\.0\.0\.1 is for status\.example, not "

@@ -46,6 +46,7 @@ from conftest import (
     require_tool,
     server_entry,
     server_in,
+    tls_dashboard,
 )
 from hub import Hub, server_view
 from limits import FailureLimiter
@@ -1189,12 +1190,7 @@ def test_systemd_units_verify(systemd_analyze: str, tmp_path: Path) -> None:
 
 def test_tls_carries_reports_to_a_viewer(make_dashboard: Any, make_agent: Any,
                                          tmp_path: Path) -> None:
-    trustme = pytest.importorskip("trustme")
-    ca = trustme.CA()
-    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
-    ca.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(
-        str(tmp_path / "server.pem"))
-    dash: Dashboard = make_dashboard(start=False).start("--certfile", str(tmp_path / "server.pem"))
+    dash, _ = tls_dashboard(make_dashboard, tmp_path)
     wss = dash.url("/ws-report", "wss")
     rejected = make_agent("--server", wss, "--id", "beta", "--secret", SECRET)
     rejected.wait_for_log(r"TLS certificate of 127\.0\.0\.1 rejected .*--ca-file")

@@ -32,6 +32,7 @@ from conftest import (
     recv_until,
     server_entry,
     server_in,
+    tls_dashboard,
 )
 from limits import Connections
 
@@ -321,11 +322,7 @@ def test_methods_other_than_get_and_head_get_405(make_dashboard: Any) -> None:
 
 
 def test_refusals_before_the_request_work_over_tls(make_dashboard: Any, tmp_path: Path) -> None:
-    trustme = pytest.importorskip("trustme")
-    ca = trustme.CA()
-    ca.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(
-        str(tmp_path / "server.pem"))
-    dash: Dashboard = make_dashboard(start=False).start("--certfile", str(tmp_path / "server.pem"))
+    dash, ca = tls_dashboard(make_dashboard, tmp_path)
     context = ssl.create_default_context()
     ca.configure_trust(context)
     with socket.create_connection(("127.0.0.1", dash.port), timeout=10) as plain, \
