@@ -468,11 +468,11 @@ class Alerting:
             self.file.save(firing_rows(self.evaluator.firing))
         return {sid for _, sid in before ^ after}
 
-    def view_fragment(self, sid: str) -> str:
-        """',"alerts":[…]' for a server view: its firing alerts, or "" when none."""
+    def view_value(self, sid: str) -> str:
+        """A server view's `alerts` field, encoded: its firing alerts, or "" when none."""
         firing = [{"alert": rule, "since": int(state.since), "value": state.value}
                   for (rule, server), state in self.evaluator.firing.items() if server == sid]
-        return f',"alerts":{json.dumps(firing, separators=(",", ":"))}' if firing else ""
+        return json.dumps(firing, separators=(",", ":")) if firing else ""
 
     def firing_json(self, servers: dict[str, ServerConfig], rules: tuple[AlertRule, ...],
                     visible: Callable[[str], bool] = lambda sid: True) -> str:

@@ -61,7 +61,7 @@ from typing import Any
 import psutil
 from websockets.asyncio.client import connect
 from websockets.asyncio.server import serve
-from websockets.exceptions import ConnectionClosed, InvalidMessage
+from websockets.exceptions import ConnectionClosed, InvalidMessage, InvalidStatus
 
 import agent
 
@@ -106,42 +106,49 @@ def fake_report(server_id: str, rng: random.Random, stamp: int = 0) -> dict[str,
     return message
 
 
+CONNECTS_PER_SECOND = 500  # per load process: how fast a fleet (re)connects
+
+
 async def fake_agents(url: str, ids: list[str], secret: str, duration: float,
-                      interval: float = 1.0, sent_at: dict[int, float] | None = None) -> int:
+                      interval: float = 1.0) -> int:
     """One connection per id, each reporting every `interval` s for `duration` s, staggered.
 
-    With `sent_at`, each report carries a unique stamp (as netOutTransfer) and its send
-    time is recorded there, so a viewer in this process can measure the latency.
+    The agents connect 500 a second, as a fleet spread by agent.py's reconnect jitter
+    does, not all at once. Each report's netOutTransfer is its send time (monotonic, in
+    µs: the clock every process of this machine shares), so a viewer in another process
+    can measure the latency.
     """
     deadline = time.monotonic() + duration
     sent = 0
 
-    async def one(server_id: str, offset: float) -> None:
+    async def one(server_id: str, connect_after: float, offset: float) -> None:
         nonlocal sent
         template = json.dumps(fake_report(server_id, random.Random(server_id), STAMP))
         headers = {"X-SERVER-ID": server_id, "X-AUTH-SECRET": secret}
-        for attempt in range(5):  # a listen queue full at 10,000 agents: retry, as agents do
+        await asyncio.sleep(connect_after)
+        # A listen queue or the dashboard's 512 places for handshakes in progress may
+        # still be full (503): retry after a random pause, as agents do.
+        for _attempt in range(10):
             try:
                 ws = await connect(url, additional_headers=headers, open_timeout=60,
                                    ping_interval=None, local_addr=(fleet_address(server_id), 0))
                 break
-            except (OSError, InvalidMessage, asyncio.TimeoutError):
-                await asyncio.sleep(1 + attempt)
+            except (OSError, InvalidMessage, InvalidStatus, asyncio.TimeoutError):
+                await asyncio.sleep(random.uniform(0.5, 10))
         else:
             return
         async with ws:
             await asyncio.sleep(offset)
             next_at = time.monotonic()
             while next_at < deadline:
-                stamp = random.getrandbits(40)
-                if sent_at is not None:
-                    sent_at[stamp] = time.monotonic()
+                stamp = int(time.monotonic() * 1e6)
                 await ws.send(template.replace(str(STAMP), str(stamp), 1))
                 sent += 1
                 next_at += interval
                 await asyncio.sleep(max(next_at - time.monotonic(), 0))
 
-    await asyncio.gather(*(one(sid, i * interval / len(ids)) for i, sid in enumerate(ids)))
+    await asyncio.gather(*(one(sid, i / CONNECTS_PER_SECOND, i * interval / len(ids))
+                           for i, sid in enumerate(ids)))
     return sent
 
 
@@ -152,9 +159,10 @@ def fleet_address(server_id: str) -> str:
     return f"127.{number % 250 + 1}.{number // 250 % 250}.{number // 62500 % 250 + 1}"
 
 
-async def watch(url: str, duration: float, sent_at: dict[int, float] | None,
-                latencies: list[float], received: list[int]) -> None:
-    """A viewer: counts bytes, and with `sent_at` matches stamps to measure latency."""
+async def watch(url: str, duration: float, latencies: list[float] | None,
+                received: list[int]) -> None:
+    """A viewer: counts bytes; with `latencies`, reads each report's send time (its
+    netOutTransfer, see fake_agents) in the updates and records how long it took."""
     deadline = time.monotonic() + duration
     async with connect(url, max_size=None, open_timeout=60) as ws:
         while (remaining := deadline - time.monotonic()) > 0:
@@ -167,12 +175,25 @@ async def watch(url: str, duration: float, sent_at: dict[int, float] | None,
                 break
             now = time.monotonic()
             received[0] += len(frame)
-            if sent_at is None:
+            message = json.loads(frame) if latencies is not None else {}
+            if message.get("type") != "update":
                 continue
-            for server in json.loads(frame)["servers"]:
-                stamp = server.get("networkInfo", {}).get("netOutTransfer")
-                if stamp in sent_at:
-                    latencies.append(now - sent_at.pop(stamp))
+            for change in message["servers"]:
+                members = change["set"]
+                stamp = members.get("networkInfo.netOutTransfer",
+                                    members.get("networkInfo", {}).get("netOutTransfer"))
+                if stamp:
+                    latencies.append(now - stamp / 1e6)
+
+
+async def watch_all(url: str, viewers: int, duration: float) -> dict[str, Any]:
+    """The viewers of a load run, in their own process: the first measures latency."""
+    latencies: list[float] = []
+    received = [[0] for _ in range(viewers)]
+    await asyncio.gather(*(watch(url, duration, latencies if i == 0 else None, received[i])
+                           for i in range(viewers)))
+    return {"latencies": latencies, "viewer_bytes": [r[0] for r in received],
+            "viewers_cut": sum(len(r) > 1 for r in received)}
 
 
 # --- processes and measurements ------------------------------------------------
@@ -337,20 +358,6 @@ def print_agent(result: dict[str, Any]) -> None:
 # --- bench: dashboard ------------------------------------------------------------
 
 
-async def generate_load(url: str, ids: list[str], viewers: int, duration: float,
-                        viewer_url: str, interval: float = 1.0) -> dict[str, Any]:
-    """One load-generator process: its share of agents, plus the viewers."""
-    sent_at: dict[int, float] = {}
-    latencies: list[float] = []
-    received = [[0] for _ in range(viewers)]
-    watchers = [watch(viewer_url, duration + 2, sent_at if i == 0 else None, latencies,
-                      received[i]) for i in range(viewers)]
-    sent, *_ = await asyncio.gather(fake_agents(url, ids, SECRET, duration, interval,
-                                                sent_at=sent_at), *watchers)
-    return {"sent": sent, "latencies": latencies, "viewer_bytes": [r[0] for r in received],
-            "viewers_cut": sum(len(r) > 1 for r in received)}
-
-
 async def floor_server() -> None:
     """The floor for the dashboard: the same websockets server, only receiving."""
     async def receive(ws: Any) -> None:
@@ -366,21 +373,21 @@ async def floor_server() -> None:
 
 def run_load(target_port: int, ids: list[str], viewers: int, duration: float,
              target: psutil.Process, interval: float = 1.0) -> dict[str, Any]:
-    """Drive `target` with generator processes; measure its CPU and memory meanwhile."""
-    generators = max((os.cpu_count() or 2) - 1, 1)
+    """Drive `target` with a process of agents and one of viewers; measure its CPU and
+    memory meanwhile."""
     url = f"ws://127.0.0.1:{target_port}/ws-report"
-    viewer_url = f"ws://127.0.0.1:{target_port}/ws-frontend"
-    procs = []
-    for g in range(generators):
-        share = ids[g::generators]
+    procs = [subprocess.Popen(
+        [sys.executable, str(HERE / "bench.py"), "_load", "--url", url, "--duration",
+         str(duration), "--interval", str(interval), "--ids", ",".join(ids)],
+        stdout=subprocess.PIPE, text=True)]
+    if viewers:
         procs.append(subprocess.Popen(
-            [sys.executable, str(HERE / "bench.py"), "_load", "--url", url, "--viewer-url",
-             viewer_url, "--viewers", str(viewers if g == 0 else 0), "--duration",
-             str(duration), "--interval", str(interval), "--ids", ",".join(share)],
-            stdout=subprocess.PIPE, text=True))
+            [sys.executable, str(HERE / "bench.py"), "_watch", "--url",
+             f"ws://127.0.0.1:{target_port}/ws-frontend", "--viewers", str(viewers),
+             "--duration", str(duration + 2)], stdout=subprocess.PIPE, text=True))
     idle_rss = target.memory_info().rss
     # Measure the middle of the run: connections are up and the stagger has settled.
-    warmup = min(5.0 + len(ids) / 500 + interval, duration / 3)
+    warmup = min(5.0 + len(ids) / CONNECTS_PER_SECOND + interval, duration / 2)
     time.sleep(warmup)
     cpu0, wall0 = cpu_seconds(target), time.monotonic()
     peak = target.memory_info().rss
@@ -388,9 +395,9 @@ def run_load(target_port: int, ids: list[str], viewers: int, duration: float,
         peak = max(peak, target.memory_info().rss)
         time.sleep(0.5)
     cpu = (cpu_seconds(target) - cpu0) / (time.monotonic() - wall0)
-    outputs = [json.loads(p.communicate(timeout=duration + 120)[0]) for p in procs]
-    return {"cpu_cores": cpu, "peak_rss_mb": peak / 2**20, "generators": outputs,
-            "window": time.monotonic() - wall0,
+    agents, *watchers = [json.loads(p.communicate(timeout=duration + 120)[0]) for p in procs]
+    return {"cpu_cores": cpu, "peak_rss_mb": peak / 2**20, "sent": agents["sent"],
+            "window": time.monotonic() - wall0, **(watchers[0] if watchers else {}),
             "rss_per_agent_kib": (peak - idle_rss) / max(len(ids), 1) / 1024}
 
 
@@ -416,11 +423,11 @@ def bench_dashboard(agents: int, viewers: int, duration: float,
                                   interval)
         finally:
             stop(floor)
-    sent = sum(g["sent"] for g in load["generators"])
-    latencies = sorted(x for g in load["generators"] for x in g["latencies"])
-    viewer_bytes = load["generators"][0]["viewer_bytes"]
+    sent = load["sent"]
+    latencies = sorted(load.get("latencies", []))
+    viewer_bytes = load.get("viewer_bytes", [])
     reports_per_s = sent / duration
-    floor_sent = sum(g["sent"] for g in floor_load["generators"])
+    floor_sent = floor_load["sent"]
     cpu_per_report = load["cpu_cores"] / reports_per_s
     floor_per_report = floor_load["cpu_cores"] / (floor_sent / duration)
     bytes_per_viewer = statistics.mean(viewer_bytes) / (duration + 2) if viewer_bytes else 0
@@ -441,7 +448,7 @@ def bench_dashboard(agents: int, viewers: int, duration: float,
         "latency_samples": len(latencies),
         "viewer_bytes_per_second": bytes_per_viewer,
         "viewer_bytes_per_report": bytes_per_viewer / reports_per_s if reports_per_s else 0,
-        "viewers_cut": sum(g.get("viewers_cut", 0) for g in load["generators"]),
+        "viewers_cut": load.get("viewers_cut", 0),
     }
 
 
@@ -587,8 +594,7 @@ def bench_page(servers: int, duration: float) -> dict[str, Any]:
                                    "--port", "0"], Path(tmp) / "dashboard.log")
         load = subprocess.Popen(
             [sys.executable, str(HERE / "bench.py"), "_load", "--url",
-             f"ws://127.0.0.1:{port}/ws-report", "--viewer-url",
-             f"ws://127.0.0.1:{port}/ws-frontend", "--viewers", "0", "--duration",
+             f"ws://127.0.0.1:{port}/ws-report", "--duration",
              str(duration + 40 + servers / 100), "--ids", ",".join(ids)],
             stdout=subprocess.DEVNULL)
         try:
@@ -873,8 +879,7 @@ def bench_attack(servers: int, duration: float, kinds: tuple[str, ...] = ATTACKS
         process = psutil.Process(dash.pid)
         total = warmup + duration + settle + 10
         load = subprocess.Popen([sys.executable, str(HERE / "bench.py"), "_load", "--url",
-                                 f"ws://127.0.0.1:{port}/ws-report", "--viewer-url",
-                                 f"ws://127.0.0.1:{port}/ws-frontend", "--viewers", "0",
+                                 f"ws://127.0.0.1:{port}/ws-report",
                                  "--duration", str(total), "--interval", "5",
                                  "--ids", ",".join(ids)], stdout=subprocess.PIPE)
         seen: dict[str, Any] = {"gaps": [], "fewest_online": servers}
@@ -925,7 +930,10 @@ def watch_fleet(port: int, duration: float, seen: dict[str, Any]) -> None:
         last = time.monotonic()
         while time.monotonic() < deadline:
             message = json.loads(ws.recv(timeout=30))
-            online.update((s["id"], s["online"]) for s in message["servers"])
+            if message["type"] == "snapshot":
+                online = {s["id"]: s["online"] for s in message["servers"]}
+            online.update((change["id"], change["set"]["online"])
+                          for change in message["servers"] if "online" in change.get("set", {}))
             now = time.monotonic()
             if seen.get("attack"):
                 seen["gaps"].append(now - last)
@@ -1047,13 +1055,15 @@ def main(argv: list[str] | None = None) -> int:
     hist_cmd = commands.add_parser("history", help="history.py: fold, writes, disk, queries")
     hist_cmd.add_argument("--servers", type=int, default=2000)
     hist_cmd.add_argument("--json", action="store_true")
-    load_cmd = commands.add_parser("_load")  # internal: one load-generator process
+    load_cmd = commands.add_parser("_load")  # internal: the agents of a load run
     load_cmd.add_argument("--url")
-    load_cmd.add_argument("--viewer-url")
-    load_cmd.add_argument("--viewers", type=int)
     load_cmd.add_argument("--duration", type=float)
     load_cmd.add_argument("--ids")
     load_cmd.add_argument("--interval", type=float, default=1.0)
+    watch_cmd = commands.add_parser("_watch")  # internal: the viewers of a load run
+    watch_cmd.add_argument("--url")
+    watch_cmd.add_argument("--viewers", type=int)
+    watch_cmd.add_argument("--duration", type=float)
     commands.add_parser("_floor")  # internal: the bare receiving server
     attack_cmd = commands.add_parser("attack", help="four attacks at once on a live fleet")
     attack_cmd.add_argument("--servers", type=int, default=500)
@@ -1082,9 +1092,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.command == "_load":
-        result = asyncio.run(generate_load(args.url, args.ids.split(","), args.viewers,
-                                           args.duration, args.viewer_url, args.interval))
-        print(json.dumps(result))
+        sent = asyncio.run(fake_agents(args.url, args.ids.split(","), SECRET, args.duration,
+                                       args.interval))
+        print(json.dumps({"sent": sent}))
+    elif args.command == "_watch":
+        print(json.dumps(asyncio.run(watch_all(args.url, args.viewers, args.duration))))
     elif args.command == "_floor":
         asyncio.run(floor_server())
     elif args.command == "_attack":

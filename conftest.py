@@ -281,7 +281,28 @@ def make_agent():
 
 
 def recv_json(ws: ClientConnection, timeout: float = 5) -> dict[str, Any]:
-    return json.loads(ws.recv(timeout=timeout))
+    """The next message; for a viewer, as the page sees it: an update's entries come
+    back as the whole servers they change (see `apply_change`)."""
+    message = json.loads(ws.recv(timeout=timeout))
+    if message.get("type") == "snapshot":
+        ws.servers_seen = {s["id"]: s for s in message["servers"]}  # type: ignore[attr-defined]
+    elif message.get("type") == "update":
+        seen = ws.servers_seen  # type: ignore[attr-defined]
+        message["changes"] = message["servers"]
+        message["servers"] = [apply_change(seen, change) for change in message["servers"]]
+    return message
+
+
+def apply_change(servers: dict[str, dict[str, Any]], change: dict[str, Any]) -> dict[str, Any]:
+    """PROTOCOL.md's rule for one update entry, as the page applies it."""
+    server = dict(servers[change["id"]])
+    for path, value in change["set"].items():
+        field, dot, member = path.partition(".")
+        server[field] = {**server[field], member: value} if dot else value
+    for field in change.get("unset", []):
+        del server[field]
+    servers[change["id"]] = server
+    return server
 
 
 def recv_until(ws: ClientConnection, predicate: Any, timeout: float = 5) -> dict[str, Any]:

@@ -278,8 +278,8 @@ class Ledger:
             month = self.month.get(sid, (0.0, 0.0))
             self.month[sid] = (month[0] + past[0], month[1] + past[1])
 
-    def json(self, sid: str, now: float) -> str:
-        """The fields a server view gains, as a JSON fragment to splice into it; the same
+    def json(self, sid: str, now: float) -> dict[str, str]:
+        """The fields a server view gains, `availability` and `last24h`, encoded; the same
         as availability() gives (tested), computed cheaply."""
         current = int(now) // HOUR * HOUR
         hours = self.hours.get(sid, {})
@@ -294,9 +294,10 @@ class Ledger:
         online, watched = past[2] + now_online, past[3] + now_watched
         month = self.month.get(sid, (0.0, 0.0))
         this_hour = json_number(percent(now_online, now_watched)) if current in hours else "null"
-        return (f',"availability":{{"24h":{json_number(percent(online, watched))},'
-                f'"30d":{json_number(percent(online + month[0], watched + month[1]))}}},'
-                f'"last24h":[{past[1]},{this_hour}]')
+        day = json_number(percent(online, watched))
+        days30 = json_number(percent(online + month[0], watched + month[1]))
+        return {"availability": f'{{"24h":{day},"30d":{days30}}}',
+                "last24h": f"[{past[1]},{this_hour}]"}
 
 
 def json_number(value: float | None) -> str:
@@ -451,7 +452,7 @@ class Writer:
         return rows
 
     def step(self, closed: Closed, servers: list[str], latest: list[tuple[str, int, str]],
-             now: float, online: Container[str] = ()) -> dict[str, str]:
+             now: float, online: Container[str] = ()) -> dict[str, dict[str, str]]:
         """One resolution step, in one transaction: the buckets, the last records, rollups
         and retention. Returns each known server's history fields for its view."""
         rows = self.rows(closed, servers, online)
@@ -564,7 +565,8 @@ class History:
 
     async def step(self, loop: Any, now: float, servers: list[str],
                    records: Callable[[str], tuple[int, str] | None],
-                   final: bool = False, online: Container[str] = ()) -> dict[str, str] | None:
+                   final: bool = False,
+                   online: Container[str] = ()) -> dict[str, dict[str, str]] | None:
         """Write the closed buckets on the writer thread; each server's view fields, or None
         when the step could not be written (logged once per distinct problem). The final
         step, at a graceful stop, writes the open buckets too."""
@@ -600,7 +602,7 @@ class History:
             self.in_thread(self.writer.close)
             return {}
 
-    def fields(self, servers: list[str], now: float) -> dict[str, str]:
+    def fields(self, servers: list[str], now: float) -> dict[str, dict[str, str]]:
         ledger, known = self.writer.ledger, self.writer.known
         return self.in_thread(lambda: {sid: ledger.json(sid, now) for sid in servers
                                        if sid in known})

@@ -30,6 +30,7 @@ else:
     ServerConnection = Any
 
 log = logging.getLogger("sss.dashboard")
+encode = json.JSONEncoder(separators=(",", ":")).encode
 
 POLICY_VIOLATION = 1008  # websockets' CloseCode.POLICY_VIOLATION (hub imports no websockets)
 SNAPSHOT_SHARED_SECONDS = 1.0
@@ -69,6 +70,45 @@ def browser_message(kind: str, wall: float, server_views: list[str]) -> str:
     return f'{{"type":"{kind}","time":{wall:.3f},"servers":[{",".join(server_views)}]}}'
 
 
+MISSING = object()
+
+
+def view_changes(sent: dict[str, Any], view: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """What turns the view viewers have (`sent`) into `view`: (members to set, fields to
+    unset). A field that is an object on both sides and kept all its members changes by
+    member ("cpuInfo.percent"), so a report costs viewers what changed in it, not the
+    whole server; any other change replaces the field.
+
+        >>> view_changes({"online": True, "cpuInfo": {"percent": 5, "info": ["x"]}, "b": 1},
+        ...              {"online": True, "cpuInfo": {"percent": 7, "info": ["x"]}})
+        ({'cpuInfo.percent': 7}, ['b'])
+    """
+    changes: dict[str, Any] = {}
+    for field, value in view.items():
+        old = sent.get(field, MISSING)
+        if old is value or old == value:
+            continue
+        if type(value) is dict and type(old) is dict and old.keys() <= value.keys():
+            for member, item in value.items():
+                if old.get(member, MISSING) != item:
+                    changes[f"{field}.{member}"] = item
+        else:
+            changes[field] = value
+    return changes, [field for field in sent if field not in view]
+
+
+def with_members(encoded: str, members: str) -> str:
+    """Splice already encoded `,"key":value` members into an encoded JSON object."""
+    if not members:
+        return encoded
+    return "{" + members[1:] + "}" if encoded == "{}" else encoded[:-1] + members + "}"
+
+
+def extra_members(extras: dict[str, str], keys: Any = None) -> str:
+    """`,"key":value` for each (or each listed) extra field, values already encoded."""
+    return "".join(f',"{key}":{extras[key]}' for key in (extras if keys is None else keys))
+
+
 def to_cut(backlogs: dict[Any, int], cap: int, budget: int) -> list[Any]:
     """Which viewers to cut: each over `cap`, then the largest until the rest fit `budget`.
 
@@ -88,6 +128,12 @@ def to_cut(backlogs: dict[Any, int], cap: int, budget: int) -> list[Any]:
 
 @dataclasses.dataclass
 class ServerState:
+    """One server: its config, last record and connection, and what viewers were sent.
+
+    Every viewer holds the same `sent` view (as of the last update): an update carries
+    the changes from it to the view now. The view's JSON is encoded only when a
+    snapshot, /api/servers or history needs it, and kept until the server changes."""
+
     config: ServerConfig
     record: dict[str, Any] | None = None
     last_report: int = 0  # Unix seconds, 0 = never
@@ -95,23 +141,46 @@ class ServerState:
     last_frame_mono: float = 0.0
     online: bool = False
     connection: ServerConnection | None = None
-    view_json: str = ""
-    # JSON fragments other modules add to the view: history's availability, alerts firing.
+    # Fields other modules add, encoded: history's availability, traffic, alerts firing.
     extras: dict[str, str] = dataclasses.field(default_factory=dict)
+    sent: dict[str, Any] = dataclasses.field(default_factory=dict)
+    sent_extras: dict[str, str] = dataclasses.field(default_factory=dict)
+    encoded: str = ""  # the view now, as JSON; "" once it changed, until needed again
 
     @property
     def report_interval(self) -> float:
         return float((self.record or {}).get("reportInterval", DEFAULT_REPORT_INTERVAL))
 
-    def refresh_view(self) -> None:
-        view = json.dumps(server_view(self.config, self.record, self.last_report, self.online),
-                          separators=(",", ":"))
-        self.view_json = view[:-1] + "".join(self.extras.values()) + "}" if self.extras else view
+    def view(self) -> dict[str, Any]:
+        return server_view(self.config, self.record, self.last_report, self.online)
+
+    def view_json(self) -> str:
+        if not self.encoded:
+            self.encoded = with_members(encode(self.view()), extra_members(self.extras))
+        return self.encoded
+
+    def changed(self) -> None:
+        self.encoded = ""
+
+    def commit(self) -> str:
+        """Take the view now as what viewers have; returns the update entry that brings
+        them there ("" when nothing changed)."""
+        view = self.view()
+        changes, unset = view_changes(self.sent, view)
+        extras = [key for key, value in self.extras.items()
+                  if self.sent_extras.get(key) != value]
+        unset += [key for key in self.sent_extras if key not in self.extras]
+        self.sent, self.sent_extras = view, dict(self.extras)
+        if not (changes or extras or unset):
+            return ""
+        members = with_members(encode(changes), extra_members(self.extras, extras))
+        removed = f',"unset":{encode(unset)}' if unset else ""
+        return f'{{"id":{encode(self.config.id)},"set":{members}{removed}}}'
 
 
 def new_state(config: ServerConfig) -> ServerState:
     state = ServerState(config)
-    state.refresh_view()
+    state.commit()
     return state
 
 
@@ -129,6 +198,7 @@ class Hub:
         self.loop = loop  # None in unit tests: updates then wait in `dirty`
         self.servers = {sid: new_state(cfg) for sid, cfg in config.servers.items()}
         self.viewers: dict[ServerConnection, bool] = {}  # -> may see hidden servers
+        self.joining: dict[ServerConnection, bool] = {}  # waiting for the next update
         self.dirty: set[str] = set()
         self.flush_handle: asyncio.TimerHandle | None = None
         self.snapshot_bytes = 0
@@ -175,33 +245,33 @@ class Hub:
         state.online = True
         if self.traffic is not None:
             self.traffic.observe(sid, record, state.config.traffic, wall)
-            fragment = self.traffic_fragment(state.config, wall)
-            if fragment:
-                state.extras["traffic"] = fragment
-        state.refresh_view()
+            value = self.traffic_value(state.config, wall)
+            if value:
+                state.extras["traffic"] = value
         self.accepted += 1
         self.mark_dirty(sid)
         if self.history is not None:
             self.history.fold(sid, record, wall)
 
-    def traffic_fragment(self, server: ServerConfig, wall: float) -> str:
-        """',"traffic":{…}' once counting started or a limit is set; else ""."""
+    def traffic_value(self, server: ServerConfig, wall: float) -> str:
+        """The server's `traffic` field, encoded, once counting started or a limit is set;
+        else ""."""
         assert self.traffic is not None
         if server.id not in self.traffic.meters and not server.traffic.limit:
             return ""
         view = self.traffic.view(server.id, server.traffic, wall)
-        return ',"traffic":' + json.dumps(view, separators=(",", ":"))
+        return encode(view)
 
     def refresh_traffic(self, wall: float) -> None:
         """Every server's period totals (a new period starts even without reports)."""
         if self.traffic is not None:
             for sid, state in self.servers.items():
-                self.set_extra(sid, "traffic", self.traffic_fragment(state.config, wall))
+                self.set_extra(sid, "traffic", self.traffic_value(state.config, wall))
 
     def last_record(self, sid: str) -> tuple[int, str] | None:
         """(Unix time, view JSON) of the server's last accepted report, for history."""
         state = self.servers.get(sid)
-        return (state.last_report, state.view_json) if state and state.record else None
+        return (state.last_report, state.view_json()) if state and state.record else None
 
     def restore(self, latest: dict[str, tuple[int, dict[str, Any]]]) -> None:
         """After a restart: each server's last record, shown offline with "last seen"."""
@@ -209,24 +279,26 @@ class Hub:
             state = self.servers.get(sid)
             if state is not None and state.record is None:
                 state.record, state.last_report = record, last_report
-                state.refresh_view()
+                state.changed()
+                state.commit()
         self.snapshots.clear()
 
-    def take_history(self, fields: dict[str, str]) -> None:
+    def take_history(self, fields: dict[str, dict[str, str]]) -> None:
         """Each server's availability from history; a change goes out as an update."""
-        for sid, fragment in fields.items():
-            self.set_extra(sid, "history", fragment)
+        for sid, values in fields.items():
+            for field, value in values.items():
+                self.set_extra(sid, field, value)
 
-    def set_extra(self, sid: str, kind: str, fragment: str) -> None:
-        """Add (or with "" remove) a JSON fragment of another module to a server's view."""
+    def set_extra(self, sid: str, field: str, value: str) -> None:
+        """Set (or with "" remove) a field another module adds to a server's view, its
+        value encoded already."""
         state = self.servers.get(sid)
-        if state is None or state.extras.get(kind, "") == fragment:
+        if state is None or state.extras.get(field, "") == value:
             return
-        if fragment:
-            state.extras[kind] = fragment
+        if value:
+            state.extras[field] = value
         else:
-            del state.extras[kind]
-        state.refresh_view()
+            del state.extras[field]
         self.mark_dirty(sid)
 
     def observe(self, wall: float) -> list[Observed]:
@@ -256,7 +328,6 @@ class Hub:
     def _set_online(self, state: ServerState, online: bool) -> None:
         if state.online != online:
             state.online = online
-            state.refresh_view()
             self.mark_dirty(state.config.id)
 
     # --- liveness ---
@@ -287,7 +358,6 @@ class Hub:
             if state.connection is not None and cfg.secret != state.config.secret:
                 closes.append(self._drop(state, "secret changed in servers.json"))
             state.config = cfg
-            state.refresh_view()
             self.servers[sid] = state
         closes += [self._drop(state, "server removed from servers.json")
                    for state in old.values() if state.connection is not None]
@@ -314,44 +384,75 @@ class Hub:
         built, message = self.snapshots.get(sees_hidden, (-1.0, ""))
         if not 0 <= wall - built < SNAPSHOT_SHARED_SECONDS:
             message = browser_message("snapshot", wall,
-                                      [s.view_json for s in self.visible(sees_hidden)])
+                                      [s.view_json() for s in self.visible(sees_hidden)])
             self.snapshots[sees_hidden] = (wall, message)
             self.snapshot_bytes = max(self.snapshot_bytes, len(message))
         return message
 
     def add_viewer(self, ws: ServerConnection, wall: float,
                    sees_hidden: bool = True) -> list[ServerConnection]:
-        """Queue the snapshot, then updates; broadcast() keeps the two in order. Returns
-        the viewers cut to stay within the memory budget (this one, maybe)."""
+        """Queue the snapshot, then updates; broadcast() keeps the two in order. While an
+        update is pending the snapshot waits for it (at most 0.25 s), so that every viewer
+        has the same view when the update goes out. Returns the viewers cut to stay
+        within the memory budget (this one, maybe)."""
+        if self.dirty and self.flush_handle is not None:
+            self.joining[ws] = sees_hidden
+            return []
         self.broadcast([ws], self.snapshot(wall, sees_hidden))
         self.viewers[ws] = sees_hidden
         return self.cut_backlogs()
 
+    def remove_viewer(self, ws: ServerConnection) -> None:
+        self.viewers.pop(ws, None)
+        self.joining.pop(ws, None)
+
     def mark_dirty(self, sid: str) -> None:
+        self.servers[sid].changed()
         self.snapshots.clear()
         self.dirty.add(sid)
         if self.flush_handle is None and self.loop is not None:
             self.flush_handle = self.loop.call_later(COALESCE_SECONDS, self.flush)
 
     def flush(self) -> None:
-        """Send one update holding every server that changed since the last one."""
+        """Send one update holding what changed since the last one, server by server;
+        then the snapshots of the viewers that joined meanwhile."""
         self.flush_handle = None
-        changed = [self.servers[sid] for sid in self.dirty if sid in self.servers]
+        entries = []  # (hidden, entry)
+        for sid in self.dirty:
+            state = self.servers.get(sid)
+            entry = state.commit() if state is not None else ""
+            if entry:
+                entries.append((state.config.hidden, entry))
         self.dirty.clear()
-        if changed:
-            wall = self.wall()
+        wall = self.wall()
+        if entries:
 
             def update(sees_hidden: bool) -> str | None:
-                views = [s.view_json for s in changed if sees_hidden or not s.config.hidden]
-                return browser_message("update", wall, views) if views else None
+                shown = [entry for hidden, entry in entries if sees_hidden or not hidden]
+                return browser_message("update", wall, shown) if shown else None
             self.push(update)
+        self.welcome(wall)
+
+    def welcome(self, wall: float) -> None:
+        """The snapshots of the viewers that waited for an update."""
+        joining, self.joining = self.joining, {}
+        for ws, sees_hidden in joining.items():
+            self.broadcast([ws], self.snapshot(wall, sees_hidden))
+            self.viewers[ws] = sees_hidden
+        if joining:
+            self.cut_backlogs()
 
     def resend_snapshots(self) -> None:
         """After a reload: everyone gets a fresh snapshot of what they may see."""
+        for state in self.servers.values():
+            state.changed()
+            state.commit()
+        self.dirty.clear()
         wall = self.wall()
         self.snapshot_bytes = 0
         self.snapshots.clear()
         self.push(lambda sees_hidden: self.snapshot(wall, sees_hidden))
+        self.welcome(wall)
 
     def push(self, message_for: Callable[[bool], str | None]) -> list[ServerConnection]:
         """Send to every viewer that keeps up; cut (and return) those that do not."""
@@ -394,4 +495,4 @@ class Hub:
                            "history": history})
 
     def servers_json(self, sees_hidden: bool = True) -> str:
-        return "[" + ",".join(s.view_json for s in self.visible(sees_hidden)) + "]"
+        return "[" + ",".join(s.view_json() for s in self.visible(sees_hidden)) + "]"

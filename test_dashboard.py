@@ -438,6 +438,37 @@ def test_snapshot_then_updates_within_a_second(make_dashboard: Any) -> None:
             assert "ip" not in alpha and alpha["name"] == "Alpha" and alpha["loc"] == "de"
 
 
+def test_updates_carry_what_changed_and_add_up_to_the_servers(make_dashboard: Any) -> None:
+    """An update holds what changed since the last one, member by member; applied to the
+    snapshot as the page applies them, the updates give exactly what /api/servers says."""
+    dash: Dashboard = make_dashboard()
+    with dash.viewer() as viewer:
+        recv_json(viewer)
+        with dash.agent("alpha") as agent:
+            first = go_report()
+            agent.send(json.dumps(first))
+            recv_until(viewer, lambda m: cpu_of(m, "alpha") == 12.5)
+            second = go_report(cpuInfo={**first["cpuInfo"], "percent": 80.0})
+            del second["swapMemoryInfo"]
+            second["hostInfo"] = {**first["hostInfo"], "uptime": 86405}
+            agent.send(json.dumps(second))
+            update = recv_until(viewer, lambda m: cpu_of(m, "alpha") == 80.0)
+            change = server_in({"servers": update["changes"]}, "alpha")
+            assert change["unset"] == ["swapMemoryInfo"]
+            assert set(change["set"]) - {"lastReportTime"} == {"cpuInfo.percent",
+                                                               "hostInfo.uptime"}
+            assert change["set"]["hostInfo.uptime"] == 86405
+            # A field whose members went away is replaced whole.
+            third = dict(second, cpuInfo={"percent": 81.0})
+            agent.send(json.dumps(third))
+            update = recv_until(viewer, lambda m: cpu_of(m, "alpha") == 81.0)
+            assert server_in({"servers": update["changes"]}, "alpha")["set"]["cpuInfo"] == {
+                "percent": 81.0}
+        # The agent left: offline goes out in the next update.
+        recv_until(viewer, lambda m: (server_in(m, "alpha") or {}).get("online") is False)
+        assert viewer.servers_seen == {s["id"]: s for s in dash.get_json("/api/servers")}
+
+
 def test_updates_are_coalesced(make_dashboard: Any) -> None:
     dash: Dashboard = make_dashboard()
     with dash.viewer() as viewer, dash.agent("alpha") as a, dash.agent("beta") as b:
@@ -487,10 +518,10 @@ def test_stuck_viewer_is_cut_and_others_keep_up(make_dashboard: Any) -> None:
     dash.wait_for_log("viewer connected")
     partition = {"mountPoint": "/" + "m" * 250, "fstype": "ext4", "total": 10, "free": 5,
                  "used": 5, "usedPercent": 50.0}
-    # ~25 KiB per report, so each coalesced update carries ~500 KiB.
+    # ~25 KiB per report, all of it changing, so each coalesced update carries ~500 KiB.
     frames = [json.dumps(go_report(cpuInfo={"percent": p, "info": []},
                                    diskInfo={"total": 10, "used": 5, "usedPercent": 50.0,
-                                             "partitions": [partition] * 64}))
+                                             "partitions": [dict(partition, used=p)] * 64}))
               for p in range(10)]
     stop = threading.Event()
     with contextlib.ExitStack() as stack:
@@ -654,8 +685,9 @@ def test_no_secret_or_ip_reaches_a_browser(make_dashboard: Any) -> None:
     for payload in payloads:
         assert SECRET not in payload and "198.51.100.23" not in payload
         assert "127.0.0.1" not in payload
-    # countryCode from servers.json wins over the agent's loc
-    assert server_in(json.loads(payloads[1]), "alpha")["loc"] == "de"
+    # countryCode from servers.json wins over the agent's loc: the update leaves it alone
+    assert "loc" not in server_in(json.loads(payloads[1]), "alpha")["set"]
+    assert server_in({"servers": json.loads(payloads[2])}, "alpha")["loc"] == "de"
 
 
 def file_limit(soft: int, hard: int) -> Any:
@@ -717,8 +749,9 @@ def test_sighup_reloads_servers(make_dashboard: Any) -> None:
         dash.write_config("{broken")
         dash.signal(signal.SIGHUP)
         dash.wait_for_log("config reload failed, keeping the previous config", after=mark)
-        alpha.send(json.dumps(go_report()))
-        recv_until(viewer, lambda m: server_in(m, "alpha"))
+        alpha.send(json.dumps(go_report(cpuInfo={"percent": 42.0, "info": []})))
+        recv_until(viewer, lambda m: (server_in(m, "alpha") or {}).get("cpuInfo") ==
+                   {"percent": 42.0, "info": []})
         assert handshake_status(dash, {"X-SERVER-ID": "gamma", "X-AUTH-SECRET": SECRET}) == 101
         assert dash.process is not None and dash.process.poll() is None
 

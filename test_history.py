@@ -113,11 +113,11 @@ def test_rollups_availability_and_retention(tmp_path: Path) -> None:
                       ("up", T0 + HOUR, 720, 3600.0, 3600.0, 40.0, 40.0)]
     fields = writer_step(writer, store, T0 + 2 * HOUR + 60, ["up", "flaky", "never"])
     assert set(fields) == {"up", "flaky"}  # never reported: no availability yet
-    flaky = json.loads("{" + fields["flaky"][1:] + "}")
+    flaky = {field: json.loads(value) for field, value in fields["flaky"].items()}
     share = round(1800 / 7260 * 100, 2)  # half an hour online of two hours and a minute
     assert flaky["availability"] == {"24h": share, "30d": share}
     assert flaky["last24h"][-3:] == [50.0, 0.0, 0.0] and flaky["last24h"][0] is None
-    up = json.loads("{" + fields["up"][1:] + "}")
+    up = {field: json.loads(value) for field, value in fields["up"].items()}
     assert up["availability"]["24h"] == round(7200 / 7260 * 100, 2)  # the last minute: silent
 
     # Retention: fine rows go after 48 h, hourly rows after --history-days (3 here).
@@ -297,7 +297,8 @@ def test_the_cached_view_fields_equal_the_plain_computation() -> None:
         now = start + 61
         expected = history.availability(ledger.hours["web-1"], ledger.month.get(
             "web-1", (0.0, 0.0)), now)
-        assert json.loads("{" + ledger.json("web-1", now)[1:] + "}") == expected
+        assert {field: json.loads(value)
+                for field, value in ledger.json("web-1", now).items()} == expected
 
 
 def test_a_step_without_a_report_counts_as_the_hub_saw_the_server(tmp_path: Path) -> None:
