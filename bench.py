@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
 import json
 import os
@@ -110,13 +111,15 @@ CONNECTS_PER_SECOND = 500  # per load process: how fast a fleet (re)connects
 
 
 async def fake_agents(url: str, ids: list[str], secret: str, duration: float,
-                      interval: float = 1.0) -> int:
+                      interval: float = 1.0,
+                      per_second: collections.Counter[int] | None = None) -> int:
     """One connection per id, each reporting every `interval` s for `duration` s, staggered.
 
     The agents connect 500 a second, as a fleet spread by agent.py's reconnect jitter
     does, not all at once. Each report's netOutTransfer is its send time (monotonic, in
     µs: the clock every process of this machine shares), so a viewer in another process
-    can measure the latency.
+    can measure the latency. `per_second` counts the reports sent in each second of
+    the monotonic clock, so a measurement window can count its own.
     """
     deadline = time.monotonic() + duration
     sent = 0
@@ -144,6 +147,8 @@ async def fake_agents(url: str, ids: list[str], secret: str, duration: float,
                 stamp = int(time.monotonic() * 1e6)
                 await ws.send(template.replace(str(STAMP), str(stamp), 1))
                 sent += 1
+                if per_second is not None:
+                    per_second[stamp // 1_000_000] += 1
                 next_at += interval
                 await asyncio.sleep(max(next_at - time.monotonic(), 0))
 
@@ -164,7 +169,13 @@ async def watch(url: str, duration: float, latencies: list[float] | None,
     """A viewer: counts bytes; with `latencies`, reads each report's send time (its
     netOutTransfer, see fake_agents) in the updates and records how long it took."""
     deadline = time.monotonic() + duration
-    async with connect(url, max_size=None, open_timeout=60) as ws:
+    for _attempt in range(10):  # 16 handshakes at a time per address: retry past that
+        try:
+            ws = await connect(url, max_size=None, open_timeout=60)
+            break
+        except InvalidStatus:
+            await asyncio.sleep(random.uniform(0.1, 1))
+    async with ws:
         while (remaining := deadline - time.monotonic()) > 0:
             try:
                 frame = await asyncio.wait_for(ws.recv(), remaining)
@@ -394,10 +405,14 @@ def run_load(target_port: int, ids: list[str], viewers: int, duration: float,
     while time.monotonic() - wall0 < duration - warmup - 1:
         peak = max(peak, target.memory_info().rss)
         time.sleep(0.5)
-    cpu = (cpu_seconds(target) - cpu0) / (time.monotonic() - wall0)
+    wall1 = time.monotonic()
+    cpu = (cpu_seconds(target) - cpu0) / (wall1 - wall0)
     agents, *watchers = [json.loads(p.communicate(timeout=duration + 120)[0]) for p in procs]
+    in_window = sum(n for second, n in agents["per_second"].items()
+                    if wall0 <= int(second) < int(wall1))
     return {"cpu_cores": cpu, "peak_rss_mb": peak / 2**20, "sent": agents["sent"],
-            "window": time.monotonic() - wall0, **(watchers[0] if watchers else {}),
+            "reports_per_second": in_window / (int(wall1) - int(wall0)),
+            "window": wall1 - wall0, **(watchers[0] if watchers else {}),
             "rss_per_agent_kib": (peak - idle_rss) / max(len(ids), 1) / 1024}
 
 
@@ -426,16 +441,15 @@ def bench_dashboard(agents: int, viewers: int, duration: float,
     sent = load["sent"]
     latencies = sorted(load.get("latencies", []))
     viewer_bytes = load.get("viewer_bytes", [])
-    reports_per_s = sent / duration
-    floor_sent = floor_load["sent"]
+    reports_per_s = load["reports_per_second"]  # in the measured window
     cpu_per_report = load["cpu_cores"] / reports_per_s
-    floor_per_report = floor_load["cpu_cores"] / (floor_sent / duration)
+    floor_per_report = floor_load["cpu_cores"] / floor_load["reports_per_second"]
     bytes_per_viewer = statistics.mean(viewer_bytes) / (duration + 2) if viewer_bytes else 0
     return {
         "agents": agents, "viewers": viewers, "duration": duration, "cores": os.cpu_count(),
         "viewer_compression": compression, "history": history,
         "reports_sent": sent, "reports_accepted": accepted,
-        "reports_per_second": accepted / duration,
+        "reports_per_second": reports_per_s,
         "cpu_cores": load["cpu_cores"], "cpu_ms_per_report": cpu_per_report * 1000,
         "floor_cpu_cores": floor_load["cpu_cores"],
         "floor_cpu_ms_per_report": floor_per_report * 1000,
@@ -447,7 +461,8 @@ def bench_dashboard(agents: int, viewers: int, duration: float,
         "latency_p99_ms": percentile(latencies, 99) * 1000 if latencies else None,
         "latency_samples": len(latencies),
         "viewer_bytes_per_second": bytes_per_viewer,
-        "viewer_bytes_per_report": bytes_per_viewer / reports_per_s if reports_per_s else 0,
+        "viewer_bytes_per_report": (statistics.mean(viewer_bytes) / sent
+                                    if viewer_bytes and sent else 0),
         "viewers_cut": load.get("viewers_cut", 0),
     }
 
@@ -1092,9 +1107,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.command == "_load":
+        per_second: collections.Counter[int] = collections.Counter()
         sent = asyncio.run(fake_agents(args.url, args.ids.split(","), SECRET, args.duration,
-                                       args.interval))
-        print(json.dumps({"sent": sent}))
+                                       args.interval, per_second))
+        print(json.dumps({"sent": sent, "per_second": per_second}))
     elif args.command == "_watch":
         print(json.dumps(asyncio.run(watch_all(args.url, args.viewers, args.duration))))
     elif args.command == "_floor":

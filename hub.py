@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
+import functools
 import json
 import logging
 import time
@@ -109,6 +110,10 @@ def extra_members(extras: dict[str, str], keys: Any = None) -> str:
     return "".join(f',"{key}":{extras[key]}' for key in (extras if keys is None else keys))
 
 
+def encode_view(view: dict[str, Any], extras: dict[str, str]) -> str:
+    return with_members(encode(view), extra_members(extras))
+
+
 def to_cut(backlogs: dict[Any, int], cap: int, budget: int) -> list[Any]:
     """Which viewers to cut: each over `cap`, then the largest until the rest fit `budget`.
 
@@ -146,6 +151,7 @@ class ServerState:
     sent: dict[str, Any] = dataclasses.field(default_factory=dict)
     sent_extras: dict[str, str] = dataclasses.field(default_factory=dict)
     encoded: str = ""  # the view now, as JSON; "" once it changed, until needed again
+    view_changed: bool = False  # more than the extras changed since the last commit
 
     @property
     def report_interval(self) -> float:
@@ -156,21 +162,26 @@ class ServerState:
 
     def view_json(self) -> str:
         if not self.encoded:
-            self.encoded = with_members(encode(self.view()), extra_members(self.extras))
+            self.encoded = encode_view(self.view(), self.extras)
         return self.encoded
 
-    def changed(self) -> None:
+    def changed(self, view: bool = True) -> None:
         self.encoded = ""
+        self.view_changed = self.view_changed or view
 
     def commit(self) -> str:
         """Take the view now as what viewers have; returns the update entry that brings
         them there ("" when nothing changed)."""
-        view = self.view()
-        changes, unset = view_changes(self.sent, view)
+        changes: dict[str, Any] = {}
+        unset: list[str] = []
+        if self.view_changed:  # not when only the extras did (history's, once a minute)
+            view = self.view()
+            changes, unset = view_changes(self.sent, view)
+            self.sent, self.view_changed = view, False
         extras = [key for key, value in self.extras.items()
                   if self.sent_extras.get(key) != value]
         unset += [key for key in self.sent_extras if key not in self.extras]
-        self.sent, self.sent_extras = view, dict(self.extras)
+        self.sent_extras = dict(self.extras)
         if not (changes or extras or unset):
             return ""
         members = with_members(encode(changes), extra_members(self.extras, extras))
@@ -180,6 +191,7 @@ class ServerState:
 
 def new_state(config: ServerConfig) -> ServerState:
     state = ServerState(config)
+    state.changed()
     state.commit()
     return state
 
@@ -263,15 +275,21 @@ class Hub:
         return encode(view)
 
     def refresh_traffic(self, wall: float) -> None:
-        """Every server's period totals (a new period starts even without reports)."""
+        """The period totals of servers that do not report: a new period starts even
+        without reports (an online server's come with its next one)."""
         if self.traffic is not None:
             for sid, state in self.servers.items():
-                self.set_extra(sid, "traffic", self.traffic_value(state.config, wall))
+                if not state.online:
+                    self.set_extra(sid, "traffic", self.traffic_value(state.config, wall))
 
-    def last_record(self, sid: str) -> tuple[int, str] | None:
-        """(Unix time, view JSON) of the server's last accepted report, for history."""
+    def last_record(self, sid: str) -> tuple[int, Callable[[], str]] | None:
+        """(Unix time, view JSON) of the server's last accepted report, for history: the
+        JSON as a function, so that history's thread encodes it, not the event loop."""
         state = self.servers.get(sid)
-        return (state.last_report, state.view_json()) if state and state.record else None
+        if state is None or state.record is None:
+            return None
+        return state.last_report, functools.partial(encode_view, state.view(),
+                                                    dict(state.extras))
 
     def restore(self, latest: dict[str, tuple[int, dict[str, Any]]]) -> None:
         """After a restart: each server's last record, shown offline with "last seen"."""
@@ -299,7 +317,7 @@ class Hub:
             state.extras[field] = value
         else:
             del state.extras[field]
-        self.mark_dirty(sid)
+        self.mark_dirty(sid, view=False)
 
     def observe(self, wall: float) -> list[Observed]:
         """What alert rules see of every server now."""
@@ -406,8 +424,9 @@ class Hub:
         self.viewers.pop(ws, None)
         self.joining.pop(ws, None)
 
-    def mark_dirty(self, sid: str) -> None:
-        self.servers[sid].changed()
+    def mark_dirty(self, sid: str, view: bool = True) -> None:
+        """The server's view changed (`view`: more than its extras): an update is due."""
+        self.servers[sid].changed(view)
         self.snapshots.clear()
         self.dirty.add(sid)
         if self.flush_handle is None and self.loop is not None:

@@ -45,6 +45,21 @@ def test_reports_fold_into_one_row_per_bucket() -> None:
     assert store.take_closed(T0 + 121)[0][1]["web-1"].n == 1
 
 
+def test_last_views_are_written_when_offline_at_a_stop_and_every_ten_minutes() -> None:
+    store = history.History(Path("/nonexistent"), resolution=60)
+    store.unwritten.update({"up", "down"})
+    assert sorted(store.views_due(T0, online={"up"}, final=False)) == ["down", "up"]  # first
+    store.unwritten.update({"up", "down"})
+    assert store.views_due(T0 + 60, online={"up"}, final=False) == ["down"]  # went offline
+    store.unwritten.add("up")
+    assert store.views_due(T0 + history.LATEST_SECONDS - 1, online={"up"}, final=False) == []
+    assert store.views_due(T0 + history.LATEST_SECONDS, online={"up"}, final=False) == ["up"]
+    store.unwritten.add("up")
+    assert store.views_due(T0 + history.LATEST_SECONDS + 60, online={"up"}, final=True) == [
+        "up"]  # a graceful stop writes every view not written yet
+    assert store.views_due(T0 + 2 * history.LATEST_SECONDS, online=(), final=True) == []
+
+
 def test_online_seconds_never_exceed_what_a_report_vouches_for() -> None:
     assert history.online_seconds(T0 + 10, None, 5) == 5
     assert history.online_seconds(T0 + 10, T0 + 8, 5) == 2  # reports closer than the interval
@@ -90,7 +105,8 @@ def test_columnar_answer_has_a_slot_for_every_step_and_null_in_gaps() -> None:
 def writer_step(writer: history.Writer, store: history.History, now: float,
                 servers: list[str]) -> dict[str, str]:
     closed = store.take_closed(now)
-    latest = [(sid, int(now), '{"cpuInfo":{"percent":1}}') for _, b in closed for sid in b]
+    latest = [(sid, int(now), lambda: '{"cpuInfo":{"percent":1}}') for _, b in closed
+              for sid in b]
     return writer.step(closed, servers, latest, now)
 
 
@@ -265,7 +281,7 @@ def test_history_step_does_not_block_the_loop(tmp_path: Path) -> None:
                 ticks += 1
         task = asyncio.ensure_future(ticker())
         fields = await store.step(loop, T0 + 61, [f"srv-{i}" for i in range(2000)],
-                                  lambda sid: (T0, json.dumps(record)))
+                                  lambda sid: (T0, lambda: json.dumps(record)))
         task.cancel()
         return ticks, fields
     ticks, fields = asyncio.run(measure())
