@@ -441,9 +441,10 @@ class Dashboard:
             self.evaluate_alerts(wall)
             if int(wall) % 60 == 0:
                 self.sessions.expire(self.hub.config.viewers.users, wall)
+            if FREEZE_SAFE or int(wall) % 60 == 0:
+                collect_garbage(thaw=int(wall) % THAW_SECONDS == 0)
             if int(wall) % TRIM_SECONDS == 0:
-                give_back_memory(collect=FREEZE_SAFE or int(wall) % 60 == 0,
-                                 thaw=int(wall) % THAW_SECONDS == 0)
+                give_back_memory()
 
     def evaluate_alerts(self, wall: float) -> None:
         """Alert rules against the live state; a change shows on the servers' cards."""
@@ -593,7 +594,7 @@ def check_answer(error: str) -> str:
 
 TRIM_SECONDS = 10
 THAW_SECONDS = 3600
-# The collector's own full collections: only ours (give_back_memory).
+# The collector's own full collections: only ours (collect_garbage).
 GC_THRESHOLDS = (700, 10, 1_000_000)
 # From 3.11 closing a connection leaves no reference cycle (tested), so what dies after
 # being frozen is freed all the same; before, websockets' keepalive left one per connection.
@@ -609,29 +610,30 @@ def malloc_trim() -> Any:
         return None
 
 
-def give_back_memory(collect: bool = True, thaw: bool = False) -> None:
-    """Collect garbage, then return freed heap pages to the system.
+def collect_garbage(thaw: bool = False) -> None:
+    """A full garbage collection, then everything that survived is frozen (gc.freeze):
+    out of the collector's sight from then on. Run every second (once a minute before
+    Python 3.11, where nothing is frozen).
 
-    A full collection frees what cycles hold (exceptions and their tracebacks from
-    failed connections); then everything that survived is frozen (gc.freeze): out of the
-    collector's sight from then on. At 10,000 agents the dashboard holds about a million
-    tracked objects, nearly all of them the agents' connections; each report replaces a
-    few long-lived ones, so the collector's own full collections came every 5 s and walked
-    all of them, 1 s each. Frozen, a collection walks only what is newer than the last
-    one: milliseconds. Frozen objects are still freed when their last reference goes; a
-    cycle among them would be kept, so once an hour (`thaw`) everything is unfrozen and
-    collected again (1 s at 10,000 agents). Before 3.11 nothing is frozen, and the full
-    collection runs once a minute only.
-
-    Connections come and go in bursts (a viewer flood, a reconnect storm); glibc keeps
-    what they freed, in holes between live blocks, and RSS stays at the burst's peak:
-    malloc_trim gives it back, in a few milliseconds."""
+    At 10,000 agents the dashboard holds about a million tracked objects, nearly all of
+    them the agents' connections; each report replaces a few long-lived ones, so the
+    collector's own full collections came every 5 s and walked all of them, 1 s each.
+    Frozen, a collection walks only what is newer than a second: milliseconds. The
+    collections of the young generations run as usual, and free what cycles hold
+    (exceptions and their tracebacks from failed connections). Frozen objects are still
+    freed when their last reference goes; a cycle among them would be kept, so once an
+    hour (`thaw`) everything is unfrozen and collected again (1 s at 10,000 agents)."""
     if thaw:
         gc.unfreeze()
-    if collect:
-        gc.collect()
-        if FREEZE_SAFE:
-            gc.freeze()
+    gc.collect()
+    if FREEZE_SAFE:
+        gc.freeze()
+
+
+def give_back_memory() -> None:
+    """Return freed heap pages to the system. Connections come and go in bursts (a viewer
+    flood, a reconnect storm); glibc keeps what they freed, in holes between live
+    blocks, and RSS stays at the burst's peak. Trimming takes a few milliseconds."""
     trim = malloc_trim()
     if trim is not None:
         trim(0)

@@ -192,7 +192,7 @@ class Traffic:
 
     def save(self) -> None:
         """Write the meters (a problem is one log line; counting goes on in memory)."""
-        self.file.save({sid: dataclasses.asdict(meter) for sid, meter in self.meters.items()})
+        self.file.save({sid: meter_fields(meter) for sid, meter in self.meters.items()})
 
     def load(self) -> None:
         data = self.file.load("counting starts afresh")
@@ -203,6 +203,19 @@ class Traffic:
         except (KeyError, TypeError, AttributeError) as exc:
             log.error("traffic: %s holds no meters (%s); counting starts afresh", self.path,
                       exc)
+
+
+def meter_fields(meter: Meter) -> dict[str, Any]:
+    """A meter as the file holds it: dataclasses.asdict's answer, written out, because
+    asdict deep-copies field by field (400 ms for 10,000 meters, on the event loop).
+
+        >>> meter = Meter(Period(0, 10, 1, 2), 5, 6, 7, [Period(-10, 0)])
+        >>> meter_fields(meter) == dataclasses.asdict(meter)
+        True
+    """
+    return {"current": vars(meter.current).copy(), "last_in": meter.last_in,
+            "last_out": meter.last_out, "boot_time": meter.boot_time,
+            "past": [vars(p).copy() for p in meter.past]}
 
 
 def days_left(expires: str, now: float, time_zone: Zone) -> int:
