@@ -267,6 +267,10 @@ class Dashboard:
             self.hub.take_history(history.fields(list(self.hub.servers), now))
         self.hub.refresh_traffic(time.time())
         self.closing: set[asyncio.Future[None]] = set()  # kept referenced until done
+        # Bursts of dropped and of invalid reports, per agent (one table for all of them:
+        # 10,000 connections do not each carry two).
+        self.floods = Burst(FLOOD_DROPS, FLOOD_WINDOW)
+        self.invalid = Burst(BAD_REPORTS_LIMIT, BAD_REPORTS_WINDOW)
 
     def close_later(self, closing: Closing) -> None:
         """Close without waiting for the peer's answer."""
@@ -338,12 +342,12 @@ class Dashboard:
             log.info("agent connected: id=%s from %s", sid, address)
         self.tell_probes(ws, hub.servers[sid].config)
         forget_handshake(ws)
-        limits = AgentLimits(time.monotonic())
+        reports = TokenBucket(REPORTS_PER_SECOND, REPORT_BURST, time.monotonic())
         try:
             async for frame in ws:
                 if not hub.is_current(sid, ws):
                     break  # removed or re-keyed by a reload
-                verdict = self.take_report(sid, frame, limits, time.monotonic())
+                verdict = self.take_report(sid, frame, reports, time.monotonic())
                 del frame  # not kept while waiting for the next one (10,000 agents: 14 MB)
                 if check and verdict.answer:
                     await ws.send(verdict.answer)
@@ -359,15 +363,15 @@ class Dashboard:
                 log.info("agent disconnected: id=%s (%s %r)", sid, ws.close_code,
                          ws.close_reason)
 
-    def take_report(self, sid: str, frame: str | bytes, limits: AgentLimits,
+    def take_report(self, sid: str, frame: str | bytes, reports: TokenBucket,
                     now: float) -> Verdict:
-        """One frame of an agent: counted, then dropped over the rate, rejected when
-        invalid, or accepted into the hub."""
+        """One frame of an agent: counted, then dropped over the rate (`reports`, this
+        connection's), rejected when invalid, or accepted into the hub."""
         self.hub.heard_from(sid, now)
-        if not limits.reports.take(now):  # over 10 a second: dropped unread
+        if not reports.take(now):  # over 10 a second: dropped unread
             self.drop_report(sid, ReportError(
                 "rate", f"over {REPORTS_PER_SECOND:.0f} reports a second"), now)
-            if limits.drops.add(sid, now):
+            if self.floods.add(sid, now):
                 return Verdict("", (CloseCode.POLICY_VIOLATION, f"{FLOOD_DROPS} reports over "
                                     f"the rate within {FLOOD_WINDOW:.0f} s"))
             return Verdict("", None)
@@ -375,7 +379,7 @@ class Dashboard:
             record = validate_report(frame)
         except ReportError as exc:
             self.drop_report(sid, exc, now)
-            if limits.bad.add(sid, now):
+            if self.invalid.add(sid, now):
                 return Verdict(check_answer(str(exc)), (
                     CloseCode.INVALID_DATA,
                     f"{BAD_REPORTS_LIMIT} invalid reports within {BAD_REPORTS_WINDOW:.0f} s"))
@@ -437,6 +441,8 @@ class Dashboard:
                             closing.reason)
                 self.close_later(closing)
             self.site.limiter.expire(now)
+            self.floods.expire(now)
+            self.invalid.expire(now)
             wall = time.time()
             self.evaluate_alerts(wall)
             if int(wall) % 60 == 0:
@@ -572,15 +578,6 @@ def forget_handshake(ws: ServerConnection) -> None:
     for message in (ws.request, ws.response):
         if message is not None:
             message.headers.clear()
-
-
-class AgentLimits:
-    """Per agent connection: reports a second, and bursts of dropped and invalid ones."""
-
-    def __init__(self, now: float) -> None:
-        self.reports = TokenBucket(REPORTS_PER_SECOND, REPORT_BURST, now)
-        self.drops = Burst(FLOOD_DROPS, FLOOD_WINDOW)
-        self.bad = Burst(BAD_REPORTS_LIMIT, BAD_REPORTS_WINDOW)
 
 
 def check_answer(error: str) -> str:

@@ -46,6 +46,7 @@ DEFAULT_DAYS = 400
 MAX_POINTS = 1500  # a range returns at most about this many points
 MAX_EMPTY_STEPS = 5  # steps without reports still counted as watched after a pause
 LATEST_SECONDS = 600  # an online server's last view is written this often (views_due)
+LATEST_PER_STEP = 1000
 RANGES = {"1h": HOUR, "6h": 6 * HOUR, "24h": 24 * HOUR, "7d": 7 * 24 * HOUR,
           "30d": 30 * 24 * HOUR, "1y": 365 * 24 * HOUR}
 
@@ -377,7 +378,6 @@ def advice(path: Path, error: BaseException) -> str:
 
 
 Closed = list[tuple[int, dict[str, Bucket]]]  # (bucket start, sid -> bucket)
-Encoder = Callable[[], str]  # a server's last view, encoded when called
 
 
 WRITER_SHARE = 0.3  # of the GIL, at most, while the writer thread works through a step
@@ -451,42 +451,37 @@ class Writer:
             "AND t >= ? AND t < ? GROUP BY server", (day_start - 30 * 24 * HOUR, day_start))}
 
     def rows(self, closed: Closed, servers: list[str],
-             online: Container[str] = ()) -> list[tuple[Any, ...]]:
-        """Rows for the closed buckets; the ledger follows.
+             online: Container[str] = ()) -> Iterator[tuple[Any, ...]]:
+        """Rows for the closed buckets, one at a time; the ledger follows.
 
         A known, configured server without a report in a closed step gets a watched row:
         online the whole step if the hub had it online (its reports only fell either side
         of the step), else offline, so its offline time counts against its availability.
         """
-        rows = []
         length = self.resolution
         for start, buckets in closed:
             for sid, bucket in paced(buckets.items()):
-                rows.append(bucket_row(FINE, sid, bucket, length))
+                yield bucket_row(FINE, sid, bucket, length)
                 self.ledger.add(sid, start, min(bucket.online, length), length)
             self.known.update(buckets)
             for sid in paced(servers):
                 if sid in self.known and sid not in buckets:
                     seconds = float(length) if sid in online else 0.0
-                    rows.append(watched_row(FINE, sid, start, length, seconds))
+                    yield watched_row(FINE, sid, start, length, seconds)
                     self.ledger.add(sid, start, seconds, length)
-        return rows
 
-    def step(self, closed: Closed, servers: list[str], latest: list[tuple[str, int, Encoder]],
+    def step(self, closed: Closed, servers: list[str], latest: list[tuple[str, int, str]],
              now: float, online: Container[str] = ()) -> dict[str, dict[str, str]]:
-        """One resolution step, in one transaction: the buckets, the last records (encoded
-        here, off the event loop), rollups and retention. Returns each known server's
-        history fields for its view."""
-        rows = self.rows(closed, servers, online)
+        """One resolution step, in one transaction: the buckets, the last records, rollups
+        and retention. Returns each known server's history fields for its view."""
         probes = [row for _, buckets in closed for sid, bucket in buckets.items()
                   for row in probe_rows(FINE, sid, bucket)]
         db = self.connection()
         try:
             db.execute("BEGIN IMMEDIATE")
-            db.executemany(INSERT, rows)
+            db.executemany(INSERT, self.rows(closed, servers, online))  # one row at a time
             db.executemany(INSERT_PROBES, probes)
-            db.executemany("INSERT OR REPLACE INTO latest VALUES (?, ?, ?)",
-                           ((sid, t, view()) for sid, t, view in paced(latest)))
+            db.executemany("INSERT OR REPLACE INTO latest VALUES (?, ?, ?)", latest)
             self.roll_up(db, now)
             db.execute("COMMIT")
         except BaseException:
@@ -589,7 +584,7 @@ class History:
         return [(start, self.buckets.pop(start, {})) for start in sorted(starts)]
 
     async def step(self, loop: Any, now: float, servers: list[str],
-                   records: Callable[[str], tuple[int, Encoder] | None],
+                   records: Callable[[str], tuple[int, str] | None],
                    final: bool = False,
                    online: Container[str] = ()) -> dict[str, dict[str, str]] | None:
         """Write the closed buckets on the writer thread; each server's view fields, or None
@@ -618,11 +613,15 @@ class History:
     def views_due(self, now: float, online: Container[str], final: bool) -> list[str]:
         """The servers whose last view is to be written now: once they are offline (the
         view a restart shows as "last seen"), at a graceful stop, and otherwise every
-        LATEST_SECONDS. At 10,000 agents writing every view every minute was 14 MB a
-        minute of SQLite writes; an agent that is online reports again right after a
-        restart anyway."""
+        LATEST_SECONDS; at most LATEST_PER_STEP a step but at a stop, offline servers and
+        those never written first. At 10,000 agents writing every view every minute was
+        14 MB a minute of SQLite writes; an agent that is online reports again right
+        after a restart anyway."""
         due = [sid for sid in self.unwritten if final or sid not in online
                or now - self.written.get(sid, 0.0) >= LATEST_SECONDS]
+        if not final and len(due) > LATEST_PER_STEP:
+            due.sort(key=lambda sid: (sid in online, self.written.get(sid, 0.0)))
+            del due[LATEST_PER_STEP:]
         self.unwritten.difference_update(due)
         self.written.update(dict.fromkeys(due, now))
         return due

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
-import functools
 import json
 import logging
 import time
@@ -282,14 +281,10 @@ class Hub:
                 if not state.online:
                     self.set_extra(sid, "traffic", self.traffic_value(state.config, wall))
 
-    def last_record(self, sid: str) -> tuple[int, Callable[[], str]] | None:
-        """(Unix time, view JSON) of the server's last accepted report, for history: the
-        JSON as a function, so that history's thread encodes it, not the event loop."""
+    def last_record(self, sid: str) -> tuple[int, str] | None:
+        """(Unix time, view JSON) of the server's last accepted report, for history."""
         state = self.servers.get(sid)
-        if state is None or state.record is None:
-            return None
-        return state.last_report, functools.partial(encode_view, state.view(),
-                                                    dict(state.extras))
+        return (state.last_report, state.view_json()) if state and state.record else None
 
     def restore(self, latest: dict[str, tuple[int, dict[str, Any]]]) -> None:
         """After a restart: each server's last record, shown offline with "last seen"."""

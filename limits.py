@@ -184,6 +184,8 @@ class FailureLimiter:
 class TokenBucket:
     """`rate` events a second on average, `burst` at once."""
 
+    __slots__ = ("burst", "last", "rate", "tokens")  # one per agent connection
+
     def __init__(self, rate: float, burst: float, now: float) -> None:
         self.rate, self.burst = rate, burst
         self.tokens, self.last = burst, now
