@@ -158,7 +158,8 @@ class Connection(ServerConnection):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         peer = transport.get_extra_info("peername")
         self.peer = peer[0] if peer else "?"
-        refusal, oldest = self.site.connections.start_handshake(self, self.peer)
+        refusal, oldest = self.site.connections.start_handshake(self, self.peer,
+                                                                time.monotonic())
         if refusal:  # before websockets starts a handler: a refusal costs next to nothing
             self.transport = transport  # type: ignore[assignment]
             self.site.refuse("handshakes", ("handshakes", address_key(self.peer)),

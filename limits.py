@@ -41,6 +41,10 @@ RECENT_SUCCESS_SECONDS = 86400.0
 # finish theirs within a round trip).
 HANDSHAKES_PER_ADDRESS = 16
 HANDSHAKES_TOTAL = 512
+# ...but only one older than this: younger ones are agents of a fleet reconnecting at once
+# (a dashboard restart under 10,000 agents), and the newcomer is refused (503, retry later)
+# rather than every handshake being dropped before it can finish.
+HANDSHAKE_EVICT_AFTER = 2.0
 # The request headers agents and browsers send: a browser's WebSocket handshake has about
 # 15 headers, a proxy adds a few; one long line is a Cookie header.
 MAX_HEADERS = 32
@@ -246,28 +250,32 @@ class Connections:
         self.handshakes_total = handshakes_total
         self.handshakes_per_address = handshakes_per_address
         self.exempt = exempt
-        self.handshaking: dict[Hashable, str] = {}  # connection -> address key, oldest first
+        # connection -> (address key, when it started), oldest first
+        self.handshaking: dict[Hashable, tuple[str, float]] = {}
         self.handshakes: collections.Counter[str] = collections.Counter()
         self.viewers: collections.Counter[str] = collections.Counter()
 
-    def start_handshake(self, connection: Hashable, peer: str) -> tuple[str, Hashable | None]:
+    def start_handshake(self, connection: Hashable, peer: str,
+                        now: float) -> tuple[str, Hashable | None]:
         """Count a new connection's handshake: (a reason to refuse it, or "";
         the oldest handshake to drop for it when all places are taken, or None)."""
         key = address_key(peer)
         if peer not in self.exempt and self.handshakes[key] >= self.handshakes_per_address:
             return f"{self.handshakes_per_address} handshakes in progress from this address", None
-        oldest = next(iter(self.handshaking)) if len(self.handshaking) >= self.handshakes_total \
-            else None
-        if oldest is not None:
+        oldest = None
+        if len(self.handshaking) >= self.handshakes_total:
+            oldest = next(iter(self.handshaking))
+            if now - self.handshaking[oldest][1] < HANDSHAKE_EVICT_AFTER:
+                return f"{self.handshakes_total} handshakes in progress", None
             self.end_handshake(oldest)
-        self.handshaking[connection] = key
+        self.handshaking[connection] = (key, now)
         self.handshakes[key] += 1
         return "", oldest
 
     def end_handshake(self, connection: Hashable) -> None:
-        key = self.handshaking.pop(connection, None)
-        if key is not None:
-            release(self.handshakes, key)
+        started = self.handshaking.pop(connection, None)
+        if started is not None:
+            release(self.handshakes, started[0])
 
     def add_viewer(self, address: str) -> str:
         """Count a viewer; a reason to refuse it, or ""."""

@@ -178,15 +178,26 @@ def test_request_headers_are_limited_to_what_clients_send(make_dashboard: Any) -
 
 def test_past_the_total_the_oldest_handshake_makes_room() -> None:
     connections = Connections(handshakes_total=3, handshakes_per_address=2)
-    assert connections.start_handshake("slow-1", "192.0.2.1") == ("", None)
-    assert connections.start_handshake("slow-2", "192.0.2.1") == ("", None)
-    refusal, _ = connections.start_handshake("slow-3", "192.0.2.1")
+    assert connections.start_handshake("slow-1", "192.0.2.1", 0.0) == ("", None)
+    assert connections.start_handshake("slow-2", "192.0.2.1", 0.0) == ("", None)
+    refusal, _ = connections.start_handshake("slow-3", "192.0.2.1", 0.0)
     assert refusal == "2 handshakes in progress from this address"
-    assert connections.start_handshake("agent-1", "198.51.100.1") == ("", None)
-    assert connections.start_handshake("agent-2", "198.51.100.2") == ("", "slow-1")
+    assert connections.start_handshake("agent-1", "198.51.100.1", 1.0) == ("", None)
+    assert connections.start_handshake("agent-2", "198.51.100.2", 5.0) == ("", "slow-1")
     connections.end_handshake("agent-1")
-    assert connections.start_handshake("slow-4", "192.0.2.1") == ("", None)  # slow-1 left
+    assert connections.start_handshake("slow-4", "192.0.2.1", 5.0) == ("", None)  # slow-1 left
     assert dict(connections.handshakes) == {"192.0.2.1": 2, "198.51.100.2": 1}
+
+
+def test_a_reconnecting_fleet_is_told_to_retry_not_dropped_halfway() -> None:
+    """All places taken by handshakes younger than 2 s (a fleet coming back at once): the
+    newcomer waits, instead of each one dropping another before it can finish."""
+    connections = Connections(handshakes_total=2, handshakes_per_address=2)
+    assert connections.start_handshake("agent-1", "198.51.100.1", 10.0) == ("", None)
+    assert connections.start_handshake("agent-2", "198.51.100.2", 10.5) == ("", None)
+    assert connections.start_handshake("agent-3", "198.51.100.3", 11.9) == (
+        "2 handshakes in progress", None)
+    assert connections.start_handshake("agent-3", "198.51.100.3", 12.0) == ("", "agent-1")
 
 
 # The dashboard in a process of its own (its signal handlers need a main thread that no
