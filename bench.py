@@ -43,6 +43,7 @@ import asyncio
 import collections
 import contextlib
 import json
+import math
 import os
 import random
 import re
@@ -408,10 +409,13 @@ def run_load(target_port: int, ids: list[str], viewers: int, duration: float,
     wall1 = time.monotonic()
     cpu = (cpu_seconds(target) - cpu0) / (wall1 - wall0)
     agents, *watchers = [json.loads(p.communicate(timeout=duration + 120)[0]) for p in procs]
+    # The whole seconds inside the window (a short smoke run may have none: then the run's).
+    first, last = math.ceil(wall0), math.floor(wall1)
     in_window = sum(n for second, n in agents["per_second"].items()
-                    if wall0 <= int(second) < int(wall1))
+                    if first <= int(second) < last)
+    rate = in_window / (last - first) if last > first else agents["sent"] / duration
     return {"cpu_cores": cpu, "peak_rss_mb": peak / 2**20, "sent": agents["sent"],
-            "reports_per_second": in_window / (int(wall1) - int(wall0)),
+            "reports_per_second": rate,
             "window": wall1 - wall0, **(watchers[0] if watchers else {}),
             "rss_per_agent_kib": (peak - idle_rss) / max(len(ids), 1) / 1024}
 
@@ -442,8 +446,9 @@ def bench_dashboard(agents: int, viewers: int, duration: float,
     latencies = sorted(load.get("latencies", []))
     viewer_bytes = load.get("viewer_bytes", [])
     reports_per_s = load["reports_per_second"]  # in the measured window
-    cpu_per_report = load["cpu_cores"] / reports_per_s
-    floor_per_report = floor_load["cpu_cores"] / floor_load["reports_per_second"]
+    cpu_per_report = load["cpu_cores"] / reports_per_s if reports_per_s else 0.0
+    floor_rate = floor_load["reports_per_second"]
+    floor_per_report = floor_load["cpu_cores"] / floor_rate if floor_rate else 0.0
     bytes_per_viewer = statistics.mean(viewer_bytes) / (duration + 2) if viewer_bytes else 0
     return {
         "agents": agents, "viewers": viewers, "duration": duration, "cores": os.cpu_count(),
