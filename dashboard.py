@@ -448,8 +448,8 @@ class Dashboard:
             self.evaluate_alerts(wall)
             if int(wall) % 60 == 0:
                 self.sessions.expire(self.hub.config.viewers.users, wall)
-            if FREEZE_SAFE or int(wall) % 60 == 0:
-                collect_garbage(thaw=int(wall) % THAW_SECONDS == 0)
+            if int(wall) % COLLECT_SECONDS == 0:
+                gc.collect()  # cycles that failed connections leave (tracebacks)
             if int(wall) % TRIM_SECONDS == 0:
                 give_back_memory()
 
@@ -591,12 +591,9 @@ def check_answer(error: str) -> str:
 # --- memory ----------------------------------------------------------------------------
 
 TRIM_SECONDS = 10
-THAW_SECONDS = 3600
-# The collector's own full collections: only ours (collect_garbage).
-GC_THRESHOLDS = (700, 10, 1_000_000)
-# From 3.11 closing a connection leaves no reference cycle (tested), so what dies after
-# being frozen is freed all the same; before, websockets' keepalive left one per connection.
-FREEZE_SAFE = sys.version_info >= (3, 11)
+COLLECT_SECONDS = 60
+# (gc.freeze() every second took 10,000 agents' p99 from 1.2 s to 0.5 s, but what floods of
+# failing connections leave behind was frozen too: 680 MB in bench.py attack. Not used.)
 
 
 @functools.lru_cache(maxsize=1)
@@ -606,26 +603,6 @@ def malloc_trim() -> Any:
         return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
     except (OSError, AttributeError):
         return None
-
-
-def collect_garbage(thaw: bool = False) -> None:
-    """A full garbage collection, then everything that survived is frozen (gc.freeze):
-    out of the collector's sight from then on. Run every second (once a minute before
-    Python 3.11, where nothing is frozen).
-
-    At 10,000 agents the dashboard holds about a million tracked objects, nearly all of
-    them the agents' connections; each report replaces a few long-lived ones, so the
-    collector's own full collections came every 5 s and walked all of them, 1 s each.
-    Frozen, a collection walks only what is newer than a second: milliseconds. The
-    collections of the young generations run as usual, and free what cycles hold
-    (exceptions and their tracebacks from failed connections). Frozen objects are still
-    freed when their last reference goes; a cycle among them would be kept, so once an
-    hour (`thaw`) everything is unfrozen and collected again (1 s at 10,000 agents)."""
-    if thaw:
-        gc.unfreeze()
-    gc.collect()
-    if FREEZE_SAFE:
-        gc.freeze()
 
 
 def give_back_memory() -> None:
@@ -792,7 +769,6 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(message)s",
                         datefmt="%Y-%m-%d %H:%M:%S")
     logging.getLogger("websockets").setLevel(logging.CRITICAL)  # we log what matters
-    gc.set_threshold(*GC_THRESHOLDS)
     try:
         config, warnings = load_config(args.config)
     except ConfigError as exc:
