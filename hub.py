@@ -109,9 +109,6 @@ def extra_members(extras: dict[str, str], keys: Any = None) -> str:
     return "".join(f',"{key}":{extras[key]}' for key in (extras if keys is None else keys))
 
 
-def encode_view(view: dict[str, Any], extras: dict[str, str]) -> str:
-    return with_members(encode(view), extra_members(extras))
-
 
 def to_cut(backlogs: dict[Any, int], cap: int, budget: int) -> list[Any]:
     """Which viewers to cut: each over `cap`, then the largest until the rest fit `budget`.
@@ -161,7 +158,7 @@ class ServerState:
 
     def view_json(self) -> str:
         if not self.encoded:
-            self.encoded = encode_view(self.view(), self.extras)
+            self.encoded = with_members(encode(self.view()), extra_members(self.extras))
         return self.encoded
 
     def changed(self, view: bool = True) -> None:
