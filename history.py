@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from reports import VIEW_FIELDS
+from timings import offline_after
 
 log = logging.getLogger("sss.dashboard")
 
@@ -122,10 +123,13 @@ class Bucket:
 
 
 def online_seconds(wall: float, previous: float | None, interval: float) -> float:
-    """Seconds a report vouches for: its interval, or less if the last report was nearer."""
+    """Seconds a report vouches for: the time since the last report, if the hub counted the
+    server online all along (a late report on a busy box is not downtime), else its interval.
+    """
     if previous is None or wall <= previous:
         return interval
-    return min(interval, wall - previous)
+    gap = wall - previous
+    return gap if gap <= offline_after(interval) else interval
 
 
 # --- rows (pure) ---------------------------------------------------------------

@@ -69,7 +69,8 @@ def test_last_views_are_written_when_offline_at_a_stop_and_every_ten_minutes() -
 def test_online_seconds_never_exceed_what_a_report_vouches_for() -> None:
     assert history.online_seconds(T0 + 10, None, 5) == 5
     assert history.online_seconds(T0 + 10, T0 + 8, 5) == 2  # reports closer than the interval
-    assert history.online_seconds(T0 + 100, T0, 5) == 5  # after a gap: only its own interval
+    assert history.online_seconds(T0 + 13, T0 + 6, 5) == 7  # late, but online all along
+    assert history.online_seconds(T0 + 100, T0, 5) == 5  # after an outage: only its own interval
     bucket = history.Bucket(T0)
     for _ in range(30):
         bucket.add(history.metric_values(report(1, interval=5)), 5, (None, None))
