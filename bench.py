@@ -504,35 +504,111 @@ def print_dashboard(results: list[dict[str, Any]]) -> None:
 
 async def reconnecting_agents(url: str, ids: list[str], duration: float,
                               interval: float) -> dict[str, Any]:
-    """Agents that reconnect the way agent.py does (agent.retry_delay), reporting meanwhile."""
+    """Agents that reconnect the way agent.py does (agent.retry_delay), reporting meanwhile.
+
+    They speak WebSocket with a few lines of their own (RawAgent): 10,000 websockets
+    clients in one process take longer to handshake than the dashboard does, and the
+    bench would time its own load generator.
+    """
     deadline = time.monotonic() + duration
     handshakes = 0
+    host, port = url.split("//")[1].split("/")[0].split(":")
 
     async def one(server_id: str, offset: float) -> None:
         nonlocal handshakes
         rng = random.Random(server_id)
-        template = json.dumps(fake_report(server_id, rng))
+        frame = RawAgent.text_frame(json.dumps(fake_report(server_id, rng)).encode())
         headers = {"X-SERVER-ID": server_id, "X-AUTH-SECRET": SECRET}
         await asyncio.sleep(offset)
         retry, delays, lost = 0, agent.backoff_delays(), False
         while time.monotonic() < deadline:
+            raw = RawAgent()
             try:
                 handshakes += 1
-                async with connect(url, additional_headers=headers, open_timeout=30,
-                                   ping_interval=None, compression=None,
-                                   local_addr=(fleet_address(server_id), 0)) as ws:
-                    retry, delays, lost = 0, agent.backoff_delays(), True
-                    while time.monotonic() < deadline:
-                        await ws.send(template)
-                        await asyncio.sleep(interval)
-            except Exception:  # refused, reset, timed out: retry as agent.py would
-                pass
+                await raw.connect(host, int(port), "/ws-report", headers,
+                                  fleet_address(server_id))
+                retry, delays, lost = 0, agent.backoff_delays(), True
+                while time.monotonic() < deadline and raw.open:
+                    raw.send(frame)
+                    await asyncio.sleep(interval)
+            except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError):
+                pass  # refused, reset, timed out: retry as agent.py would
+            finally:
+                raw.close()
             retry += 1
             await asyncio.sleep(agent.retry_delay(retry, lost, next(delays), rng))
 
     await asyncio.gather(*(one(sid, i * interval / len(ids)) for i, sid in enumerate(ids)),
                          return_exceptions=True)
     return {"handshakes": handshakes}
+
+
+class RawAgent:
+    """The client side of RFC 6455, as little as a load generator needs: the upgrade, text
+    frames out (masked, as clients must), pings answered, everything else read and dropped."""
+
+    def __init__(self) -> None:
+        self.writer: asyncio.StreamWriter | None = None
+        self.reading: asyncio.Task[None] | None = None
+
+    @property
+    def open(self) -> bool:
+        return self.reading is not None and not self.reading.done()
+
+    async def connect(self, host: str, port: int, path: str, headers: dict[str, str],
+                      source: str, timeout: float = 30) -> None:
+        reader, self.writer = await asyncio.wait_for(
+            asyncio.open_connection(host, port, local_addr=(source, 0)), timeout)
+        lines = [f"GET {path} HTTP/1.1", f"Host: {host}:{port}", "Upgrade: websocket",
+                 "Connection: Upgrade", "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+                 "Sec-WebSocket-Version: 13", *(f"{k}: {v}" for k, v in headers.items())]
+        self.writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout)
+        if not head.startswith(b"HTTP/1.1 101"):
+            raise ConnectionRefusedError(head.split(b"\r\n", 1)[0].decode(errors="replace"))
+        self.reading = asyncio.ensure_future(self.read(reader))
+
+    async def read(self, reader: asyncio.StreamReader) -> None:
+        """Server frames are never masked; answer pings, stop at a close frame."""
+        with contextlib.suppress(OSError, asyncio.IncompleteReadError):
+            while True:
+                first, length = await reader.readexactly(2)
+                if length == 126:
+                    length = int.from_bytes(await reader.readexactly(2), "big")
+                elif length == 127:
+                    length = int.from_bytes(await reader.readexactly(8), "big")
+                payload = await reader.readexactly(length)
+                opcode = first & 0x0F
+                if opcode == 0x8:
+                    return
+                if opcode == 0x9:
+                    self.send(self.frame(0xA, payload))
+
+    @staticmethod
+    def frame(opcode: int, payload: bytes) -> bytes:
+        """A final, masked frame; the mask is zeros (valid, and the payload stays as is)."""
+        size = len(payload)
+        if size < 126:
+            length = bytes([0x80 | size])
+        elif size < 65536:
+            length = bytes([0x80 | 126]) + size.to_bytes(2, "big")
+        else:
+            length = bytes([0x80 | 127]) + size.to_bytes(8, "big")
+        return bytes([0x80 | opcode]) + length + b"\0\0\0\0" + payload
+
+    @classmethod
+    def text_frame(cls, payload: bytes) -> bytes:
+        return cls.frame(0x1, payload)
+
+    def send(self, frame: bytes) -> None:
+        if self.writer is not None and not self.writer.is_closing():
+            self.writer.write(frame)
+
+    def close(self) -> None:
+        if self.reading is not None:
+            self.reading.cancel()
+        if self.writer is not None:
+            self.writer.transport.abort()
 
 
 def agents_connected(port: int) -> int:

@@ -94,60 +94,94 @@ Check = Callable[[Any], Any]
 
 
 def compile_schema(spec: Any, path: str) -> Check:
-    """Turn the schema into nested checkers, once: validating is the dashboard's hot path.
+    """Turn the schema into one Python function, once: validating is the dashboard's hot
+    path, and straight-line code with no call per field runs in half the time of a
+    checker per field. (The way dataclasses and namedtuple build their methods.)
 
-    Each checker returns its value cleaned (unknown keys and nulls dropped) or raises
+    The function returns its value cleaned (unknown keys and nulls dropped) or raises
     ReportError naming the field.
+
+    >>> print(schema_source({"n": PERCENT}, "report"))  # doctest: +NORMALIZE_WHITESPACE
+    def check(v0):
+        if type(v0) is not dict:
+            raise ReportError('wrong_type', 'report must be an object')
+        c0 = {}
+        v1 = v0.get('n')
+        if v1 is not None:
+            if not ((k := type(v1)) is float or k is int) or not 0 <= v1 <= 100.01:
+                raise number_error(v1, 'report.n', 100.01)
+            if v1 > 100:
+                v1 = 100
+            c0['n'] = v1
+        return c0
     """
-    if isinstance(spec, dict):
-        fields = tuple((key, compile_schema(sub, f"{path}.{key}")) for key, sub in spec.items())
+    namespace = {"ReportError": ReportError, "number_error": number_error,
+                 "intern": sys.intern}
+    exec(schema_source(spec, path), namespace)  # our own schema's source, no input in it
+    return namespace["check"]
 
-        def check_object(value: Any) -> dict[str, Any]:
-            if type(value) is not dict:
-                raise ReportError("wrong_type", f"{path} must be an object")
-            clean = {}
-            for key, check in fields:
-                item = value.get(key)
-                if item is not None:
-                    clean[key] = check(item)
+
+def schema_source(spec: Any, path: str) -> str:
+    """The source of compile_schema's function."""
+    lines = ["def check(v0):"]
+    names = iter(range(1, 1 << 16))
+
+    def emit(depth: int, line: str) -> None:
+        lines.append("    " * depth + line)
+
+    def value(spec: Any, var: str, path: str, depth: int) -> str:
+        """Lines checking `var` against `spec`; returns the name holding the clean value."""
+        if isinstance(spec, dict):
+            clean = f"c{var[1:]}"
+            emit(depth, f"if type({var}) is not dict:")
+            emit(depth + 1, f"raise ReportError('wrong_type', {path + ' must be an object'!r})")
+            emit(depth, f"{clean} = {{}}")
+            for key, sub in spec.items():
+                item = f"v{next(names)}"
+                emit(depth, f"{item} = {var}.get({key!r})")
+                emit(depth, f"if {item} is not None:")
+                checked = value(sub, item, f"{path}.{key}", depth + 1)
+                emit(depth + 1, f"{clean}[{key!r}] = {checked}")
             return clean
-        return check_object
-    if isinstance(spec, list):
-        check_item = compile_schema(spec[0], f"{path}[]")
-        max_items = spec[1] if len(spec) > 1 else MAX_ITEMS
-
-        def check_list(value: Any) -> list[Any]:
-            if type(value) is not list:
-                raise ReportError("wrong_type", f"{path} must be a list")
-            if len(value) > max_items:
-                raise ReportError("too_many_items", f"{path} has {len(value)} items, "
-                                                    f"max {max_items}")
-            return [check_item(item) for item in value]
-        return check_list
-    if spec in (STR, NAME):
-        longest = MAX_NAME if spec == NAME else MAX_STRING
-
-        def check_string(value: Any) -> str:
-            if type(value) is not str:
-                raise ReportError("wrong_type", f"{path} must be a string")
-            if len(value) > longest:
-                raise ReportError("string_too_long", f"{path} is over {longest} characters")
+        if isinstance(spec, list):
+            most = spec[1] if len(spec) > 1 else MAX_ITEMS
+            clean, item = f"c{var[1:]}", f"v{next(names)}"
+            emit(depth, f"if type({var}) is not list:")
+            emit(depth + 1, f"raise ReportError('wrong_type', {path + ' must be a list'!r})")
+            emit(depth, f"if len({var}) > {most}:")
+            emit(depth + 1, f"raise ReportError('too_many_items', f'{path} has {{len({var})}} "
+                            f"items, max {most}')")
+            emit(depth, f"{clean} = []")
+            emit(depth, f"for {item} in {var}:")
+            emit(depth + 1, f"{clean}.append({value(spec[0], item, f'{path}[]', depth + 1)})")
+            return clean
+        if spec in (STR, NAME):
+            longest = MAX_NAME if spec == NAME else MAX_STRING
+            emit(depth, f"if type({var}) is not str:")
+            emit(depth + 1, f"raise ReportError('wrong_type', {path + ' must be a string'!r})")
+            emit(depth, f"if len({var}) > {longest}:")
+            emit(depth + 1, f"raise ReportError('string_too_long', "
+                            f"{f'{path} is over {longest} characters'!r})")
             # A fleet's kernels, platforms and mount points are a few values: one copy of
             # each for 10,000 records.
-            return sys.intern(value)
-        return check_string
-    limits = {BYTES: MAX_BYTES_VALUE, PERCENT: 100 + PERCENT_SLACK, INTERVAL: MAX_REPORT_INTERVAL,
-              RATIO: 1.0, MILLISECONDS: MAX_RTT_MS}
-    limit = limits.get(spec, 1e15)
-    low = math.ulp(0) if spec == INTERVAL else 0  # an interval of 0 is no interval
-
-    def check_number(value: Any) -> float:
-        kind = type(value)
+            return f"intern({var})"
+        limit = NUMBER_LIMITS.get(spec, 1e15)
+        low = math.ulp(0) if spec == INTERVAL else 0  # an interval of 0 is no interval
         # One chained comparison passes every good number; NaN and inf fail it too.
-        if (kind is float or kind is int) and low <= value <= limit:
-            return min(value, 100) if spec == PERCENT else value
-        raise number_error(value, path, limit)
-    return check_number
+        emit(depth, f"if not ((k := type({var})) is float or k is int) "
+                    f"or not {low!r} <= {var} <= {limit!r}:")
+        emit(depth + 1, f"raise number_error({var}, {path!r}, {limit!r})")
+        if spec == PERCENT:
+            emit(depth, f"if {var} > 100:")
+            emit(depth + 1, f"{var} = 100")
+        return var
+
+    emit(1, f"return {value(spec, 'v0', path, 1)}")
+    return "\n".join(lines)
+
+
+NUMBER_LIMITS = {BYTES: MAX_BYTES_VALUE, PERCENT: 100 + PERCENT_SLACK,
+                 INTERVAL: MAX_REPORT_INTERVAL, RATIO: 1.0, MILLISECONDS: MAX_RTT_MS}
 
 
 def number_error(value: Any, path: str, limit: float) -> ReportError:
