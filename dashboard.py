@@ -218,6 +218,7 @@ class Connection(ServerConnection):
             # handler ends. Nothing here needs that traceback.
             exc.__traceback__ = None
         self.headers_read()
+        self.site.closed += 1
         if self.viewer_from is not None:
             self.site.connections.remove_viewer(self.viewer_from)
             self.viewer_from = None
@@ -268,6 +269,7 @@ class Dashboard:
             self.hub.take_history(history.fields(list(self.hub.servers), now))
         self.hub.refresh_traffic(time.time())
         self.closing: set[asyncio.Future[None]] = set()  # kept referenced until done
+        self.collected = time.monotonic()  # the last full garbage collection
         # Bursts of dropped and of invalid reports, per agent (one table for all of them:
         # 10,000 connections do not each carry two).
         self.floods = Burst(FLOOD_DROPS, FLOOD_WINDOW)
@@ -448,8 +450,9 @@ class Dashboard:
             self.evaluate_alerts(wall)
             if int(wall) % 60 == 0:
                 self.sessions.expire(self.hub.config.viewers.users, wall)
-            if int(wall) % COLLECT_SECONDS == 0:
-                gc.collect()  # cycles that failed connections leave (tracebacks)
+            if full_collection_due(self.site.closed, now - self.collected):
+                gc.collect()
+                self.site.closed, self.collected = 0, now
             if int(wall) % TRIM_SECONDS == 0:
                 give_back_memory()
 
@@ -591,9 +594,35 @@ def check_answer(error: str) -> str:
 # --- memory ----------------------------------------------------------------------------
 
 TRIM_SECONDS = 10
-COLLECT_SECONDS = 60
-# (gc.freeze() every second took 10,000 agents' p99 from 1.2 s to 0.5 s, but what floods of
-# failing connections leave behind was frozen too: 680 MB in bench.py attack. Not used.)
+# Full garbage collections: Python's own run whenever the long-lived objects grew by a
+# quarter, every 5 s at 10,000 agents (a report's record lives 5 s, long enough to count),
+# and each walks a million objects for about a second while no report is read, to find
+# nothing: the records are freed by reference counting. Cycles come from connections
+# that close (a traceback, a transport), so the dashboard runs its own: after that many
+# closed connections, at most every few seconds, and every ten minutes regardless.
+COLLECT_AFTER_CLOSED = 1000
+COLLECT_AT_MOST_EVERY = 5.0
+COLLECT_SECONDS = 600.0
+
+
+def full_collection_due(closed: int, since: float) -> bool:
+    """Whether to run a full collection, `since` seconds after the last one.
+
+    >>> full_collection_due(closed=3, since=60), full_collection_due(closed=3, since=600)
+    (False, True)
+    >>> full_collection_due(closed=5000, since=1), full_collection_due(closed=5000, since=5)
+    (False, True)
+    """
+    return since >= COLLECT_AT_MOST_EVERY and (closed >= COLLECT_AFTER_CLOSED
+                                               or since >= COLLECT_SECONDS)
+
+
+def take_over_full_collections() -> None:
+    """Young collections stay Python's; full ones are full_collection_due's. (From 3.14
+    the collector is incremental, with no long pauses: left as it is.)"""
+    if sys.version_info < (3, 14):
+        young, middle, _ = gc.get_threshold()
+        gc.set_threshold(young, middle, 1 << 30)
 
 
 @functools.lru_cache(maxsize=1)
@@ -802,6 +831,7 @@ def main(argv: list[str] | None = None) -> int:
                       frozenset(args.trusted_proxy), args.max_viewers,
                       args.viewers_per_address, args.viewer_memory << 20)
     raise_file_limit(len(config.servers))
+    take_over_full_collections()
     data = args.data or args.config.resolve().parent
     history = None
     if not args.no_history:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import contextlib
 import hashlib
@@ -231,6 +232,20 @@ def test_offline_rule_follows_each_servers_interval() -> None:
     assert hub.tick(now=144.9)[0] == []
     assert hub.tick(now=145.1)[0] == ["slow-agent"]
     assert not hub.servers["slow-agent"].online and hub.dirty == {"go-agent", "slow-agent"}
+
+
+def test_full_collections_follow_closed_connections_not_the_heap() -> None:
+    due = dashboard.full_collection_due
+    assert not due(closed=0, since=dashboard.COLLECT_SECONDS - 1)  # a calm fleet: rarely
+    assert due(closed=0, since=dashboard.COLLECT_SECONDS)
+    assert due(closed=dashboard.COLLECT_AFTER_CLOSED, since=dashboard.COLLECT_AT_MOST_EVERY)
+    assert not due(closed=10**6, since=dashboard.COLLECT_AT_MOST_EVERY / 2)  # a flood: bounded
+    script = ("import dashboard, gc; dashboard.take_over_full_collections(); "
+              "print(gc.get_threshold())")
+    shown = subprocess.run([sys.executable, "-c", script], cwd=Path(dashboard.__file__).parent,
+                           capture_output=True, text=True, check=True).stdout
+    young, middle, full = ast.literal_eval(shown)
+    assert (young, middle) == (700, 10) and (full > 10**6 or sys.version_info >= (3, 14))
 
 
 def test_silent_connections_close_after_the_derived_limit() -> None:

@@ -130,6 +130,7 @@ class Site:
     quiet: LogLimiter = dataclasses.field(default_factory=LogLimiter)
     # Connections refused before the upgrade, by reason (/metrics: sss_refused_total).
     refused: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)
+    closed: int = 0  # connections closed since the last full garbage collection
 
     @classmethod
     def create(cls, hub: Hub, files: Files, options: Options,
