@@ -121,6 +121,7 @@ LISTEN_BACKLOG = 1024  # a fleet reconnecting at once: asyncio's default of 100 
 LOGIN_TIMEOUT = 10.0  # a sign-in socket that says nothing is closed
 REFUSED_LINGER = 1.0  # a refused client gets this long to read the answer
 TLS_HANDSHAKE_TIMEOUT = 10.0  # asyncio's default of 60 s lets idle sockets pile up
+HANDSHAKE_TIMEOUT = 10.0  # a request (and the upgrade) has this long to finish
 # Checked against for unknown user names, so they take as long as known ones.
 DUMMY_HASH = ("scrypt$16384$8$1$AAAAAAAAAAAAAAAAAAAAAA==$"
               "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=")
@@ -211,25 +212,28 @@ class Connection(ServerConnection):
             self.site.connections.end_handshake(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if exc is not None:
-            # A write that failed (the peer reset) raised inside broadcast(): the traceback
-            # holds its frames, and with them the encoded message and its frame (a whole
-            # snapshot, twice) for as long as websockets keeps the exception, until the
-            # handler ends. Nothing here needs that traceback.
-            exc.__traceback__ = None
+        # A write that failed (the peer reset) raised inside broadcast(): the traceback
+        # holds its frames, and with them the encoded message and its frame (a whole
+        # snapshot, twice) for as long as websockets keeps the exception, until the
+        # handler ends. Nothing here needs that traceback.
+        drop_tracebacks(exc)
         self.headers_read()
         self.site.closed += 1
         if self.viewer_from is not None:
             self.site.connections.remove_viewer(self.viewer_from)
             self.viewer_from = None
-        if not self.started:
-            return  # refused before websockets knew of it
-        super().connection_lost(exc)
+        if self.started:  # else refused before websockets knew of it
+            super().connection_lost(exc)
         # Before Python 3.12 the transport keeps a bound method of itself (_read_ready_cb),
         # a cycle that only a full collection frees: under reconnect churn memory grows.
-        # 3.12 clears it on close (CPython gh-100348); do the same on older ones.
+        # 3.12 clears it on close (CPython gh-100348); do the same.
         if getattr(self.transport, "_read_ready_cb", None) is not None:
             self.transport._read_ready_cb = None  # type: ignore[attr-defined]
+        # websockets keeps why a handshake failed (a request cut short: its cause's
+        # traceback holds the parser's frames, which hold the protocol): a cycle, with
+        # the request's bytes, that only a full collection would free. Not needed now.
+        drop_tracebacks(self.protocol.handshake_exc)
+        drop_tracebacks(self.protocol.parser_exc)
 
     def refuse(self, status: HTTPStatus, text: str, headers: dict[str, str]) -> None:
         """Answer before websockets has read a request, and hang up: our side at once,
@@ -605,6 +609,16 @@ COLLECT_AT_MOST_EVERY = 5.0
 COLLECT_SECONDS = 600.0
 
 
+def drop_tracebacks(exc: BaseException | None) -> None:
+    """Forget where an exception and its causes were raised: their frames hold whoever
+    raised them, and the exception is often held by that same object (a cycle)."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:  # a chain may loop back
+        seen.add(id(exc))
+        exc.__traceback__ = None
+        exc = exc.__cause__ or exc.__context__
+
+
 def full_collection_due(closed: int, since: float) -> bool:
     """Whether to run a full collection, `since` seconds after the last one.
 
@@ -709,7 +723,7 @@ async def run(config: Config, config_path: Path, options: Options,
     async with serve(dashboard.handler, config.host, config.port,
                      process_request=dashboard.process_request, max_size=MAX_FRAME_BYTES,
                      create_connection=functools.partial(Connection, site=dashboard.site),
-                     backlog=LISTEN_BACKLOG,
+                     backlog=LISTEN_BACKLOG, open_timeout=HANDSHAKE_TIMEOUT,
                      ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT if tls else None,
                      server_header=f"sss-dashboard/{__version__}", compression=None, ssl=tls,
                      extensions=[VIEWER_COMPRESSION] if options.viewer_compression else None,

@@ -450,8 +450,7 @@ class Hub:
         for ws, sees_hidden in joining.items():
             self.broadcast([ws], self.snapshot(wall, sees_hidden))
             self.viewers[ws] = sees_hidden
-        if joining:
-            self.cut_backlogs()
+            self.cut_backlogs()  # one at a time: a crowd of joiners never all queue at once
 
     def resend_snapshots(self) -> None:
         """After a reload: everyone gets a fresh snapshot of what they may see."""

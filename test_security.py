@@ -203,17 +203,25 @@ def test_a_reconnecting_fleet_is_told_to_retry_not_dropped_halfway() -> None:
 # The dashboard in a process of its own (its signal handlers need a main thread that no
 # other test's event loop runs in), and the garbage collector asked what churn left.
 CHURN_PROGRAM = """
-import asyncio, dataclasses, gc, json, os, signal, sys, threading
+import asyncio, dataclasses, gc, json, os, resource, signal, socket, sys, threading
 from pathlib import Path
 from websockets.sync.client import connect
-import dashboard
+import dashboard, limits
 from config import load_config
 from conftest import SECRET, go_report
 from web import Options
 config_path, port = Path(sys.argv[1]), int(sys.argv[2])
 config, _ = load_config(config_path)
 config = dataclasses.replace(config, host="127.0.0.1", port=port)
+dashboard.HANDSHAKE_TIMEOUT = 1.0  # unfinished requests time out within the test
 left = []
+_, hard = resource.getrlimit(resource.RLIMIT_NOFILE)  # both ends of 520 sockets live here
+resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 4096), hard))
+
+def unfinished_request(source):
+    sock = socket.create_connection(("127.0.0.1", port), source_address=(source, 0))
+    sock.sendall(b"GET / HTTP/1.1\\r\\n")
+    return sock
 
 def churn():
     url = f"ws://127.0.0.1:{port}"
@@ -228,11 +236,21 @@ def churn():
                     agent.send(json.dumps(go_report()))
             with connect(f"{url}/ws-frontend") as viewer:
                 viewer.recv(timeout=5)
+        # A handshake flood: every place taken, then newcomers. The dashboard drops the
+        # oldest, refuses the rest before websockets starts, and times out what is left.
+        held = [unfinished_request(f"127.0.3.{n // 16 + 1}")
+                for n in range(limits.HANDSHAKES_TOTAL)]
+        threading.Event().wait(limits.HANDSHAKE_EVICT_AFTER + 0.5)
+        held += [unfinished_request("127.0.4.1") for _ in range(3)]  # each drops the oldest
+        held += [unfinished_request("127.0.3.2") for _ in range(3)]  # refused: over 16 there
+        threading.Event().wait(dashboard.HANDSHAKE_TIMEOUT + 0.5)  # the rest time out
+        for sock in held:
+            sock.close()
         threading.Event().wait(0.5)  # the dashboard sees every close
         gc.set_debug(gc.DEBUG_SAVEALL)
         gc.collect()
         left.extend(type(o).__name__ for o in gc.garbage
-                    if type(o).__module__.startswith(("asyncio", "dashboard")))
+                    if type(o).__module__.startswith(("asyncio", "dashboard", "websockets")))
     finally:
         os.kill(os.getpid(), signal.SIGINT)  # the dashboard's own handler stops it
 
@@ -251,8 +269,8 @@ print(json.dumps(left))
     "that holds the task (websockets' keepalive): a cycle in the interpreter that the "
     "dashboard's collection once a minute frees"))
 def test_closed_connections_are_freed_without_a_collection(tmp_path: Path) -> None:
-    """Reconnect churn: every closed connection must be freed at once (refcounting), not
-    left in a cycle for the next full collection."""
+    """Reconnect churn and a handshake flood: every closed connection must be freed at
+    once (refcounting), not left in a cycle for the next full collection."""
     config_path = tmp_path / "servers.json"
     config_path.write_text(json.dumps({"servers": [server_entry(f"agent{i}") for i in range(5)]}))
     result = subprocess.run([sys.executable, "-c", CHURN_PROGRAM, str(config_path),
