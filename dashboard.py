@@ -639,22 +639,37 @@ def take_over_full_collections() -> None:
         gc.set_threshold(young, middle, 1 << 30)
 
 
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter (malloc.h)
+MMAP_THRESHOLD = 128 * 1024
+
+
 @functools.lru_cache(maxsize=1)
-def malloc_trim() -> Any:
-    """glibc's malloc_trim, or None (musl, macOS)."""
+def glibc() -> Any:
+    """glibc, or None (musl, macOS)."""
     try:
-        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
-    except (OSError, AttributeError):
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return libc if hasattr(libc, "malloc_trim") and hasattr(libc, "mallopt") else None
+    except OSError:
         return None
+
+
+def map_large_blocks() -> None:
+    """Blocks of 128 KiB and more (a snapshot queued for one viewer, its frame) come from
+    the system and go straight back when freed. glibc raises that threshold to the size
+    of every such block freed, so that after the first few snapshots they are carved
+    from the heap, where a flood of viewers leaves holes that RSS keeps."""
+    libc = glibc()
+    if libc is not None:
+        libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
 
 
 def give_back_memory() -> None:
     """Return freed heap pages to the system. Connections come and go in bursts (a viewer
     flood, a reconnect storm); glibc keeps what they freed, in holes between live
     blocks, and RSS stays at the burst's peak. Trimming takes a few milliseconds."""
-    trim = malloc_trim()
-    if trim is not None:
-        trim(0)
+    libc = glibc()
+    if libc is not None:
+        libc.malloc_trim(0)
 
 
 # --- open files ------------------------------------------------------------------------
@@ -846,6 +861,7 @@ def main(argv: list[str] | None = None) -> int:
                       args.viewers_per_address, args.viewer_memory << 20)
     raise_file_limit(len(config.servers))
     take_over_full_collections()
+    map_large_blocks()
     data = args.data or args.config.resolve().parent
     history = None
     if not args.no_history:
