@@ -17,20 +17,20 @@ Real runs on this project's 2-core test machine (2026-11-27):
     $ python3 bench.py dashboard --agents 10000 --interval 5 --viewers 20 --duration 60
     dashboard bench: 20 viewers, history on, reports every 5 s, 60 s per run, 2 cores (...)
     agents reports/s CPU cores ms/report floor ms ratio peak RSS MB  p50 ms  p99 ms ...
-     10000      1607      0.70     0.437    0.142  3.07       546.0     464    5082 ...
+     10000      2016      0.67     0.333    0.143  2.33       265.2     179     405 ...
 
     $ python3 bench.py history
     history bench: 2000 servers, 60 s resolution
-      fold per report            6.89 µs  (validating it: 60.85 µs)
-      one step, 2000 servers: 212.2 ms the first of an hour, 157.0 ms the others, ...
+      fold per report            4.55 µs  (validating it: 30.58 µs)
+      one step, 2000 servers: 297.1 ms the first of an hour, 248.2 ms the others, ...
 
     $ python3 bench.py restart --agents 10000 --down 5
-    restart bench: 10000 agents, dashboard down 5 s: all back 20.0 s after it restarted; ...
+    restart bench: 10000 agents, dashboard down 5 s: all back 23.2 s after it restarted; ...
 
     $ python3 bench.py attack --duration 60
     attack bench: 500 agents reporting every 5 s, one viewer watching; four attacks at once ...
-      dashboard RSS: 46.8 MB before, peak 179.0 MB, 71.2 MB after
-      servers online: at least 500 of 500; the viewer's longest wait between updates: 0.78 s
+      dashboard RSS: 42.7 MB before, peak 146.9 MB, 82.6 MB after
+      servers online: at least 500 of 500; the viewer's longest wait between updates: 1.36 s
 
 Everything runs on 127.0.0.1: a real dashboard.py process, real agent.py or
 load-generator processes holding real WebSocket connections, and Debian's Chromium.
