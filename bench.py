@@ -375,9 +375,10 @@ async def floor_server() -> None:
     async def receive(ws: Any) -> None:
         async for _ in ws:
             pass
-    # The same transport settings as the dashboard's agent channel (no compression).
+    # The same transport settings as the dashboard's agent channel (no compression, no
+    # pings from this side).
     async with serve(receive, "127.0.0.1", 0, max_size=64 * 1024, compression=None,
-                     backlog=1024) as server:
+                     backlog=1024, ping_interval=None) as server:
         print(f"listening on http://127.0.0.1:{server.sockets[0].getsockname()[1]}",
               file=sys.stderr, flush=True)
         await asyncio.Future()
@@ -550,6 +551,7 @@ class RawAgent:
     def __init__(self) -> None:
         self.writer: asyncio.StreamWriter | None = None
         self.reading: asyncio.Task[None] | None = None
+        self.pings = 0
 
     @property
     def open(self) -> bool:
@@ -582,6 +584,7 @@ class RawAgent:
                 if opcode == 0x8:
                     return
                 if opcode == 0x9:
+                    self.pings += 1
                     self.send(self.frame(0xA, payload))
 
     @staticmethod

@@ -122,6 +122,7 @@ LOGIN_TIMEOUT = 10.0  # a sign-in socket that says nothing is closed
 REFUSED_LINGER = 1.0  # a refused client gets this long to read the answer
 TLS_HANDSHAKE_TIMEOUT = 10.0  # asyncio's default of 60 s lets idle sockets pile up
 HANDSHAKE_TIMEOUT = 10.0  # a request (and the upgrade) has this long to finish
+PING_INTERVAL = 20.0  # viewers only (Connection.start_keepalive); websockets' default
 # Checked against for unknown user names, so they take as long as known ones.
 DUMMY_HASH = ("scrypt$16384$8$1$AAAAAAAAAAAAAAAAAAAAAA==$"
               "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=")
@@ -204,6 +205,13 @@ class Connection(ServerConnection):
                             {"Allow": "GET, HEAD"})
                 return
         super().data_received(data)
+
+    def start_keepalive(self) -> None:
+        """Viewers are pinged (browsers send nothing else); agents are not. An agent's
+        reports are its heartbeat (a silent connection is closed, timings.py) and it pings
+        the dashboard itself; pinging 10,000 agents would be 500 pings a second."""
+        if self.agent is None:
+            super().start_keepalive()
 
     def headers_read(self) -> None:
         """The request is complete: it no longer counts as a handshake in progress."""
@@ -739,6 +747,7 @@ async def run(config: Config, config_path: Path, options: Options,
                      process_request=dashboard.process_request, max_size=MAX_FRAME_BYTES,
                      create_connection=functools.partial(Connection, site=dashboard.site),
                      backlog=LISTEN_BACKLOG, open_timeout=HANDSHAKE_TIMEOUT,
+                     ping_interval=PING_INTERVAL,
                      ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT if tls else None,
                      server_header=f"sss-dashboard/{__version__}", compression=None, ssl=tls,
                      extensions=[VIEWER_COMPRESSION] if options.viewer_compression else None,

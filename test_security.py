@@ -281,6 +281,49 @@ def test_closed_connections_are_freed_without_a_collection(tmp_path: Path) -> No
     assert left == [], collections.Counter(left)
 
 
+PINGS_PROGRAM = """
+import asyncio, dataclasses, json, sys
+from pathlib import Path
+import bench, dashboard
+from config import load_config
+from conftest import SECRET
+from web import Options
+config_path, port = Path(sys.argv[1]), int(sys.argv[2])
+config, _ = load_config(config_path)
+config = dataclasses.replace(config, host="127.0.0.1", port=port)
+dashboard.PING_INTERVAL = 0.2
+
+async def pings_seen(path, headers):
+    raw = bench.RawAgent()
+    await raw.connect("127.0.0.1", port, path, headers, "127.0.0.1")
+    await asyncio.sleep(1.5)
+    raw.close()
+    return raw.pings
+
+async def main():
+    served = asyncio.ensure_future(dashboard.run(config, config_path, Options(), None,
+                                                 config_path.parent))
+    await asyncio.sleep(1)
+    agent = await pings_seen("/ws-report", {"X-SERVER-ID": "agent0", "X-AUTH-SECRET": SECRET})
+    viewer = await pings_seen("/ws-frontend", {})
+    print(json.dumps({"agent": agent, "viewer": viewer}))
+    served.cancel()
+asyncio.run(main())
+"""
+
+
+def test_viewers_are_pinged_agents_are_not(tmp_path: Path) -> None:
+    """An agent's reports are its heartbeat: at 10,000 agents, pings would be 500 a second."""
+    config_path = tmp_path / "servers.json"
+    config_path.write_text(json.dumps({"servers": [server_entry("agent0")]}))
+    result = subprocess.run([sys.executable, "-c", PINGS_PROGRAM, str(config_path),
+                             str(free_port())], cwd=dashboard.HERE, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    seen = json.loads(result.stdout.strip().splitlines()[-1])
+    assert seen["agent"] == 0 and seen["viewer"] >= 3, seen
+
+
 # --- lockouts and limits -------------------------------------------------------------
 
 
