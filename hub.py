@@ -22,7 +22,7 @@ from history import History
 from limits import VIEWER_BACKLOG_BYTES, VIEWER_MEMORY_BUDGET
 from reports import VIEW_FIELDS, ReportError
 from timings import COALESCE_SECONDS, DEFAULT_REPORT_INTERVAL, offline_after, silent_close_after
-from traffic import Traffic, days_left, zone
+from traffic import Traffic, days_left, traffic_json, zone
 
 if TYPE_CHECKING:
     from websockets.asyncio.server import ServerConnection
@@ -267,8 +267,7 @@ class Hub:
         assert self.traffic is not None
         if server.id not in self.traffic.meters and not server.traffic.limit:
             return ""
-        view = self.traffic.view(server.id, server.traffic, wall)
-        return encode(view)
+        return traffic_json(self.traffic.view(server.id, server.traffic, wall))
 
     def refresh_traffic(self, wall: float) -> None:
         """The period totals of servers that do not report: a new period starts even

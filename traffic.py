@@ -142,6 +142,22 @@ class Plan:
     count: str = "sum"
 
 
+def traffic_json(view: dict[str, Any]) -> str:
+    """A `traffic` field (Traffic.view) encoded; built at every report, so without the
+    JSON encoder, which takes three times as long.
+
+    >>> import json
+    >>> view = {"in": 5, "out": 7.5, "used": 12, "limit": None, "periodStart": 1, "periodEnd": 2}
+    >>> traffic_json(view) == json.dumps(view, separators=(",", ":"))
+    True
+    """
+    # Counts are finite ints or floats (reports.py refuses the rest): their str() is JSON.
+    limit = "null" if view["limit"] is None else view["limit"]
+    return (f'{{"in":{view["in"]},"out":{view["out"]},"used":{view["used"]},'
+            f'"limit":{limit},"periodStart":{view["periodStart"]},'
+            f'"periodEnd":{view["periodEnd"]}}}')
+
+
 class Traffic:
     """Every server's meter, saved in the data directory."""
 
