@@ -14,10 +14,10 @@ Real runs on this project's 2-core test machine (2026-11-27):
     agent RSS above the floor: 1.0 MB without psutil, 2.1 MB with it
     of which collect + build + encode (median, in-process, 1 Hz): 0.861 ms per sample
 
-    $ python3 bench.py dashboard --agents 10000 --interval 5 --viewers 20 --duration 60
-    dashboard bench: 20 viewers, history on, reports every 5 s, 60 s per run, 2 cores (...)
+    $ python3 bench.py dashboard --agents 10000 --interval 5 --viewers 20 --duration 90
+    dashboard bench: 20 viewers, history on, reports every 5 s, 90 s per run, 2 cores (...)
     agents reports/s CPU cores ms/report floor ms ratio peak RSS MB  p50 ms  p99 ms ...
-     10000      2016      0.67     0.333    0.143  2.33       265.2     179     405 ...
+     10000      2002      0.57     0.283    0.116  2.45       292.1     185     468 ...
 
     $ python3 bench.py history
     history bench: 2000 servers, 60 s resolution
