@@ -544,6 +544,14 @@ async def reconnecting_agents(url: str, ids: list[str], duration: float,
     return {"handshakes": handshakes}
 
 
+def upgrade_request(path: str, headers: dict[str, str] | None = None) -> bytes:
+    """A WebSocket handshake request, written out (for clients that are not websockets)."""
+    lines = [f"GET {path} HTTP/1.1", "Host: 127.0.0.1", "Upgrade: websocket",
+             "Connection: Upgrade", "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+             "Sec-WebSocket-Version: 13", *(f"{k}: {v}" for k, v in (headers or {}).items())]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
 class RawAgent:
     """The client side of RFC 6455, as little as a load generator needs: the upgrade, text
     frames out (masked, as clients must), pings answered, everything else read and dropped."""
@@ -561,10 +569,7 @@ class RawAgent:
                       source: str, timeout: float = 30) -> None:
         reader, self.writer = await asyncio.wait_for(
             asyncio.open_connection(host, port, local_addr=(source, 0)), timeout)
-        lines = [f"GET {path} HTTP/1.1", f"Host: {host}:{port}", "Upgrade: websocket",
-                 "Connection: Upgrade", "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
-                 "Sec-WebSocket-Version: 13", *(f"{k}: {v}" for k, v in headers.items())]
-        self.writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
+        self.writer.write(upgrade_request(path, headers))
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout)
         if not head.startswith(b"HTTP/1.1 101"):
             raise ConnectionRefusedError(head.split(b"\r\n", 1)[0].decode(errors="replace"))
@@ -877,9 +882,7 @@ async def attack(port: int, duration: float, flooder: str,
     authenticated agent flooding reports. Counts what each got done."""
     deadline = time.monotonic() + duration
     done = {"idle_viewers": 0, "slow_headers": 0, "guesses": 0, "flood_reports": 0}
-    upgrade = (b"GET /ws-frontend HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
-               b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-               b"Sec-WebSocket-Version: 13\r\n\r\n")
+    upgrade = upgrade_request("/ws-frontend")
     # Just under the limits (16 KiB of headers, 8 KiB a line), and never finished.
     slow = (b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Pad: " + b"p" * 8000 + b"\r\nX-Pad: "
             + b"p" * 7000 + b"\r\n")

@@ -237,9 +237,9 @@ class Connection(ServerConnection):
         # 3.12 clears it on close (CPython gh-100348); do the same.
         if getattr(self.transport, "_read_ready_cb", None) is not None:
             self.transport._read_ready_cb = None  # type: ignore[attr-defined]
-        # websockets keeps why a handshake failed (a request cut short: its cause's
-        # traceback holds the parser's frames, which hold the protocol): a cycle, with
-        # the request's bytes, that only a full collection would free. Not needed now.
+        # websockets keeps why a handshake or a frame failed (a request cut short: its
+        # cause's traceback holds the parser's frames, which hold the protocol): a cycle,
+        # with the request's bytes, that only a full collection would free. Not needed now.
         drop_tracebacks(self.protocol.handshake_exc)
         drop_tracebacks(self.protocol.parser_exc)
 

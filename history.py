@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from reports import VIEW_FIELDS
-from timings import offline_after
+from timings import DEFAULT_REPORT_INTERVAL, offline_after
 
 log = logging.getLogger("sss.dashboard")
 
@@ -563,8 +563,8 @@ class History:
         if bucket is None:
             bucket = buckets[sid] = Bucket(start)
         net = record.get("networkInfo", EMPTY)
-        bucket.add(metric_values(record),
-                   online_seconds(wall, self.last_wall.get(sid), record.get("reportInterval", 2.0)),
+        interval = record.get("reportInterval", DEFAULT_REPORT_INTERVAL)
+        bucket.add(metric_values(record), online_seconds(wall, self.last_wall.get(sid), interval),
                    (net.get("netInTransfer"), net.get("netOutTransfer")))
         probes = record.get("extraInfo", EMPTY).get("probes")
         if probes:

@@ -109,7 +109,6 @@ def extra_members(extras: dict[str, str], keys: Any = None) -> str:
     return "".join(f',"{key}":{extras[key]}' for key in (extras if keys is None else keys))
 
 
-
 def to_cut(backlogs: dict[Any, int], cap: int, budget: int) -> list[Any]:
     """Which viewers to cut: each over `cap`, then the largest until the rest fit `budget`.
 

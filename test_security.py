@@ -23,6 +23,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
 import dashboard
+from bench import upgrade_request
 from conftest import (
     SECRET,
     Dashboard,
@@ -36,8 +37,6 @@ from conftest import (
 )
 from limits import Connections
 
-WS_KEY = "dGhlIHNhbXBsZSBub25jZQ=="
-
 
 def raw(dash: Dashboard, data: bytes, source: str = "127.0.0.1", read: bool = True) -> bytes:
     """Send `data` on a fresh TCP connection from `source`; the whole answer (until close)."""
@@ -48,13 +47,6 @@ def raw(dash: Dashboard, data: bytes, source: str = "127.0.0.1", read: bool = Tr
         while read and (chunk := sock.recv(65536)):
             answer += chunk
         return answer
-
-
-def upgrade_request(path: str, *headers: str) -> bytes:
-    lines = [f"GET {path} HTTP/1.1", "Host: 127.0.0.1", "Upgrade: websocket",
-             "Connection: Upgrade", f"Sec-WebSocket-Key: {WS_KEY}", "Sec-WebSocket-Version: 13",
-             *headers]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode()
 
 
 def idle_viewer(dash: Dashboard, source: str) -> socket.socket:
