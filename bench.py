@@ -42,6 +42,7 @@ import argparse
 import asyncio
 import collections
 import contextlib
+import itertools
 import json
 import math
 import os
@@ -90,22 +91,46 @@ asyncio.run(main())
 # --- made-up but realistic reports ----------------------------------------------
 
 
-def fake_report(server_id: str, rng: random.Random, stamp: int = 0) -> dict[str, Any]:
-    """A realistic report, built by the agent's own message function from made-up samples."""
-    gib = 2**30
-    partitions = (agent.Partition("/dev/vda1", "/", "ext4", 40 * gib, 12 * gib, 26 * gib),
+def fake_report(server_id: str, rng: random.Random, stamp: int = 0,
+                tick: int = 0) -> dict[str, Any]:
+    """A realistic report, built by the agent's own message function from made-up samples.
+
+    What a real agent's reports change from one to the next comes from `rng` and `tick`
+    (the report's number): uptime, CPU, memory, load, sockets, processes, disk and network
+    speeds and totals, the root partition's use. Reports that differ only in one field
+    would flatter every step that looks at what changed (the dashboard's diff, the
+    viewers' traffic, the page's work per update)."""
+    gib, now = 2**30, time.time() + tick
+    partitions = (agent.Partition("/dev/vda1", "/", "ext4", 40 * gib,
+                                  12 * gib + rng.randrange(2**18) * 4096, 26 * gib),
                   agent.Partition("/dev/vdb", "/data", "ext4", 200 * gib, 90 * gib, 100 * gib))
+    memory_used = int(rng.uniform(0.2, 0.9) * 2 * gib)
     common: dict[str, Any] = dict(
-        wall=time.time(), memory=(2 * gib, int(rng.uniform(0.2, 0.9) * 2 * gib), 50.0),
-        swap=(gib, 0, gib, 0.0), partitions=partitions, load=(0.5, 0.4, 0.3),
-        boot_time=time.time() - 86400, tcp=40, udp=4, processes=120)
+        wall=now, memory=(2 * gib, memory_used, round(memory_used / (2 * gib) * 100, 1)),
+        swap=(gib, 0, gib, 0.0), partitions=partitions,
+        load=(round(rng.uniform(0, 2), 2), round(rng.uniform(0, 2), 2), 0.3),
+        boot_time=now - 86400 - tick, tcp=rng.randrange(30, 60), udp=4,
+        processes=rng.randrange(110, 130))
+    received = 10**9 + tick * 10**6
     before = agent.Sample(monotonic=0.0, cpu=(0.0, 0.0), disk_io=(0, 0),
-                          nic_bytes={"eth0": (10**9, 10**9)}, **common)
-    after = agent.Sample(monotonic=1.0, cpu=(rng.uniform(0, 100), 100.0), disk_io=(4096, 8192),
-                         nic_bytes={"eth0": (10**9 + rng.randrange(1, 10**6), 10**9)}, **common)
+                          nic_bytes={"eth0": (received, 10**9)}, **common)
+    after = agent.Sample(monotonic=1.0, cpu=(rng.uniform(0, 100), 100.0),
+                         disk_io=(rng.randrange(10**6), rng.randrange(10**6)),
+                         nic_bytes={"eth0": (received + rng.randrange(1, 10**6), 10**9)},
+                         **common)
     message = agent.build_message(server_id, FAKE_FACTS, before, after, 1.0)
     message["networkInfo"]["netOutTransfer"] = stamp
     return message
+
+
+REPORT_VARIANTS = 4  # an agent's reports cycle through this many, so each differs from the last
+
+
+def fake_reports(server_id: str, stamp: int = 0) -> list[str]:
+    """An agent's successive reports, encoded (see fake_report)."""
+    rng = random.Random(server_id)
+    return [json.dumps(fake_report(server_id, rng, stamp, tick))
+            for tick in range(REPORT_VARIANTS)]
 
 
 CONNECTS_PER_SECOND = 500  # per load process: how fast a fleet (re)connects
@@ -127,7 +152,7 @@ async def fake_agents(url: str, ids: list[str], secret: str, duration: float,
 
     async def one(server_id: str, connect_after: float, offset: float) -> None:
         nonlocal sent
-        template = json.dumps(fake_report(server_id, random.Random(server_id), STAMP))
+        templates = itertools.cycle(fake_reports(server_id, STAMP))
         headers = {"X-SERVER-ID": server_id, "X-AUTH-SECRET": secret}
         await asyncio.sleep(connect_after)
         # A listen queue or the dashboard's 512 places for handshakes in progress may
@@ -146,7 +171,7 @@ async def fake_agents(url: str, ids: list[str], secret: str, duration: float,
             next_at = time.monotonic()
             while next_at < deadline:
                 stamp = int(time.monotonic() * 1e6)
-                await ws.send(template.replace(str(STAMP), str(stamp), 1))
+                await ws.send(next(templates).replace(str(STAMP), str(stamp), 1))
                 sent += 1
                 if per_second is not None:
                     per_second[stamp // 1_000_000] += 1
@@ -518,7 +543,8 @@ async def reconnecting_agents(url: str, ids: list[str], duration: float,
     async def one(server_id: str, offset: float) -> None:
         nonlocal handshakes
         rng = random.Random(server_id)
-        frame = RawAgent.text_frame(json.dumps(fake_report(server_id, rng)).encode())
+        frames = itertools.cycle([RawAgent.text_frame(report.encode())
+                                  for report in fake_reports(server_id)])
         headers = {"X-SERVER-ID": server_id, "X-AUTH-SECRET": SECRET}
         await asyncio.sleep(offset)
         retry, delays, lost = 0, agent.backoff_delays(), False
@@ -530,7 +556,7 @@ async def reconnecting_agents(url: str, ids: list[str], duration: float,
                                   fleet_address(server_id))
                 retry, delays, lost = 0, agent.backoff_delays(), True
                 while time.monotonic() < deadline and raw.open:
-                    raw.send(frame)
+                    raw.send(next(frames))
                     await asyncio.sleep(interval)
             except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError):
                 pass  # refused, reset, timed out: retry as agent.py would
