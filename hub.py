@@ -137,6 +137,8 @@ class ServerState:
     config: ServerConfig
     record: dict[str, Any] | None = None
     last_report: int = 0  # Unix seconds, 0 = never
+    # The record's reportInterval, kept apart: the tick reads it for every server each second.
+    report_interval: float = DEFAULT_REPORT_INTERVAL
     last_report_mono: float = 0.0
     last_frame_mono: float = 0.0
     online: bool = False
@@ -148,9 +150,9 @@ class ServerState:
     encoded: str = ""  # the view now, as JSON; "" once it changed, until needed again
     view_changed: bool = False  # more than the extras changed since the last commit
 
-    @property
-    def report_interval(self) -> float:
-        return float((self.record or {}).get("reportInterval", DEFAULT_REPORT_INTERVAL))
+    def take_record(self, record: dict[str, Any], last_report: int) -> None:
+        self.record, self.last_report = record, last_report
+        self.report_interval = float(record.get("reportInterval", DEFAULT_REPORT_INTERVAL))
 
     def view(self) -> dict[str, Any]:
         return server_view(self.config, self.record, self.last_report, self.online)
@@ -246,8 +248,7 @@ class Hub:
 
     def accept_report(self, sid: str, record: dict[str, Any], now: float, wall: float) -> None:
         state = self.servers[sid]
-        state.record = record
-        state.last_report = int(wall)
+        state.take_record(record, int(wall))
         state.last_report_mono = now
         state.online = True
         if self.traffic is not None:
@@ -286,7 +287,7 @@ class Hub:
         for sid, (last_report, record) in latest.items():
             state = self.servers.get(sid)
             if state is not None and state.record is None:
-                state.record, state.last_report = record, last_report
+                state.take_record(record, last_report)
                 state.changed()
                 state.commit()
         self.snapshots.clear()

@@ -73,7 +73,7 @@ class ReportError(ValueError):
 def validate_report(frame: str | bytes) -> dict[str, Any]:
     """Parse one agent frame into a validated record holding only known fields."""
     try:
-        data = json.loads(frame, parse_constant=_reject_constant)
+        data = DECODER.decode(frame if type(frame) is str else frame.decode())
     except ReportError:
         raise
     except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
@@ -88,6 +88,10 @@ def validate_report(frame: str | bytes) -> dict[str, Any]:
 
 def _reject_constant(name: str) -> None:
     raise ReportError("not_finite", f"{name} is not a number")
+
+
+# One decoder for every report: json.loads with an argument builds a new one per call.
+DECODER = json.JSONDecoder(parse_constant=_reject_constant)
 
 
 Check = Callable[[Any], Any]
