@@ -101,8 +101,9 @@ def fake_report(server_id: str, rng: random.Random, stamp: int = 0,
     would flatter every step that looks at what changed (the dashboard's diff, the
     viewers' traffic, the page's work per update)."""
     gib, now = 2**30, time.time() + tick
-    partitions = (agent.Partition("/dev/vda1", "/", "ext4", 40 * gib,
-                                  12 * gib + rng.randrange(2**18) * 4096, 26 * gib),
+    root_used = 12 * gib + rng.randrange(2**18) * 4096
+    partitions = (agent.Partition("/dev/vda1", "/", "ext4", 40 * gib, root_used,
+                                  38 * gib - root_used),
                   agent.Partition("/dev/vdb", "/data", "ext4", 200 * gib, 90 * gib, 100 * gib))
     memory_used = int(rng.uniform(0.2, 0.9) * 2 * gib)
     common: dict[str, Any] = dict(

@@ -7,6 +7,7 @@ port 0 and talks to it over loopback with real HTTP and WebSocket frames.
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import os
 import re
@@ -295,10 +296,13 @@ def recv_json(ws: ClientConnection, timeout: float = 5) -> dict[str, Any]:
 
 def apply_change(servers: dict[str, dict[str, Any]], change: dict[str, Any]) -> dict[str, Any]:
     """PROTOCOL.md's rule for one update entry, as the page applies it."""
-    server = dict(servers[change["id"]])
+    server = copy.deepcopy(servers[change["id"]])  # messages seen before stay as they were
     for path, value in change["set"].items():
-        field, dot, member = path.partition(".")
-        server[field] = {**server[field], member: value} if dot else value
+        *parents, leaf = path.split(".")
+        target = server
+        for key in parents:
+            target = target[int(key) if type(target) is list else key]
+        target[int(leaf) if type(target) is list else leaf] = value
     for field in change.get("unset", []):
         del server[field]
     servers[change["id"]] = server

@@ -75,26 +75,38 @@ MISSING = object()
 
 def view_changes(sent: dict[str, Any], view: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
     """What turns the view viewers have (`sent`) into `view`: (members to set, fields to
-    unset). A field that is an object on both sides and kept all its members changes by
-    member ("cpuInfo.percent"), so a report costs viewers what changed in it, not the
-    whole server; any other change replaces the field.
+    unset). Objects that kept all their members, and lists that kept their length, change
+    by member ("cpuInfo.percent", "diskInfo.partitions.0.used"), so a report costs viewers
+    what changed in it, not the whole server; anything else is replaced whole.
 
         >>> view_changes({"online": True, "cpuInfo": {"percent": 5, "info": ["x"]}, "b": 1},
         ...              {"online": True, "cpuInfo": {"percent": 7, "info": ["x"]}})
         ({'cpuInfo.percent': 7}, ['b'])
+        >>> view_changes({"disk": {"parts": [{"used": 1}, {"used": 2}]}},
+        ...              {"disk": {"parts": [{"used": 1}, {"used": 3}]}})
+        ({'disk.parts.1.used': 3}, [])
     """
     changes: dict[str, Any] = {}
     for field, value in view.items():
         old = sent.get(field, MISSING)
-        if old is value or old == value:
-            continue
-        if type(value) is dict and type(old) is dict and old.keys() <= value.keys():
-            for member, item in value.items():
-                if old.get(member, MISSING) != item:
-                    changes[f"{field}.{member}"] = item
-        else:
-            changes[field] = value
+        if old is not value and old != value:
+            member_changes(field, old, value, changes)
     return changes, [field for field in sent if field not in view]
+
+
+def member_changes(path: str, old: Any, new: Any, changes: dict[str, Any]) -> None:
+    """Into `changes`: what turns `old` (which differs) into `new`, at `path`."""
+    if type(new) is dict and type(old) is dict and old.keys() <= new.keys():
+        for member, item in new.items():
+            before = old.get(member, MISSING)
+            if before is not item and before != item:
+                member_changes(f"{path}.{member}", before, item, changes)
+    elif type(new) is list and type(old) is list and len(old) == len(new):
+        for index, (before, item) in enumerate(zip(old, new)):
+            if before is not item and before != item:
+                member_changes(f"{path}.{index}", before, item, changes)
+    else:
+        changes[path] = new
 
 
 def with_members(encoded: str, members: str) -> str:

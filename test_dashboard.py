@@ -49,7 +49,7 @@ from conftest import (
     server_in,
     tls_dashboard,
 )
-from hub import Hub, server_view
+from hub import Hub, server_view, view_changes
 from limits import FailureLimiter
 from reports import MAX_FRAME_BYTES, ReportError, validate_report
 from timings import (
@@ -465,13 +465,18 @@ def test_updates_carry_what_changed_and_add_up_to_the_servers(make_dashboard: An
             recv_until(viewer, lambda m: cpu_of(m, "alpha") == 12.5)
             second = go_report(cpuInfo={**first["cpuInfo"], "percent": 80.0})
             del second["swapMemoryInfo"]
-            second["hostInfo"] = {**first["hostInfo"], "uptime": 86405}
+            second["hostInfo"] = {**first["hostInfo"], "uptime": 86405,
+                                  "avgStat": {**first["hostInfo"]["avgStat"], "load1": 2.5}}
+            root = first["diskInfo"]["partitions"][0]
+            second["diskInfo"] = {**first["diskInfo"], "partitions": [
+                {**root, "used": root["used"] + 4096}, *first["diskInfo"]["partitions"][1:]]}
             agent.send(json.dumps(second))
             update = recv_until(viewer, lambda m: cpu_of(m, "alpha") == 80.0)
             change = server_in({"servers": update["changes"]}, "alpha")
             assert change["unset"] == ["swapMemoryInfo"]
-            assert set(change["set"]) - {"lastReportTime"} == {"cpuInfo.percent",
-                                                               "hostInfo.uptime"}
+            assert set(change["set"]) - {"lastReportTime"} == {
+                "cpuInfo.percent", "hostInfo.uptime", "hostInfo.avgStat.load1",
+                "diskInfo.partitions.0.used"}  # down into objects and lists, by member
             assert change["set"]["hostInfo.uptime"] == 86405
             # A field whose members went away is replaced whole.
             third = dict(second, cpuInfo={"percent": 81.0})
@@ -974,6 +979,28 @@ def wait_until(page: Any, expression: str, timeout: float = 10) -> None:
         page.wait_for_timeout(100)
 
 
+def test_page_applies_updates_to_what_the_api_says(make_dashboard: Any, page_on: Any) -> None:
+    """Realistic reports, one after another: the page applies each update by member, down
+    into lists (a partition's use), and ends with exactly the server /api/servers gives."""
+    dash: Dashboard = make_dashboard()
+    page = page_on(dash)
+    card(page, "alpha").wait_for(state="attached")
+    with dash.agent("alpha") as agent:
+        for report in bench.fake_reports("alpha"):
+            agent.send(report)
+            percent = json.loads(report)["cpuInfo"]["percent"]
+            wait_until(page, f"(servers.get('alpha').data.cpuInfo || {{}}).percent === {percent}")
+        wait_until(page, "paths.has('diskInfo.partitions.0.used')")  # not sent whole
+        deadline = time.monotonic() + 10  # history's minute may add a field meanwhile
+        while True:
+            api = {server["id"]: server for server in dash.get_json("/api/servers")}
+            seen = json.loads(page.evaluate("JSON.stringify(servers.get('alpha').data)"))
+            if seen == api["alpha"] or time.monotonic() > deadline:
+                break
+            page.wait_for_timeout(200)
+        assert seen == api["alpha"]
+
+
 def test_page_detail_view_charts_history(make_dashboard: Any, make_agent: Any,
                                         page_on: Any) -> None:
     dash: Dashboard = make_dashboard(start=False).start("--history-resolution", "1")
@@ -1071,6 +1098,17 @@ def test_page_draws_only_cards_on_screen(make_dashboard: Any, page_on: Any) -> N
         assert last.locator(".sys").evaluate("n => n.textContent") == ""  # not drawn yet
         last.scroll_into_view_if_needed()
         last.locator(".sys", has_text="debian").wait_for(timeout=5_000)
+
+
+def test_bench_reports_change_what_a_real_agents_do() -> None:
+    """The benches' agents: each report valid, and the next one moves what a real agent's
+    next report moves (not one field, which would flatter every diff downstream)."""
+    records = [validate_report(frame) for frame in bench.fake_reports("web-1")]
+    for before, after in zip(records, records[1:]):
+        changes, unset = view_changes(before, after)
+        assert not unset and {"hostInfo.uptime", "hostInfo.avgStat.load1", "cpuInfo.percent",
+                              "virtualMemoryInfo.used", "networkInfo.netInTransfer",
+                              "diskInfo.partitions.0.used"} <= changes.keys()
 
 
 def test_page_memory_stays_flat_with_500_servers(make_dashboard: Any, page_on: Any) -> None:
