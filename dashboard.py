@@ -226,7 +226,8 @@ class Connection(ServerConnection):
         # handler ends. Nothing here needs that traceback.
         drop_tracebacks(exc)
         self.headers_read()
-        self.site.closed += 1
+        if self.started:  # refused before websockets started: nothing in a cycle (below)
+            self.site.closed += 1
         if self.viewer_from is not None:
             self.site.connections.remove_viewer(self.viewer_from)
             self.viewer_from = None
@@ -282,6 +283,7 @@ class Dashboard:
         self.hub.refresh_traffic(time.time())
         self.closing: set[asyncio.Future[None]] = set()  # kept referenced until done
         self.collected = time.monotonic()  # the last full garbage collection
+        self.collection_took = 0.0  # how long it took
         # Bursts of dropped and of invalid reports, per agent (one table for all of them:
         # 10,000 connections do not each carry two).
         self.floods = Burst(FLOOD_DROPS, FLOOD_WINDOW)
@@ -462,9 +464,12 @@ class Dashboard:
             self.evaluate_alerts(wall)
             if int(wall) % 60 == 0:
                 self.sessions.expire(self.hub.config.viewers.users, wall)
-            if full_collection_due(self.site.closed, now - self.collected):
+            if full_collection_due(self.site.closed, now - self.collected,
+                                   self.collection_took):
+                started = time.monotonic()
                 gc.collect()
                 self.site.closed, self.collected = 0, now
+                self.collection_took = time.monotonic() - started
             if int(wall) % TRIM_SECONDS == 0:
                 give_back_memory()
 
@@ -611,9 +616,12 @@ TRIM_SECONDS = 10
 # and each walks a million objects for about a second while no report is read, to find
 # nothing: the records are freed by reference counting. Cycles come from connections
 # that close (a traceback, a transport), so the dashboard runs its own: after that many
-# closed connections, at most every few seconds, and every ten minutes regardless.
+# closed connections, at most every few seconds and never for more than a share of the
+# time (a reconnecting fleet of 10,000 closes thousands while each collection takes
+# most of a second), and every ten minutes regardless.
 COLLECT_AFTER_CLOSED = 1000
 COLLECT_AT_MOST_EVERY = 5.0
+COLLECT_SHARE = 0.05
 COLLECT_SECONDS = 600.0
 
 
@@ -627,16 +635,20 @@ def drop_tracebacks(exc: BaseException | None) -> None:
         exc = exc.__cause__ or exc.__context__
 
 
-def full_collection_due(closed: int, since: float) -> bool:
-    """Whether to run a full collection, `since` seconds after the last one.
+def full_collection_due(closed: int, since: float, took: float = 0.0) -> bool:
+    """Whether to run a full collection, `since` seconds after the last one, which took
+    `took` seconds.
 
     >>> full_collection_due(closed=3, since=60), full_collection_due(closed=3, since=600)
     (False, True)
     >>> full_collection_due(closed=5000, since=1), full_collection_due(closed=5000, since=5)
     (False, True)
+    >>> full_collection_due(closed=5000, since=5, took=0.8)  # 10,000 agents: every 16 s
+    False
     """
-    return since >= COLLECT_AT_MOST_EVERY and (closed >= COLLECT_AFTER_CLOSED
-                                               or since >= COLLECT_SECONDS)
+    if since < max(COLLECT_AT_MOST_EVERY, took / COLLECT_SHARE):
+        return False
+    return closed >= COLLECT_AFTER_CLOSED or since >= COLLECT_SECONDS
 
 
 def take_over_full_collections() -> None:

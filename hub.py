@@ -197,6 +197,15 @@ class ServerState:
         removed = f',"unset":{encode(unset)}' if unset else ""
         return f'{{"id":{encode(self.config.id)},"set":{members}{removed}}}'
 
+    def forget_sent(self) -> None:
+        """Nobody watches: no update to compute, and the view viewers had (the last record
+        but one) is let go. catch_up() before the next viewer's snapshot."""
+        self.sent, self.sent_extras, self.view_changed = {}, {}, True
+
+    def catch_up(self) -> None:
+        """Take the view now as what viewers have, telling no one (a snapshot will)."""
+        self.sent, self.sent_extras, self.view_changed = self.view(), dict(self.extras), False
+
 
 def new_state(config: ServerConfig) -> ServerState:
     state = ServerState(config)
@@ -221,6 +230,7 @@ class Hub:
         self.viewers: dict[ServerConnection, bool] = {}  # -> may see hidden servers
         self.joining: dict[ServerConnection, bool] = {}  # waiting for the next update
         self.dirty: set[str] = set()
+        self.unwatched: set[str] = set()  # changed while nobody watched: see catch_up()
         self.flush_handle: asyncio.TimerHandle | None = None
         self.snapshot_bytes = 0
         self.snapshots: dict[bool, tuple[float, str]] = {}  # per audience: (built, message)
@@ -419,6 +429,7 @@ class Hub:
         if self.dirty and self.flush_handle is not None:
             self.joining[ws] = sees_hidden
             return []
+        self.catch_up()
         self.broadcast([ws], self.snapshot(wall, sees_hidden))
         self.viewers[ws] = sees_hidden
         return self.cut_backlogs()
@@ -440,10 +451,15 @@ class Hub:
         then the snapshots of the viewers that joined meanwhile."""
         self.flush_handle = None
         entries = []  # (hidden, entry)
+        watched = bool(self.viewers)  # often nobody is: then no update is worked out
         for sid in self.dirty:
             state = self.servers.get(sid)
-            entry = state.commit() if state is not None else ""
-            if entry:
+            if state is None:
+                continue
+            if not watched:
+                state.forget_sent()
+                self.unwatched.add(sid)
+            elif entry := state.commit():
                 entries.append((state.config.hidden, entry))
         self.dirty.clear()
         wall = self.wall()
@@ -458,10 +474,21 @@ class Hub:
     def welcome(self, wall: float) -> None:
         """The snapshots of the viewers that waited for an update."""
         joining, self.joining = self.joining, {}
+        if joining:
+            self.catch_up()
         for ws, sees_hidden in joining.items():
             self.broadcast([ws], self.snapshot(wall, sees_hidden))
             self.viewers[ws] = sees_hidden
             self.cut_backlogs()  # one at a time: a crowd of joiners never all queue at once
+
+    def catch_up(self) -> None:
+        """Before a snapshot: the servers that changed while nobody watched take their
+        view now as what viewers have."""
+        for sid in self.unwatched:
+            state = self.servers.get(sid)
+            if state is not None:
+                state.catch_up()
+        self.unwatched.clear()
 
     def resend_snapshots(self) -> None:
         """After a reload: everyone gets a fresh snapshot of what they may see."""

@@ -240,6 +240,8 @@ def test_full_collections_follow_closed_connections_not_the_heap() -> None:
     assert due(closed=0, since=dashboard.COLLECT_SECONDS)
     assert due(closed=dashboard.COLLECT_AFTER_CLOSED, since=dashboard.COLLECT_AT_MOST_EVERY)
     assert not due(closed=10**6, since=dashboard.COLLECT_AT_MOST_EVERY / 2)  # a flood: bounded
+    # A big heap: a collection that took a second waits until it is 5 % of the time.
+    assert not due(closed=10**6, since=19, took=1.0) and due(closed=10**6, since=20, took=1.0)
     script = ("import dashboard, gc; dashboard.take_over_full_collections(); "
               "print(gc.get_threshold())")
     shown = subprocess.run([sys.executable, "-c", script], cwd=Path(dashboard.__file__).parent,
@@ -487,6 +489,32 @@ def test_updates_carry_what_changed_and_add_up_to_the_servers(make_dashboard: An
         # The agent left: offline goes out in the next update.
         recv_until(viewer, lambda m: (server_in(m, "alpha") or {}).get("online") is False)
         assert viewer.servers_seen == {s["id"]: s for s in dash.get_json("/api/servers")}
+
+
+def test_nobody_watching_costs_no_updates_and_a_late_viewer_still_adds_up(
+        make_dashboard: Any) -> None:
+    """With no viewer no update is worked out (and the view viewers had is let go); a
+    viewer joining later gets a snapshot, then updates by member from it."""
+    hub = fleet("alpha")
+    hub.accept_report("alpha", go_report(), now=0.0, wall=1e9)
+    hub.flush()
+    assert hub.servers["alpha"].sent == {} and hub.unwatched == {"alpha"}
+
+    dash: Dashboard = make_dashboard()
+    with dash.agent("alpha") as agent:
+        agent.send(json.dumps(go_report()))
+        deadline = time.monotonic() + 5
+        while dash.metric("sss_reports_accepted_total") < 1:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        agent.send(json.dumps(go_report(cpuInfo={"percent": 40.0, "info": []})))
+        with dash.viewer() as viewer:
+            assert cpu_of(recv_json(viewer), "alpha") in (12.5, 40.0)
+            agent.send(json.dumps(go_report(cpuInfo={"percent": 70.0, "info": []})))
+            update = recv_until(viewer, lambda m: cpu_of(m, "alpha") == 70.0)
+            change = server_in({"servers": update["changes"]}, "alpha")
+            assert "cpuInfo.percent" in change["set"] and "hostInfo" not in change["set"]
+            assert viewer.servers_seen == {s["id"]: s for s in dash.get_json("/api/servers")}
 
 
 def test_updates_are_coalesced(make_dashboard: Any) -> None:
