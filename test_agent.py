@@ -807,7 +807,7 @@ def test_history_bench_smoke() -> None:
 
 def test_restart_and_page_bench_smoke() -> None:
     (restart,) = [run_bench("restart", "--agents", "20", "--down", "1")]
-    assert restart["all_back"] and restart["agents"] == 20
+    assert restart["all_back"] and restart["agents"] == 20 and restart["mean_cpu_cores"] > 0
     require_tool("/usr/bin/chromium", "chromium")
     page = run_bench("page", "--servers", "50", "--duration", "3")
     assert page["servers"] == 50 and page["updates"] > 0
