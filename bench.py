@@ -17,7 +17,7 @@ Real runs on this project's 2-core test machine (2026-11-27):
     $ python3 bench.py dashboard --agents 10000 --interval 5 --viewers 20 --duration 90
     dashboard bench: 20 viewers, history on, reports every 5 s, 90 s per run, 2 cores (...)
     agents reports/s CPU cores ms/report floor ms ratio peak RSS MB  p50 ms  p99 ms ...
-     10000      2002      0.57     0.283    0.116  2.45       292.1     185     468 ...
+     10000      1999      0.59     0.297    0.138  2.15       270.7     231     601 ...
 
     $ python3 bench.py history
     history bench: 2000 servers, 60 s resolution
@@ -25,12 +25,12 @@ Real runs on this project's 2-core test machine (2026-11-27):
       one step, 2000 servers: 297.1 ms the first of an hour, 248.2 ms the others, ...
 
     $ python3 bench.py restart --agents 10000 --down 5
-    restart bench: 10000 agents, dashboard down 5 s: all back 23.2 s after it restarted; ...
+    restart bench: 10000 agents, dashboard down 5 s: all back 18.5 s after it restarted; ...
 
     $ python3 bench.py attack --duration 60
     attack bench: 500 agents reporting every 5 s, one viewer watching; four attacks at once ...
-      dashboard RSS: 42.7 MB before, peak 146.9 MB, 82.6 MB after
-      servers online: at least 500 of 500; the viewer's longest wait between updates: 1.36 s
+      dashboard RSS: 43.5 MB before, peak 141.6 MB, 81.7 MB after
+      servers online: at least 500 of 500; the viewer's longest wait between updates: 1.22 s
 
 Everything runs on 127.0.0.1: a real dashboard.py process, real agent.py or
 load-generator processes holding real WebSocket connections, and Debian's Chromium.
