@@ -108,21 +108,20 @@ def test_viewers_that_never_read_stay_within_the_memory_budget(make_dashboard: A
 
 def test_viewers_are_capped_per_address(make_dashboard: Any) -> None:
     dash: Dashboard = make_dashboard(start=False).start("--viewers-per-address", "3")
-    first = [viewer_from(dash, "127.0.0.5") for _ in range(3)]
-    with pytest.raises(InvalidStatus) as refused:
-        viewer_from(dash, "127.0.0.5")
-    assert refused.value.response.status_code == 429
-    assert b"3 viewers connected from this address" in refused.value.response.body
-    with viewer_from(dash, "127.0.0.6") as other:  # another address is unaffected
-        assert recv_json(other)["type"] == "snapshot"
-    first[0].close()
-    deadline = time.monotonic() + 5
-    while dash.metric("sss_viewers_connected") > 2 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    with viewer_from(dash, "127.0.0.5") as again:  # a closed one frees its place
-        assert recv_json(again)["type"] == "snapshot"
-    for ws in first[1:]:
-        ws.close()
+    with contextlib.ExitStack() as stack:
+        first = [stack.enter_context(viewer_from(dash, "127.0.0.5")) for _ in range(3)]
+        with pytest.raises(InvalidStatus) as refused:
+            viewer_from(dash, "127.0.0.5")
+        assert refused.value.response.status_code == 429
+        assert b"3 viewers connected from this address" in refused.value.response.body
+        with viewer_from(dash, "127.0.0.6") as other:  # another address is unaffected
+            assert recv_json(other)["type"] == "snapshot"
+        first[0].close()
+        deadline = time.monotonic() + 5
+        while dash.metric("sss_viewers_connected") > 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with viewer_from(dash, "127.0.0.5") as again:  # a closed one frees its place
+            assert recv_json(again)["type"] == "snapshot"
     assert dash.refused("viewers") == 1
 
 
