@@ -681,10 +681,11 @@ def bench_restart(agents: int, down: float, interval: float) -> dict[str, Any]:
             process.cpu_percent()
             cpu0 = cpu_seconds(process)
             peak, full, connected, curve = 0.0, 0.0, 0, []
+            sample = 0.5  # seconds
             while time.monotonic() - restarted < 60:
-                time.sleep(0.5)
+                time.sleep(sample)
                 cores = process.cpu_percent() / 100
-                peak, full = max(peak, cores), full + 0.5 * (cores >= 0.95)
+                peak, full = max(peak, cores), full + sample * (cores >= 0.95)
                 connected = agents_connected(port)
                 curve.append((round(time.monotonic() - restarted, 1), connected))
                 if connected >= agents:

@@ -226,12 +226,13 @@ class Connection(ServerConnection):
         # handler ends. Nothing here needs that traceback.
         drop_tracebacks(exc)
         self.headers_read()
-        if self.started:  # refused before websockets started: nothing in a cycle (below)
-            self.site.closed += 1
         if self.viewer_from is not None:
             self.site.connections.remove_viewer(self.viewer_from)
             self.viewer_from = None
-        if self.started:  # else refused before websockets knew of it
+        # Refused before websockets knew of it: no handler, nothing in a cycle (below), so
+        # it counts toward no full collection.
+        if self.started:
+            self.site.closed += 1
             super().connection_lost(exc)
         # Before Python 3.12 the transport keeps a bound method of itself (_read_ready_cb),
         # a cycle that only a full collection frees: under reconnect churn memory grows.
