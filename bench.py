@@ -429,11 +429,14 @@ def run_load(target_port: int, ids: list[str], viewers: int, duration: float,
     warmup = min(5.0 + len(ids) / CONNECTS_PER_SECOND + interval, duration / 2)
     time.sleep(warmup)
     cpu0, wall0 = cpu_seconds(target), time.monotonic()
-    peak = target.memory_info().rss
+    rss = [target.memory_info().rss]
     while time.monotonic() - wall0 < duration - warmup - 1:
-        peak = max(peak, target.memory_info().rss)
+        rss.append(target.memory_info().rss)
         time.sleep(0.5)
     wall1 = time.monotonic()
+    # The peak is what a memory limit must allow; the median is what the agents hold, without
+    # the moments (an update in 20 viewers' buffers, history's step) that come and go.
+    peak, steady = max(rss), statistics.median(rss)
     cpu = (cpu_seconds(target) - cpu0) / (wall1 - wall0)
     agents, *watchers = [json.loads(p.communicate(timeout=duration + 120)[0]) for p in procs]
     # The whole seconds inside the window (a short smoke run may have none: then the run's).
@@ -444,7 +447,8 @@ def run_load(target_port: int, ids: list[str], viewers: int, duration: float,
     return {"cpu_cores": cpu, "peak_rss_mb": peak / 2**20, "sent": agents["sent"],
             "reports_per_second": rate,
             "window": wall1 - wall0, **(watchers[0] if watchers else {}),
-            "rss_per_agent_kib": (peak - idle_rss) / max(len(ids), 1) / 1024}
+            "rss_per_agent_kib": (peak - idle_rss) / max(len(ids), 1) / 1024,
+            "steady_rss_per_agent_kib": (steady - idle_rss) / max(len(ids), 1) / 1024}
 
 
 def bench_dashboard(agents: int, viewers: int, duration: float,
@@ -489,6 +493,8 @@ def bench_dashboard(agents: int, viewers: int, duration: float,
         "peak_rss_mb": load["peak_rss_mb"], "floor_peak_rss_mb": floor_load["peak_rss_mb"],
         "rss_per_agent_kib": load["rss_per_agent_kib"],
         "floor_rss_per_agent_kib": floor_load["rss_per_agent_kib"], "interval": interval,
+        "steady_rss_per_agent_kib": load["steady_rss_per_agent_kib"],
+        "floor_steady_rss_per_agent_kib": floor_load["steady_rss_per_agent_kib"],
         "latency_p50_ms": percentile(latencies, 50) * 1000 if latencies else None,
         "latency_p99_ms": percentile(latencies, 99) * 1000 if latencies else None,
         "latency_samples": len(latencies),
@@ -512,7 +518,8 @@ def print_dashboard(results: list[dict[str, Any]]) -> None:
           f"per run, {first['cores']} cores (dashboard and load generators share them)")
     print(f"{'agents':>6} {'reports/s':>9} {'CPU cores':>9} {'ms/report':>9} "
           f"{'floor ms':>8} {'ratio':>5} {'peak RSS MB':>11} {'p50 ms':>7} {'p99 ms':>7} "
-          f"{'viewer KiB/s':>12} {'B/report':>8} {'KiB/agent':>9} {'floor':>6}")
+          f"{'viewer KiB/s':>12} {'B/report':>8} {'KiB/agent':>9} {'floor':>6} "
+          f"{'steady':>6} {'floor':>6}")
     for r in results:
         p50 = f"{r['latency_p50_ms']:7.0f}" if r["latency_p50_ms"] is not None else "      –"
         p99 = f"{r['latency_p99_ms']:7.0f}" if r["latency_p99_ms"] is not None else "      –"
@@ -521,7 +528,8 @@ def print_dashboard(results: list[dict[str, Any]]) -> None:
               f"{r['cpu_ms_per_report']:9.3f} {r['floor_cpu_ms_per_report']:8.3f} {ratio} "
               f"{r['peak_rss_mb']:11.1f} {p50} {p99} "
               f"{r['viewer_bytes_per_second'] / 1024:12.1f} {r['viewer_bytes_per_report']:8.0f} "
-              f"{r['rss_per_agent_kib']:9.1f} {r['floor_rss_per_agent_kib']:6.1f}"
+              f"{r['rss_per_agent_kib']:9.1f} {r['floor_rss_per_agent_kib']:6.1f} "
+              f"{r['steady_rss_per_agent_kib']:6.1f} {r['floor_steady_rss_per_agent_kib']:6.1f}"
               + (f"  ({r['viewers_cut']} viewers cut: the load generator fell behind)"
                  if r["viewers_cut"] else ""))
 

@@ -69,8 +69,9 @@ from websockets.exceptions import ConnectionClosed  # noqa: E402
 from websockets.extensions.permessage_deflate import (  # noqa: E402
     ServerPerMessageDeflateFactory,
 )
-from websockets.frames import CloseCode  # noqa: E402
+from websockets.frames import CloseCode, Frame, Opcode  # noqa: E402
 from websockets.http11 import Request, Response  # noqa: E402
+from websockets.protocol import State  # noqa: E402
 
 from alerts import Alerting  # noqa: E402
 from alerts import test_notify as alerts_test_notify  # noqa: E402
@@ -259,6 +260,26 @@ class Connection(ServerConnection):
         self.loop.call_later(REFUSED_LINGER, transport.abort)
 
 
+def broadcast_framed(viewers: list[ServerConnection], message: str) -> None:
+    """websockets' broadcast(), with the frame built once for all viewers.
+
+    broadcast() frames the message again for each connection, a copy of it each: with 20
+    viewers of 10,000 servers, four updates of ~400 KB a second, 3 % of the dashboard's
+    time. A server's frame is the same bytes for every connection without an extension,
+    and websockets writes each frame to the transport as it makes it, so writing this one
+    there keeps every viewer's messages in order. Viewers with permessage-deflate
+    (--viewer-compression) compress for themselves: broadcast() as it is."""
+    plain = [ws for ws in viewers if not ws.protocol.extensions]
+    if len(plain) < len(viewers):
+        broadcast([ws for ws in viewers if ws.protocol.extensions], message)
+    if not plain:
+        return
+    frame = Frame(Opcode.TEXT, message.encode()).serialize(mask=False, extensions=[])
+    for ws in plain:
+        if ws.protocol.state is State.OPEN:  # as broadcast(): closing ones are skipped
+            ws.transport.write(frame)
+
+
 class Dashboard:
     """The hub and the site, plus what only a running server has: closes in flight."""
 
@@ -268,7 +289,7 @@ class Dashboard:
         self.history = history
         self.traffic = Traffic(data / "traffic.json", zone(config.timezone))
         self.traffic.load()
-        self.hub = Hub(config, broadcast, asyncio.get_running_loop(), history, self.traffic,
+        self.hub = Hub(config, broadcast_framed, asyncio.get_running_loop(), history, self.traffic,
                        options.viewer_memory)
         self.alerting = Alerting(data / "alerts.json", time.time())
         self.alerting.configure(config.notifiers)

@@ -820,6 +820,7 @@ def test_dashboard_bench_smoke() -> None:
     assert result["reports_accepted"] <= result["reports_sent"]
     assert result["latency_samples"] > 0 and result["latency_p99_ms"] is not None
     assert result["viewer_bytes_per_second"] > 0 and result["peak_rss_mb"] > 5
+    assert result["rss_per_agent_kib"] >= result["steady_rss_per_agent_kib"]
     assert result["floor_cpu_ms_per_report"] >= 0 and result["reports_per_second"] > 0
 
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 import ast
 import asyncio
 import contextlib
+import copy
 import hashlib
 import json
 import os
+import random
 import re
 import resource
 import signal
@@ -39,6 +41,7 @@ from conftest import (
     Dashboard,
     LoggedProcess,
     LogNotFound,
+    apply_change,
     card,
     free_port,
     go_report,
@@ -49,7 +52,7 @@ from conftest import (
     server_in,
     tls_dashboard,
 )
-from hub import Hub, server_view, view_changes
+from hub import BLOCK_CHANGES, MISSING, Hub, member_changes, server_view, view_changes
 from limits import FailureLimiter
 from reports import MAX_FRAME_BYTES, ReportError, validate_report
 from timings import (
@@ -493,12 +496,12 @@ def test_updates_carry_what_changed_and_add_up_to_the_servers(make_dashboard: An
 
 def test_nobody_watching_costs_no_updates_and_a_late_viewer_still_adds_up(
         make_dashboard: Any) -> None:
-    """With no viewer no update is worked out (and the view viewers had is let go); a
-    viewer joining later gets a snapshot, then updates by member from it."""
+    """With no viewer no update is worked out; a viewer joining later gets a snapshot,
+    then updates by member from it."""
     hub = fleet("alpha")
-    hub.accept_report("alpha", go_report(), now=0.0, wall=1e9)
-    hub.flush()
-    assert hub.servers["alpha"].sent == {} and hub.unwatched == {"alpha"}
+    for cpu in (10.0, 20.0):
+        hub.accept_report("alpha", go_report(cpuInfo={"percent": cpu}), now=0.0, wall=1e9)
+    assert hub.servers["alpha"].changes == {} and hub.dirty == {"alpha"}
 
     dash: Dashboard = make_dashboard()
     with dash.agent("alpha") as agent:
@@ -515,6 +518,67 @@ def test_nobody_watching_costs_no_updates_and_a_late_viewer_still_adds_up(
             change = server_in({"servers": update["changes"]}, "alpha")
             assert "cpuInfo.percent" in change["set"] and "hostInfo" not in change["set"]
             assert viewer.servers_seen == {s["id"]: s for s in dash.get_json("/api/servers")}
+
+
+class Watcher:
+    """A viewer as the hub sees one: it is sent to, and its write buffer measured."""
+
+    class transport:  # an attribute, as on a connection
+        @staticmethod
+        def get_write_buffer_size() -> int:
+            return 0
+
+
+def varied_records() -> list[dict[str, Any]]:
+    """Records that differ from each other in every way an update must carry: members,
+    a list's length, a field gone, an object that lost members."""
+    variants = [json.loads(frame) for frame in bench.fake_reports("alpha")]
+    two_disks = copy.deepcopy(variants[1])
+    two_disks["diskInfo"]["partitions"].append(dict(two_disks["diskInfo"]["partitions"][0],
+                                                    mountPoint="/srv"))
+    no_swap = {key: value for key, value in variants[2].items() if key != "swapMemoryInfo"}
+    bare_cpu = dict(variants[3], cpuInfo={"percent": 50.0})
+    return [validate_report(json.dumps(report))
+            for report in [*variants, two_disks, no_swap, bare_cpu]]
+
+
+def test_generated_comparisons_find_what_the_generic_one_does() -> None:
+    """The report's objects are compared by generated code (hub.BLOCK_CHANGES), for
+    speed; it must find the very changes member_changes() finds, no more, no fewer."""
+    records = varied_records()
+    for before in records:
+        for after in records:
+            generic: dict[str, Any] = {}
+            for field, value in after.items():
+                if before.get(field) != value:
+                    member_changes(field, before.get(field, MISSING), value, generic)
+            assert view_changes(before, after)[0] == generic
+    assert BLOCK_CHANGES.keys() >= {"hostInfo", "diskInfo", "extraInfo"}
+
+
+def test_reports_within_one_update_add_up_to_the_last() -> None:
+    """What changed is worked out as each report comes in, and the report before is let
+    go: one, two or three reports of a server within an update, whatever changed in them,
+    bring viewers exactly to the last."""
+    records = varied_records()
+    sent: list[dict[str, Any]] = []
+    hub = fleet("alpha", "beta")
+    hub.broadcast = lambda viewers, message: sent.append(json.loads(message))
+    hub.accept_report("alpha", records[0], now=0.0, wall=1e9)
+    hub.add_viewer(Watcher(), wall=1e9)
+    seen = {server["id"]: server for server in sent.pop()["servers"]}
+    rng = random.Random(5)
+    for step in range(1, 60):
+        for _ in range(rng.choice((1, 1, 2, 3))):
+            hub.accept_report(rng.choice(["alpha", "beta"]), rng.choice(records),
+                              now=step, wall=1e9 + step)
+        hub.flush()
+        for update in sent:
+            for change in update["servers"]:
+                seen[change["id"]] = apply_change(seen, change)
+        sent.clear()
+        assert seen == {server["id"]: server for server in json.loads(hub.servers_json())}
+    assert all(not state.changes for state in hub.servers.values())
 
 
 def test_updates_are_coalesced(make_dashboard: Any) -> None:
@@ -613,11 +677,15 @@ def test_viewer_compression_is_opt_in_and_never_for_agents(make_dashboard: Any) 
     with plain.viewer() as viewer, plain.agent("alpha") as agent:
         assert extensions(viewer) == "" and extensions(agent) == ""
     compressed: Dashboard = make_dashboard(start=False).start("--viewer-compression")
-    with compressed.viewer() as viewer, compressed.agent("alpha") as agent:
+    with compressed.viewer() as viewer, compressed.viewer(compression=None) as declined, \
+            compressed.agent("alpha") as agent:
         assert "permessage-deflate" in extensions(viewer)
-        assert extensions(agent) == ""
+        assert extensions(declined) == "" and extensions(agent) == ""
         agent.send(json.dumps(go_report()))
-        recv_until(viewer, lambda m: cpu_of(m, "alpha") == 12.5)
+        for both in (viewer, declined):  # one update, compressed for one of them only
+            recv_until(both, lambda m: cpu_of(m, "alpha") == 12.5)
+            assert both.servers_seen == {  # type: ignore[attr-defined]
+                s["id"]: s for s in compressed.get_json("/api/servers")}
 
 
 # --- bad input over the wire ---------------------------------------------------
