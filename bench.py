@@ -863,6 +863,11 @@ def bench_history(servers: int) -> dict[str, Any]:
                 store.fold(sid, record, t0 + minute * 60 + 5)
             closed = store.take_closed(t0 + minute * 60 + 60)
             writer.step(closed, ids, [(sid, t0, view) for sid in ids], t0 + minute * 60 + 60)
+        # What a day leaves in memory per server: the availability ledger's hours.
+        ledger = writer.ledger
+        ledger_bytes = statistics.mean(
+            deep_size((ledger.hours.get(sid), ledger.past.get(sid), ledger.month.get(sid)))
+            for sid in ids)
         db = writer.connection()
         db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         db.execute("VACUUM")
@@ -888,7 +893,17 @@ def bench_history(servers: int) -> dict[str, Any]:
             "bytes_per_server_day_hourly": per_row * 24,
             # 48 h of fine rows at 60 s, 400 days of hourly and of six-hour rows.
             "steady_bytes_per_server": per_row * (2 * 1440 + 400 * 24 + 400 * 4),
-            "query_1y_ms": query_ms}
+            "query_1y_ms": query_ms, "ledger_bytes_per_server": ledger_bytes}
+
+
+def deep_size(value: Any) -> int:
+    """Bytes of an object and of what it holds, as sys.getsizeof counts them."""
+    size = sys.getsizeof(value)
+    if isinstance(value, dict):
+        size += sum(deep_size(key) + deep_size(item) for key, item in value.items())
+    elif isinstance(value, (list, tuple)):
+        size += sum(deep_size(item) for item in value)
+    return size
 
 
 def print_history(r: dict[str, Any]) -> None:
@@ -904,6 +919,8 @@ def print_history(r: dict[str, Any]) -> None:
     print(f"  steady state per server {r['steady_bytes_per_server'] / 2**20:7.1f} MiB "
           f"(48 h fine + 400 days of hourly and six-hour rows)")
     print(f"  1 y query, one server  {r['query_1y_ms']:8.1f} ms")
+    print(f"  in memory per server    {r['ledger_bytes_per_server'] / 1024:7.1f} KiB after a day "
+          f"(the availability of its last 24 hours)")
 
 
 # --- bench: attacks from the open internet (README, Security) --------------------------

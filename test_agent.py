@@ -803,6 +803,7 @@ def test_history_bench_smoke() -> None:
     result = run_bench("history", "--servers", "50")
     assert result["servers"] == 50 and result["fold_us"] > 0 and result["step_ms"] > 0
     assert result["bytes_per_server_day_fine"] > 0 and result["query_1y_ms"] > 0
+    assert 24 * 3 * 8 < result["ledger_bytes_per_server"] < 4096  # a day's hours, compact
 
 
 def test_restart_and_page_bench_smoke() -> None:

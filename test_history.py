@@ -317,10 +317,14 @@ def test_the_cached_view_fields_equal_the_plain_computation() -> None:
         start = T0 + minute * 60
         ledger.add("web-1", start, 60.0 if minute % 3 else 0.0, 60.0)
         now = start + 61
-        expected = history.availability(ledger.hours["web-1"], ledger.month.get(
+        expected = history.availability(ledger.day("web-1"), ledger.month.get(
             "web-1", (0.0, 0.0)), now)
         assert {field: json.loads(value)
                 for field, value in ledger.json("web-1", now).items()} == expected
+    # Seconds from before the day it holds (the clock went back) count in the month only.
+    day, month = ledger.day("web-1"), ledger.month["web-1"]
+    ledger.add("web-1", T0, 60.0, 60.0)
+    assert ledger.day("web-1") == day and ledger.month["web-1"] == (month[0] + 60, month[1] + 60)
 
 
 def test_a_step_without_a_report_counts_as_the_hub_saw_the_server(tmp_path: Path) -> None:
