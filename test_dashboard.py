@@ -52,7 +52,15 @@ from conftest import (
     server_in,
     tls_dashboard,
 )
-from hub import BLOCK_CHANGES, MISSING, Hub, member_changes, server_view, view_changes
+from hub import (
+    BLOCK_CHANGES,
+    HISTORY_SERVERS_PER_UPDATE,
+    MISSING,
+    Hub,
+    member_changes,
+    server_view,
+    view_changes,
+)
 from limits import FailureLimiter
 from reports import MAX_FRAME_BYTES, ReportError, validate_report
 from timings import (
@@ -579,6 +587,31 @@ def test_reports_within_one_update_add_up_to_the_last() -> None:
         sent.clear()
         assert seen == {server["id"]: server for server in json.loads(hub.servers_json())}
     assert all(not state.changes for state in hub.servers.values())
+
+
+def test_a_history_step_goes_out_over_several_updates() -> None:
+    """A step that changes every server's availability at once goes out a few hundred
+    servers an update (a server that reports meanwhile takes its own along), so no one
+    update holds the whole fleet; a viewer joining meanwhile has it all in its snapshot."""
+    sids = [f"host-{i:04d}" for i in range(1200)]
+    sent: list[dict[str, Any]] = []
+    hub = fleet(*sids)
+    hub.broadcast = lambda viewers, message: sent.append(json.loads(message))
+    hub.add_viewer(Watcher(), wall=1e9)
+    seen = {server["id"]: server for server in sent.pop()["servers"]}
+    hub.take_history({sid: {"availability": '{"24h":100.0,"30d":99.5}'} for sid in sids})
+    snapshot = json.loads(hub.snapshot(wall=1e9 + 1))["servers"]
+    assert all(server["availability"]["30d"] == 99.5 for server in snapshot)
+    hub.accept_report(sids[-1], validate_report(json.dumps(go_report())), now=1.0, wall=1e9 + 1)
+    sizes = []
+    while hub.dirty or hub.later:
+        hub.flush()
+        update = sent.pop()
+        sizes.append(len(update["servers"]))
+        for change in update["servers"]:
+            seen[change["id"]] = apply_change(seen, change)
+    assert sizes == [HISTORY_SERVERS_PER_UPDATE + 1, HISTORY_SERVERS_PER_UPDATE, 199]
+    assert seen == {server["id"]: server for server in json.loads(hub.servers_json())}
 
 
 def test_updates_are_coalesced(make_dashboard: Any) -> None:
