@@ -283,8 +283,8 @@ class Ledger:
     """Per server: (online, watched) seconds of the last 24 hours, and sums of the month.
 
     A server's day is a ring of 24 slots (hour, online, watched) in one array of floats,
-    each hour in the slot its number gives: 700 bytes. A dict of hours was 5 KB a server
-    once it held a day, 50 MB at 10,000 servers. The 23 completed hours of a server's day
+    each hour in the slot its number gives: 640 bytes. A dict of hours was 4.8 KiB a server
+    once it held a day, 48 MB at 10,000 servers. The 23 completed hours of a server's day
     change once an hour, so their part of the view is kept and only the current hour is
     recomputed at each step.
     """
