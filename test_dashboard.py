@@ -612,6 +612,7 @@ def test_a_history_step_goes_out_over_several_updates() -> None:
             seen[change["id"]] = apply_change(seen, change)
     assert sizes == [HISTORY_SERVERS_PER_UPDATE + 1, HISTORY_SERVERS_PER_UPDATE, 199]
     assert seen == {server["id"]: server for server in json.loads(hub.servers_json())}
+    assert f"most {HISTORY_SERVERS_PER_UPDATE} servers an update" in PROTOCOL
 
 
 def test_updates_are_coalesced(make_dashboard: Any) -> None:
