@@ -79,6 +79,9 @@ def metric_values(record: dict[str, Any]) -> tuple[Any, ...]:
             extra.get("tcpConnections"), extra.get("udpConnections"), extra.get("processes"))
 
 
+NONE_MISSING = (0,) * len(METRICS)  # shared by every bucket until a value is missing
+
+
 @dataclasses.dataclass
 class Bucket:
     """One server's reports within one resolution step."""
@@ -87,7 +90,7 @@ class Bucket:
     n: int = 0
     online: float = 0.0
     sums: list[float] = dataclasses.field(default_factory=lambda: [0.0] * len(METRICS))
-    missing: list[int] = dataclasses.field(default_factory=lambda: [0] * len(METRICS))
+    missing: list[int] | tuple[int, ...] = NONE_MISSING  # per metric, the reports without it
     maxes: list[float] = dataclasses.field(default_factory=lambda: [-math.inf] * len(METRICS))
     net_totals: tuple[Any, Any] = (None, None)
     # Latency probes, per target: [reports, sum of rtt, reports with an rtt, max rtt, sum of loss]
@@ -116,7 +119,9 @@ class Bucket:
         sums, maxes = self.sums, self.maxes
         for i, value in enumerate(values):
             if value is None:
-                self.missing[i] += 1
+                if self.missing is NONE_MISSING:
+                    self.missing = [0] * len(METRICS)
+                self.missing[i] += 1  # type: ignore[index]
             else:
                 sums[i] += value
                 if value > maxes[i]:

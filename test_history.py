@@ -75,6 +75,14 @@ def test_online_seconds_never_exceed_what_a_report_vouches_for() -> None:
     for _ in range(30):
         bucket.add(history.metric_values(report(1, interval=5)), 5, (None, None))
     assert history.bucket_row(history.FINE, "x", bucket, 60)[4] == 60  # capped at the bucket
+    # A value some reports lack is averaged over those that had it; other buckets keep
+    # sharing the count of none missing.
+    values = history.metric_values(report(1, interval=5))
+    partial = history.Bucket(T0)
+    partial.add(values, 5, (None, None))
+    partial.add((None, *values[1:]), 5, (None, None))
+    assert history.bucket_row(history.FINE, "x", partial, 60)[6:8] == (values[0], values[0])
+    assert partial.missing[0] == 1 and not any(history.Bucket(T0).missing)
 
 
 def test_plans_return_at_most_about_1500_points() -> None:
