@@ -416,13 +416,7 @@ class Hub:
             state.extras[field] = value
         else:
             del state.extras[field]
-        if soon:
-            self.mark_dirty(sid)
-        else:
-            state.changed(None)
-            self.snapshots.clear()
-            self.later[sid] = None
-            self.flush_soon()
+        self.mark_dirty(sid, soon=soon)
 
     def observe(self, wall: float) -> list[Observed]:
         """What alert rules see of every server now."""
@@ -534,12 +528,16 @@ class Hub:
         """The server's view before it changes, when anyone is to hear of the change."""
         return state.view() if self.viewers else None
 
-    def mark_dirty(self, sid: str, before: dict[str, Any] | None = None) -> None:
-        """The server changed: an update is due. `before` (view_before()) when more than
-        its extras did."""
+    def mark_dirty(self, sid: str, before: dict[str, Any] | None = None,
+                   soon: bool = True) -> None:
+        """The server changed: an update is due, the next one (`soon`) or one of the next
+        few (`later`). `before` (view_before()) when more than its extras did."""
         self.servers[sid].changed(before)
         self.snapshots.clear()
-        self.dirty.add(sid)
+        if soon:
+            self.dirty.add(sid)
+        else:
+            self.later[sid] = None
         self.flush_soon()
 
     def flush_soon(self) -> None:
