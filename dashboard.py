@@ -59,9 +59,10 @@ import resource  # noqa: E402
 import signal  # noqa: E402
 import ssl  # noqa: E402
 import time  # noqa: E402
+from collections.abc import Awaitable  # noqa: E402
 from http import HTTPStatus  # noqa: E402
 from pathlib import Path  # noqa: E402
-from typing import Any, NamedTuple  # noqa: E402
+from typing import Any, Callable, NamedTuple  # noqa: E402
 
 import websockets.http11  # noqa: E402
 from websockets.asyncio.server import ServerConnection, broadcast, serve  # noqa: E402
@@ -139,6 +140,13 @@ VIEWER_COMPRESSION = ServerPerMessageDeflateFactory(
 # --- connections ---------------------------------------------------------------
 
 
+WHOLE_MESSAGES = frozenset({Opcode.TEXT, Opcode.BINARY})  # a message's first frame
+
+
+def ignore_frame(frame: bytes) -> None:
+    """An agent's Connection.take_frame once it is being closed."""
+
+
 class Connection(ServerConnection):
     """websockets' connection, plus what the dashboard counts from the first byte on:
     the handshake in progress (per address and in total), the request's method (HEAD
@@ -157,6 +165,8 @@ class Connection(ServerConnection):
         self.refused = False
         self.started = False  # websockets' own connection_made ran: it has a handler
         self.request_bytes = 0
+        # An agent's: takes each report as it is parsed (process_event); set by serve_agent.
+        self.take_frame: Callable[[bytes], None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         peer = transport.get_extra_info("peername")
@@ -206,6 +216,21 @@ class Connection(ServerConnection):
                             {"Allow": "GET, HEAD"})
                 return
         super().data_received(data)
+
+    def process_event(self, event: Any) -> None:
+        """An agent's report in one frame (as every agent sends them) is taken here, as
+        it is parsed, instead of being queued for the handler's task to wake up and read
+        it: at 2,000 reports a second that wake-up was a sixth of the dashboard's CPU.
+        The handshake, control frames and fragmented messages take websockets' way (an
+        agent that fragments one message is served that way from then on, in order)."""
+        take = self.take_frame
+        if take is not None and type(event) is Frame and event.opcode in WHOLE_MESSAGES:
+            if event.fin:
+                data = event.data
+                take(data if type(data) is bytes else bytes(data))
+                return
+            self.take_frame = None
+        super().process_event(event)
 
     def start_keepalive(self) -> None:
         """Viewers are pinged (browsers send nothing else); agents are not. An agent's
@@ -313,9 +338,14 @@ class Dashboard:
 
     def close_later(self, closing: Closing) -> None:
         """Close without waiting for the peer's answer."""
-        future = asyncio.ensure_future(closing.connection.close(closing.code, closing.reason))
+        self.in_background(closing.connection.close(closing.code, closing.reason))
+
+    def in_background(self, awaitable: Awaitable[None]) -> asyncio.Future[None]:
+        """Run `awaitable` without waiting for it, kept referenced until it is done."""
+        future = asyncio.ensure_future(awaitable)
         self.closing.add(future)
         future.add_done_callback(self.closing.discard)
+        return future
 
     def process_request(self, connection: Connection, request: Request) -> Response | None:
         connection.headers_read()
@@ -382,8 +412,10 @@ class Dashboard:
         self.tell_probes(ws, hub.servers[sid].config)
         forget_handshake(ws)
         reports = TokenBucket(REPORTS_PER_SECOND, REPORT_BURST, time.monotonic())
+        if not check:  # a checking agent's answers go out in order, from the loop below
+            ws.take_frame = functools.partial(self.take_agent_frame, ws, sid, reports)
         try:
-            async for frame in ws:
+            async for frame in ws:  # what Connection.process_event leaves to it
                 if not hub.is_current(sid, ws):
                     break  # removed or re-keyed by a reload
                 verdict = self.take_report(sid, frame, reports, time.monotonic())
@@ -398,9 +430,20 @@ class Dashboard:
                 self.drop_report(sid, ReportError("too_large", f"frame over {MAX_FRAME_BYTES} "
                                                   "bytes"), time.monotonic())
         finally:
+            ws.take_frame = None
             if hub.detach_agent(sid, ws):
                 log.info("agent disconnected: id=%s (%s %r)", sid, ws.close_code,
                          ws.close_reason)
+
+    def take_agent_frame(self, ws: Connection, sid: str, reports: TokenBucket,
+                         frame: bytes) -> None:
+        """One whole frame of an agent, as it is parsed (Connection.process_event)."""
+        if not self.hub.is_current(sid, ws):
+            return  # replaced, removed or re-keyed: being closed already
+        verdict = self.take_report(sid, frame, reports, time.monotonic())
+        if verdict.close is not None:
+            ws.take_frame = ignore_frame  # nothing more is read from it
+            self.in_background(self.close_agent(ws, sid, *verdict.close))
 
     def take_report(self, sid: str, frame: str | bytes, reports: TokenBucket,
                     now: float) -> Verdict:
@@ -433,9 +476,7 @@ class Dashboard:
         probes = self.hub.config.probes
         if unless_none and not probes.for_server(server):
             return
-        future = asyncio.ensure_future(ws.send(probes_frame(probes, server)))
-        self.closing.add(future)
-        future.add_done_callback(self.closing.discard)
+        future = self.in_background(ws.send(probes_frame(probes, server)))
         future.add_done_callback(lambda done: done.cancelled() or done.exception())
 
     def drop_report(self, sid: str, error: ReportError, now: float) -> None:

@@ -40,6 +40,14 @@ HISTORY_SERVERS_PER_UPDATE = 500  # a history step's changes go out this many at
 Broadcast = Callable[[list[Any], str], None]
 
 
+class Before(NamedTuple):
+    """A server's view before a change, in the parts that change: enough to work out
+    the change without building the view twice."""
+
+    head: dict[str, Any]  # view_head()
+    record: dict[str, Any] | None
+
+
 class Closing(NamedTuple):
     """A connection the hub wants closed, and why (close code and reason)."""
 
@@ -50,14 +58,9 @@ class Closing(NamedTuple):
 
 def server_view(server: ServerConfig, record: dict[str, Any] | None,
                 last_report: int, online: bool) -> dict[str, Any]:
-    """The object a browser gets for one server: config names plus validated blocks."""
-    loc = server.country_code
-    if not loc and record and COUNTRY_PATTERN.fullmatch(record.get("loc", "")):
-        loc = record["loc"].lower()
-    interval = (record or {}).get("reportInterval", DEFAULT_REPORT_INTERVAL)
+    """The object a browser gets for one server: config names, the head, validated blocks."""
     view: dict[str, Any] = {"id": server.id, "name": server.name, "group": server.group,
-                            "loc": loc, "online": online, "lastReportTime": last_report,
-                            "offlineAfter": offline_after(interval)}
+                            **view_head(server, record, last_report, online)}
     if server.expires:
         view["expires"] = server.expires
     if server.price:
@@ -65,6 +68,17 @@ def server_view(server: ServerConfig, record: dict[str, Any] | None,
     if record:
         view.update((key, record[key]) for key in VIEW_FIELDS if key in record)
     return view
+
+
+def view_head(server: ServerConfig, record: dict[str, Any] | None,
+              last_report: int, online: bool) -> dict[str, Any]:
+    """The view's few fields that a report or the clock changes besides its blocks."""
+    loc = server.country_code
+    if not loc and record and COUNTRY_PATTERN.fullmatch(record.get("loc", "")):
+        loc = record["loc"].lower()
+    interval = (record or {}).get("reportInterval", DEFAULT_REPORT_INTERVAL)
+    return {"loc": loc, "online": online, "lastReportTime": last_report,
+            "offlineAfter": offline_after(interval)}
 
 
 def browser_message(kind: str, wall: float, server_views: list[str]) -> str:
@@ -92,13 +106,33 @@ def view_changes(before: dict[str, Any], view: dict[str, Any]) -> tuple[dict[str
     for field, value in view.items():
         old = before.get(field, MISSING)
         if old is not value and old != value:
-            by_member = BLOCK_CHANGES.get(field)
-            if (by_member is not None and type(old) is dict and type(value) is dict
-                    and old.keys() <= value.keys()):
-                by_member(old, value, changes)
-            else:
-                member_changes(field, old, value, changes)
+            field_changes(field, old, value, changes)
     return changes, [field for field in before if field not in view]
+
+
+def record_changes(before: dict[str, Any], record: dict[str, Any],
+                   changes: dict[str, Any]) -> list[str]:
+    """view_changes() for the blocks a browser sees of two records, without building
+    either view: into `changes`; returns the blocks to unset."""
+    unset = []
+    for field in VIEW_FIELDS:
+        value, old = record.get(field, MISSING), before.get(field, MISSING)
+        if value is MISSING:
+            if old is not MISSING:
+                unset.append(field)
+        elif old is not value and old != value:
+            field_changes(field, old, value, changes)
+    return unset
+
+
+def field_changes(field: str, old: Any, value: Any, changes: dict[str, Any]) -> None:
+    """Into `changes`: what turns the view's field `old` (which differs) into `value`."""
+    by_member = BLOCK_CHANGES.get(field)
+    if (by_member is not None and type(old) is dict and type(value) is dict
+            and old.keys() <= value.keys()):
+        by_member(old, value, changes)
+    else:
+        member_changes(field, old, value, changes)
 
 
 def member_changes(path: str, old: Any, new: Any, changes: dict[str, Any]) -> None:
@@ -259,21 +293,30 @@ class ServerState:
     def view(self) -> dict[str, Any]:
         return server_view(self.config, self.record, self.last_report, self.online)
 
+    def before(self) -> Before:
+        return Before(view_head(self.config, self.record, self.last_report, self.online),
+                      self.record)
+
     def view_json(self) -> str:
         if not self.encoded:
             self.encoded = with_members(encode(self.view()), extra_members(self.extras))
         return self.encoded
 
-    def changed(self, before: dict[str, Any] | None) -> None:
+    def changed(self, before: Before | None) -> None:
         """The view (or only the extras) changed; `before`: the view until now, when
         viewers are to hear of more than the extras."""
         self.encoded = ""
         if before is None:
             return
+        changes, _ = view_changes(before.head, view_head(self.config, self.record,
+                                                        self.last_report, self.online))
+        unset = []
+        if before.record is not self.record:
+            unset = record_changes(before.record or {}, self.record or {}, changes)
         if self.changes or self.unset:  # a second report within one update: rare
-            merge_changes(self.changes, self.unset, *view_changes(before, self.view()))
+            merge_changes(self.changes, self.unset, changes, unset)
         else:
-            self.changes, self.unset = view_changes(before, self.view())
+            self.changes, self.unset = changes, unset
 
     def commit(self) -> str:
         """The update entry that brings viewers to the view now ("" when nothing changed);
@@ -524,11 +567,11 @@ class Hub:
         self.viewers.pop(ws, None)
         self.joining.pop(ws, None)
 
-    def view_before(self, state: ServerState) -> dict[str, Any] | None:
+    def view_before(self, state: ServerState) -> Before | None:
         """The server's view before it changes, when anyone is to hear of the change."""
-        return state.view() if self.viewers else None
+        return state.before() if self.viewers else None
 
-    def mark_dirty(self, sid: str, before: dict[str, Any] | None = None,
+    def mark_dirty(self, sid: str, before: Before | None = None,
                    soon: bool = True) -> None:
         """The server changed: an update is due, the next one (`soon`) or one of the next
         few (`later`). `before` (view_before()) when more than its extras did."""

@@ -759,6 +759,37 @@ def test_five_bad_reports_within_a_minute_close_with_1007(make_dashboard: Any) -
     assert dash.get_json("/healthz")["status"] == "ok"
 
 
+def test_reports_count_alike_in_one_frame_in_fragments_or_binary(make_dashboard: Any) -> None:
+    """Whole frames are taken as they are parsed, anything else the ordinary way: both
+    count, in the order sent, and a text frame that is not UTF-8 is refused as not JSON."""
+    dash: Dashboard = make_dashboard()
+
+    def report(percent: int) -> str:
+        return json.dumps(go_report(cpuInfo={"percent": percent, "info": []}))
+    with dash.agent("alpha") as agent, dash.viewer() as viewer:
+        recv_json(viewer)
+        agent.send(report(10))
+        agent.send(b"\xff\xfe{", text=True)
+        fragmented = report(20)
+        agent.send([fragmented[:40], fragmented[40:]])
+        agent.send(report(30))
+        agent.send(report(40).encode())
+        seen: list[int] = []
+
+        def percent(message: dict[str, Any]) -> int | None:
+            server = server_in(message, "alpha")
+            if server is None or "cpuInfo" not in server:
+                return None
+            seen.append(server["cpuInfo"]["percent"])
+            return seen[-1]
+        recv_until(viewer, lambda m: percent(m) == 40)
+    assert seen == sorted(seen)
+    metrics = dash.get("/metrics")[2].decode()
+    assert "sss_reports_accepted_total 4" in metrics
+    assert 'sss_reports_rejected_total{reason="not_json"} 1' in metrics
+    assert "Traceback" not in dash.log_text()
+
+
 def test_oversized_frame_closes_with_1009(make_dashboard: Any) -> None:
     dash: Dashboard = make_dashboard()
     with dash.agent("alpha") as agent:
