@@ -442,7 +442,11 @@ class Dashboard:
             return  # replaced, removed or re-keyed: being closed already
         verdict = self.take_report(sid, frame, reports, time.monotonic())
         if verdict.close is not None:
-            ws.take_frame = ignore_frame  # nothing more is read from it
+            # Nothing more is read from it: a flooder's sends back up in TCP (as they did
+            # behind websockets' full queue) instead of being parsed and dropped here
+            # until the close handshake times out.
+            ws.take_frame = ignore_frame
+            ws.transport.pause_reading()
             self.in_background(self.close_agent(ws, sid, *verdict.close))
 
     def take_report(self, sid: str, frame: str | bytes, reports: TokenBucket,

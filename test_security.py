@@ -7,6 +7,7 @@ attacker's many sources. README's Security section has the numbers at full tilt
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import contextlib
 import json
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from websockets.asyncio.client import connect as asyncio_connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
@@ -353,6 +355,30 @@ def test_a_report_flood_is_dropped_counted_and_closed(make_dashboard: Any) -> No
     assert dash.count_log("report dropped: id=alpha: rate") == 1  # not one line per report
     with dash.agent("alpha") as again:  # it may come back at a sane pace
         again.send(report)
+
+
+def test_a_closed_flooder_is_read_no_more(make_dashboard: Any) -> None:
+    """Once a flood is closed, the dashboard stops reading the connection: what the
+    flooder sends backs up in TCP, instead of being parsed and dropped until the close
+    handshake times out. (A sender that never yields to read the close frame, as a tight
+    asyncio loop does, is the worst case.)"""
+    dash: Dashboard = make_dashboard()
+    report = json.dumps(go_report())
+    sent = 0
+
+    async def flood() -> None:
+        nonlocal sent
+        async with asyncio_connect(dash.url("/ws-report", "ws"), additional_headers={
+                "X-SERVER-ID": "alpha", "X-AUTH-SECRET": SECRET}) as ws:
+            while True:
+                await ws.send(report)
+                sent += 1
+
+    with contextlib.suppress(TimeoutError, asyncio.TimeoutError, ConnectionClosed):
+        asyncio.run(asyncio.wait_for(flood(), timeout=5))
+    dash.wait_for_log("agent closed: id=alpha: 200 reports over the rate within 10 s")
+    # 300 reports read; then at most what the sockets' buffers hold (a few MB).
+    assert sent < 300 + 8 * 2**20 // len(report), sent
 
 
 # --- small ones ------------------------------------------------------------------------
