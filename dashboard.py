@@ -143,8 +143,17 @@ VIEWER_COMPRESSION = ServerPerMessageDeflateFactory(
 WHOLE_MESSAGES = frozenset({Opcode.TEXT, Opcode.BINARY})  # a message's first frame
 
 
-def ignore_frame(frame: bytes) -> None:
-    """An agent's Connection.take_frame once it is being closed."""
+IGNORED_BEFORE_PAUSE = 16  # websockets' own queue: reading stopped when it held that many
+
+
+def ignore_frame(ws: Connection, frame: bytes) -> None:
+    """An agent's Connection.take_frame once it is being closed: what comes meanwhile is
+    dropped, and past a few frames no more is read, so a flooder's sends back up in TCP
+    (as they did behind websockets' full queue) instead of being parsed and dropped here
+    until the close handshake times out. An agent that stops sending closes at once."""
+    ws.ignored += 1
+    if ws.ignored == IGNORED_BEFORE_PAUSE:
+        ws.transport.pause_reading()
 
 
 class Connection(ServerConnection):
@@ -166,7 +175,9 @@ class Connection(ServerConnection):
         self.started = False  # websockets' own connection_made ran: it has a handler
         self.request_bytes = 0
         # An agent's: takes each report as it is parsed (process_event); set by serve_agent.
-        self.take_frame: Callable[[bytes], None] | None = None
+        self.take_frame: Callable[[Connection, bytes], None] | None = None
+        self.reports: TokenBucket | None = None  # an agent's: its reports' rate
+        self.ignored = 0  # an agent's frames dropped unread while it is being closed
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         peer = transport.get_extra_info("peername")
@@ -227,7 +238,7 @@ class Connection(ServerConnection):
         if take is not None and type(event) is Frame and event.opcode in WHOLE_MESSAGES:
             if event.fin:
                 data = event.data
-                take(data if type(data) is bytes else bytes(data))
+                take(self, data if type(data) is bytes else bytes(data))
                 return
             self.take_frame = None
         super().process_event(event)
@@ -329,6 +340,8 @@ class Dashboard:
             self.hub.take_history(history.fields(list(self.hub.servers), now))
         self.hub.refresh_traffic(time.time())
         self.closing: set[asyncio.Future[None]] = set()  # kept referenced until done
+        # Every agent's Connection.take_frame: one bound method, not one per connection.
+        self.take_whole_frame = self.take_agent_frame
         self.collected = time.monotonic()  # the last full garbage collection
         self.collection_took = 0.0  # how long it took
         # Bursts of dropped and of invalid reports, per agent (one table for all of them:
@@ -411,9 +424,9 @@ class Dashboard:
             log.info("agent connected: id=%s from %s", sid, address)
         self.tell_probes(ws, hub.servers[sid].config)
         forget_handshake(ws)
-        reports = TokenBucket(REPORTS_PER_SECOND, REPORT_BURST, time.monotonic())
+        ws.reports = reports = TokenBucket(REPORTS_PER_SECOND, REPORT_BURST, time.monotonic())
         if not check:  # a checking agent's answers go out in order, from the loop below
-            ws.take_frame = functools.partial(self.take_agent_frame, ws, sid, reports)
+            ws.take_frame = self.take_whole_frame
         try:
             async for frame in ws:  # what Connection.process_event leaves to it
                 if not hub.is_current(sid, ws):
@@ -435,18 +448,14 @@ class Dashboard:
                 log.info("agent disconnected: id=%s (%s %r)", sid, ws.close_code,
                          ws.close_reason)
 
-    def take_agent_frame(self, ws: Connection, sid: str, reports: TokenBucket,
-                         frame: bytes) -> None:
+    def take_agent_frame(self, ws: Connection, frame: bytes) -> None:
         """One whole frame of an agent, as it is parsed (Connection.process_event)."""
+        sid = ws.agent.server_id
         if not self.hub.is_current(sid, ws):
             return  # replaced, removed or re-keyed: being closed already
-        verdict = self.take_report(sid, frame, reports, time.monotonic())
+        verdict = self.take_report(sid, frame, ws.reports, time.monotonic())
         if verdict.close is not None:
-            # Nothing more is read from it: a flooder's sends back up in TCP (as they did
-            # behind websockets' full queue) instead of being parsed and dropped here
-            # until the close handshake times out.
             ws.take_frame = ignore_frame
-            ws.transport.pause_reading()
             self.in_background(self.close_agent(ws, sid, *verdict.close))
 
     def take_report(self, sid: str, frame: str | bytes, reports: TokenBucket,

@@ -1458,7 +1458,22 @@ def test_tls_carries_reports_to_a_viewer(make_dashboard: Any, make_agent: Any,
 
 
 def start_proxy(kind: str, tmp_path: Path, dashboard_port: int) -> tuple[LoggedProcess, int]:
-    """nginx or Caddy on loopback, configured with README's block (ports changed)."""
+    """nginx or Caddy on loopback, configured with README's block (ports changed). A free
+    port can be taken by another test's socket before the proxy binds it: then another."""
+    for _ in range(3):
+        proxy, port = spawn_proxy(kind, tmp_path, dashboard_port)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and proxy.process.poll() is None:  # type: ignore
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
+                return proxy, port
+            time.sleep(0.1)
+        proxy.kill()
+        if "address already in use" not in proxy.log_text().lower():
+            break
+    raise AssertionError(f"{kind} did not start:\n{proxy.log_text()}")
+
+
+def spawn_proxy(kind: str, tmp_path: Path, dashboard_port: int) -> tuple[LoggedProcess, int]:
     binary = require_tool(kind, kind)
     port = free_port()
     proxy = LoggedProcess()
@@ -1478,13 +1493,7 @@ def start_proxy(kind: str, tmp_path: Path, dashboard_port: int) -> tuple[LoggedP
         proxy.spawn([binary, "run", "--config", str(conf), "--adapter", "caddyfile"],
                     env={**os.environ, "HOME": str(tmp_path), "XDG_DATA_HOME": str(tmp_path),
                          "XDG_CONFIG_HOME": str(tmp_path)})
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
-            return proxy, port
-        time.sleep(0.1)
-    proxy.kill()
-    raise AssertionError(f"{kind} did not start:\n{proxy.log_text()}")
+    return proxy, port
 
 
 @pytest.mark.parametrize("kind", ["nginx", "caddy"])
