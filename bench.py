@@ -17,7 +17,7 @@ Real runs on this project's 2-core test machine (2026-11-27):
     $ python3 bench.py dashboard --agents 10000 --interval 5 --viewers 20 --duration 90
     dashboard bench: 20 viewers, history on, reports every 5 s, 90 s per run, 2 cores (...)
     agents reports/s CPU cores ms/report floor ms ratio peak RSS MB  p50 ms  p99 ms ...
-     10000      1999      0.56     0.278    0.116  2.40       267.3     173     511 ...
+     10000      2006      0.54     0.271    0.099  2.73       264.7     177     447 ...
 
     $ python3 bench.py history
     history bench: 2000 servers, 60 s resolution
@@ -27,12 +27,12 @@ Real runs on this project's 2-core test machine (2026-11-27):
       in memory per server        1.1 KiB after a day (the availability of its last 24 hours)
 
     $ python3 bench.py restart --agents 10000 --down 5
-    restart bench: 10000 agents, dashboard down 5 s: all back 16.3 s after it restarted; ...
+    restart bench: 10000 agents, dashboard down 5 s: all back 18.4 s after it restarted; ...
 
     $ python3 bench.py attack --duration 60
     attack bench: 500 agents reporting every 5 s, one viewer watching; four attacks at once ...
-      dashboard RSS: 43.6 MB before, peak 143.7 MB, 80.0 MB after
-      servers online: at least 500 of 500; the viewer's longest wait between updates: 2.07 s
+      dashboard RSS: 41.4 MB before, peak 136.3 MB, 79.1 MB after
+      servers online: at least 500 of 500; the viewer's longest wait between updates: 1.55 s
 
 Everything runs on 127.0.0.1: a real dashboard.py process, real agent.py or
 load-generator processes holding real WebSocket connections, and Debian's Chromium.
