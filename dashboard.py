@@ -234,8 +234,8 @@ class Connection(ServerConnection):
         it: at 2,000 reports a second that wake-up was a sixth of the dashboard's CPU.
         The handshake, control frames and fragmented messages take websockets' way (an
         agent that fragments one message is served that way from then on, in order)."""
-        take = self.take_frame
-        if take is not None and type(event) is Frame and event.opcode in WHOLE_MESSAGES:
+        take = self.take_frame  # set after the handshake: every event is a Frame then
+        if take is not None and event.opcode in WHOLE_MESSAGES:
             if event.fin:
                 data = event.data
                 take(self, data if type(data) is bytes else bytes(data))
@@ -424,14 +424,14 @@ class Dashboard:
             log.info("agent connected: id=%s from %s", sid, address)
         self.tell_probes(ws, hub.servers[sid].config)
         forget_handshake(ws)
-        ws.reports = reports = TokenBucket(REPORTS_PER_SECOND, REPORT_BURST, time.monotonic())
+        ws.reports = TokenBucket(REPORTS_PER_SECOND, REPORT_BURST, time.monotonic())
         if not check:  # a checking agent's answers go out in order, from the loop below
             ws.take_frame = self.take_whole_frame
         try:
             async for frame in ws:  # what Connection.process_event leaves to it
-                if not hub.is_current(sid, ws):
+                verdict = self.agent_verdict(ws, frame)
+                if verdict is None:
                     break  # removed or re-keyed by a reload
-                verdict = self.take_report(sid, frame, reports, time.monotonic())
                 del frame  # not kept while waiting for the next one (10,000 agents: 14 MB)
                 if check and verdict.answer:
                     await ws.send(verdict.answer)
@@ -450,13 +450,18 @@ class Dashboard:
 
     def take_agent_frame(self, ws: Connection, frame: bytes) -> None:
         """One whole frame of an agent, as it is parsed (Connection.process_event)."""
+        verdict = self.agent_verdict(ws, frame)  # None: being closed already
+        if verdict is not None and verdict.close is not None:
+            ws.take_frame = ignore_frame
+            self.in_background(self.close_agent(ws, ws.agent.server_id, *verdict.close))
+
+    def agent_verdict(self, ws: Connection, frame: str | bytes) -> Verdict | None:
+        """take_report() for one frame of the agent on `ws`; None when `ws` no longer
+        speaks for it (replaced, removed or re-keyed by a reload)."""
         sid = ws.agent.server_id
         if not self.hub.is_current(sid, ws):
-            return  # replaced, removed or re-keyed: being closed already
-        verdict = self.take_report(sid, frame, ws.reports, time.monotonic())
-        if verdict.close is not None:
-            ws.take_frame = ignore_frame
-            self.in_background(self.close_agent(ws, sid, *verdict.close))
+            return None
+        return self.take_report(sid, frame, ws.reports, time.monotonic())
 
     def take_report(self, sid: str, frame: str | bytes, reports: TokenBucket,
                     now: float) -> Verdict:
