@@ -80,24 +80,37 @@ def metric_values(record: dict[str, Any]) -> tuple[Any, ...]:
 
 
 NONE_MISSING = (0,) * len(METRICS)  # shared by every bucket until a value is missing
+METRIC_COUNT = len(METRICS)
+NO_SUMS = array.array("d", [0.0] * METRIC_COUNT)
+NO_MAXES = array.array("d", [-math.inf] * METRIC_COUNT)
 
 
-@dataclasses.dataclass
 class Bucket:
-    """One server's reports within one resolution step."""
+    """One server's reports within one resolution step.
 
-    start: int
-    n: int = 0
-    online: float = 0.0
-    sums: list[float] = dataclasses.field(default_factory=lambda: [0.0] * len(METRICS))
-    missing: list[int] | tuple[int, ...] = NONE_MISSING  # per metric, the reports without it
-    maxes: list[float] = dataclasses.field(default_factory=lambda: [-math.inf] * len(METRICS))
-    net_totals: tuple[Any, Any] = (None, None)
-    # Latency probes, per target: [reports, sum of rtt, reports with an rtt, max rtt, sum of loss]
-    probes: dict[str, list[float]] = dataclasses.field(default_factory=dict)
+    Slots, and the sums and maxima in arrays of doubles: while a step is written every
+    server holds two buckets, and with 24 float objects in two lists and a __dict__ a
+    bucket took 870 bytes, against about 600 (5 MB less at 10,000 servers, 10 MB during
+    a step)."""
+
+    __slots__ = ("maxes", "missing", "n", "net_totals", "online", "probes", "start", "sums")
+
+    def __init__(self, start: int, n: int = 0, online: float = 0.0,
+                 sums: Iterable[float] = (), missing: Any = NONE_MISSING,
+                 maxes: Iterable[float] = ()) -> None:
+        self.start, self.n, self.online = start, n, online
+        self.sums = array.array("d", sums) if sums else NO_SUMS[:]
+        self.maxes = array.array("d", maxes) if maxes else NO_MAXES[:]
+        self.missing: list[int] | tuple[int, ...] = missing  # per metric, reports without it
+        self.net_totals: tuple[Any, Any] = (None, None)
+        # Latency probes, per target: [reports, sum of rtt, reports with an rtt, max rtt,
+        # sum of loss]; None until a report carries probes.
+        self.probes: dict[str, list[float]] | None = None
 
     def add_probes(self, probes: list[dict[str, Any]]) -> None:
         """The last probe round a report carried (extraInfo.probes)."""
+        if self.probes is None:
+            self.probes = {}
         for probe in probes:
             sums = self.probes.get(probe["name"])
             if sums is None:
@@ -120,7 +133,7 @@ class Bucket:
         for i, value in enumerate(values):
             if value is None:
                 if self.missing is NONE_MISSING:
-                    self.missing = [0] * len(METRICS)
+                    self.missing = [0] * METRIC_COUNT
                 self.missing[i] += 1  # type: ignore[index]
             else:
                 sums[i] += value
@@ -162,7 +175,7 @@ def probe_rows(tier: int, sid: str, bucket: Bucket) -> list[tuple[Any, ...]]:
     """One row per probe target of a bucket: mean and max round trip, mean loss."""
     return [(tier, sid, target, bucket.start, n, rtt_sum / rtt_n if rtt_n else None,
              rtt_max if rtt_n else None, loss_sum / n)
-            for target, (n, rtt_sum, rtt_n, rtt_max, loss_sum) in bucket.probes.items()]
+            for target, (n, rtt_sum, rtt_n, rtt_max, loss_sum) in (bucket.probes or {}).items()]
 
 
 def watched_row(tier: int, sid: str, start: int, length: float,

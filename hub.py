@@ -87,6 +87,10 @@ def browser_message(kind: str, wall: float, server_views: list[str]) -> str:
 
 
 MISSING = object()
+# What a server that viewers are up to date with holds as its changes: 10,000 servers
+# between two updates hold no containers of their own. Never changed in place.
+NO_CHANGES: dict[str, Any] = {}
+NO_UNSET: list[str] = []
 
 
 def record_changes(before: dict[str, Any], record: dict[str, Any],
@@ -319,10 +323,11 @@ class ServerState:
     connection: ServerConnection | None = None
     # Fields other modules add, encoded: history's availability, traffic, alerts firing.
     extras: dict[str, str] = dataclasses.field(default_factory=dict)
-    # Not sent yet: members to set (paths, in order) and fields to unset (merge_changes).
-    changes: dict[str, Any] = dataclasses.field(default_factory=dict)
-    unset: list[str] = dataclasses.field(default_factory=list)
-    sent_extras: dict[str, str] = dataclasses.field(default_factory=dict)
+    # Not sent yet: members to set (paths, in order), fields to unset (merge_changes), and
+    # the extras set or removed. Between updates, shared empty ones (never changed in place).
+    changes: dict[str, Any] = dataclasses.field(default_factory=lambda: NO_CHANGES)
+    unset: list[str] = dataclasses.field(default_factory=lambda: NO_UNSET)
+    unsent_extras: tuple[str, ...] = ()
     encoded: str = ""  # the view now, as JSON; "" once it changed, until needed again
 
     def take_record(self, record: dict[str, Any], last_report: int) -> None:
@@ -355,17 +360,30 @@ class ServerState:
         changes.update((key, value) for key, value in head.items()
                        if before.head[key] != value)
         if self.changes or self.unset:  # a second report within one update: rare
-            merge_changes(self.changes, self.unset, changes, unset)
+            pending, removed = dict(self.changes), list(self.unset)
+            merge_changes(pending, removed, changes, unset)
+            changes, unset = pending, removed
+        self.changes, self.unset = changes or NO_CHANGES, unset or NO_UNSET
+
+    def set_extra(self, field: str, value: str) -> bool:
+        """Set (or with "" remove) a field another module adds to the view, its value
+        encoded already; whether that changed it."""
+        if self.extras.get(field, "") == value:
+            return False
+        if value:
+            self.extras[field] = value
         else:
-            self.changes, self.unset = changes, unset
+            del self.extras[field]
+        if field not in self.unsent_extras:
+            self.unsent_extras += (field,)
+        return True
 
     def commit(self) -> str:
         """The update entry that brings viewers to the view now ("" when nothing changed);
         from here on they have it."""
-        changes, unset = self.changes, self.unset
-        extras = [key for key, value in self.extras.items()
-                  if self.sent_extras.get(key) != value]
-        unset += [key for key in self.sent_extras if key not in self.extras]
+        changes, unsent = self.changes, self.unsent_extras
+        extras = [key for key in unsent if key in self.extras]
+        unset = self.unset + [key for key in unsent if key not in self.extras]
         self.catch_up()
         if not (changes or extras or unset):
             return ""
@@ -376,9 +394,7 @@ class ServerState:
     def catch_up(self) -> None:
         """Take the view now as what viewers have, telling no one (nobody watches, or a
         snapshot will)."""
-        self.changes, self.unset = {}, []
-        if self.sent_extras != self.extras:
-            self.sent_extras = dict(self.extras)
+        self.changes, self.unset, self.unsent_extras = NO_CHANGES, NO_UNSET, ()
 
 
 class Hub:
@@ -445,7 +461,7 @@ class Hub:
             self.traffic.observe(sid, record, state.config.traffic, wall)
             value = self.traffic_value(state.config, wall)
             if value:
-                state.extras["traffic"] = value
+                state.set_extra("traffic", value)
         self.accepted += 1
         self.mark_dirty(sid, before)
         if self.history is not None:
@@ -494,13 +510,8 @@ class Hub:
         """Set (or with "" remove) a field another module adds to a server's view, its
         value encoded already; in the next update (`soon`) or one of the next few."""
         state = self.servers.get(sid)
-        if state is None or state.extras.get(field, "") == value:
-            return
-        if value:
-            state.extras[field] = value
-        else:
-            del state.extras[field]
-        self.mark_dirty(sid, soon=soon)
+        if state is not None and state.set_extra(field, value):
+            self.mark_dirty(sid, soon=soon)
 
     def observe(self, wall: float) -> list[Observed]:
         """What alert rules see of every server now."""

@@ -264,9 +264,10 @@ def test_backoff_follows_the_seed() -> None:
             assert 0.9 * delay <= agent.jittered(delay, rng) <= delay
 
 
-def test_a_fleet_comes_back_from_a_restart_spread_over_30_s() -> None:
+def test_a_fleet_comes_back_from_a_restart_spread_over_20_s() -> None:
     """10,000 agents lose a dashboard that is back 5 s later: simulated with the agent's
-    own retry_delay, every one is back within 30 s and no second sees a stampede."""
+    own retry_delay, every one is back within 20 s of the restart and no second sees more
+    than 1,000 of them (the 10 % jitter put ~all in one second)."""
     rng = random.Random(3)
     down_until, agents = 5.0, 10_000
     back_at, attempts_per_second = [], [0] * 60
@@ -279,8 +280,8 @@ def test_a_fleet_comes_back_from_a_restart_spread_over_30_s() -> None:
             if now >= down_until:
                 back_at.append(now)
                 break
-    assert max(back_at) <= 30.0
-    assert max(attempts_per_second) <= agents / 5  # the 10 % jitter put ~all in 1 s
+    assert max(back_at) <= down_until + 20.0
+    assert max(attempts_per_second) <= agents / 10
     # Agents that never connected keep the seed's schedule: 3 s, 3.6 s, ...
     assert agent.retry_delay(1, False, 3.0, rng) == pytest.approx(3.0, rel=0.1)
 
@@ -451,7 +452,7 @@ def test_agent_reports_and_survives_a_dashboard_restart(make_dashboard: Any,
     reporter.wait_for_log("lost the dashboard", timeout=10)
     mark = len(reporter.lines)
     dash.start()
-    # Retries after a lost connection are spread over 0.5-10 s each (restart storms).
+    # Retries after a lost connection are spread over 0.5-20 s each (restart storms).
     reporter.wait_for_log(r"reconnected after \d+ attempts?", after=mark, timeout=35)
     wait_online(dash, "alpha")
     assert reporter.process is not None and reporter.process.poll() is None

@@ -7,6 +7,7 @@ import json
 import signal
 import sqlite3
 import time
+import tracemalloc
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +84,24 @@ def test_online_seconds_never_exceed_what_a_report_vouches_for() -> None:
     partial.add((None, *values[1:]), 5, (None, None))
     assert history.bucket_row(history.FINE, "x", partial, 60)[6:8] == (values[0], values[0])
     assert partial.missing[0] == 1 and not any(history.Bucket(T0).missing)
+
+
+def test_a_bucket_holds_its_sums_and_maxima_without_an_object_each() -> None:
+    """Every server holds a bucket, two while a step is written: with 24 float objects in
+    two lists one took 870 bytes (about 600 in arrays of doubles)."""
+    values = history.metric_values(report(1, interval=5))
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        buckets = [history.Bucket(T0) for _ in range(100)]
+        for bucket in buckets:
+            bucket.add(values, 5, (None, None))
+            bucket.add(values, 5, (None, None))
+        used = (tracemalloc.get_traced_memory()[0] - before) / len(buckets)
+    finally:
+        tracemalloc.stop()
+    assert used < 700
+    assert history.bucket_row(history.FINE, "x", buckets[0], 60)[6:8] == (values[0], values[0])
 
 
 def test_plans_return_at_most_about_1500_points() -> None:
