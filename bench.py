@@ -17,7 +17,7 @@ Real runs on this project's 2-core test machine (2026-11-27):
     $ python3 bench.py dashboard --agents 10000 --interval 5 --viewers 20 --duration 90
     dashboard bench: 20 viewers, history on, reports every 5 s, 90 s per run, 2 cores (...)
     agents reports/s CPU cores ms/report floor ms ratio peak RSS MB  p50 ms  p99 ms ...
-     10000      2006      0.54     0.271    0.099  2.73       264.7     177     447 ...
+     10000      2005      0.53     0.262    0.122  2.15       248.6     175     421 ...
 
     $ python3 bench.py history
     history bench: 2000 servers, 60 s resolution
@@ -27,7 +27,9 @@ Real runs on this project's 2-core test machine (2026-11-27):
       in memory per server        1.1 KiB after a day (the availability of its last 24 hours)
 
     $ python3 bench.py restart --agents 10000 --down 5
-    restart bench: 10000 agents, dashboard down 5 s: all back 18.4 s after it restarted; ...
+    restart bench: 10000 agents, dashboard down 5 s: all back 21.7 s after it restarted;
+    dashboard CPU meanwhile 0.66 cores on average, at most 0.98 (half seconds), at a full
+    core for 1.0 s
 
     $ python3 bench.py attack --duration 60
     attack bench: 500 agents reporting every 5 s, one viewer watching; four attacks at once ...
