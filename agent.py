@@ -132,7 +132,8 @@ BACKOFF_CAP = 600.0
 BACKOFF_JITTER = 0.1  # each wait is 90-100 % of the schedule
 STABLE_CONNECTION = 30.0  # only a connection up this long resets the backoff
 RESTART_RETRIES = 3  # after a connection that was up: this many retries with full jitter,
-RESTART_SPREAD = 20.0  # each at a random moment 0.5-20 s later: back within 20 s of a restart
+RESTART_SPREAD = 10.0  # each at a random moment 0.5-10 s later, or as long as the dashboard
+MAX_RESTART_SPREAD = 60.0  # says ("reconnect" frame: 2-30 s, by the size of its fleet)
 RESTART_MIN_DELAY = 0.5
 PING_INTERVAL = 30.0
 PING_TIMEOUT = 15.0  # a dead dashboard is noticed within 30 + 15 s
@@ -801,18 +802,19 @@ def jittered(delay: float, rng: random.Random) -> float:
 
 
 def retry_delay(retry: int, after_connection: bool, scheduled: float,
-                rng: random.Random) -> float:
+                rng: random.Random, spread: float = RESTART_SPREAD) -> float:
     """How long to wait before a retry (`retry` counts from 1 in this outage).
 
     When a connection that was up (for STABLE_CONNECTION) drops, the whole fleet usually
     lost it at once (the dashboard restarted): the first RESTART_RETRIES retries are spread
-    evenly over RESTART_SPREAD seconds (full jitter), so 10,000 agents come back within
-    20 s of the restart instead of within one second, about 700 a second at most (over
-    10 s, 1,700 a second kept the dashboard at a full core for 4 s). Otherwise, and after
-    those, the seed's backoff with 10 % jitter.
+    evenly over `spread` seconds (full jitter), which the dashboard sets by the size of
+    its fleet: 10,000 agents come back within 20 s of a restart, at about 700 a second at
+    most, instead of within one second (or within 10 s, 1,700 a second at the busiest,
+    which kept the dashboard at a full core for 4 s); a few agents within 2 s. Otherwise,
+    and after those, the seed's backoff with 10 % jitter.
     """
     if after_connection and retry <= RESTART_RETRIES:
-        return rng.uniform(RESTART_MIN_DELAY, RESTART_SPREAD)
+        return rng.uniform(RESTART_MIN_DELAY, spread)
     return jittered(scheduled, rng)
 
 
@@ -924,13 +926,33 @@ class ProbeTarget(NamedTuple):
     port: int | None  # None: ICMP echo
 
 
+def dashboard_message(frame: str | bytes, kind: str) -> dict[str, Any] | None:
+    """A frame from the dashboard as the JSON object of type `kind` it holds, or None."""
+    try:
+        message = json.loads(frame)
+    except (ValueError, RecursionError):
+        return None
+    return message if isinstance(message, dict) and message.get("type") == kind else None
+
+
+def parse_reconnect(frame: str | bytes) -> float | None:
+    """The dashboard's reconnect frame (PROTOCOL.md, "Reconnect spread"): over how many
+    seconds to spread the first retries after losing it; None for any other frame or one
+    that does not fit."""
+    message = dashboard_message(frame, "reconnect")
+    spread = message.get("spread") if message else None
+    if type(spread) not in (int, float) or not RESTART_MIN_DELAY < spread <= MAX_RESTART_SPREAD:
+        return None
+    return float(spread)
+
+
 def parse_probes(frame: str | bytes) -> tuple[float, tuple[ProbeTarget, ...]] | None:
     """The dashboard's probes frame (PROTOCOL.md, "Probes"), checked; None for any other
     frame or one that does not fit."""
+    message = dashboard_message(frame, "probes")
+    if message is None:
+        return None
     try:
-        message = json.loads(frame)
-        if not isinstance(message, dict) or message.get("type") != "probes":
-            return None
         interval = float(message["interval"])
         targets = tuple(ProbeTarget(str(t["name"])[:64], str(t["host"])[:253],
                                     int(t["port"]) if t.get("port") else None)
@@ -1110,6 +1132,7 @@ class Reporter:
         self.stopping = False
         self.refused = False  # the dashboard is up but refuses this agent
         self.prober = Prober()
+        self.restart_spread = RESTART_SPREAD  # until the dashboard says (parse_reconnect)
 
     async def collect(self) -> None:
         """Sample every interval; enqueue while connected, drop (logged once) while not."""
@@ -1161,7 +1184,13 @@ class Reporter:
             await asyncio.sleep(1 / FRAMES_PER_SECOND)  # unread frames wait in TCP buffers
 
     def dashboard_said(self, frame: str | bytes) -> None:
-        """One frame from the dashboard (PROTOCOL.md: only "probes" so far)."""
+        """One frame from the dashboard (PROTOCOL.md: "reconnect" and "probes")."""
+        spread = parse_reconnect(frame)
+        if spread is not None:
+            if spread != self.restart_spread:
+                log.info("the dashboard asks to retry within %g s after losing it", spread)
+                self.restart_spread = spread
+            return
         plan = parse_probes(frame)
         if plan is None:
             log.debug("frame from the dashboard ignored: %.80r", frame)
@@ -1230,7 +1259,8 @@ class Reporter:
                 # A connection that was up for a while dropped: likely the whole fleet's
                 # (a restart). One that drops at once (a flapping proxy) keeps the backoff.
                 lost_connection = True
-            delay = retry_delay(attempts + 1, lost_connection, next(delays), rng)
+            delay = retry_delay(attempts + 1, lost_connection, next(delays), rng,
+                                self.restart_spread)
             log.debug("next attempt in %.1f s", delay)
             await asyncio.sleep(delay)
 

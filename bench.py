@@ -555,7 +555,7 @@ async def reconnecting_agents(url: str, ids: list[str], duration: float,
 
     async def one(server_id: str, offset: float) -> None:
         nonlocal handshakes
-        rng = random.Random(server_id)
+        rng, spread = random.Random(server_id), agent.RESTART_SPREAD
         frames = itertools.cycle([RawAgent.text_frame(report.encode())
                                   for report in fake_reports(server_id)])
         headers = {"X-SERVER-ID": server_id, "X-AUTH-SECRET": SECRET}
@@ -575,8 +575,9 @@ async def reconnecting_agents(url: str, ids: list[str], duration: float,
                 pass  # refused, reset, timed out: retry as agent.py would
             finally:
                 raw.close()
+                spread = raw.restart_spread or spread
             retry += 1
-            await asyncio.sleep(agent.retry_delay(retry, lost, next(delays), rng))
+            await asyncio.sleep(agent.retry_delay(retry, lost, next(delays), rng, spread))
 
     await asyncio.gather(*(one(sid, i * interval / len(ids)) for i, sid in enumerate(ids)),
                          return_exceptions=True)
@@ -593,12 +594,14 @@ def upgrade_request(path: str, headers: dict[str, str] | None = None) -> bytes:
 
 class RawAgent:
     """The client side of RFC 6455, as little as a load generator needs: the upgrade, text
-    frames out (masked, as clients must), pings answered, everything else read and dropped."""
+    frames out (masked, as clients must), pings answered, the dashboard's reconnect spread
+    taken as agent.py takes it, everything else read and dropped."""
 
     def __init__(self) -> None:
         self.writer: asyncio.StreamWriter | None = None
         self.reading: asyncio.Task[None] | None = None
         self.pings = 0
+        self.restart_spread: float | None = None
 
     @property
     def open(self) -> bool:
@@ -630,6 +633,8 @@ class RawAgent:
                 if opcode == 0x9:
                     self.pings += 1
                     self.send(self.frame(0xA, payload))
+                elif opcode == 0x1:
+                    self.restart_spread = agent.parse_reconnect(payload) or self.restart_spread
 
     @staticmethod
     def frame(opcode: int, payload: bytes) -> bytes:

@@ -20,6 +20,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -216,11 +217,17 @@ class Dashboard(LoggedProcess):
         """Connections refused before the upgrade for `reason` (sss_refused_total)."""
         return int(self.metric("sss_refused_total", f'reason="{reason}"'))
 
+    @contextlib.contextmanager
     def agent(self, sid: str, secret: str = SECRET, headers: dict[str, str] | None = None,
-              **kwargs: Any) -> ClientConnection:
-        return connect(self.url("/ws-report", "ws"), open_timeout=10,
-                       additional_headers={"X-SERVER-ID": sid, "X-AUTH-SECRET": secret,
-                                           **(headers or {})}, **kwargs)
+              **kwargs: Any) -> Iterator[ClientConnection]:
+        """An agent's connection (Go-style: the test reads what the dashboard says), with the
+        reconnect frame that every agent but a checking one gets first already read."""
+        headers = {"X-SERVER-ID": sid, "X-AUTH-SECRET": secret, **(headers or {})}
+        with connect(self.url("/ws-report", "ws"), open_timeout=10,
+                     additional_headers=headers, **kwargs) as ws:
+            if headers.get("X-SSS-Check") != "1":
+                assert json.loads(ws.recv(timeout=5))["type"] == "reconnect"
+            yield ws
 
     def viewer(self, **kwargs: Any) -> ClientConnection:
         return connect(self.url("/ws-frontend", "ws"), open_timeout=10, **kwargs)

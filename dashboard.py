@@ -100,7 +100,7 @@ from limits import (  # noqa: E402
 from probes import probes_frame  # noqa: E402
 from reports import MAX_FRAME_BYTES, ReportError, validate_report  # noqa: E402
 from sessions import Sessions, check_password, hash_password  # noqa: E402
-from timings import TICK_SECONDS  # noqa: E402
+from timings import TICK_SECONDS, reconnect_spread  # noqa: E402
 from traffic import SAVE_SECONDS, Traffic, zone  # noqa: E402
 from web import (  # noqa: E402
     SAFE_URL,
@@ -422,6 +422,8 @@ class Dashboard:
             self.close_later(older)
         else:
             log.info("agent connected: id=%s from %s", sid, address)
+        if not check:  # a checking agent reads one answer (older ones skip a probes frame)
+            self.tell_agent(ws, reconnect_frame(len(hub.servers)))
         self.tell_probes(ws, hub.servers[sid].config)
         forget_handshake(ws)
         ws.reports = TokenBucket(REPORTS_PER_SECOND, REPORT_BURST, time.monotonic())
@@ -494,7 +496,11 @@ class Dashboard:
         probes = self.hub.config.probes
         if unless_none and not probes.for_server(server):
             return
-        future = self.in_background(ws.send(probes_frame(probes, server)))
+        self.tell_agent(ws, probes_frame(probes, server))
+
+    def tell_agent(self, ws: ServerConnection, frame: str) -> None:
+        """Send an agent a frame without waiting (one that closed meanwhile is no error)."""
+        future = self.in_background(ws.send(frame))
         future.add_done_callback(lambda done: done.cancelled() or done.exception())
 
     def drop_report(self, sid: str, error: ReportError, now: float) -> None:
@@ -680,6 +686,16 @@ def forget_handshake(ws: ServerConnection) -> None:
     for message in (ws.request, ws.response):
         if message is not None:
             message.headers.clear()
+
+
+def reconnect_frame(servers: int) -> str:
+    """The frame telling an agent over how many seconds to spread its first retries after
+    losing the dashboard (PROTOCOL.md, "Reconnect spread"), for a fleet of `servers`.
+
+    >>> reconnect_frame(10_000)
+    '{"type":"reconnect","spread":20.0}'
+    """
+    return f'{{"type":"reconnect","spread":{reconnect_spread(servers)}}}'
 
 
 def check_answer(error: str) -> str:

@@ -27,6 +27,7 @@ from websockets.sync.server import ServerConnection, serve
 import agent
 import dashboard
 import reports
+import timings
 from conftest import (
     AGENT_PYTHON,
     HERE,
@@ -266,24 +267,43 @@ def test_backoff_follows_the_seed() -> None:
 
 def test_a_fleet_comes_back_from_a_restart_spread_over_20_s() -> None:
     """10,000 agents lose a dashboard that is back 5 s later: simulated with the agent's
-    own retry_delay, every one is back within 20 s of the restart and no second sees more
-    than 1,000 of them (the 10 % jitter put ~all in one second)."""
+    own retry_delay and the spread the dashboard tells a fleet that size, every one is
+    back within 20 s of the restart and no second sees more than 1,000 of them (the 10 %
+    jitter put ~all in one second, a 10 s spread 1,700)."""
     rng = random.Random(3)
     down_until, agents = 5.0, 10_000
+    spread = timings.reconnect_spread(agents)
     back_at, attempts_per_second = [], [0] * 60
     for _ in range(agents):
         now, retry, delays = 0.0, 0, agent.backoff_delays()
         while True:
             retry += 1
-            now += agent.retry_delay(retry, True, next(delays), rng)
+            now += agent.retry_delay(retry, True, next(delays), rng, spread)
             attempts_per_second[int(now)] += 1
             if now >= down_until:
                 back_at.append(now)
                 break
-    assert max(back_at) <= down_until + 20.0
+    assert spread == 20.0 and max(back_at) <= down_until + spread
     assert max(attempts_per_second) <= agents / 10
     # Agents that never connected keep the seed's schedule: 3 s, 3.6 s, ...
     assert agent.retry_delay(1, False, 3.0, rng) == pytest.approx(3.0, rel=0.1)
+
+
+def test_the_reconnect_frame_is_taken_only_when_it_fits() -> None:
+    """The dashboard's word on how long to spread retries (PROTOCOL.md), hostile until
+    checked: anything else leaves the agent's own 10 s."""
+    assert agent.parse_reconnect('{"type": "reconnect", "spread": 20}') == 20.0
+    assert agent.parse_reconnect(b'{"type":"reconnect","spread":2.5}') == 2.5
+    for other in ('{"type": "reconnect", "spread": 0.5}', '{"type": "reconnect", "spread": 61}',
+                  '{"type": "reconnect", "spread": NaN}', '{"type": "reconnect", "spread": true}',
+                  '{"type": "reconnect", "spread": "20"}', '{"type": "reconnect"}',
+                  '{"type": "probes", "spread": 20}', "[20]", "not json", b"\xff",
+                  "[" * 100_000):
+        assert agent.parse_reconnect(other) is None, other
+    rng = random.Random(1)
+    assert all(0.5 <= agent.retry_delay(1, True, 3.0, rng) <= agent.RESTART_SPREAD
+               for _ in range(1000))
+    assert max(agent.retry_delay(1, True, 3.0, rng, 2.0) for _ in range(1000)) <= 2.0
 
 
 def test_adaptive_interval_moves_both_ways_with_hysteresis() -> None:
@@ -443,6 +463,7 @@ def test_agent_reports_and_survives_a_dashboard_restart(make_dashboard: Any,
     dash: Dashboard = make_dashboard()
     reporter = make_agent(*agent_args(dash))
     server = wait_online(dash, "alpha")
+    reporter.wait_for_log(r"the dashboard asks to retry within 2 s after losing it")  # 3 servers
     assert server["virtualMemoryInfo"]["total"] == psutil.virtual_memory().total
     assert server["reportInterval"] == 1.0 and "tcpConnections" in server["extraInfo"]
     first = server["lastReportTime"]
@@ -452,8 +473,8 @@ def test_agent_reports_and_survives_a_dashboard_restart(make_dashboard: Any,
     reporter.wait_for_log("lost the dashboard", timeout=10)
     mark = len(reporter.lines)
     dash.start()
-    # Retries after a lost connection are spread over 0.5-20 s each (restart storms).
-    reporter.wait_for_log(r"reconnected after \d+ attempts?", after=mark, timeout=35)
+    # Retries after a lost connection are spread over the 2 s the dashboard asked for.
+    reporter.wait_for_log(r"reconnected after \d+ attempts?", after=mark, timeout=10)
     wait_online(dash, "alpha")
     assert reporter.process is not None and reporter.process.poll() is None
 

@@ -325,6 +325,10 @@ def test_timing_contract_ties_the_agent_to_the_dashboard() -> None:
         assert offline_after(interval) > interval * sss_agent.ADAPT_FACTOR
         assert silent_close_after(interval) > next_report
         assert silent_close_after(interval) >= offline_after(interval)
+    # Every spread a dashboard tells its agents is one they take.
+    for servers in (1, 2000, 10_000, 10**6):
+        spread = timings.reconnect_spread(servers)
+        assert sss_agent.parse_reconnect(dashboard.reconnect_frame(servers)) == spread
 
 
 # --- HTTP --------------------------------------------------------------------
@@ -420,6 +424,20 @@ def test_agent_auth_happens_before_the_upgrade(make_dashboard: Any) -> None:
     dash.wait_for_log(r"agent rejected: id='ghost' from 127\.0\.0\.1: id not in servers.json")
     dash.wait_for_log(r"agent rejected: id='alpha' from 127\.0\.0\.1: wrong secret")
     assert "guess-123" not in dash.log_text() and SECRET not in dash.log_text()
+
+
+def test_agents_are_told_how_long_to_spread_their_reconnects(make_dashboard: Any) -> None:
+    """PROTOCOL.md, "Reconnect spread": by the size of the fleet, first thing on every
+    agent's connection but a checking one (its first frame answers its report)."""
+    fleet = [server_entry(f"s{i:04d}") for i in range(4999)]
+    dash: Dashboard = make_dashboard([*fleet, server_entry("alpha")])
+    headers = {"X-SERVER-ID": "alpha", "X-AUTH-SECRET": SECRET}
+    with connect(dash.url("/ws-report", "ws"), additional_headers=headers) as agent:
+        assert json.loads(agent.recv(timeout=5)) == {"type": "reconnect", "spread": 10.0}
+    with connect(dash.url("/ws-report", "ws"),
+                 additional_headers={**headers, "X-SSS-Check": "1"}) as checking:
+        checking.send(json.dumps(go_report()))
+        assert json.loads(checking.recv(timeout=5))["type"] == "check"
 
 
 def test_a_newer_connection_replaces_the_older(make_dashboard: Any) -> None:

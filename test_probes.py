@@ -155,7 +155,7 @@ def wait_for_probes(dash: Dashboard, sid: str, names: set[str],
 
 def test_a_go_style_agent_ignores_the_probes_frame(make_dashboard: Any) -> None:
     dash: Dashboard = make_dashboard(probes={"targets": [{"name": "CF", "host": "1.1.1.1"}]})
-    with dash.agent("alpha") as go_agent, dash.viewer() as viewer:
+    with dash.agent("alpha") as go_agent, dash.viewer() as viewer:  # after the reconnect frame
         recv_json(viewer)
         frame = json.loads(go_agent.recv(timeout=5))  # sent right after the handshake
         assert frame == {"type": "probes", "interval": 30.0,

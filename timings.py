@@ -30,6 +30,14 @@ COALESCE_SECONDS = 0.25
 # How often the housekeeping tick runs (offline transitions, silent closes, old bans).
 TICK_SECONDS = 1.0
 
+# Reconnects after a restart: the dashboard tells each agent over how many seconds to spread
+# its first retries (PROTOCOL.md, "Reconnect spread"), so the whole fleet comes back at
+# about this many handshakes a second. 10,000 agents within 10 s (1,700 a second at the
+# busiest) kept it at a full core for 4 s; a few agents need not wait long.
+RECONNECTS_PER_SECOND = 500
+MIN_RECONNECT_SPREAD = 2.0
+MAX_RECONNECT_SPREAD = 30.0  # agent.py accepts up to 60 s
+
 
 def offline_after(report_interval: float) -> float:
     """Seconds without an accepted report after which a server counts as offline."""
@@ -39,4 +47,13 @@ def offline_after(report_interval: float) -> float:
 def silent_close_after(report_interval: float) -> float:
     """Seconds without any frame after which an agent's connection is closed."""
     return max(SILENT_CLOSE_FLOOR, 2 * offline_after(report_interval))
+
+
+def reconnect_spread(servers: int) -> float:
+    """Seconds over which the agents of a fleet of `servers` spread their first retries.
+
+    >>> reconnect_spread(3), reconnect_spread(2000), reconnect_spread(10_000)
+    (2.0, 4.0, 20.0)
+    """
+    return min(max(servers / RECONNECTS_PER_SECOND, MIN_RECONNECT_SPREAD), MAX_RECONNECT_SPREAD)
 
