@@ -808,9 +808,8 @@ def retry_delay(retry: int, after_connection: bool, scheduled: float,
     When a connection that was up (for STABLE_CONNECTION) drops, the whole fleet usually
     lost it at once (the dashboard restarted): the first RESTART_RETRIES retries are spread
     evenly over `spread` seconds (full jitter), which the dashboard sets by the size of
-    its fleet: 10,000 agents come back within 20 s of a restart, at about 700 a second at
-    most, instead of within one second (or within 10 s, 1,700 a second at the busiest,
-    which kept the dashboard at a full core for 4 s); a few agents within 2 s. Otherwise,
+    its fleet: 10,000 agents come back within about 15 s of a restart instead of within
+    one second (1,700 a second at the busiest with 10 s), 2,000 within 3 s. Otherwise,
     and after those, the seed's backoff with 10 % jitter.
     """
     if after_connection and retry <= RESTART_RETRIES:

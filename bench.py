@@ -27,9 +27,9 @@ Real runs on this project's 2-core test machine (2026-11-27):
       in memory per server        1.1 KiB after a day (the availability of its last 24 hours)
 
     $ python3 bench.py restart --agents 10000 --down 5
-    restart bench: 10000 agents, dashboard down 5 s: all back 21.7 s after it restarted;
-    dashboard CPU meanwhile 0.66 cores on average, at most 0.98 (half seconds), at a full
-    core for 1.0 s
+    restart bench: 10000 agents, dashboard down 5 s: all back 20.6 s after it restarted;
+    dashboard CPU meanwhile 0.69 cores on average, at most 1.00 (half seconds), at a full
+    core for 3.5 s
 
     $ python3 bench.py attack --duration 60
     attack bench: 500 agents reporting every 5 s, one viewer watching; four attacks at once ...

@@ -433,7 +433,7 @@ def test_agents_are_told_how_long_to_spread_their_reconnects(make_dashboard: Any
     dash: Dashboard = make_dashboard([*fleet, server_entry("alpha")])
     headers = {"X-SERVER-ID": "alpha", "X-AUTH-SECRET": SECRET}
     with connect(dash.url("/ws-report", "ws"), additional_headers=headers) as agent:
-        assert json.loads(agent.recv(timeout=5)) == {"type": "reconnect", "spread": 10.0}
+        assert json.loads(agent.recv(timeout=5)) == {"type": "reconnect", "spread": 7.7}
     with connect(dash.url("/ws-report", "ws"),
                  additional_headers={**headers, "X-SSS-Check": "1"}) as checking:
         checking.send(json.dumps(go_report()))

@@ -32,9 +32,10 @@ TICK_SECONDS = 1.0
 
 # Reconnects after a restart: the dashboard tells each agent over how many seconds to spread
 # its first retries (PROTOCOL.md, "Reconnect spread"), so the whole fleet comes back at
-# about this many handshakes a second. 10,000 agents within 10 s (1,700 a second at the
-# busiest) kept it at a full core for 4 s; a few agents need not wait long.
-RECONNECTS_PER_SECOND = 500
+# about this many handshakes a second; a few agents need not wait long. At 10,000 agents,
+# spreads of 10, 15 and 20 s kept the dashboard at a full core for 3-5 s alike (its
+# agents' reports take half a core once back), but at 20 s some took over 30 s to return.
+RECONNECTS_PER_SECOND = 650
 MIN_RECONNECT_SPREAD = 2.0
 MAX_RECONNECT_SPREAD = 30.0  # agent.py accepts up to 60 s
 
@@ -53,7 +54,8 @@ def reconnect_spread(servers: int) -> float:
     """Seconds over which the agents of a fleet of `servers` spread their first retries.
 
     >>> reconnect_spread(3), reconnect_spread(2000), reconnect_spread(10_000)
-    (2.0, 4.0, 20.0)
+    (2.0, 3.1, 15.4)
     """
-    return min(max(servers / RECONNECTS_PER_SECOND, MIN_RECONNECT_SPREAD), MAX_RECONNECT_SPREAD)
+    spread = min(max(servers / RECONNECTS_PER_SECOND, MIN_RECONNECT_SPREAD), MAX_RECONNECT_SPREAD)
+    return round(spread, 1)
 
