@@ -658,7 +658,7 @@ def print_password_hash() -> int:
     return 0
 
 
-def test_notifier(config: Config, name: str) -> int:
+def send_test_notification(config: Config, name: str) -> int:
     """--test-notify NAME: exit 0 when the message went out, 1 with the reason."""
     notifier = config.notifiers.get(name)
     if notifier is None:
@@ -959,7 +959,7 @@ def main(argv: list[str] | None = None) -> int:
         log.error("%s: %s", args.config, problem)
         return 2
     if args.test_notify:
-        return test_notifier(config, args.test_notify)
+        return send_test_notification(config, args.test_notify)
     config = dataclasses.replace(config, host=args.host or config.host,
                                  port=config.port if args.port is None else args.port)
     if args.public_url and not SAFE_URL.fullmatch(args.public_url):
