@@ -79,8 +79,8 @@ def metric_values(record: dict[str, Any]) -> tuple[Any, ...]:
             extra.get("tcpConnections"), extra.get("udpConnections"), extra.get("processes"))
 
 
-NONE_MISSING = (0,) * len(METRICS)  # shared by every bucket until a value is missing
 METRIC_COUNT = len(METRICS)
+NONE_MISSING = (0,) * METRIC_COUNT  # shared by every bucket until a value is missing
 NO_SUMS = array.array("d", [0.0] * METRIC_COUNT)
 NO_MAXES = array.array("d", [-math.inf] * METRIC_COUNT)
 
@@ -175,7 +175,7 @@ def probe_rows(tier: int, sid: str, bucket: Bucket) -> list[tuple[Any, ...]]:
     """One row per probe target of a bucket: mean and max round trip, mean loss."""
     return [(tier, sid, target, bucket.start, n, rtt_sum / rtt_n if rtt_n else None,
              rtt_max if rtt_n else None, loss_sum / n)
-            for target, (n, rtt_sum, rtt_n, rtt_max, loss_sum) in (bucket.probes or {}).items()]
+            for target, (n, rtt_sum, rtt_n, rtt_max, loss_sum) in (bucket.probes or EMPTY).items()]
 
 
 def watched_row(tier: int, sid: str, start: int, length: float,
