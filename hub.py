@@ -15,6 +15,7 @@ import itertools
 import json
 import logging
 import time
+from json.encoder import c_make_encoder, encode_basestring_ascii  # type: ignore[attr-defined]
 from typing import TYPE_CHECKING, Any, Callable, NamedTuple
 
 from alerts import Observed, observed_values
@@ -31,7 +32,27 @@ else:
     ServerConnection = Any
 
 log = logging.getLogger("sss.dashboard")
-encode = json.JSONEncoder(separators=(",", ":")).encode
+
+
+def compact_encoder() -> Callable[[Any], str]:
+    """json.dumps(value, separators=(",", ":")), without its cost per call.
+
+    JSONEncoder.encode builds json's C encoder anew for every value; the hub encodes a
+    few small ones per report (what changed, an id), where that was a third of the time.
+    This one is built once. No circular check: what it encodes came from JSON.
+
+        >>> compact_encoder()({"cpuInfo.percent": 5.5, "info": [1, None, True]})
+        '{"cpuInfo.percent":5.5,"info":[1,null,true]}'
+    """
+    if c_make_encoder is None:  # a Python without json's C part
+        return json.JSONEncoder(separators=(",", ":")).encode
+    fallback = json.JSONEncoder()
+    chunks = c_make_encoder(None, fallback.default, encode_basestring_ascii, None, ":", ",",
+                            False, False, True)
+    return lambda value: "".join(chunks(value, 0))
+
+
+encode = compact_encoder()
 
 POLICY_VIOLATION = 1008  # websockets' CloseCode.POLICY_VIOLATION (hub imports no websockets)
 SNAPSHOT_SHARED_SECONDS = 1.0

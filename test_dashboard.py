@@ -26,9 +26,13 @@ from typing import Any
 import psutil
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from websockets.client import ClientProtocol
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.frames import Close, CloseCode, Frame, Opcode
+from websockets.http11 import Response
 from websockets.sync.client import connect
+from websockets.uri import parse_uri
 
 import agent as sss_agent
 import bench
@@ -56,6 +60,7 @@ from hub import (
     HISTORY_SERVERS_PER_UPDATE,
     MISSING,
     Hub,
+    encode,
     member_changes,
     record_changes,
     server_view,
@@ -252,12 +257,14 @@ def test_full_collections_follow_closed_connections_not_the_heap() -> None:
     assert not due(closed=10**6, since=dashboard.COLLECT_AT_MOST_EVERY / 2)  # a flood: bounded
     # A big heap: a collection that took a second waits until it is 5 % of the time.
     assert not due(closed=10**6, since=19, took=1.0) and due(closed=10**6, since=20, took=1.0)
-    script = ("import dashboard, gc; dashboard.take_over_full_collections(); "
-              "print(gc.get_threshold())")
-    shown = subprocess.run([sys.executable, "-c", script], cwd=Path(dashboard.__file__).parent,
-                           capture_output=True, text=True, check=True).stdout
-    young, middle, full = ast.literal_eval(shown)
-    assert (young, middle) == (700, 10) and (full > 10**6 or sys.version_info >= (3, 14))
+    for servers, expected in ((3, 700), (10_000, 20_000)):
+        script = (f"import dashboard, gc; dashboard.take_over_full_collections({servers}); "
+                  "print(gc.get_threshold())")
+        shown = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                               cwd=Path(dashboard.__file__).parent, check=True).stdout
+        young, middle, full = ast.literal_eval(shown)
+        if sys.version_info < (3, 14):  # young collections sized to the fleet
+            assert (young, middle) == (expected, 10) and full > 10**6
 
 
 def test_silent_connections_close_after_the_derived_limit() -> None:
@@ -586,6 +593,16 @@ def test_generated_comparisons_find_what_the_generic_one_does() -> None:
                              and field not in after]
 
 
+def test_the_hubs_encoder_writes_what_json_dumps_does() -> None:
+    """hub.encode is json's C encoder made once (compact_encoder), for speed: it must give
+    json.dumps' very text, and refuse what json.dumps refuses."""
+    awkward = ["é\u2028\x00\"\\", 1e300, -0.0, 2**64, 10**30, True, None, [], {}]
+    for value in [*varied_records(), awkward, {"k": awkward}, "id-1", 0]:
+        assert encode(value) == json.dumps(value, separators=(",", ":"))
+    with pytest.raises(TypeError, match="not JSON serializable"):
+        encode({"x": object()})
+
+
 def test_reports_within_one_update_add_up_to_the_last() -> None:
     """What changed is worked out as each report comes in, and the report before is let
     go: one, two or three reports of a server within an update, whatever changed in them,
@@ -809,6 +826,65 @@ def test_reports_count_alike_in_one_frame_in_fragments_or_binary(make_dashboard:
     metrics = dash.get("/metrics")[2].decode()
     assert "sss_reports_accepted_total 4" in metrics
     assert 'sss_reports_rejected_total{reason="not_json"} 1' in metrics
+    assert "Traceback" not in dash.log_text()
+
+
+def test_an_agents_frames_count_however_tcp_cuts_them(make_dashboard: Any) -> None:
+    """The dashboard splits an agent's frames itself (Connection.split_frames): reports
+    count whether several arrive in one segment or one arrives byte by byte, with a 7-bit
+    or a 16-bit length; a ping is answered with its payload; a close goes on to websockets,
+    which answers it; an unmasked frame is refused as websockets refuses it."""
+    dash: Dashboard = make_dashboard()
+
+    def handshake(sock: socket.socket) -> ClientProtocol:
+        client = ClientProtocol(parse_uri(dash.url("/ws-report", "ws")))
+        request = client.connect()
+        request.headers["X-SERVER-ID"], request.headers["X-AUTH-SECRET"] = "alpha", SECRET
+        client.send_request(request)
+        sock.sendall(b"".join(client.data_to_send()))
+        assert isinstance(next_event(sock, client), Response)
+        assert json.loads(next_event(sock, client).data)["type"] == "reconnect"
+        return client
+
+    def next_event(sock: socket.socket, client: ClientProtocol) -> Any:
+        while not (events := client.events_received()):
+            client.receive_data(sock.recv(65536))
+        assert len(events) == 1, events
+        return events[0]
+
+    def close_code(event: Any) -> int:
+        assert event.opcode == Opcode.CLOSE
+        return Close.parse(event.data).code
+
+    def frame(opcode: Opcode, data: bytes) -> bytes:
+        return Frame(opcode, data).serialize(mask=True, extensions=[])
+    reports = [frame(Opcode.TEXT, json.dumps(go_report(cpuInfo={"percent": n, "info": []}))
+                     .encode()) for n in range(5)]
+    reports.append(frame(Opcode.TEXT, b'{"cpuInfo": {"percent": 5}}'))  # a 7-bit length
+    assert len(reports[0]) > 130 and len(reports[-1]) < 125
+    with socket.create_connection(("127.0.0.1", dash.port), timeout=5) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        client = handshake(sock)
+        sock.sendall(reports[0] + reports[1] + reports[2][:3])  # two and a header's start
+        sock.sendall(reports[2][3:9])  # the rest of the header, the mask's start
+        sock.sendall(reports[2][9:])
+        for byte in reports[3]:
+            sock.send(bytes([byte]))
+        sock.sendall(frame(Opcode.PING, b"still there?") + reports[4] + reports[5])
+        pong = next_event(sock, client)
+        assert (pong.opcode, pong.data) == (Opcode.PONG, b"still there?")
+        deadline = time.monotonic() + 10
+        while dash.metric("sss_reports_accepted_total") < 6 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert dash.metric("sss_reports_accepted_total") == 6
+        client.send_close(CloseCode.NORMAL_CLOSURE)
+        sock.sendall(b"".join(client.data_to_send()))
+        assert close_code(next_event(sock, client)) == CloseCode.NORMAL_CLOSURE
+    with socket.create_connection(("127.0.0.1", dash.port), timeout=5) as sock:
+        client = handshake(sock)
+        sock.sendall(Frame(Opcode.TEXT, b"{}").serialize(mask=False, extensions=[]))
+        assert close_code(next_event(sock, client)) == CloseCode.PROTOCOL_ERROR
+    assert dash.metric("sss_reports_accepted_total") == 6
     assert "Traceback" not in dash.log_text()
 
 

@@ -81,7 +81,14 @@ def period(now: float, reset_day: int, zone: Zone) -> tuple[int, int]:
 
 
 def used_bytes(received: int, sent: int, mode: str) -> int:
-    return {"sum": received + sent, "out": sent, "in": received}.get(mode, max(received, sent))
+    """What counts against the limit, by the plan's `count` (config.py: sum, out, in, max)."""
+    if mode == "sum":
+        return received + sent
+    if mode == "out":
+        return sent
+    if mode == "in":
+        return received
+    return max(received, sent)
 
 
 def increase(before: int | None, after: int, rebooted: bool) -> int:
