@@ -458,7 +458,12 @@ def run_load(target_port: int, ids: list[str], viewers: int, duration: float,
 def bench_dashboard(agents: int, viewers: int, duration: float,
                     compression: bool = False, history: bool = True,
                     interval: float = 1.0) -> dict[str, Any]:
+    """The dashboard under `agents` agents and `viewers` viewers, between two runs of the
+    floor (the same load on a bare websockets server): the machine's speed drifts (this
+    one's floor moved by a third between runs), and the ratio compares the dashboard with
+    the mean of the floor just before and just after it."""
     ids = [f"agent-{i:05d}" for i in range(agents)]
+    floor_before = run_floor(ids, duration, interval)
     with tempfile.TemporaryDirectory() as tmp:
         flags = ["--viewer-compression"] if compression else []
         flags += [] if history else ["--no-history"]
@@ -469,21 +474,19 @@ def bench_dashboard(agents: int, viewers: int, duration: float,
             accepted = reports_accepted(port) - accepted0
         finally:
             stop(dash)
-    with tempfile.TemporaryDirectory() as tmp:
-        floor, floor_port = start_server([sys.executable, str(HERE / "bench.py"), "_floor"],
-                                         Path(tmp) / "floor.log")
-        try:
-            floor_load = run_load(floor_port, ids, 0, duration, psutil.Process(floor.pid),
-                                  interval)
-        finally:
-            stop(floor)
+    floor_after = run_floor(ids, duration, interval)
+    floor_runs = [floor_before, floor_after]
     sent = load["sent"]
     latencies = sorted(load.get("latencies", []))
     viewer_bytes = load.get("viewer_bytes", [])
     reports_per_s = load["reports_per_second"]  # in the measured window
     cpu_per_report = load["cpu_cores"] / reports_per_s if reports_per_s else 0.0
-    floor_rate = floor_load["reports_per_second"]
-    floor_per_report = floor_load["cpu_cores"] / floor_rate if floor_rate else 0.0
+    floor_ms = [run["cpu_cores"] / run["reports_per_second"] * 1000
+                for run in floor_runs if run["reports_per_second"]]
+    floor_per_report = statistics.mean(floor_ms) / 1000 if floor_ms else 0.0
+    floor_load = {key: statistics.mean(run[key] for run in floor_runs)
+                  for key in ("cpu_cores", "peak_rss_mb", "rss_per_agent_kib",
+                              "steady_rss_per_agent_kib")}
     bytes_per_viewer = statistics.mean(viewer_bytes) / (duration + 2) if viewer_bytes else 0
     return {
         "agents": agents, "viewers": viewers, "duration": duration, "cores": os.cpu_count(),
@@ -493,6 +496,7 @@ def bench_dashboard(agents: int, viewers: int, duration: float,
         "cpu_cores": load["cpu_cores"], "cpu_ms_per_report": cpu_per_report * 1000,
         "floor_cpu_cores": floor_load["cpu_cores"],
         "floor_cpu_ms_per_report": floor_per_report * 1000,
+        "floor_cpu_ms_per_report_before_after": floor_ms,
         "cpu_ratio_to_floor": cpu_per_report / floor_per_report if floor_per_report else None,
         "peak_rss_mb": load["peak_rss_mb"], "floor_peak_rss_mb": floor_load["peak_rss_mb"],
         "rss_per_agent_kib": load["rss_per_agent_kib"],
@@ -509,6 +513,17 @@ def bench_dashboard(agents: int, viewers: int, duration: float,
     }
 
 
+def run_floor(ids: list[str], duration: float, interval: float) -> dict[str, Any]:
+    """One run of the floor: the dashboard's load on bench.py's bare websockets server."""
+    with tempfile.TemporaryDirectory() as tmp:
+        floor, port = start_server([sys.executable, str(HERE / "bench.py"), "_floor"],
+                                   Path(tmp) / "floor.log")
+        try:
+            return run_load(port, ids, 0, duration, psutil.Process(floor.pid), interval)
+        finally:
+            stop(floor)
+
+
 def percentile(values: list[float], pct: float) -> float:
     return values[min(int(len(values) * pct / 100), len(values) - 1)]
 
@@ -519,7 +534,8 @@ def print_dashboard(results: list[dict[str, Any]]) -> None:
           f"{' (compressed)' if first['viewer_compression'] else ''}, history "
           f"{'on' if first['history'] else 'off'}, reports every {first['interval']:g} s, "
           f"{first['duration']:.0f} s "
-          f"per run, {first['cores']} cores (dashboard and load generators share them)")
+          f"per run, {first['cores']} cores (dashboard and load generators share them); "
+          "floor: the mean of a run before and one after")
     print(f"{'agents':>6} {'reports/s':>9} {'CPU cores':>9} {'ms/report':>9} "
           f"{'floor ms':>8} {'ratio':>5} {'peak RSS MB':>11} {'p50 ms':>7} {'p99 ms':>7} "
           f"{'viewer KiB/s':>12} {'B/report':>8} {'KiB/agent':>9} {'floor':>6} "

@@ -845,6 +845,8 @@ def test_dashboard_bench_smoke() -> None:
     assert result["viewer_bytes_per_second"] > 0 and result["peak_rss_mb"] > 5
     assert result["rss_per_agent_kib"] >= result["steady_rss_per_agent_kib"]
     assert result["floor_cpu_ms_per_report"] >= 0 and result["reports_per_second"] > 0
+    before, after = result["floor_cpu_ms_per_report_before_after"]  # the floor bracketing it
+    assert result["floor_cpu_ms_per_report"] == pytest.approx((before + after) / 2)
 
 
 def test_attack_and_churn_bench_smoke() -> None:
