@@ -2,7 +2,7 @@
 """Benchmarks: the agent's footprint, the dashboard's capacity, history, restarts, the page,
 and the dashboard under attack (attack, churn).
 
-Real runs on this project's 2-core test machine (2026-11-27):
+Real runs on this project's 2-core test machine (2026-11-27 and -28):
 
     $ python3 bench.py agent --duration 60
     agent bench: 53 samples at 1 s, 60 s, 2 cores
@@ -14,10 +14,10 @@ Real runs on this project's 2-core test machine (2026-11-27):
     agent RSS above the floor: 1.0 MB without psutil, 2.1 MB with it
     of which collect + build + encode (median, in-process, 1 Hz): 0.861 ms per sample
 
-    $ python3 bench.py dashboard --agents 10000 --interval 5 --viewers 20 --duration 90
-    dashboard bench: 20 viewers, history on, reports every 5 s, 90 s per run, 2 cores (...)
+    $ python3 bench.py dashboard --agents 10000 --interval 5 --viewers 20 --duration 60
+    dashboard bench: 20 viewers, history on, reports every 5 s, 60 s per run, 2 cores (...)
     agents reports/s CPU cores ms/report floor ms ratio peak RSS MB  p50 ms  p99 ms ...
-     10000      2005      0.53     0.262    0.122  2.15       248.6     175     421 ...
+     10000      1983      0.44     0.220    0.109  2.02       217.1     186     636 ...
 
     $ python3 bench.py history
     history bench: 2000 servers, 60 s resolution
@@ -27,8 +27,8 @@ Real runs on this project's 2-core test machine (2026-11-27):
       in memory per server        1.1 KiB after a day (the availability of its last 24 hours)
 
     $ python3 bench.py restart --agents 10000 --down 5
-    restart bench: 10000 agents, dashboard down 5 s: all back 20.6 s after it restarted;
-    dashboard CPU meanwhile 0.69 cores on average, at most 1.00 (half seconds), at a full
+    restart bench: 10000 agents, dashboard down 5 s: all back 19.2 s after it restarted;
+    dashboard CPU meanwhile 0.66 cores on average, at most 1.00 (half seconds), at a full
     core for 3.5 s
 
     $ python3 bench.py attack --duration 60
