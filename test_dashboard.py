@@ -210,6 +210,8 @@ BAD_REPORTS = [
     (json.dumps(go_report()).replace('"percent": 12.5', '"percent": NaN'), "not_finite"),
     (json.dumps(go_report()).replace('"percent": 12.5', '"percent": Infinity'), "not_finite"),
     (b"\xff\xfe{", "not_json"),
+    ('{"surprise": 1}', "no_fields"),
+    ('{"name": "a", "group": "", "id": "a", "ip": "", "lastReportTime": 1}', "no_fields"),
 ]
 
 
