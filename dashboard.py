@@ -800,9 +800,9 @@ COLLECT_SECONDS = 600.0
 # Young collections: Python's run one per 700 new containers (its default), and each moves
 # what survives on to the middle generation, itself walked every ten of them. A report's
 # record (a dozen dicts and lists, no cycles) lives one report interval: at 10,000 agents
-# every record was walked twice on its way, for nothing (a fifth of the dashboard's CPU in
-# bench.py). Sized to the fleet, most records are freed before a young collection sees
-# them; a young collection of 10,000 servers takes a few milliseconds.
+# every record was walked twice on its way, for nothing (gc.callbacks in bench.py: 1,450
+# young and 132 middle collections, 1.2 s; sized to the fleet 85 and 7, 0.9 s; about 4 µs
+# a report). A young collection of 10,000 servers takes a few milliseconds.
 YOUNG_DEFAULT = 700
 YOUNG_PER_SERVER = 2
 YOUNG_MOST = 20_000
