@@ -568,7 +568,7 @@ class Dashboard:
                     f"{BAD_REPORTS_LIMIT} invalid reports within {BAD_REPORTS_WINDOW:.0f} s"))
             return Verdict(check_answer(str(exc)), None)
         self.hub.accept_report(sid, record, now, time.time())
-        return Verdict(check_answer(""), None)
+        return ACCEPTED
 
     def tell_probes(self, ws: ServerConnection, server: ServerConfig,
                     unless_none: bool = True) -> None:
@@ -646,7 +646,7 @@ class Dashboard:
 
     async def keep_traffic(self) -> None:
         """Save the period totals once a minute (or once a history step, if shorter), and
-        start new periods on the cards."""
+        show them on the cards (new periods too)."""
         every = min(SAVE_SECONDS, self.history.resolution) if self.history else SAVE_SECONDS
         while True:
             await asyncio.sleep(every)
@@ -780,6 +780,9 @@ def check_answer(error: str) -> str:
     if not error:
         return '{"type":"check","accepted":true}'
     return json.dumps({"type": "check", "accepted": False, "reason": error})
+
+
+ACCEPTED = Verdict(check_answer(""), None)
 
 
 # --- memory ----------------------------------------------------------------------------

@@ -8,6 +8,7 @@ import contextlib
 import copy
 import hashlib
 import json
+import math
 import os
 import random
 import re
@@ -59,6 +60,7 @@ from conftest import (
 from hub import (
     HISTORY_SERVERS_PER_UPDATE,
     MISSING,
+    Closing,
     Hub,
     encode,
     member_changes,
@@ -249,6 +251,24 @@ def test_offline_rule_follows_each_servers_interval() -> None:
     assert hub.tick(now=144.9)[0] == []
     assert hub.tick(now=145.1)[0] == ["slow-agent"]
     assert not hub.servers["slow-agent"].online and hub.dirty == {"go-agent", "slow-agent"}
+
+
+def test_a_tick_looks_at_every_server_only_once_a_deadline_may_have_come() -> None:
+    hub = fleet("slow-agent", "late-agent")
+    slow, late = FakeConnection("slow-agent"), FakeConnection("late-agent")
+    hub.attach_agent("slow-agent", slow, now=0.0)
+    hub.accept_report("slow-agent", {"reportInterval": 70}, now=0.0, wall=1e9)
+    assert hub.tick(now=1.0) == ([], []) and hub.next_deadline == 145.0  # offline at 145 s
+    # Deadlines sooner than the one found: each must bring the next look forward.
+    hub.accept_report("slow-agent", {"reportInterval": 1}, now=10.0, wall=1e9)
+    assert hub.tick(now=17.0)[0] == [] and hub.next_deadline == 17.0  # 2 × 1 s + 5 s
+    assert hub.tick(now=17.001)[0] == ["slow-agent"]
+    hub.accept_report("late-agent", {"cpuInfo": {"percent": 1}}, now=20.0, wall=1e9)
+    assert hub.tick(now=29.001)[0] == ["late-agent"]  # came online: offline after 9 s
+    hub.detach_agent("slow-agent", slow)
+    assert hub.tick(now=60.0) == ([], []) and hub.next_deadline == math.inf  # nothing to watch
+    hub.attach_agent("late-agent", late, now=61.0)
+    assert hub.tick(now=121.001)[1] == [Closing(late, 1008, "no report for 60 s")]
 
 
 def test_full_collections_follow_closed_connections_not_the_heap() -> None:
