@@ -1393,6 +1393,9 @@ def test_bench_reports_change_what_a_real_agents_do() -> None:
         assert {"hostInfo.uptime", "hostInfo.avgStat.load1", "cpuInfo.percent",
                               "virtualMemoryInfo.used", "networkInfo.netInTransfer",
                               "diskInfo.partitions.0.used"} <= changes.keys()
+    # Each says the interval it is sent at, as agent.py does: the offline rules follow it.
+    assert {validate_report(frame)["reportInterval"]
+            for frame in bench.fake_reports("web-1", interval=5)} == {5}
 
 
 def test_page_memory_stays_flat_with_500_servers(make_dashboard: Any, page_on: Any) -> None:
