@@ -195,7 +195,7 @@ class Connection(ServerConnection):
         self.splitting = False
         self.partial: list[bytes] = []  # the pieces of it, joined once `missing` came
         self.missing = 0
-        self.frames_to_websockets = 0  # frames websockets parsed after the handshake
+        self.websockets_parsed_a_frame = False  # after the handshake
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         peer = transport.get_extra_info("peername")
@@ -260,7 +260,7 @@ class Connection(ServerConnection):
         parser holds nothing yet: it answered the handshake in this very step, a client
         sends nothing before that answer (RFC 6455, 4.1), and no frame nor byte of one
         reached it since. (A client that sends early anyway is served by websockets.)"""
-        self.splitting = (self.frames_to_websockets == 0 and not self.protocol.extensions
+        self.splitting = (not self.websockets_parsed_a_frame and not self.protocol.extensions
                           and not getattr(self.protocol.reader, "buffer", True))
 
     def split_frames(self, data: bytes) -> None:
@@ -319,7 +319,7 @@ class Connection(ServerConnection):
                 return
             self.take_frame = None
         if type(event) is Frame:
-            self.frames_to_websockets += 1
+            self.websockets_parsed_a_frame = True
         super().process_event(event)
 
     def start_keepalive(self) -> None:
