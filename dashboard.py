@@ -167,11 +167,23 @@ def ignore_frame(ws: Connection, frame: bytes) -> None:
         ws.transport.pause_reading()
 
 
-class Connection(ServerConnection):
+# Every connection's reads land here, one read at a time (the loop runs one callback at a
+# time, and each read is copied out before the next): asyncio's own 256 KiB a read.
+READ_BUFFER = memoryview(bytearray(256 * 1024))
+
+
+class Connection(ServerConnection, asyncio.BufferedProtocol):
     """websockets' connection, plus what the dashboard counts from the first byte on:
     the handshake in progress (per address and in total), the request's method (HEAD
     and 405 are answered here, because websockets 15 reads GET requests only), and the
-    viewer it becomes, until the socket closes however it closes."""
+    viewer it becomes, until the socket closes however it closes.
+
+    It reads as a BufferedProtocol: into READ_BUFFER, then copied out as bytes of the
+    length read. A plain Protocol gets a new 256 KiB bytes object for every read, shrunk
+    to what came: at 2,000 reports a second, one read in four took a block from the
+    system for a 1.3 KB report (mmap, mremap, munmap: 14,500 calls in 10 s under
+    strace, none now). Side by side under the same load it saves about 1 % of the CPU
+    (README, "Scale")."""
 
     def __init__(self, *args: Any, site: Site, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -219,6 +231,12 @@ class Connection(ServerConnection):
                              f"connection from {oldest.peer} dropped: {HANDSHAKES_TOTAL} "
                              "handshakes in progress, it was the oldest", time.monotonic())
             oldest.transport.abort()
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return READ_BUFFER
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data_received(READ_BUFFER[:nbytes].tobytes())
 
     def data_received(self, data: bytes) -> None:
         if self.splitting:
