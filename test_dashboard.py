@@ -917,9 +917,9 @@ def test_an_agents_frames_count_however_tcp_cuts_them(make_dashboard: Any) -> No
 
 def test_connections_read_into_one_buffer_not_a_new_block_per_read() -> None:
     """A connection reads into the dashboard's one buffer (Connection is a
-    BufferedProtocol): asyncio otherwise makes a 256 KiB bytes object for every read, a
-    block mapped from the system for each report. Measured as the peak of what Python
-    allocated while a real socket sent 20 frames and the handler read them."""
+    BufferedProtocol): asyncio otherwise makes a 256 KiB bytes object for every read,
+    often a block mapped from the system for one report. Measured as the peak of what
+    Python allocated while a real socket sent 20 frames and the handler read them."""
     config, _ = parse_config({"servers": [server_entry("alpha")]}, "x")
     site = Site.create(Hub(config, broadcast=lambda viewers, message: None),
                        Files(None, None, None, None), Options())
