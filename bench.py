@@ -20,6 +20,12 @@ restart runs on the faster of the two, README "Scale"):
     agents reports/s CPU cores ms/report floor ms ratio peak RSS MB  p50 ms  p99 ms ...
      10000      2002      0.27     0.135    0.075  1.80       214.0     148     297 ...
 
+    $ python3 bench.py dashboard --agents 10000 --interval 5 --duration 60 --side-by-side
+    dashboard bench: 20 viewers, history on, reports every 5 s, 60 s per run, 2 cores (...);
+    floor: run side by side on core 0, under a load of its own
+    agents reports/s CPU cores ms/report floor ms ratio peak RSS MB  p50 ms  p99 ms ...
+     10000      2008      0.22     0.111    0.067  1.66       211.8     154     331 ...
+
     $ python3 bench.py history
     history bench: 2000 servers, 60 s resolution
       fold per report            6.48 µs  (validating it: 34.49 µs)
@@ -63,8 +69,9 @@ import threading
 import time
 import urllib.request
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import psutil
 from websockets.asyncio.client import connect
@@ -417,68 +424,121 @@ async def floor_server() -> None:
         await asyncio.Future()
 
 
-def run_load(target_port: int, ids: list[str], viewers: int, duration: float,
-             target: psutil.Process, interval: float = 1.0) -> dict[str, Any]:
-    """Drive `target` with a process of agents and one of viewers; measure its CPU and
-    memory meanwhile."""
-    url = f"ws://127.0.0.1:{target_port}/ws-report"
-    procs = [subprocess.Popen(
-        [sys.executable, str(HERE / "bench.py"), "_load", "--url", url, "--duration",
-         str(duration), "--interval", str(interval), "--ids", ",".join(ids)],
-        stdout=subprocess.PIPE, text=True)]
-    if viewers:
-        procs.append(subprocess.Popen(
-            [sys.executable, str(HERE / "bench.py"), "_watch", "--url",
-             f"ws://127.0.0.1:{target_port}/ws-frontend", "--viewers", str(viewers),
-             "--duration", str(duration + 2)], stdout=subprocess.PIPE, text=True))
-    idle_rss = target.memory_info().rss
+class Target(NamedTuple):
+    """A server a load drives: its port, its process, how many viewers watch it."""
+
+    port: int
+    process: psutil.Process
+    viewers: int = 0
+
+
+def run_load(targets: list[Target], ids: list[str], duration: float,
+             interval: float = 1.0) -> list[dict[str, Any]]:
+    """Drive each target with a process of agents (`ids`, every `interval` s) and one of
+    viewers; measure the targets' CPU and memory meanwhile, over the same window."""
+    procs: list[tuple[int, str, subprocess.Popen]] = []
+    for n, target in enumerate(targets):
+        procs.append((n, "agents", subprocess.Popen(
+            [sys.executable, str(HERE / "bench.py"), "_load", "--url",
+             f"ws://127.0.0.1:{target.port}/ws-report", "--duration", str(duration),
+             "--interval", str(interval), "--ids", ",".join(ids)],
+            stdout=subprocess.PIPE, text=True)))
+        if target.viewers:
+            procs.append((n, "viewers", subprocess.Popen(
+                [sys.executable, str(HERE / "bench.py"), "_watch", "--url",
+                 f"ws://127.0.0.1:{target.port}/ws-frontend", "--viewers",
+                 str(target.viewers), "--duration", str(duration + 2)],
+                stdout=subprocess.PIPE, text=True)))
+    idle_rss = [target.process.memory_info().rss for target in targets]
     # Measure the middle of the run: connections are up and the stagger has settled.
     warmup = min(5.0 + len(ids) / CONNECTS_PER_SECOND + interval, duration / 2)
     time.sleep(warmup)
-    cpu0, wall0 = cpu_seconds(target), time.monotonic()
-    rss = [target.memory_info().rss]
-    while time.monotonic() - wall0 < duration - warmup - 1:
-        rss.append(target.memory_info().rss)
+    cpu0, wall0 = [cpu_seconds(target.process) for target in targets], time.monotonic()
+    rss: list[list[int]] = [[] for _ in targets]
+    while True:
+        for samples, target in zip(rss, targets):
+            samples.append(target.process.memory_info().rss)
+        if time.monotonic() - wall0 >= duration - warmup - 1:
+            break
         time.sleep(0.5)
+    cpu = [cpu_seconds(target.process) for target in targets]
     wall1 = time.monotonic()
-    # The peak is what a memory limit must allow; the median is what the agents hold, without
-    # the moments (an update in 20 viewers' buffers, history's step) that come and go.
-    peak, steady = max(rss), statistics.median(rss)
-    cpu = (cpu_seconds(target) - cpu0) / (wall1 - wall0)
-    agents, *watchers = [json.loads(p.communicate(timeout=duration + 120)[0]) for p in procs]
+    outputs: list[dict[str, Any]] = [{} for _ in targets]
+    for n, kind, proc in procs:
+        outputs[n][kind] = json.loads(proc.communicate(timeout=duration + 120)[0])
     # The whole seconds inside the window (a short smoke run may have none: then the run's).
     first, last = math.ceil(wall0), math.floor(wall1)
-    in_window = sum(n for second, n in agents["per_second"].items()
-                    if first <= int(second) < last)
-    rate = in_window / (last - first) if last > first else agents["sent"] / duration
-    return {"cpu_cores": cpu, "peak_rss_mb": peak / 2**20, "sent": agents["sent"],
-            "reports_per_second": rate,
-            "window": wall1 - wall0, **(watchers[0] if watchers else {}),
-            "rss_per_agent_kib": (peak - idle_rss) / max(len(ids), 1) / 1024,
-            "steady_rss_per_agent_kib": (steady - idle_rss) / max(len(ids), 1) / 1024}
+    results = []
+    for n in range(len(targets)):
+        agents = outputs[n]["agents"]
+        in_window = sum(count for second, count in agents["per_second"].items()
+                        if first <= int(second) < last)
+        rate = in_window / (last - first) if last > first else agents["sent"] / duration
+        # The peak is what a memory limit must allow; the median is what the agents hold,
+        # without the moments (an update in 20 viewers' buffers, history's step) that come
+        # and go.
+        peak, steady = max(rss[n]), statistics.median(rss[n])
+        results.append({
+            "cpu_cores": (cpu[n] - cpu0[n]) / (wall1 - wall0), "peak_rss_mb": peak / 2**20,
+            "sent": agents["sent"], "reports_per_second": rate, "window": wall1 - wall0,
+            **outputs[n].get("viewers", {}),
+            "rss_per_agent_kib": (peak - idle_rss[n]) / max(len(ids), 1) / 1024,
+            "steady_rss_per_agent_kib": (steady - idle_rss[n]) / max(len(ids), 1) / 1024})
+    return results
+
+
+@contextlib.contextmanager
+def floor_running() -> Iterator[Target]:
+    """bench.py's bare websockets server (floor_server), for as long as the block runs."""
+    with tempfile.TemporaryDirectory() as tmp:
+        floor, port = start_server([sys.executable, str(HERE / "bench.py"), "_floor"],
+                                   Path(tmp) / "floor.log")
+        try:
+            yield Target(port, psutil.Process(floor.pid))
+        finally:
+            stop(floor)
+
+
+@contextlib.contextmanager
+def dashboard_running(ids: list[str], viewers: int, *flags: str) -> Iterator[Target]:
+    """dashboard.py with a servers.json of `ids`, for as long as the block runs."""
+    with tempfile.TemporaryDirectory() as tmp:
+        dash, port = start_dashboard(Path(tmp), ids, *flags)
+        try:
+            yield Target(port, psutil.Process(dash.pid), viewers)
+        finally:
+            stop(dash)
 
 
 def bench_dashboard(agents: int, viewers: int, duration: float,
                     compression: bool = False, history: bool = True,
-                    interval: float = 1.0) -> dict[str, Any]:
-    """The dashboard under `agents` agents and `viewers` viewers, between two runs of the
-    floor (the same load on a bare websockets server): the machine's speed drifts (this
-    one's floor moved by a third between runs), and the ratio compares the dashboard with
-    the mean of the floor just before and just after it."""
+                    interval: float = 1.0, side_by_side: bool = False) -> dict[str, Any]:
+    """The dashboard under `agents` agents and `viewers` viewers, against the floor: the
+    same load on a bare websockets server.
+
+    The machine's speed drifts (this one's floor moved by a third between runs). So the
+    floor runs just before and just after the dashboard, and the ratio compares with their
+    mean; or (`side_by_side`) it runs at the same time, on the same core, under a load of
+    its own, and both are measured over the same seconds: the drift is then the same for
+    both (share_one_core)."""
     ids = [f"agent-{i:05d}" for i in range(agents)]
-    floor_before = run_floor(ids, duration, interval)
-    with tempfile.TemporaryDirectory() as tmp:
-        flags = ["--viewer-compression"] if compression else []
-        flags += [] if history else ["--no-history"]
-        dash, port = start_dashboard(Path(tmp), ids, *flags)
-        try:
-            accepted0 = reports_accepted(port)
-            load = run_load(port, ids, viewers, duration, psutil.Process(dash.pid), interval)
-            accepted = reports_accepted(port) - accepted0
-        finally:
-            stop(dash)
-    floor_after = run_floor(ids, duration, interval)
-    floor_runs = [floor_before, floor_after]
+    flags = ["--viewer-compression"] if compression else []
+    flags += [] if history else ["--no-history"]
+    if side_by_side:
+        with floor_running() as floor, dashboard_running(ids, viewers, *flags) as dash:
+            shared_core = share_one_core([floor.process, dash.process])
+            accepted0 = reports_accepted(dash.port)
+            floor_load, load = run_load([floor, dash], ids, duration, interval)
+            accepted = reports_accepted(dash.port) - accepted0
+        floor_runs = [floor_load]
+    else:
+        shared_core = None
+        floor_runs = [run_floor(ids, duration, interval)]
+        with dashboard_running(ids, viewers, *flags) as dash:
+            accepted0 = reports_accepted(dash.port)
+            (load,) = run_load([dash], ids, duration, interval)
+            accepted = reports_accepted(dash.port) - accepted0
+        floor_runs.append(run_floor(ids, duration, interval))
     sent = load["sent"]
     latencies = sorted(load.get("latencies", []))
     viewer_bytes = load.get("viewer_bytes", [])
@@ -493,13 +553,14 @@ def bench_dashboard(agents: int, viewers: int, duration: float,
     bytes_per_viewer = statistics.mean(viewer_bytes) / (duration + 2) if viewer_bytes else 0
     return {
         "agents": agents, "viewers": viewers, "duration": duration, "cores": os.cpu_count(),
-        "viewer_compression": compression, "history": history,
+        "viewer_compression": compression, "history": history, "side_by_side": side_by_side,
+        "shared_core": shared_core,
         "reports_sent": sent, "reports_accepted": accepted,
         "reports_per_second": reports_per_s,
         "cpu_cores": load["cpu_cores"], "cpu_ms_per_report": cpu_per_report * 1000,
         "floor_cpu_cores": floor_load["cpu_cores"],
         "floor_cpu_ms_per_report": floor_per_report * 1000,
-        "floor_cpu_ms_per_report_before_after": floor_ms,
+        "floor_cpu_ms_per_report_runs": floor_ms,
         "cpu_ratio_to_floor": cpu_per_report / floor_per_report if floor_per_report else None,
         "peak_rss_mb": load["peak_rss_mb"], "floor_peak_rss_mb": floor_load["peak_rss_mb"],
         "rss_per_agent_kib": load["rss_per_agent_kib"],
@@ -516,15 +577,26 @@ def bench_dashboard(agents: int, viewers: int, duration: float,
     }
 
 
+def share_one_core(processes: list[psutil.Process]) -> int | None:
+    """Run `processes` on one core (the first they may use), where the system can say so:
+    the floor's cost per report moved by a third between side-by-side runs that left
+    both servers free to move, as each ran where it happened to. Pinned to one core, both
+    run at its speed and beside the same neighbours (the loads go where they like).
+    Returns the core, as the processes now say they run on it (None: not pinned)."""
+    if not hasattr(processes[0], "cpu_affinity"):  # macOS
+        return None
+    first = min(processes[0].cpu_affinity())
+    for process in processes:
+        process.cpu_affinity([first])
+    pinned = {tuple(process.cpu_affinity()) for process in processes}
+    return first if pinned == {(first,)} else None
+
+
 def run_floor(ids: list[str], duration: float, interval: float) -> dict[str, Any]:
-    """One run of the floor: the dashboard's load on bench.py's bare websockets server."""
-    with tempfile.TemporaryDirectory() as tmp:
-        floor, port = start_server([sys.executable, str(HERE / "bench.py"), "_floor"],
-                                   Path(tmp) / "floor.log")
-        try:
-            return run_load(port, ids, 0, duration, psutil.Process(floor.pid), interval)
-        finally:
-            stop(floor)
+    """One run of the floor alone: the dashboard's load on bench.py's bare websockets
+    server."""
+    with floor_running() as floor:
+        return run_load([floor], ids, duration, interval)[0]
 
 
 def percentile(values: list[float], pct: float) -> float:
@@ -538,7 +610,8 @@ def print_dashboard(results: list[dict[str, Any]]) -> None:
           f"{'on' if first['history'] else 'off'}, reports every {first['interval']:g} s, "
           f"{first['duration']:.0f} s "
           f"per run, {first['cores']} cores (dashboard and load generators share them); "
-          "floor: the mean of a run before and one after")
+          + (f"floor: run side by side on core {first['shared_core']}, under a load of its own"
+             if first["side_by_side"] else "floor: the mean of a run before and one after"))
     print(f"{'agents':>6} {'reports/s':>9} {'CPU cores':>9} {'ms/report':>9} "
           f"{'floor ms':>8} {'ratio':>5} {'peak RSS MB':>11} {'p50 ms':>7} {'p99 ms':>7} "
           f"{'viewer KiB/s':>12} {'B/report':>8} {'KiB/agent':>9} {'floor':>6} "
@@ -1227,6 +1300,9 @@ def main(argv: list[str] | None = None) -> int:
                           help="seconds between one agent's reports (the seed's default is 5)")
     dash_cmd.add_argument("--no-history", action="store_true",
                           help="start the dashboard with --no-history (live data only)")
+    dash_cmd.add_argument("--side-by-side", action="store_true",
+                          help="run the floor at the same time as the dashboard, under a "
+                               "load of its own and on the same core, not before and after it")
     dash_cmd.add_argument("--json", action="store_true")
     page_cmd = commands.add_parser("page", help="the page in Chromium with N servers")
     page_cmd.add_argument("--servers", type=int, default=2000)
@@ -1321,7 +1397,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(result, indent=2)) if args.json else print_agent(result)
     else:
         results = [bench_dashboard(n, args.viewers, args.duration, args.viewer_compression,
-                                   not args.no_history, args.interval) for n in args.agents]
+                                   not args.no_history, args.interval, args.side_by_side)
+                   for n in args.agents]
         print(json.dumps(results, indent=2)) if args.json else print_dashboard(results)
     return 0
 

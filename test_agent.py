@@ -845,8 +845,21 @@ def test_dashboard_bench_smoke() -> None:
     assert result["viewer_bytes_per_second"] > 0 and result["peak_rss_mb"] > 5
     assert result["rss_per_agent_kib"] >= result["steady_rss_per_agent_kib"]
     assert result["floor_cpu_ms_per_report"] >= 0 and result["reports_per_second"] > 0
-    before, after = result["floor_cpu_ms_per_report_before_after"]  # the floor bracketing it
+    before, after = result["floor_cpu_ms_per_report_runs"]  # the floor bracketing it
     assert result["floor_cpu_ms_per_report"] == pytest.approx((before + after) / 2)
+    assert not result["side_by_side"]
+
+
+def test_dashboard_bench_side_by_side_smoke() -> None:
+    """--side-by-side: one run of the floor, at the same time as the dashboard's and on
+    the same core, each under a load of its own."""
+    (result,) = run_bench("dashboard", "--agents", "20", "--viewers", "2", "--duration", "4",
+                          "--side-by-side")
+    assert result["side_by_side"] and result["reports_accepted"] > 20
+    assert result["shared_core"] is not None  # Linux: both servers were pinned to it
+    (floor,) = result["floor_cpu_ms_per_report_runs"]  # one run, over the same seconds
+    assert result["floor_cpu_ms_per_report"] == floor >= 0
+    assert result["floor_rss_per_agent_kib"] > 0 and result["latency_samples"] > 0
 
 
 def test_attack_and_churn_bench_smoke() -> None:
