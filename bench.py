@@ -69,7 +69,7 @@ import threading
 import time
 import urllib.request
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -488,26 +488,21 @@ def run_load(targets: list[Target], ids: list[str], duration: float,
 
 
 @contextlib.contextmanager
-def floor_running() -> Iterator[Target]:
-    """bench.py's bare websockets server (floor_server), for as long as the block runs."""
+def server_running(start: Callable[[Path], tuple[subprocess.Popen, int]],
+                   viewers: int = 0) -> Iterator[Target]:
+    """The server `start` runs in a temporary directory, for as long as the block runs."""
     with tempfile.TemporaryDirectory() as tmp:
-        floor, port = start_server([sys.executable, str(HERE / "bench.py"), "_floor"],
-                                   Path(tmp) / "floor.log")
+        process, port = start(Path(tmp))
         try:
-            yield Target(port, psutil.Process(floor.pid))
+            yield Target(port, psutil.Process(process.pid), viewers)
         finally:
-            stop(floor)
+            stop(process)
 
 
-@contextlib.contextmanager
-def dashboard_running(ids: list[str], viewers: int, *flags: str) -> Iterator[Target]:
-    """dashboard.py with a servers.json of `ids`, for as long as the block runs."""
-    with tempfile.TemporaryDirectory() as tmp:
-        dash, port = start_dashboard(Path(tmp), ids, *flags)
-        try:
-            yield Target(port, psutil.Process(dash.pid), viewers)
-        finally:
-            stop(dash)
+def start_floor(directory: Path) -> tuple[subprocess.Popen, int]:
+    """bench.py's bare websockets server (floor_server)."""
+    return start_server([sys.executable, str(HERE / "bench.py"), "_floor"],
+                        directory / "floor.log")
 
 
 def bench_dashboard(agents: int, viewers: int, duration: float,
@@ -525,7 +520,8 @@ def bench_dashboard(agents: int, viewers: int, duration: float,
     flags = ["--viewer-compression"] if compression else []
     flags += [] if history else ["--no-history"]
     if side_by_side:
-        with floor_running() as floor, dashboard_running(ids, viewers, *flags) as dash:
+        with server_running(start_floor) as floor, \
+                server_running(lambda tmp: start_dashboard(tmp, ids, *flags), viewers) as dash:
             shared_core = share_one_core([floor.process, dash.process])
             accepted0 = reports_accepted(dash.port)
             floor_load, load = run_load([floor, dash], ids, duration, interval)
@@ -534,7 +530,7 @@ def bench_dashboard(agents: int, viewers: int, duration: float,
     else:
         shared_core = None
         floor_runs = [run_floor(ids, duration, interval)]
-        with dashboard_running(ids, viewers, *flags) as dash:
+        with server_running(lambda tmp: start_dashboard(tmp, ids, *flags), viewers) as dash:
             accepted0 = reports_accepted(dash.port)
             (load,) = run_load([dash], ids, duration, interval)
             accepted = reports_accepted(dash.port) - accepted0
@@ -595,7 +591,7 @@ def share_one_core(processes: list[psutil.Process]) -> int | None:
 def run_floor(ids: list[str], duration: float, interval: float) -> dict[str, Any]:
     """One run of the floor alone: the dashboard's load on bench.py's bare websockets
     server."""
-    with floor_running() as floor:
+    with server_running(start_floor) as floor:
         return run_load([floor], ids, duration, interval)[0]
 
 
