@@ -1611,6 +1611,10 @@ def test_systemd_units_verify(systemd_analyze: str, tmp_path: Path) -> None:
                     if name in line and "sysinit.target" not in line]
         assert result.returncode == 0 or not problems, result.stderr
         assert not problems, result.stderr
+    # systemd's default soft limit (1,024 files) would refuse agents past about a thousand.
+    dashboard_unit = (dashboard.HERE / "deploy/sss-dashboard.service").read_text()
+    limit = re.search(r"^LimitNOFILE=(\d+)$", dashboard_unit, re.M)
+    assert limit and int(limit.group(1)) >= 10_000 + dashboard.VIEWER_MARGIN
 
 
 def test_tls_carries_reports_to_a_viewer(make_dashboard: Any, make_agent: Any,
