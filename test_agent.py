@@ -854,8 +854,9 @@ def test_dashboard_bench_side_by_side_smoke() -> None:
     """--side-by-side: one run of the floor, at the same time as the dashboard's and on
     the same core, each under a load of its own."""
     (result,) = run_bench("dashboard", "--agents", "20", "--viewers", "2", "--duration", "4",
-                          "--side-by-side")
-    assert result["side_by_side"] and result["reports_accepted"] > 20
+                          "--side-by-side", "--interval", "2")
+    assert result["side_by_side"] and result["interval"] == 2
+    assert result["reports_accepted"] > 20  # about two from each agent, every 2 s for 4 s
     assert result["shared_core"] is not None  # Linux: both servers were pinned to it
     (floor,) = result["floor_cpu_ms_per_report_runs"]  # one run, over the same seconds
     assert result["floor_cpu_ms_per_report"] == floor >= 0
