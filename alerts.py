@@ -85,11 +85,15 @@ def probe_values(probes: list[dict[str, Any]]) -> dict[str, float]:
 
 @dataclasses.dataclass
 class Firing:
-    """One rule firing for one server: kept across restarts."""
+    """One rule firing for one server: kept across restarts. Durations are measured on
+    the monotonic clock (`held`, `sent`); the Unix times say when, in messages and in
+    alerts.json."""
 
     since: float  # Unix time the condition started to hold
     value: float | None
-    last_sent: float  # Unix time of the last "firing" message (for repeat)
+    last_sent: float  # Unix time of the last "firing" message
+    held: float = 0.0  # monotonic time the condition started to hold
+    sent: float = 0.0  # monotonic time of the last "firing" message (for repeat)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,8 +104,8 @@ class Event:
     server: ServerConfig
     state: str  # firing | resolved
     value: float | None
-    since: float
-    now: float
+    since: float  # Unix time the condition started to hold
+    lasted: float  # seconds it held, on the monotonic clock
 
     @property
     def threshold(self) -> float | None:
@@ -123,15 +127,17 @@ Key = tuple[str, str]  # (rule name, server id)
 
 
 class Evaluator:
-    """Which rule fires for which server; `evaluate` turns observations into events."""
+    """Which rule fires for which server; `evaluate` turns observations into events.
+    `now` is monotonic (durations), `wall` Unix time (what messages say)."""
 
     def __init__(self, started: float, firing: dict[Key, Firing] | None = None) -> None:
-        self.started = started  # Unix time the dashboard started
+        self.started = started  # monotonic time the dashboard started
         self.firing: dict[Key, Firing] = firing or {}
-        self.pending: dict[Key, float] = {}  # condition holds since, not yet for `for`
+        # Condition holds since (monotonic, Unix time), not yet for `for`.
+        self.pending: dict[Key, tuple[float, float]] = {}
 
     def evaluate(self, rules: tuple[AlertRule, ...], servers: list[Observed],
-                 now: float) -> list[Event]:
+                 now: float, wall: float) -> list[Event]:
         events: list[Event] = []
         live_keys = set()
         for rule in rules:
@@ -144,7 +150,7 @@ class Evaluator:
                 if holds is None:  # offline: stale values neither fire nor resolve
                     self.pending.pop(key, None)
                     continue
-                events += self.step(rule, seen, key, holds, value, now)
+                events += self.step(rule, seen, key, holds, value, now, wall)
         for key in [k for k in self.firing if k not in live_keys]:
             del self.firing[key]  # the rule or the server is gone from servers.json
         for key in [k for k in self.pending if k not in live_keys]:
@@ -169,28 +175,28 @@ class Evaluator:
         return holds, value
 
     def step(self, rule: AlertRule, seen: Observed, key: Key, holds: bool,
-             value: float | None, now: float) -> list[Event]:
+             value: float | None, now: float, wall: float) -> list[Event]:
         firing = self.firing.get(key)
         if firing is not None:
             if not holds:
                 del self.firing[key]
-                return [Event(rule, seen.server, "resolved", value, firing.since, now)]
+                return [Event(rule, seen.server, "resolved", value, firing.since,
+                              now - firing.held)]
             firing.value = value if value is not None else firing.value
-            if rule.repeat and now - firing.last_sent >= rule.repeat:
-                firing.last_sent = now
-                return [Event(rule, seen.server, "firing", firing.value, firing.since, now)]
+            if rule.repeat and now - firing.sent >= rule.repeat:
+                firing.sent, firing.last_sent = now, wall
+                return [Event(rule, seen.server, "firing", firing.value, firing.since,
+                              now - firing.held)]
             return []
         if not holds:
             self.pending.pop(key, None)
             return []
-        since = self.pending.get(key)
-        if since is None:
-            since = self.pending[key] = now
-        if now - self.not_before(rule, seen, since) < rule.for_seconds:
+        held, since = self.pending.setdefault(key, (now, wall))
+        if now - self.not_before(rule, seen, held) < rule.for_seconds:
             return []
         del self.pending[key]
-        self.firing[key] = Firing(since, value, now)
-        return [Event(rule, seen.server, "firing", value, since, now)]
+        self.firing[key] = Firing(since, value, wall, held, now)
+        return [Event(rule, seen.server, "firing", value, since, now - held)]
 
     def not_before(self, rule: AlertRule, seen: Observed, since: float) -> float:
         """No page for a restart: offline counts only from a grace after the start."""
@@ -247,7 +253,7 @@ def message_text(event: Event) -> str:
     """'🔴 Web 1 (Frankfurt) offline for 1m', '🔥 DB 2 CPU 97 % for 5m (above 90)'."""
     server, rule = event.server, event.rule
     who = server.name if server.group == "Default" else f"{server.name} ({server.group})"
-    lasted = short_duration(event.now - event.since)
+    lasted = short_duration(event.lasted)
     if rule.metric == "offline":
         if event.state == "firing":
             return f"🔴 {who} offline for {lasted}"
@@ -263,7 +269,8 @@ def message_text(event: Event) -> str:
     if event.state == "firing":
         side = "above" if rule.above is not None else "below"
         limit = metric_value(rule.metric, event.threshold).replace(" %", "").replace(" ms", "")
-        return f"🔥 {who} {name} {value} for {lasted} ({side} {limit})"
+        held = f" for {lasted}" if event.lasted >= 1 else ""  # a rule without "for": at once
+        return f"🔥 {who} {name} {value}{held} ({side} {limit})"
     return f"✅ {who} {name} back to {value} after {lasted}"
 
 
@@ -271,16 +278,23 @@ def message_text(event: Event) -> str:
 
 
 def firing_rows(firing: dict[Key, Firing]) -> list[dict[str, Any]]:
-    """The firing state as saved in alerts.json."""
-    return [{"alert": rule, "id": sid, **dataclasses.asdict(state)}
-            for (rule, sid), state in firing.items()]
+    """The firing state as saved in alerts.json (Unix times: monotonic ones mean nothing
+    to the next process)."""
+    return [{"alert": rule, "id": sid, "since": state.since, "value": state.value,
+             "last_sent": state.last_sent} for (rule, sid), state in firing.items()]
 
 
-def firing_from(rows: Any) -> dict[Key, Firing]:
+def firing_from(rows: Any, now: float, wall: float) -> dict[Key, Firing]:
+    """The saved firing state; its durations go on from the Unix times saved (the one
+    place the wall clock measures one: from before a restart)."""
     try:
-        return {(row["alert"], row["id"]): Firing(float(row["since"]), row.get("value"),
-                                                   float(row["last_sent"]))
-                for row in rows or []}
+        firing = {}
+        for row in rows or []:
+            since, sent = float(row["since"]), float(row["last_sent"])
+            firing[(row["alert"], row["id"])] = Firing(
+                since, row.get("value"), sent, now - max(wall - since, 0.0),
+                now - max(wall - sent, 0.0))
+        return firing
     except (KeyError, TypeError, ValueError) as exc:
         log.error("alerts: the saved firing state is unusable (%s); starting with no alert "
                   "firing", exc)
@@ -446,21 +460,21 @@ def test_notify(notifier: NotifierConfig) -> str:
 class Alerting:
     """Evaluator, delivery and the saved firing state, for the dashboard's tick."""
 
-    def __init__(self, state_path: Path, started: float) -> None:
+    def __init__(self, state_path: Path, now: float, wall: float) -> None:
         self.file = JsonFile(state_path, "alerts", "alerts still go out")
-        self.evaluator = Evaluator(started, firing_from(
-            self.file.load("starting with no alert firing")))
+        self.evaluator = Evaluator(now, firing_from(
+            self.file.load("starting with no alert firing"), now, wall))
         self.delivery = Delivery()
 
     def configure(self, notifiers: dict[str, NotifierConfig]) -> None:
         self.delivery.configure(notifiers)
 
     def tick(self, rules: tuple[AlertRule, ...], observed: list[Observed],
-             now: float) -> set[str]:
+             now: float, wall: float) -> set[str]:
         """Evaluate, hand events to delivery, save what changed; the servers whose set of
         firing alerts changed (their views change)."""
         before = set(self.evaluator.firing)
-        events = self.evaluator.evaluate(rules, observed, now)
+        events = self.evaluator.evaluate(rules, observed, now, wall)
         for event in events:
             self.delivery.submit(event)
         after = set(self.evaluator.firing)

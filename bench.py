@@ -894,7 +894,8 @@ def print_page(r: dict[str, Any]) -> None:
 
 
 def bench_history(servers: int) -> dict[str, Any]:
-    """history.py in this process, with a fake clock: fold, one step, disk use, queries."""
+    """history.py in this process, with a fake clock: fold, one step and its write window,
+    disk use, queries."""
     import history
     from reports import validate_report
     rng = random.Random(1)
@@ -903,21 +904,24 @@ def bench_history(servers: int) -> dict[str, Any]:
     view = json.dumps({"id": "bench", **record})
     rounds = 50_000
     store = history.History(Path("/nonexistent"))
+    store.watch(0.0)
     start = time.perf_counter()
     for _ in range(rounds):
         validate_report(frame)
     validate_us = (time.perf_counter() - start) / rounds * 1e6
     start = time.perf_counter()
     for i in range(rounds):
-        store.fold(f"s{i % servers}", record, 1_795_000_000 + i * 60 / rounds)
+        second = i * 60 / rounds
+        store.fold(f"s{i % servers}", record, second, 1_795_000_000 + second)
     fold_us = (time.perf_counter() - start) / rounds * 1e6
 
     with tempfile.TemporaryDirectory() as tmp:
         store = history.History(Path(tmp))
+        store.watch(0.0)
         t0 = 1_795_000_000 // 3600 * 3600
         ids = [f"srv-{i:05d}" for i in range(servers)]
         for sid in ids:
-            store.fold(sid, record, t0 + 1)
+            store.fold(sid, record, 1, t0 + 1)
         lags: list[float] = []
 
         async def step_with_lag() -> float:
@@ -931,7 +935,7 @@ def bench_history(servers: int) -> dict[str, Any]:
                     lags.append(loop.time() - before - 0.001)
             task = asyncio.ensure_future(ticker())
             started = loop.time()
-            await store.step(loop, t0 + 61, ids, lambda sid: (t0, view))
+            await store.step(loop, 61, t0 + 61, ids, lambda sid: (t0, view))
             elapsed = loop.time() - started
             done.set()
             await task
@@ -939,27 +943,36 @@ def bench_history(servers: int) -> dict[str, Any]:
         step_s = asyncio.run(step_with_lag())
         # The steps after the first of an hour (the availability of the 23 completed hours
         # is kept), with the servers' last views, then without: what the buckets alone cost.
-        steady = []
+        # The write window: from the step's end until its rows are committed (the 10 ms the
+        # dashboard waits past the boundary, then write_rows).
+        steady, windows = [], []
         for minute, views in ((2, True), (3, False)):
             for sid in ids:
-                store.fold(sid, record, t0 + minute * 60 - 58)
+                store.fold(sid, record, minute * 60 - 58, t0 + minute * 60 - 58)
             closed = store.take_closed(t0 + minute * 60 + 1)
             latest = [(sid, t0, view) for sid in ids] if views else []
             start = time.perf_counter()
-            store.in_thread(store.writer.step, closed, ids, latest, t0 + minute * 60 + 1)
+            store.in_thread(store.writer.write_rows, closed)
+            windows.append(time.perf_counter() - start + 0.01)
+            store.in_thread(store.writer.write_rest, latest, t0 + minute * 60 + 1,
+                            t0 + minute * 60 + 1)
+            store.in_thread(store.writer.fields, ids, t0 + minute * 60 + 1)
             steady.append(time.perf_counter() - start)
         store.close()
 
     with tempfile.TemporaryDirectory() as tmp:
         sample = 20  # servers for a simulated day at the default 60 s resolution
         store = history.History(Path(tmp))
+        store.watch(0.0)
         writer = store.writer
         ids = [f"srv-{i:02d}" for i in range(sample)]
         for minute in range(24 * 60):
             for sid in ids:
-                store.fold(sid, record, t0 + minute * 60 + 5)
+                store.fold(sid, record, minute * 60 + 5, t0 + minute * 60 + 5)
             closed = store.take_closed(t0 + minute * 60 + 60)
-            writer.step(closed, ids, [(sid, t0, view) for sid in ids], t0 + minute * 60 + 60)
+            writer.write_rows(closed)
+            wall = t0 + minute * 60 + 60
+            writer.write_rest([(sid, t0, view) for sid in ids], wall, wall)
         # What a day leaves in memory per server: the availability ledger's hours.
         ledger = writer.ledger
         ledger_bytes = statistics.mean(
@@ -973,17 +986,18 @@ def bench_history(servers: int) -> dict[str, Any]:
         size = (Path(tmp) / "history.db").stat().st_size
         per_row = size / (fine + hourly)
         # A year of hourly rows for one server, then its 1 y query.
-        db.executemany(history.INSERT, [
-            history.bucket_row(history.HOURLY, "year", history.Bucket(t0 - h * 3600, 720, 3600.0,
-                               [50.0 * 720] * 12, [0] * 12, [90.0] * 12), 3600)
-            for h in range(1, 24 * 365)])
+        year = history.Bucket(0)
+        year.add(history.metric_values(record), (None, None), 0.0)
+        db.executemany(history.ADD_SAMPLE, [
+            history.in_tier(history.bucket_row(history.FINE, "year", year), history.HOURLY,
+                            t0 - h * 3600) for h in range(1, 24 * 365)])
         start = time.perf_counter()
         store.query("year", "1y", t0 + 60)
         query_ms = (time.perf_counter() - start) * 1000
         store.close()
     return {"servers": servers, "fold_us": fold_us, "validate_us": validate_us,
             "step_ms": step_s * 1000, "steady_step_ms": steady[0] * 1000,
-            "buckets_only_ms": steady[1] * 1000,
+            "buckets_only_ms": steady[1] * 1000, "write_window_ms": max(windows) * 1000,
             "max_loop_lag_ms": max(lags) * 1000 if lags else 0,
             "bytes_per_row": per_row,
             "bytes_per_server_day_fine": per_row * 1440,
@@ -1011,6 +1025,8 @@ def print_history(r: dict[str, Any]) -> None:
           f"{r['steady_step_ms']:.1f} ms the others, {r['buckets_only_ms']:.1f} ms of that the "
           f"buckets (the rest: the last views); on the writer thread, loop lag at most "
           f"{r['max_loop_lag_ms']:.1f} ms")
+    print(f"  write window            {r['write_window_ms']:7.0f} ms  (from a step's end until "
+          f"its rows are committed: a kill -9 within it loses that step too)")
     print(f"  disk per server per day {r['bytes_per_server_day_fine'] / 1024:7.0f} KiB fine rows "
           f"(kept 48 h) + {r['bytes_per_server_day_hourly'] / 1024:.1f} KiB hourly rows")
     print(f"  steady state per server {r['steady_bytes_per_server'] / 2**20:7.1f} MiB "
@@ -1214,8 +1230,10 @@ def print_attack(r: dict[str, Any]) -> None:
           f"longest wait between updates: {gap:.2f} s" if gap is not None else "  no updates")
 
 
-async def churning_agents(url: str, ids: list[str], churning: int, duration: float) -> int:
-    """`ids` report every 5 s; the first `churning` of them reconnect every 10 s."""
+async def churning_agents(url: str, ids: list[str], churning: int, duration: float,
+                          interval: float = 5.0, viewers: int = 0) -> int:
+    """`ids` report every `interval` s; the first `churning` of them reconnect every 10 s,
+    and `viewers` browsers each watch for 5 s, leave and come back."""
     deadline = time.monotonic() + duration
     reconnects = 0
 
@@ -1230,24 +1248,37 @@ async def churning_agents(url: str, ids: list[str], churning: int, duration: flo
                     until = time.monotonic() + (10 if churn else duration)
                     while time.monotonic() < min(until, deadline):
                         await ws.send(report)
-                        await asyncio.sleep(5 if not churn else 2)
+                        await asyncio.sleep(interval)
             reconnects += churn
 
-    await asyncio.gather(*(one(sid, i < churning) for i, sid in enumerate(ids)))
+    async def viewer(n: int) -> None:
+        frontend = url.replace("/ws-report", "/ws-frontend")
+        await asyncio.sleep(n * 5 / max(viewers, 1))
+        while time.monotonic() < deadline:
+            with contextlib.suppress(Exception):
+                async with connect(frontend, max_size=None) as ws:
+                    until = time.monotonic() + 5
+                    while time.monotonic() < until:
+                        await asyncio.wait_for(ws.recv(), 5)
+
+    await asyncio.gather(*(one(sid, i < churning) for i, sid in enumerate(ids)),
+                         *(viewer(n) for n in range(viewers)))
     return reconnects
 
 
-def bench_churn(agents: int, churning: int, duration: float) -> dict[str, Any]:
-    """`agents` connected, `churning` of them reconnecting every 10 s, for `duration` s:
-    the dashboard's RSS once a minute. Flat after warm-up means closed connections are
-    freed."""
+def bench_churn(agents: int, churning: int, duration: float, interval: float = 5.0,
+                viewers: int = 0) -> dict[str, Any]:
+    """`agents` connected, `churning` of them reconnecting every 10 s, `viewers` coming and
+    going, for `duration` s: the dashboard's RSS once a minute. Flat after warm-up means
+    closed connections are freed."""
     ids = [f"host-{i:05d}" for i in range(agents)]
     with tempfile.TemporaryDirectory() as tmp:
         dash, port = start_dashboard(Path(tmp), ids)
         process = psutil.Process(dash.pid)
         load = subprocess.Popen([sys.executable, str(HERE / "bench.py"), "_churn", "--port",
                                  str(port), "--agents", str(agents), "--churning",
-                                 str(churning), "--duration", str(duration)],
+                                 str(churning), "--duration", str(duration), "--interval",
+                                 str(interval), "--viewers", str(viewers)],
                                 stdout=subprocess.PIPE)
         curve = []
         started = time.monotonic()
@@ -1264,11 +1295,13 @@ def bench_churn(agents: int, churning: int, duration: float) -> dict[str, Any]:
     warm = [rss for minute, rss in curve if minute >= 3]
     growth = (warm[-1] - warm[0]) / max(len(warm) - 1, 1) if len(warm) > 1 else 0.0
     return {"agents": agents, "churning": churning, "duration": duration,
+            "interval": interval, "viewers": viewers,
             "reconnects": reconnects, "rss_curve": curve, "growth_mb_per_minute": growth}
 
 
 def print_churn(r: dict[str, Any]) -> None:
-    print(f"churn bench: {r['agents']} agents, {r['churning']} reconnecting every 10 s, "
+    print(f"churn bench: {r['agents']} agents reporting every {r['interval']:g} s, "
+          f"{r['churning']} reconnecting every 10 s, {r['viewers']} viewers coming and going, "
           f"{r['duration'] / 60:.0f} min, {r['reconnects']} reconnects")
     print("  minute, dashboard RSS MB: " + ", ".join(f"{m}: {v}" for m, v in r["rss_curve"]))
     print(f"  after minute 3: {r['growth_mb_per_minute'] * 1024:+.0f} KiB per minute")
@@ -1345,12 +1378,18 @@ def main(argv: list[str] | None = None) -> int:
     churn_cmd.add_argument("--agents", type=int, default=300)
     churn_cmd.add_argument("--churning", type=int, default=20)
     churn_cmd.add_argument("--duration", type=float, default=900)
+    churn_cmd.add_argument("--interval", type=float, default=5.0,
+                           help="seconds between one agent's reports")
+    churn_cmd.add_argument("--viewers", type=int, default=0,
+                           help="browsers that each watch for 5 s, leave and come back")
     churn_cmd.add_argument("--json", action="store_true")
     inner_churn = commands.add_parser("_churn")  # internal: the churning agents
     inner_churn.add_argument("--port", type=int)
     inner_churn.add_argument("--agents", type=int)
     inner_churn.add_argument("--churning", type=int)
     inner_churn.add_argument("--duration", type=float)
+    inner_churn.add_argument("--interval", type=float)
+    inner_churn.add_argument("--viewers", type=int)
     args = parser.parse_args(argv)
 
     if args.command == "_load":
@@ -1368,13 +1407,15 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "_churn":
         ids = [f"host-{i:05d}" for i in range(args.agents)]
         print(asyncio.run(churning_agents(f"ws://127.0.0.1:{args.port}/ws-report", ids,
-                                          args.churning, args.duration)))
+                                          args.churning, args.duration, args.interval,
+                                          args.viewers)))
     elif args.command == "attack":
         result = bench_attack(args.servers, args.duration, tuple(args.only), args.warmup,
                               args.settle)
         print(json.dumps(result, indent=2)) if args.json else print_attack(result)
     elif args.command == "churn":
-        result = bench_churn(args.agents, args.churning, args.duration)
+        result = bench_churn(args.agents, args.churning, args.duration, args.interval,
+                             args.viewers)
         print(json.dumps(result, indent=2)) if args.json else print_churn(result)
     elif args.command == "_reconnect":
         print(json.dumps(asyncio.run(reconnecting_agents(args.url, args.ids.split(","),

@@ -81,6 +81,7 @@ except ImportError:
 
 from alerts import Alerting  # noqa: E402
 from alerts import test_notify as alerts_test_notify  # noqa: E402
+from clock import WallWatch, jump_words  # noqa: E402
 from config import Config, ConfigError, ServerConfig, load_config  # noqa: E402
 from history import DEFAULT_DAYS, DEFAULT_RESOLUTION, History  # noqa: E402
 from hub import Closing, Hub  # noqa: E402
@@ -129,6 +130,7 @@ LOGIN_TIMEOUT = 10.0  # a sign-in socket that says nothing is closed
 REFUSED_LINGER = 1.0  # a refused client gets this long to read the answer
 TLS_HANDSHAKE_TIMEOUT = 10.0  # asyncio's default of 60 s lets idle sockets pile up
 HANDSHAKE_TIMEOUT = 10.0  # a request (and the upgrade) has this long to finish
+SESSIONS_EXPIRE_EVERY = 60.0  # sessions that ran out are forgotten this often
 PING_INTERVAL = 20.0  # viewers only (Connection.start_keepalive); websockets' default
 # Checked against for unknown user names, so they take as long as known ones.
 DUMMY_HASH = ("scrypt$16384$8$1$AAAAAAAAAAAAAAAAAAAAAA==$"
@@ -425,17 +427,20 @@ class Dashboard:
         self.traffic.load()
         self.hub = Hub(config, broadcast_framed, asyncio.get_running_loop(), history, self.traffic,
                        options.viewer_memory)
-        self.alerting = Alerting(data / "alerts.json", time.time())
+        self.alerting = Alerting(data / "alerts.json", time.monotonic(), time.time())
         self.alerting.configure(config.notifiers)
+        self.wall_watch = WallWatch(time.monotonic(), time.time())
         self.sessions = Sessions(data / "sessions.json")
         self.sessions.load()
-        self.sessions.expire(config.viewers.users, time.time())
+        self.sessions.expire(config.viewers.users, self.steady())
+        self.sessions_expired = time.monotonic()
         self.site = Site.create(self.hub, Files.beside(HERE), options, self.alerting,
                                 self.sessions)
+        self.site.steady = self.steady
         if history is not None:
-            now = time.time()
-            self.hub.restore(history.restore(now))
-            self.hub.take_history(history.fields(list(self.hub.servers), now))
+            now, wall = time.monotonic(), time.time()
+            self.hub.restore(history.restore(now, wall))
+            self.hub.take_history(history.fields(list(self.hub.servers), wall))
         self.hub.refresh_traffic(time.time())
         self.closing: set[asyncio.Future[None]] = set()  # kept referenced until done
         # Every agent's Connection.take_frame: one bound method, not one per connection.
@@ -446,6 +451,10 @@ class Dashboard:
         # 10,000 connections do not each carry two).
         self.floods = Burst(FLOOD_DROPS, FLOOD_WINDOW)
         self.invalid = Burst(BAD_REPORTS_LIMIT, BAD_REPORTS_WINDOW)
+
+    def steady(self) -> float:
+        """Wall time that never jumps forward: what retention and sessions go by."""
+        return self.wall_watch.steady(time.monotonic())
 
     def close_later(self, closing: Closing) -> None:
         """Close without waiting for the peer's answer."""
@@ -500,7 +509,7 @@ class Dashboard:
         if matches and user in users:
             log.info("viewer sign-in: %r from %s", user, address)
             self.site.limiter.succeeded(address, now)
-            answer = {"ok": True, "ticket": self.sessions.ticket(user, time.time())}
+            answer = {"ok": True, "ticket": self.sessions.ticket(user, time.monotonic())}
         else:
             count_failure(self.site, address, who, "sign_in",
                           f"viewer sign-in refused: {user[:64]!r} from {address}: "
@@ -638,28 +647,34 @@ class Dashboard:
                 log.warning("agent closed: id=%s: %s", closing.connection.agent.server_id,
                             closing.reason)
                 self.close_later(closing)
+            wall = time.time()
+            jump = self.wall_watch.observe(now, wall)
+            if jump:
+                log.warning("wall clock jumped %s (durations are measured on the monotonic "
+                            "clock; nothing is deleted or expired for this jump until a "
+                            "restart)", jump_words(jump))
             self.site.limiter.expire(now)
             self.floods.expire(now)
             self.invalid.expire(now)
-            wall = time.time()
-            self.evaluate_alerts(wall)
-            if int(wall) % 60 == 0:
-                self.sessions.expire(self.hub.config.viewers.users, wall)
+            self.evaluate_alerts(now, wall)
+            if now - self.sessions_expired >= SESSIONS_EXPIRE_EVERY:
+                self.sessions.expire(self.hub.config.viewers.users, self.steady())
+                self.sessions_expired = now
             if full_collection_due(self.site.closed, now - self.collected,
                                    self.collection_took):
                 started = time.monotonic()
                 gc.collect()
                 self.site.closed, self.collected = 0, now
                 self.collection_took = time.monotonic() - started
-            if int(wall) % TRIM_SECONDS == 0:
+            if int(now) % TRIM_SECONDS == 0:
                 give_back_memory()
 
-    def evaluate_alerts(self, wall: float) -> None:
+    def evaluate_alerts(self, now: float, wall: float) -> None:
         """Alert rules against the live state; a change shows on the servers' cards."""
         rules = self.hub.config.alerts
         if not rules and not self.alerting.evaluator.firing:
             return
-        for sid in self.alerting.tick(rules, self.hub.observe(wall), wall):
+        for sid in self.alerting.tick(rules, self.hub.observe(wall), now, wall):
             self.hub.set_extra(sid, "alerts", self.alerting.view_value(sid))
 
     async def keep_traffic(self) -> None:
@@ -673,19 +688,19 @@ class Dashboard:
 
     async def write_history(self, history: History) -> None:
         """At the end of every resolution step: the closed buckets go to SQLite."""
-        loop = asyncio.get_running_loop()
         while True:
             step = history.resolution
             await asyncio.sleep(step - time.time() % step + 0.01)
-            await self.history_step(history, loop, time.time())
+            await self.history_step(history)
 
-    async def history_step(self, history: History, loop: asyncio.AbstractEventLoop,
-                           now: float, final: bool = False) -> None:
-        online = {sid for sid, state in self.hub.servers.items() if state.online}
-        fields = await history.step(loop, now, list(self.hub.servers), self.hub.last_record,
-                                    final, online)
+    async def history_step(self, history: History, final: bool = False) -> None:
+        hub, now = self.hub, time.monotonic()
+        online = {sid for sid, state in hub.servers.items() if state.online}
+        fields = await history.step(asyncio.get_running_loop(), now, time.time(),
+                                    list(hub.servers), hub.last_record, final, online,
+                                    kept_since=self.steady())
         if fields is not None:
-            self.hub.take_history(fields)
+            hub.take_history(fields)
 
     def reload(self) -> None:
         """SIGHUP: apply a changed servers.json; keep the old config if the new one is broken."""
@@ -713,7 +728,7 @@ class Dashboard:
         self.alerting.configure(config.notifiers)
         self.traffic.zone = zone(config.timezone)
         self.hub.refresh_traffic(time.time())
-        ended = self.sessions.expire(config.viewers.users, time.time())
+        ended = self.sessions.expire(config.viewers.users, self.steady())
         if ended:
             log.info("config reload: %d sessions ended (password changed or user removed)",
                      ended)
@@ -998,7 +1013,7 @@ async def run(config: Config, config_path: Path, options: Options,
             for ws in server.connections:
                 ws.transport.abort()  # peers that never answered the close
     if history is not None:  # nothing is lost on a graceful stop: the open bucket too
-        await dashboard.history_step(history, loop, time.time(), final=True)
+        await dashboard.history_step(history, final=True)
         history.close()
 
 

@@ -4,18 +4,30 @@
     $ curl -s 'http://127.0.0.1:8900/api/history?id=web-1&range=1h' | head -c 120
     {"id":"web-1","range":"1h","step":60,"time":[1795748880,1795748940,...],"cpu":[3.1,null,...
 
-Each accepted report folds into an in-memory bucket for its server (`fold`, a few
-microseconds, on the event loop). Once per resolution step the closed buckets go to a
-writer thread with its own connection, which writes them in one transaction, rolls
-completed hours up into hourly rows (and those into six-hour rows), and applies
-retention. Queries run on a read-only connection. Nothing here imports websockets; the
-pure parts (folding, rows, plans, availability) take time as arguments and are tested
-without a database.
+Each accepted report folds into an in-memory bucket for its server and step (`fold`, a
+few microseconds, on the event loop). Once per resolution step the closed buckets go to a
+writer thread with its own connection, which adds them to their rows in one short
+transaction (the closed step is at risk of a `kill -9` only until then), and afterwards,
+in transactions of their own, writes the servers' last views, rolls completed hours up
+into hourly rows (and those into six-hour rows) and applies retention. Queries run on a
+read-only connection. Nothing here imports websockets; the pure parts (folding,
+crediting, rows, plans, availability) take time as arguments and are tested without a
+database.
 
-Rows: one per server per bucket while the dashboard watches a server that has reported at
-least once: `n` reports (0 while it is offline: metrics NULL, never zeros), `online` and
-`watched` seconds (availability = online / watched, so the dashboard's own downtime is not
-held against a server), average and maximum of each metric, and the last transfer totals.
+Rows: one per server per step: `n` reports (metrics NULL without one, never zeros),
+`online` and `watched` seconds, average and maximum of each metric, the last transfer
+totals, and `seen`, the time of the step's last report. A row is only ever added to, never
+replaced: a step written in parts (a restart within it, a report vouching for time before
+a step that was written already, a wall clock set back) keeps what it had.
+
+Availability is online / watched. Time is watched while the dashboard runs, and only
+once its fate is known ("settled"): a report vouches for the time since the server's
+previous one as online when it came within `offline_after` of it (a busy box is not a down
+box), else for its own interval; time a known server spent without vouching reports is
+offline; the dashboard's own downtime, and the few seconds before a restart whose fate a
+report would have told, are watched by nobody. Durations come from the monotonic clock;
+wall time only places them in steps, so a wall clock that jumps shifts where time lands,
+never how much there is.
 """
 
 from __future__ import annotations
@@ -26,6 +38,7 @@ import dataclasses
 import json
 import logging
 import math
+import os
 import sqlite3
 import time
 from collections.abc import Container, Iterable, Iterator
@@ -33,7 +46,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from reports import VIEW_FIELDS
-from timings import DEFAULT_REPORT_INTERVAL, offline_after
+from timings import DEFAULT_REPORT_INTERVAL, MAX_REPORT_INTERVAL, offline_after
 
 log = logging.getLogger("sss.dashboard")
 
@@ -46,11 +59,14 @@ FINE_RETENTION = 48 * HOUR
 DEFAULT_RESOLUTION = 60
 DEFAULT_DAYS = 400
 MAX_POINTS = 1500  # a range returns at most about this many points
-MAX_EMPTY_STEPS = 5  # steps without reports still counted as watched after a pause
 LATEST_SECONDS = 600  # an online server's last view is written this often (views_due)
 LATEST_PER_STEP = 1000
+RETRY_STEPS = 10  # steps kept in memory while the database cannot be written
 RANGES = {"1h": HOUR, "6h": 6 * HOUR, "24h": 24 * HOUR, "7d": 7 * 24 * HOUR,
           "30d": 30 * 24 * HOUR, "1y": 365 * 24 * HOUR}
+# Tests only: seconds the writer holds its second transaction open (after the closed step
+# is committed, before the rollups), so that a kill -9 can be timed into it.
+TEST_STALL = float(os.environ.get("SSS_TEST_HISTORY_STALL", "0") or 0)
 
 
 # --- what is kept of a report ---------------------------------------------------
@@ -86,23 +102,27 @@ NO_MAXES = array.array("d", [-math.inf] * METRIC_COUNT)
 
 
 class Bucket:
-    """One server's reports within one resolution step.
+    """One server's reports and settled seconds within one resolution step.
 
-    Slots, and the sums and maxima in arrays of doubles: while a step is written every
-    server holds two buckets, and with 24 float objects in two lists and a __dict__ a
-    bucket took 870 bytes, against about 600 (5 MB less at 10,000 servers, 10 MB during
-    a step)."""
+    Slots, and the sums and maxima in arrays of doubles made at the first report: while
+    a step is written every server holds two buckets, and with 24 float objects in two
+    lists and a __dict__ a bucket took 870 bytes, against about 600 (5 MB less at 10,000
+    servers, 10 MB during a step). A bucket that only holds seconds (a report's credit
+    for an earlier step) has no arrays at all."""
 
-    __slots__ = ("maxes", "missing", "n", "net_totals", "online", "probes", "start", "sums")
+    __slots__ = ("maxes", "missing", "n", "net_totals", "online", "probes", "seen", "start",
+                 "sums", "watched")
 
-    def __init__(self, start: int, n: int = 0, online: float = 0.0,
-                 sums: Iterable[float] = (), missing: Any = NONE_MISSING,
-                 maxes: Iterable[float] = ()) -> None:
-        self.start, self.n, self.online = start, n, online
-        self.sums = array.array("d", sums) if sums else NO_SUMS[:]
-        self.maxes = array.array("d", maxes) if maxes else NO_MAXES[:]
-        self.missing: list[int] | tuple[int, ...] = missing  # per metric, reports without it
+    def __init__(self, start: int) -> None:
+        self.start = start
+        self.n = 0
+        self.online = 0.0
+        self.watched = 0.0
+        self.sums: array.array | None = None
+        self.maxes: array.array | None = None
+        self.missing: list[int] | tuple[int, ...] = NONE_MISSING  # per metric, reports without
         self.net_totals: tuple[Any, Any] = (None, None)
+        self.seen: float | None = None  # wall time of the last report
         # Latency probes, per target: [reports, sum of rtt, reports with an rtt, max rtt,
         # sum of loss]; None until a report carries probes.
         self.probes: dict[str, list[float]] | None = None
@@ -123,13 +143,14 @@ class Bucket:
                 sums[2] += 1
                 sums[3] = max(sums[3], rtt)
 
-    def add(self, values: tuple[Any, ...], online_seconds: float,
-            net_totals: tuple[Any, Any]) -> None:
+    def add(self, values: tuple[Any, ...], net_totals: tuple[Any, Any], wall: float) -> None:
         """The hot path: plain loops, counting the rare missing value instead of each one."""
         self.n += 1
-        self.online += online_seconds
         self.net_totals = net_totals
+        self.seen = wall
         sums, maxes = self.sums, self.maxes
+        if sums is None or maxes is None:
+            sums, maxes = self.sums, self.maxes = NO_SUMS[:], NO_MAXES[:]
         for i, value in enumerate(values):
             if value is None:
                 if self.missing is NONE_MISSING:
@@ -140,32 +161,85 @@ class Bucket:
                 if value > maxes[i]:
                     maxes[i] = value
 
+    def take(self, other: Bucket) -> None:
+        """Add another bucket of the same step (a step that failed to write, kept for the
+        next attempt, meets the reports that came meanwhile)."""
+        self.online += other.online
+        self.watched += other.watched
+        if other.n:
+            if self.sums is None or self.maxes is None:
+                self.sums, self.maxes = NO_SUMS[:], NO_MAXES[:]
+            for i in range(METRIC_COUNT):
+                self.sums[i] += other.sums[i]  # type: ignore[index]
+                self.maxes[i] = max(self.maxes[i], other.maxes[i])  # type: ignore[index]
+            if other.missing is not NONE_MISSING or self.missing is not NONE_MISSING:
+                self.missing = [a + b for a, b in zip(self.missing, other.missing)]
+            if self.seen is None or (other.seen or 0) >= self.seen:
+                self.net_totals, self.seen = other.net_totals, other.seen
+            self.n += other.n
+        for target, sums in (other.probes or EMPTY).items():
+            if self.probes is None:
+                self.probes = {}
+            mine = self.probes.setdefault(target, [0, 0.0, 0, -math.inf, 0.0])
+            mine[:3] = [a + b for a, b in zip(mine[:3], sums[:3])]
+            mine[3], mine[4] = max(mine[3], sums[3]), mine[4] + sums[4]
 
-def online_seconds(wall: float, previous: float | None, interval: float) -> float:
-    """Seconds a report vouches for: the time since the last report, if the hub counted the
-    server online all along (a late report on a busy box is not downtime), else its interval.
+
+# --- settling time (pure) -------------------------------------------------------
+
+
+def vouched_seconds(since_report: float, interval: float) -> float:
+    """Seconds a report vouches for as online, `since_report` seconds (monotonic) after
+    the server's previous report (or the dashboard's start): all of them when it came
+    within `offline_after` (a late report on a busy box is not downtime), else its own
+    interval, which it describes.
+
+    >>> vouched_seconds(5.0, 5), vouched_seconds(13.0, 5), vouched_seconds(100.0, 5)
+    (5.0, 13.0, 5)
     """
-    if previous is None or wall <= previous:
-        return interval
-    gap = wall - previous
-    return gap if gap <= offline_after(interval) else interval
+    return since_report if since_report <= offline_after(interval) else interval
+
+
+def step_pieces(wall: float, watched: float, online: float,
+                resolution: int) -> Iterator[tuple[int, float, float]]:
+    """(step start, watched, online) of the steps that `watched` seconds ending at `wall`
+    fall in, newest first; the last `online` of them were online.
+
+    >>> list(step_pieces(1000.0, 30.0, 10.0, 60))
+    [(960, 30.0, 10.0)]
+    >>> list(step_pieces(1000.0, 70.0, 50.0, 60))
+    [(960, 40.0, 40.0), (900, 30.0, 10.0)]
+    """
+    end, first, online_from = wall, wall - watched, wall - online
+    while end > first:
+        start = int(end // resolution) * resolution
+        if start >= end:  # `end` on a boundary: the step before it
+            start -= resolution
+        begin = max(start, first)
+        yield start, end - begin, max(end - max(begin, online_from), 0.0)
+        end = begin
 
 
 # --- rows (pure) ---------------------------------------------------------------
 
 COLUMNS = ("tier", "server", "t", "n", "online", "watched",
            *(c for _, col in METRICS for c in (col, f"{col}_max")),
-           "net_in_total", "net_out_total")
+           "net_in_total", "net_out_total", "seen")
+METRIC_COLUMNS = COLUMNS[6:-3]
+ROLLED_COLUMNS = COLUMNS[:-3]  # what a rollup computes (no transfer totals, no `seen`)
 
 
-def bucket_row(tier: int, sid: str, bucket: Bucket, length: float) -> tuple[Any, ...]:
-    """The row of one bucket; the online time cannot exceed the bucket."""
+def bucket_row(tier: int, sid: str, bucket: Bucket) -> tuple[Any, ...]:
+    """The row of one bucket."""
     metrics: list[Any] = []
-    for total, missing, top in zip(bucket.sums, bucket.missing, bucket.maxes):
-        count = bucket.n - missing
-        metrics += [total / count, top] if count else [None, None]
-    return (tier, sid, bucket.start, bucket.n, min(bucket.online, length), length, *metrics,
-            *bucket.net_totals)
+    if bucket.n and bucket.sums is not None and bucket.maxes is not None:
+        for total, missing, top in zip(bucket.sums, bucket.missing, bucket.maxes):
+            count = bucket.n - missing
+            metrics += [total / count, top] if count else [None, None]
+    else:
+        metrics = [None] * (2 * METRIC_COUNT)
+    return (tier, sid, bucket.start, bucket.n, bucket.online, bucket.watched, *metrics,
+            *bucket.net_totals, bucket.seen)
 
 
 PROBE_COLUMNS = ("tier", "server", "target", "t", "n", "rtt", "rtt_max", "loss")
@@ -178,10 +252,9 @@ def probe_rows(tier: int, sid: str, bucket: Bucket) -> list[tuple[Any, ...]]:
             for target, (n, rtt_sum, rtt_n, rtt_max, loss_sum) in (bucket.probes or EMPTY).items()]
 
 
-def watched_row(tier: int, sid: str, start: int, length: float,
-                online: float = 0.0) -> tuple[Any, ...]:
-    """A step in which a known server did not report: watched, no metrics (never zeros)."""
-    return (tier, sid, start, 0, online, length, *([None] * (2 * len(METRICS) + 2)))
+def in_tier(row: tuple[Any, ...], tier: int, time_at: int) -> tuple[Any, ...]:
+    """A fine row as a delta for a rolled-up tier (its period starting at `time_at`)."""
+    return (tier, row[1], time_at, *row[3:6], *row[6:-3], None, None, None)
 
 
 def weighted(column: str) -> str:
@@ -189,10 +262,38 @@ def weighted(column: str) -> str:
     return f"SUM({column} * n) / SUM(CASE WHEN {column} IS NOT NULL THEN n END)"
 
 
+def merged(column: str) -> str:
+    """SQL setting an average column to the mean of the row's and a delta's, by reports."""
+    return (f"{column} = CASE WHEN excluded.{column} IS NULL THEN {column} "
+            f"WHEN {column} IS NULL THEN excluded.{column} "
+            f"ELSE ({column} * n + excluded.{column} * excluded.n) / (n + excluded.n) END")
+
+
+def larger(column: str) -> str:
+    """SQL setting a column to the larger of the row's and a delta's (NULL: unknown)."""
+    return (f"{column} = COALESCE(MAX({column}, excluded.{column}), {column}, "
+            f"excluded.{column})")
+
+
 AGGREGATES = ", ".join(
     ["SUM(n)", "SUM(online)", "SUM(watched)"]
     + [f"{weighted(col)}, MAX({col}_max)" for _, col in METRICS])
 PROBE_AGGREGATES = f"SUM(n), {weighted('rtt')}, MAX(rtt_max), {weighted('loss')}"
+# Adding a delta to a row: counts and seconds add up, averages by reports, maxima.
+ADD_SAMPLE = (
+    f"INSERT INTO samples ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))}) "
+    "ON CONFLICT (tier, server, t) DO UPDATE SET "
+    + ", ".join([*(merged(col) for _, col in METRICS),
+                 *(larger(f"{col}_max") for _, col in METRICS),
+                 "net_in_total = COALESCE(excluded.net_in_total, net_in_total)",
+                 "net_out_total = COALESCE(excluded.net_out_total, net_out_total)",
+                 larger("seen"), "online = online + excluded.online",
+                 "watched = watched + excluded.watched", "n = n + excluded.n"]))
+ADD_PROBE = (
+    f"INSERT INTO probe_samples ({', '.join(PROBE_COLUMNS)}) "
+    f"VALUES ({', '.join('?' * len(PROBE_COLUMNS))}) "
+    "ON CONFLICT (tier, server, t, target) DO UPDATE SET "
+    f"{merged('rtt')}, {larger('rtt_max')}, {merged('loss')}, n = n + excluded.n")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -377,7 +478,7 @@ CREATE TABLE IF NOT EXISTS samples (
     tier INTEGER NOT NULL, server TEXT NOT NULL, t INTEGER NOT NULL,
     n INTEGER NOT NULL, online REAL NOT NULL, watched REAL NOT NULL,
     {", ".join(f"{col} REAL, {col}_max REAL" for _, col in METRICS)},
-    net_in_total INTEGER, net_out_total INTEGER,
+    net_in_total INTEGER, net_out_total INTEGER, seen REAL,
     PRIMARY KEY (tier, server, t)) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS samples_by_time ON samples (tier, t);
 -- The last server view of each server (already encoded for browsers: no JSON work here).
@@ -390,10 +491,13 @@ CREATE TABLE IF NOT EXISTS probe_samples (
     n INTEGER NOT NULL, rtt REAL, rtt_max REAL, loss REAL,
     PRIMARY KEY (tier, server, t, target)) WITHOUT ROWID;
 """
-INSERT = (f"INSERT OR REPLACE INTO samples ({', '.join(COLUMNS)}) "
-          f"VALUES ({', '.join('?' * len(COLUMNS))})")
-INSERT_PROBES = (f"INSERT OR REPLACE INTO probe_samples ({', '.join(PROBE_COLUMNS)}) "
-                 f"VALUES ({', '.join('?' * len(PROBE_COLUMNS))})")
+
+
+def migrate(db: sqlite3.Connection) -> None:
+    """Bring a history.db of an earlier version up to SCHEMA: `seen` came later."""
+    columns = {row[1] for row in db.execute("PRAGMA table_info(samples)")}
+    if "seen" not in columns:
+        db.execute("ALTER TABLE samples ADD COLUMN seen REAL")
 
 
 def record_of(view: dict[str, Any]) -> dict[str, Any]:
@@ -404,7 +508,16 @@ def record_of(view: dict[str, Any]) -> dict[str, Any]:
     return record
 
 
-def rolled_until(db: sqlite3.Connection, tier: int, default: int) -> int:
+def stored_interval(record: dict[str, Any]) -> float:
+    """A restored record's reportInterval, if it is one a report could have carried."""
+    interval = record.get("reportInterval")
+    if isinstance(interval, (int, float)) and not isinstance(interval, bool) \
+            and 0 < interval <= MAX_REPORT_INTERVAL:
+        return float(interval)
+    return DEFAULT_REPORT_INTERVAL
+
+
+def rolled_until(db: sqlite3.Connection, tier: int, default: int | None) -> int | None:
     """Where the rows of a rolled-up tier end: later periods are only in the tier below."""
     row = db.execute("SELECT value FROM meta WHERE key = ?", (f"rolled_until_{tier}",)).fetchone()
     return row[0] if row else default
@@ -470,11 +583,11 @@ class Writer:
         self.hourly_retention = hourly_days * 24 * HOUR
         self.db: sqlite3.Connection | None = None
         self.ledger = Ledger()
-        self.known: set[str] = set()  # servers that reported at least once
+        self.known: set[str] = set()  # servers with rows: their views carry availability
 
     def connection(self) -> sqlite3.Connection:
         if self.db is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             # One thread at a time uses it (the writer thread; tests call it directly).
             db = sqlite3.connect(self.path, timeout=2, isolation_level=None,
                                  check_same_thread=False)
@@ -482,6 +595,7 @@ class Writer:
                 db.execute("PRAGMA journal_mode=WAL")
                 db.execute("PRAGMA synchronous=NORMAL")
                 db.executescript(SCHEMA)
+                migrate(db)
             except BaseException:
                 db.close()
                 raise
@@ -493,11 +607,23 @@ class Writer:
             self.db.close()
             self.db = None
 
-    def restore(self, now: float) -> dict[str, tuple[int, dict[str, Any]]]:
-        """At start: every server's last record; the ledger from the stored rows."""
+    def restore(self, now: float) -> dict[str, tuple[float, dict[str, Any]]]:
+        """At start: every server's last seen time and last record; the ledger from the
+        stored rows. The last seen time is the newest row's (at most one step old after
+        a kill -9): the last view itself is written only every few minutes."""
         db = self.connection()
-        latest = {sid: (t, record_of(json.loads(view)))
-                  for sid, t, view in db.execute("SELECT server, t, record FROM latest")}
+        latest = {}
+        for sid, t, view in db.execute("SELECT server, t, record FROM latest").fetchall():
+            try:
+                record = record_of(json.loads(view))
+            except (ValueError, TypeError, AttributeError):
+                log.warning("history: the last view of %r in %s is damaged; dropped", sid,
+                            self.path)
+                continue
+            seen = db.execute(f"SELECT MAX(seen) FROM samples WHERE tier = {FINE} AND "
+                              "server = ? AND t >= ?",
+                              (sid, int(t) // self.resolution * self.resolution)).fetchone()[0]
+            latest[sid] = (max(float(t), seen or 0.0), record)
         self.known.update(latest)
         day_start = int(now) // HOUR * HOUR - 23 * HOUR
         for sid, hour, online, watched in db.execute(
@@ -505,6 +631,7 @@ class Writer:
                 f"FROM samples WHERE tier = {FINE} AND t >= ? GROUP BY server, hour",
                 (day_start,)):
             self.ledger.add(sid, hour, online, watched)
+            self.known.add(sid)
         self.ledger.month = self.month_sums(db, day_start)
         return latest
 
@@ -513,56 +640,79 @@ class Writer:
             f"SELECT server, SUM(online), SUM(watched) FROM samples WHERE tier = {HOURLY} "
             "AND t >= ? AND t < ? GROUP BY server", (day_start - 30 * 24 * HOUR, day_start))}
 
-    def rows(self, closed: Closed, servers: list[str],
-             online: Container[str] = ()) -> Iterator[tuple[Any, ...]]:
-        """Rows for the closed buckets, one at a time; the ledger follows.
-
-        A known, configured server without a report in a closed step gets a watched row:
-        online the whole step if the hub had it online (its reports only fell either side
-        of the step), else offline, so its offline time counts against its availability.
-        """
-        length = self.resolution
-        for start, buckets in closed:
-            for sid, bucket in paced(buckets.items()):
-                yield bucket_row(FINE, sid, bucket, length)
-                self.ledger.add(sid, start, min(bucket.online, length), length)
-            self.known.update(buckets)
-            for sid in paced(servers):
-                if sid in self.known and sid not in buckets:
-                    seconds = float(length) if sid in online else 0.0
-                    yield watched_row(FINE, sid, start, length, seconds)
-                    self.ledger.add(sid, start, seconds, length)
-
-    def step(self, closed: Closed, servers: list[str], latest: list[tuple[str, int, str]],
-             now: float, online: Container[str] = ()) -> dict[str, dict[str, str]]:
-        """One resolution step, in one transaction: the buckets, the last records, rollups
-        and retention. Returns each known server's history fields for its view."""
+    def write_rows(self, closed: Closed) -> int:
+        """The closed buckets, added to their rows in one transaction (the step's write
+        window: until it commits, a kill -9 loses the closed step too). Rows of periods
+        rolled up already are added to the rolled-up rows as well. Returns the rows."""
+        rows = [bucket_row(FINE, sid, bucket)
+                for _, buckets in closed for sid, bucket in paced(buckets.items())]
         probes = [row for _, buckets in closed for sid, bucket in buckets.items()
                   for row in probe_rows(FINE, sid, bucket)]
         db = self.connection()
         try:
+            ends = {tier: rolled_until(db, tier, None) for tier in ROLLUP_SECONDS}
+            late = [(tier, length) for tier, length in ROLLUP_SECONDS.items()
+                    if ends[tier] is not None]
             db.execute("BEGIN IMMEDIATE")
-            db.executemany(INSERT, self.rows(closed, servers, online))  # one row at a time
-            db.executemany(INSERT_PROBES, probes)
-            db.executemany("INSERT OR REPLACE INTO latest VALUES (?, ?, ?)", latest)
-            self.roll_up(db, now)
+            db.executemany(ADD_SAMPLE, rows)
+            db.executemany(ADD_PROBE, probes)
+            for tier, length in late:
+                end = ends[tier]
+                db.executemany(ADD_SAMPLE, [in_tier(row, tier, row[2] // length * length)
+                                            for row in rows if row[2] < end])
+                db.executemany(ADD_PROBE, [(tier, *row[1:3], row[3] // length * length,
+                                            *row[4:]) for row in probes if row[3] < end])
             db.execute("COMMIT")
         except BaseException:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            self.close()  # reopen at the next step: the file may have been fixed
+            self.abandon(db)
             raise
+        for row in rows:
+            self.ledger.add(row[1], row[2], row[4], row[5])
+            self.known.add(row[1])
+        return len(rows)
+
+    def write_rest(self, latest: list[tuple[str, int, str]], now: float,
+                   kept_since: float) -> None:
+        """After the closed step: the servers' last views, rollups and retention, in a
+        transaction of their own (a kill -9 meanwhile loses none of the step's rows)."""
+        db = self.connection()
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            db.executemany("INSERT OR REPLACE INTO latest VALUES (?, ?, ?)", latest)
+            if TEST_STALL:
+                log.info("history: holding the rollup transaction for %.1f s (test)",
+                         TEST_STALL)
+                time.sleep(TEST_STALL)
+            self.roll_up(db, now, kept_since)
+            db.execute("COMMIT")
+        except BaseException:
+            self.abandon(db)
+            raise
+
+    def abandon(self, db: sqlite3.Connection) -> None:
+        """After a failed write: roll back, and reopen at the next step (the file may have
+        been fixed meanwhile)."""
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        self.close()
+
+    def fields(self, servers: Iterable[str], now: float) -> dict[str, dict[str, str]]:
+        """Each known server's history fields for its view."""
         return {sid: self.ledger.json(sid, now) for sid in paced(servers) if sid in self.known}
 
-    def roll_up(self, db: sqlite3.Connection, now: float) -> None:
+    def roll_up(self, db: sqlite3.Connection, now: float, kept_since: float) -> None:
         """Rows of each rolled-up tier for every completed period not rolled up yet."""
         rolled = False
         for tier, length in ROLLUP_SECONDS.items():
             current = int(now) // length * length
-            done = rolled_until(db, tier, current)
+            done = rolled_until(db, tier, None)
+            if done is None:  # a new file: from its first row on
+                first = db.execute("SELECT MIN(t) FROM samples WHERE tier = ?",
+                                   (tier - 1,)).fetchone()[0]
+                done = current if first is None else min(first // length * length, current)
             if done < current:
                 db.execute(
-                    f"INSERT OR REPLACE INTO samples ({', '.join(COLUMNS[:-2])}) "
+                    f"INSERT OR REPLACE INTO samples ({', '.join(ROLLED_COLUMNS)}) "
                     f"SELECT {tier}, server, t / {length} * {length}, {AGGREGATES} "
                     f"FROM samples WHERE tier = {tier - 1} AND t >= ? AND t < ? "
                     f"GROUP BY server, t / {length}", (done, current))
@@ -573,23 +723,28 @@ class Writer:
                     f"AND t >= ? AND t < ? GROUP BY server, target, t / {length}",
                     (done, current))
                 rolled = True
-            db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (f"rolled_until_{tier}",
-                                                                     current))
+            # Never back: a wall clock set back leaves the rolled-up periods as they are,
+            # and rows written for them later are added to them (write_rows).
+            db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                       (f"rolled_until_{tier}", max(done, current)))
         if rolled:
-            self.expire(db, now)
+            self.expire(db, kept_since)
             self.ledger.month = self.month_sums(db, int(now) // HOUR * HOUR - 23 * HOUR)
 
-    def expire(self, db: sqlite3.Connection, now: float) -> None:
-        """Retention: fine rows for 48 hours, rolled-up rows for --history-days."""
+    def expire(self, db: sqlite3.Connection, kept_since: float) -> None:
+        """Retention: fine rows for 48 hours, rolled-up rows for --history-days, counted
+        back from `kept_since` (clock.WallWatch.steady: a wall clock that just jumped
+        forward deletes nothing)."""
         for table in ("samples", "probe_samples"):
             db.execute(f"DELETE FROM {table} WHERE tier = ? AND t < ?",
-                       (FINE, now - FINE_RETENTION))
+                       (FINE, kept_since - FINE_RETENTION))
             db.execute(f"DELETE FROM {table} WHERE tier > ? AND t < ?",
-                       (FINE, now - self.hourly_retention))
+                       (FINE, kept_since - self.hourly_retention))
 
 
 class History:
-    """The loop's side: buckets in memory, handing them to the writer, queries."""
+    """The loop's side: buckets in memory, settling each server's time, handing closed
+    steps to the writer, queries."""
 
     def __init__(self, data_dir: Path, resolution: int = DEFAULT_RESOLUTION,
                  days: int = DEFAULT_DAYS) -> None:
@@ -598,13 +753,19 @@ class History:
         self.writer = Writer(self.path, resolution, days)
         self.executor = concurrent.futures.ThreadPoolExecutor(1, "sss-history")
         self.buckets: dict[int, dict[str, Bucket]] = {}  # bucket start -> sid -> bucket
-        self.next_start: int | None = None  # the first step not handed to the writer yet
-        self.last_wall: dict[str, float] = {}
+        # Monotonic seconds: when watching began (the start), each server's last report
+        # in this run, and up to when each server's time is settled into buckets.
+        self.watching_since = 0.0
+        self.last_report: dict[str, float] = {}
+        self.settled: dict[str, float] = {}
+        self.intervals: dict[str, float] = {}  # each server's last reportInterval
+        self.known: set[str] = set()  # reported at least once, ever: its silence is offline
         self.unwritten: set[str] = set()  # reported since their last view was written
         self.written: dict[str, float] = {}  # when each server's last view was written
         self.status = "ok"
         self.reader: sqlite3.Connection | None = None
         self.step_seconds: list[float] = []  # the writer's time per step, for bench.py
+        self.window_seconds: list[float] = []  # from a step's end until it is committed
 
     def in_thread(self, function: Callable[..., Any], *args: Any) -> Any:
         """Run on the writer thread and wait: for start and stop, not for the loop."""
@@ -612,8 +773,16 @@ class History:
 
     # --- on the loop ---
 
-    def fold(self, sid: str, record: dict[str, Any], wall: float) -> None:
-        """Fold one accepted report into its server's bucket (the hot path: keep it small)."""
+    def watch(self, now: float) -> None:
+        """Watching begins (the dashboard's start, monotonic `now`): every server's time is
+        settled from here; a first report within `offline_after` vouches back to here."""
+        self.watching_since = now
+        self.settled = dict.fromkeys(self.settled, now)
+        self.last_report.clear()
+
+    def fold(self, sid: str, record: dict[str, Any], now: float, wall: float) -> None:
+        """Fold one accepted report into its server's bucket and settle the server's time
+        up to it (the hot path: keep it small)."""
         start = int(wall) // self.resolution * self.resolution
         buckets = self.buckets.get(start)
         if buckets is None:
@@ -621,53 +790,111 @@ class History:
         bucket = buckets.get(sid)
         if bucket is None:
             bucket = buckets[sid] = Bucket(start)
-        net = record.get("networkInfo", EMPTY)
         interval = record.get("reportInterval", DEFAULT_REPORT_INTERVAL)
-        bucket.add(metric_values(record), online_seconds(wall, self.last_wall.get(sid), interval),
-                   (net.get("netInTransfer"), net.get("netOutTransfer")))
+        since = self.settled.get(sid, self.watching_since)
+        watched = now - since
+        online = min(vouched_seconds(now - self.last_report.get(sid, self.watching_since),
+                                     interval), watched)
+        if sid not in self.known:  # a server's first report ever: its own interval, no more
+            self.known.add(sid)
+            watched = online = min(online, interval)
+        if wall - watched >= start:
+            bucket.online += online
+            bucket.watched += watched
+        else:  # the time reaches back into earlier steps
+            self.credit(sid, wall, watched, online)
+        self.settled[sid] = self.last_report[sid] = now
+        self.intervals[sid] = interval
+        net = record.get("networkInfo", EMPTY)
+        bucket.add(metric_values(record), (net.get("netInTransfer"), net.get("netOutTransfer")),
+                   wall)
         probes = record.get("extraInfo", EMPTY).get("probes")
         if probes:
             bucket.add_probes(probes)
-        self.last_wall[sid] = wall
 
-    def take_closed(self, now: float, everything: bool = False) -> Closed:
-        """Every step that ended before `now` (or all, at shutdown), oldest first.
+    def credit(self, sid: str, wall: float, watched: float, online: float) -> None:
+        """Put `watched` seconds of a server's time ending at `wall` (the last `online` of
+        them online) into the buckets of the steps they fall in."""
+        for start, seconds, up in step_pieces(wall, watched, online, self.resolution):
+            buckets = self.buckets.setdefault(start, {})
+            bucket = buckets.get(sid)
+            if bucket is None:
+                bucket = buckets[sid] = Bucket(start)
+            bucket.watched += seconds
+            bucket.online += up
 
-        Steps in which nobody reported are included (empty) while the dashboard was
-        running, so known servers are counted as watched and offline then; a longer gap
-        (the dashboard was stopped or suspended) is left out.
-        """
-        step = self.resolution
-        current = int(now) // step * step
-        first = self.next_start if self.next_start is not None else current
-        first = max(first, current - MAX_EMPTY_STEPS * step)
-        starts = set(range(first, current, step))
-        starts.update(s for s in self.buckets if everything or s < current)
-        self.next_start = max(current, self.next_start or current)
-        return [(start, self.buckets.pop(start, {})) for start in sorted(starts)]
+    def settle(self, servers: Iterable[str], now: float, wall: float) -> None:
+        """Settle the time of every known server whose silence is past `offline_after`
+        (its next report could no longer vouch for it) as offline, up to `now`. The others
+        wait for their next report, which settles theirs either way."""
+        since_start = self.watching_since
+        for sid in servers:
+            if sid not in self.known:
+                continue
+            heard = self.last_report.get(sid, since_start)
+            if now - heard <= offline_after(self.intervals.get(sid, DEFAULT_REPORT_INTERVAL)):
+                continue
+            watched = now - self.settled.get(sid, since_start)
+            if watched > 0:
+                self.credit(sid, wall, watched, 0.0)
+                self.settled[sid] = now
 
-    async def step(self, loop: Any, now: float, servers: list[str],
+    def take_closed(self, wall: float, everything: bool = False) -> Closed:
+        """Every step but the one holding `wall` (all of them, at shutdown), oldest first:
+        a step before it may have got seconds from a report since it was written (they are
+        added to its row), one after it only when the wall clock went back."""
+        current = int(wall) // self.resolution * self.resolution
+        starts = sorted(s for s in self.buckets if everything or s != current)
+        return [(start, self.buckets.pop(start)) for start in starts]
+
+    def put_back(self, closed: Closed) -> None:
+        """A step that could not be written waits for the next attempt (RETRY_STEPS at
+        most; older ones are dropped, logged)."""
+        for start, buckets in closed:
+            mine = self.buckets.setdefault(start, {})
+            for sid, bucket in buckets.items():
+                if sid in mine:
+                    bucket.take(mine[sid])
+                mine[sid] = bucket
+        starts = sorted(self.buckets)
+        if len(starts) > RETRY_STEPS + 1:
+            for start in starts[:-RETRY_STEPS - 1]:
+                del self.buckets[start]
+            log.warning("history: %d steps could not be written and were dropped",
+                        len(starts) - RETRY_STEPS - 1)
+
+    async def step(self, loop: Any, now: float, wall: float, servers: list[str],
                    records: Callable[[str], tuple[int, str] | None],
-                   final: bool = False,
-                   online: Container[str] = ()) -> dict[str, dict[str, str]] | None:
-        """Write the closed buckets on the writer thread; each server's view fields, or None
-        when the step could not be written (logged once per distinct problem). The final
-        step, at a graceful stop, writes the open buckets too."""
-        closed = self.take_closed(now, everything=final)
+                   final: bool = False, online: Container[str] = (),
+                   kept_since: float | None = None) -> dict[str, dict[str, str]] | None:
+        """Write the closed steps on the writer thread; each server's view fields, or None
+        when they could not be written (logged once per distinct problem). The final step,
+        at a graceful stop, writes the open buckets too. `kept_since`: the wall time that
+        retention counts back from (default `wall`)."""
+        self.settle(servers, now, wall)
+        closed = self.take_closed(wall, everything=final)
         for _, buckets in closed:
-            self.unwritten.update(buckets)
-        due = self.views_due(now, online, final)
-        latest = [(sid, *found) for sid in due if (found := records(sid)) is not None]
+            self.unwritten.update(sid for sid, bucket in buckets.items() if bucket.n)
         started = loop.time()
         try:
-            fields = await loop.run_in_executor(self.executor, self.writer.step, closed,
-                                                servers, latest, now, online)
+            await loop.run_in_executor(self.executor, self.writer.write_rows, closed)
+        except (sqlite3.Error, OSError) as exc:
+            self.put_back(closed)
+            self.problem(exc)
+            return None
+        self.window_seconds.append(loop.time() - started + wall % self.resolution)
+        due = self.views_due(now, online, final)
+        latest = [(sid, *found) for sid in due if (found := records(sid)) is not None]
+        try:
+            await loop.run_in_executor(self.executor, self.writer.write_rest, latest, wall,
+                                       wall if kept_since is None else kept_since)
         except (sqlite3.Error, OSError) as exc:
             self.unwritten.update(due)
             self.problem(exc)
             return None
+        fields = await loop.run_in_executor(self.executor, self.writer.fields, servers, wall)
         self.step_seconds.append(loop.time() - started)
-        del self.step_seconds[:-100]
+        del self.step_seconds[:-100], self.window_seconds[:-100]
         if self.status != "ok":
             log.info("history: writing to %s again", self.path)
             self.status = "ok"
@@ -679,11 +906,11 @@ class History:
         LATEST_SECONDS; at most LATEST_PER_STEP a step but at a stop, offline servers and
         those never written first. At 10,000 agents writing every view every minute was
         14 MB a minute of SQLite writes; an agent that is online reports again right
-        after a restart anyway."""
+        after a restart anyway, and its last seen time comes from its rows."""
         due = [sid for sid in self.unwritten if final or sid not in online
-               or now - self.written.get(sid, 0.0) >= LATEST_SECONDS]
+               or now - self.written.get(sid, -math.inf) >= LATEST_SECONDS]
         if not final and len(due) > LATEST_PER_STEP:
-            due.sort(key=lambda sid: (sid in online, self.written.get(sid, 0.0)))
+            due.sort(key=lambda sid: (sid in online, self.written.get(sid, -math.inf)))
             del due[LATEST_PER_STEP:]
         self.unwritten.difference_update(due)
         self.written.update(dict.fromkeys(due, now))
@@ -695,19 +922,23 @@ class History:
             log.error("history: %s", message)
         self.status = message
 
-    def restore(self, now: float) -> dict[str, tuple[int, dict[str, Any]]]:
-        """At start: every server's last record (empty when history cannot be read)."""
+    def restore(self, now: float, wall: float) -> dict[str, tuple[float, dict[str, Any]]]:
+        """At start (monotonic `now`): watching begins; every server's last seen time and
+        last record (empty when history cannot be read)."""
+        self.watch(now)
         try:
-            return self.in_thread(self.writer.restore, now)
+            latest = self.in_thread(self.writer.restore, wall)
         except (sqlite3.Error, OSError, ValueError) as exc:
             self.problem(exc)
             self.in_thread(self.writer.close)
             return {}
+        self.known.update(self.writer.known)
+        self.intervals.update((sid, stored_interval(record))
+                              for sid, (_, record) in latest.items())
+        return latest
 
     def fields(self, servers: list[str], now: float) -> dict[str, dict[str, str]]:
-        ledger, known = self.writer.ledger, self.writer.known
-        return self.in_thread(lambda: {sid: ledger.json(sid, now) for sid in servers
-                                       if sid in known})
+        return self.in_thread(self.writer.fields, servers, now)
 
     def read(self) -> sqlite3.Connection:
         if self.reader is None:

@@ -502,7 +502,7 @@ class Hub:
         self.accepted += 1
         self.mark_dirty(sid, before)
         if self.history is not None:
-            self.history.fold(sid, record, wall)
+            self.history.fold(sid, record, now, wall)
 
     def traffic_value(self, server: ServerConfig, wall: float) -> str:
         """The server's `traffic` field, encoded, once counting started or a limit is set;
@@ -528,12 +528,12 @@ class Hub:
         state = self.servers.get(sid)
         return (state.last_report, state.view_json()) if state and state.record else None
 
-    def restore(self, latest: dict[str, tuple[int, dict[str, Any]]]) -> None:
+    def restore(self, latest: dict[str, tuple[float, dict[str, Any]]]) -> None:
         """After a restart: each server's last record, shown offline with "last seen"."""
         for sid, (last_report, record) in latest.items():
             state = self.servers.get(sid)
             if state is not None and state.record is None:
-                state.take_record(record, last_report)
+                state.take_record(record, int(last_report))
                 state.changed(None)
         self.snapshots.clear()
 

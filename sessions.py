@@ -1,4 +1,6 @@
-"""Viewer sign-in: scrypt password hashes, sign-in tickets and sessions (time comes in as `now`).
+"""Viewer sign-in: scrypt password hashes, sign-in tickets and sessions (time comes in as
+arguments: `now`, monotonic, for a ticket's seconds; `steady`, clock.WallWatch's wall time
+that never jumps forward, for a session's days, so a wall clock set forward ends none).
 
     $ printf 'correct horse\\n' | python3 dashboard.py --hash-password
     scrypt$16384$8$1$0nJ0c1K...$Qh2V...
@@ -95,33 +97,34 @@ class Sessions:
                              private=True)
 
     def ticket(self, user: str, now: float) -> str:
-        """A one-time ticket for a user who just proved the password."""
+        """A one-time ticket for a user who just proved the password (`now`: monotonic)."""
         self.tickets = {k: t for k, t in self.tickets.items() if t[1] > now}
         token = secrets.token_urlsafe(32)
         self.tickets[token_key(token)] = (user, now + TICKET_SECONDS)
         return token
 
-    def redeem(self, ticket: str, users: dict[str, str], days: float, now: float) -> str | None:
+    def redeem(self, ticket: str, users: dict[str, str], days: float, now: float,
+               steady: float) -> str | None:
         """Trade a ticket for a session token; None when it is unknown, used or late."""
         user, expires = self.tickets.pop(token_key(ticket), ("", 0.0))
         if expires <= now or user not in users:
             return None
         token = secrets.token_urlsafe(32)
         if len(self.sessions) >= MAX_SESSIONS:
-            self.expire(users, now)
+            self.expire(users, steady)
             if len(self.sessions) >= MAX_SESSIONS:  # the oldest goes
                 del self.sessions[min(self.sessions, key=lambda k: self.sessions[k].expires)]
-        self.sessions[token_key(token)] = Session(user, now + days * 86400,
+        self.sessions[token_key(token)] = Session(user, steady + days * 86400,
                                                   fingerprint(users[user]))
         self.save()
         return token
 
-    def user(self, token: str | None, now: float) -> str | None:
+    def user(self, token: str | None, steady: float) -> str | None:
         """The signed-in user of a session token, or None."""
         if not token:
             return None
         session = self.sessions.get(token_key(token))
-        if session is None or session.expires <= now:
+        if session is None or session.expires <= steady:
             return None
         return session.user
 
@@ -129,10 +132,10 @@ class Sessions:
         if token and self.sessions.pop(token_key(token), None) is not None:
             self.save()
 
-    def expire(self, users: dict[str, str], now: float) -> int:
+    def expire(self, users: dict[str, str], steady: float) -> int:
         """End sessions that ran out, or whose user's password changed or was removed."""
         ended = [key for key, s in self.sessions.items()
-                 if s.expires <= now or s.user not in users
+                 if s.expires <= steady or s.user not in users
                  or s.password != fingerprint(users[s.user])]
         for key in ended:
             del self.sessions[key]

@@ -46,18 +46,24 @@ def seen(server: ServerConfig = WEB, online: bool = True, interval: float = 5,
     return alerts.Observed(server, online, True, interval, values if online else {})
 
 
+def judge(evaluator: alerts.Evaluator, rules: tuple[AlertRule, ...],
+          servers: list[alerts.Observed], now: float) -> list[alerts.Event]:
+    """Evaluate at `now`, where the monotonic and the wall clock agree."""
+    return evaluator.evaluate(rules, servers, now, now)
+
+
 # --- evaluation (pure) -----------------------------------------------------------
 
 
 def test_offline_fires_after_for_then_resolves() -> None:
     down = rule("down", "offline", None, for_seconds=60)
     evaluator = alerts.Evaluator(started=T0 - 3600)
-    assert evaluator.evaluate((down,), [seen(online=False)], T0) == []
-    assert evaluator.evaluate((down,), [seen(online=False)], T0 + 59) == []
-    (fired,) = evaluator.evaluate((down,), [seen(online=False)], T0 + 60)
+    assert judge(evaluator, (down,), [seen(online=False)], T0) == []
+    assert judge(evaluator, (down,), [seen(online=False)], T0 + 59) == []
+    (fired,) = judge(evaluator, (down,), [seen(online=False)], T0 + 60)
     assert (fired.state, fired.text()) == ("firing", "🔴 Web 1 (Frankfurt) offline for 1m")
-    assert evaluator.evaluate((down,), [seen(online=False)], T0 + 600) == []  # once
-    (back,) = evaluator.evaluate((down,), [seen(cpu=5)], T0 + 720)
+    assert judge(evaluator, (down,), [seen(online=False)], T0 + 600) == []  # once
+    (back,) = judge(evaluator, (down,), [seen(cpu=5)], T0 + 720)
     assert (back.state, back.text()) == ("resolved", "✅ Web 1 (Frankfurt) back after 12m")
     assert back.payload() == {"alert": "down", "state": "resolved",
                               "server": {"id": "web-1", "name": "Web 1", "group": "Frankfurt"},
@@ -68,23 +74,23 @@ def test_offline_fires_after_for_then_resolves() -> None:
 def test_a_short_spike_does_not_fire_a_rule_with_for() -> None:
     cpu = rule(for_seconds=300)
     evaluator = alerts.Evaluator(started=T0 - 3600)
-    assert evaluator.evaluate((cpu,), [seen(cpu=97)], T0) == []
-    assert evaluator.evaluate((cpu,), [seen(cpu=97)], T0 + 200) == []
-    assert evaluator.evaluate((cpu,), [seen(cpu=40)], T0 + 210) == []  # the spike ended
-    assert evaluator.evaluate((cpu,), [seen(cpu=97)], T0 + 400) == []  # counting anew
-    (fired,) = evaluator.evaluate((cpu,), [seen(cpu=97)], T0 + 700)
+    assert judge(evaluator, (cpu,), [seen(cpu=97)], T0) == []
+    assert judge(evaluator, (cpu,), [seen(cpu=97)], T0 + 200) == []
+    assert judge(evaluator, (cpu,), [seen(cpu=40)], T0 + 210) == []  # the spike ended
+    assert judge(evaluator, (cpu,), [seen(cpu=97)], T0 + 400) == []  # counting anew
+    (fired,) = judge(evaluator, (cpu,), [seen(cpu=97)], T0 + 700)
     assert fired.text() == "🔥 Web 1 (Frankfurt) CPU 97 % for 5m (above 90)"
-    (done,) = evaluator.evaluate((cpu,), [seen(cpu=45)], T0 + 820)
+    (done,) = judge(evaluator, (cpu,), [seen(cpu=45)], T0 + 820)
     assert done.text() == "✅ Web 1 (Frankfurt) CPU back to 45 % after 7m"
 
 
 def test_repeat_reminds_while_firing() -> None:
     cpu = rule(repeat=600)
     evaluator = alerts.Evaluator(started=T0 - 3600)
-    assert [e.state for e in evaluator.evaluate((cpu,), [seen(cpu=95)], T0)] == ["firing"]
-    assert evaluator.evaluate((cpu,), [seen(cpu=95)], T0 + 599) == []
-    assert [e.state for e in evaluator.evaluate((cpu,), [seen(cpu=96)], T0 + 600)] == ["firing"]
-    assert evaluator.evaluate((cpu,), [seen(cpu=96)], T0 + 900) == []
+    assert [e.state for e in judge(evaluator, (cpu,), [seen(cpu=95)], T0)] == ["firing"]
+    assert judge(evaluator, (cpu,), [seen(cpu=95)], T0 + 599) == []
+    assert [e.state for e in judge(evaluator, (cpu,), [seen(cpu=96)], T0 + 600)] == ["firing"]
+    assert judge(evaluator, (cpu,), [seen(cpu=96)], T0 + 900) == []
 
 
 def test_selectors_pick_ids_and_groups() -> None:
@@ -92,7 +98,7 @@ def test_selectors_pick_ids_and_groups() -> None:
     other = ServerConfig("cache-3", "Cache", "Paris", SECRET, "")
     assert disk.applies_to(WEB) and disk.applies_to(DB) and not disk.applies_to(other)
     evaluator = alerts.Evaluator(started=T0 - 3600)
-    events = evaluator.evaluate((disk,), [seen(WEB, disk=90), seen(DB, disk=90),
+    events = judge(evaluator, (disk,), [seen(WEB, disk=90), seen(DB, disk=90),
                                           seen(other, disk=99)], T0)
     assert sorted(e.server.id for e in events) == ["db-2", "web-1"]
 
@@ -100,11 +106,11 @@ def test_selectors_pick_ids_and_groups() -> None:
 def test_while_offline_only_offline_applies() -> None:
     cpu, down = rule(), rule("down", "offline", None)
     evaluator = alerts.Evaluator(started=T0 - 3600)
-    evaluator.evaluate((cpu, down), [seen(cpu=99)], T0)
+    judge(evaluator, (cpu, down), [seen(cpu=99)], T0)
     assert set(evaluator.firing) == {("cpu", "web-1")}
-    events = evaluator.evaluate((cpu, down), [seen(online=False)], T0 + 30)
+    events = judge(evaluator, (cpu, down), [seen(online=False)], T0 + 30)
     assert [(e.rule.name, e.state) for e in events] == [("down", "firing")]  # cpu: no verdict
-    events = evaluator.evaluate((cpu, down), [seen(cpu=10)], T0 + 60)
+    events = judge(evaluator, (cpu, down), [seen(cpu=10)], T0 + 60)
     assert sorted((e.rule.name, e.state) for e in events) == [("cpu", "resolved"),
                                                               ("down", "resolved")]
 
@@ -114,11 +120,11 @@ def test_no_page_for_a_dashboard_restart() -> None:
     evaluator = alerts.Evaluator(started=T0)
     never = alerts.Observed(DB, False, False, 2, {})
     # A seen server gets `for` + 2 intervals after the start; one never seen, `for` + 60 s.
-    assert evaluator.evaluate((down,), [seen(online=False, interval=5), never], T0 + 1) == []
-    assert evaluator.evaluate((down,), [seen(online=False, interval=5), never], T0 + 69) == []
-    (web,) = evaluator.evaluate((down,), [seen(online=False, interval=5), never], T0 + 70)
+    assert judge(evaluator, (down,), [seen(online=False, interval=5), never], T0 + 1) == []
+    assert judge(evaluator, (down,), [seen(online=False, interval=5), never], T0 + 69) == []
+    (web,) = judge(evaluator, (down,), [seen(online=False, interval=5), never], T0 + 70)
     assert web.server.id == "web-1"
-    (db,) = evaluator.evaluate((down,), [seen(online=False, interval=5), never], T0 + 120)
+    (db,) = judge(evaluator, (down,), [seen(online=False, interval=5), never], T0 + 120)
     assert db.server.id == "db-2"
 
 
@@ -126,15 +132,43 @@ def test_firing_state_survives_a_restart(tmp_path: Path) -> None:
     down = rule("down", "offline", None)
     saved = JsonFile(tmp_path / "alerts.json", "alerts", "")
     first = alerts.Evaluator(started=T0 - 3600)
-    first.evaluate((down,), [seen(online=False)], T0)
+    judge(first, (down,), [seen(online=False)], T0)
     assert saved.save(alerts.firing_rows(first.firing))
-    restarted = alerts.Evaluator(started=T0 + 100, firing=alerts.firing_from(saved.load("")))
-    assert restarted.evaluate((down,), [seen(online=False)], T0 + 200) == []  # no repeat
-    (back,) = restarted.evaluate((down,), [seen(cpu=1)], T0 + 300)
+    restarted = alerts.Evaluator(started=T0 + 100,
+                                 firing=alerts.firing_from(saved.load(""), T0 + 100, T0 + 100))
+    assert judge(restarted, (down,), [seen(online=False)], T0 + 200) == []  # no repeat
+    (back,) = judge(restarted, (down,), [seen(cpu=1)], T0 + 300)
     assert back.state == "resolved" and back.since == T0  # and not forgotten
     (tmp_path / "broken.json").write_text("{")
     assert JsonFile(tmp_path / "broken.json", "alerts", "").load("") is None
-    assert alerts.firing_from([{"alert": "x"}]) == {}
+    assert alerts.firing_from([{"alert": "x"}], T0, T0) == {}
+
+
+def test_durations_run_on_the_monotonic_clock_whatever_the_wall_clock_does() -> None:
+    """`for`, `repeat` and what messages say are monotonic durations; the wall clock only
+    says when (the `since` of payloads)."""
+    down = rule("down", "offline", None, for_seconds=300, repeat=3600)
+    evaluator = alerts.Evaluator(started=0.0)
+    assert evaluator.evaluate((down,), [seen(online=False)], 100.0, T0) == []
+    later = T0 + 3 * 86400  # the wall clock jumps three days forward
+    assert evaluator.evaluate((down,), [seen(online=False)], 280.0, later + 180) == []
+    (fired,) = evaluator.evaluate((down,), [seen(online=False)], 400.0, later + 300)
+    assert fired.text() == "🔴 Web 1 (Frankfurt) offline for 5m" and fired.since == T0
+    earlier = T0 - 5 * 86400  # and then five days back
+    assert evaluator.evaluate((down,), [seen(online=False)], 3999.0, earlier) == []
+    (reminder,) = evaluator.evaluate((down,), [seen(online=False)], 4000.0, earlier + 1)
+    assert reminder.text() == "🔴 Web 1 (Frankfurt) offline for 1h5m"  # since 100 s
+    (back,) = evaluator.evaluate((down,), [seen(cpu=1)], 4300.0, earlier + 301)
+    assert back.text() == "✅ Web 1 (Frankfurt) back after 1h10m"
+    # Across a restart the one duration the wall clock measures: from the saved times.
+    cpu = rule(repeat=600)
+    first = alerts.Evaluator(started=0.0)
+    judge(first, (cpu,), [seen(cpu=95)], T0)
+    restarted = alerts.Evaluator(50.0, alerts.firing_from(alerts.firing_rows(first.firing),
+                                                          50.0, T0 + 120))
+    assert judge(restarted, (cpu,), [seen(cpu=95)], 529.0) == []
+    (reminder,) = restarted.evaluate((cpu,), [seen(cpu=95)], 530.0, T0 + 600)
+    assert reminder.text() == "🔥 Web 1 (Frankfurt) CPU 95 % for 10m (above 90)"
 
 
 def test_durations_and_values_read_well() -> None:
@@ -423,10 +457,10 @@ def test_latency_and_loss_judge_one_target_or_the_worst() -> None:
     lossy = AlertRule("loss", "loss", 1, None, 0, (), None, ("ops",))
     to_cf = AlertRule("cf", "latency", 50, None, 0, (), None, ("ops",), "Cloudflare")
     evaluator = alerts.Evaluator(started=T0 - 3600)
-    fired = evaluator.evaluate((to_ct, lossy, to_cf), [seen(**values)], T0)
+    fired = judge(evaluator, (to_ct, lossy, to_cf), [seen(**values)], T0)
     assert sorted(event.text() for event in fired) == [
-        "🔥 Web 1 (Frankfurt) latency to CT Shanghai 182 ms for 0s (above 150)",
-        "🔥 Web 1 (Frankfurt) packet loss 2 % for 0s (above 1)"]
+        "🔥 Web 1 (Frankfurt) latency to CT Shanghai 182 ms (above 150)",
+        "🔥 Web 1 (Frankfurt) packet loss 2 % (above 1)"]
     config, _ = parse_config({
         "servers": [{"id": "web-1", "secret": SECRET}],
         "probes": {"targets": [{"name": "Cloudflare", "host": "1.1.1.1"}]},

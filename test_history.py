@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import sqlite3
 import time
@@ -30,20 +31,33 @@ def report(cpu: float, interval: float = 5, **fields: Any) -> dict[str, Any]:
 # --- folding and rows (pure) -------------------------------------------------------
 
 
+def fold(store: history.History, sid: str, record: dict[str, Any], second: float) -> None:
+    """A report `second` seconds after T0: monotonic and wall clocks agree here."""
+    store.fold(sid, record, second, T0 + second)
+
+
+def row_of(bucket: history.Bucket, sid: str = "web-1") -> dict[str, Any]:
+    return dict(zip(history.COLUMNS, history.bucket_row(history.FINE, sid, bucket)))
+
+
 def test_reports_fold_into_one_row_per_bucket() -> None:
     store = history.History(Path("/nonexistent"), resolution=60)
+    store.watch(0.0)
     for second, cpu in ((0, 10.0), (5, 30.0), (10, 20.0), (65, 90.0)):
-        store.fold("web-1", report(cpu), T0 + second)
+        fold(store, "web-1", report(cpu), second)
     closed = store.take_closed(T0 + 61)
     assert [start for start, _ in closed] == [T0]  # the bucket from 60 s on is still open
-    bucket = closed[0][1]["web-1"]
-    row = dict(zip(history.COLUMNS, history.bucket_row(history.FINE, "web-1", bucket, 60)))
+    row = row_of(closed[0][1]["web-1"])
     assert row["n"] == 3 and row["cpu"] == pytest.approx(20.0) and row["cpu_max"] == 30.0
     assert row["memory"] == 50.0 and row["net_in"] == 1000 and row["load1"] == 0.5
-    assert row["online"] == 15 and row["watched"] == 60  # three reports vouch for 5 s each
     assert row["net_in_total"] == 10**9 and row["net_out_total"] == 2 * 10**9
     assert row["tcp"] is None and row["tcp_max"] is None  # the Go agent sends no extraInfo
-    assert store.take_closed(T0 + 121)[0][1]["web-1"].n == 1
+    assert row["seen"] == T0 + 10
+    # 0-10 s vouched for by the reports; 10-60 s offline (the next report came 55 s after
+    # the last, past offline_after, so it vouches for its own 5 s only, in the next step).
+    assert row["online"] == 10 and row["watched"] == 60
+    later = row_of(store.take_closed(T0 + 121)[0][1]["web-1"])
+    assert (later["n"], later["online"], later["watched"]) == (1, 5.0, 5.0)
 
 
 def test_last_views_are_written_when_offline_at_a_stop_and_every_ten_minutes() -> None:
@@ -67,22 +81,20 @@ def test_last_views_are_written_when_offline_at_a_stop_and_every_ten_minutes() -
     assert len(store.views_due(T0 + 60, online=set(fleet), final=False)) == 5
 
 
-def test_online_seconds_never_exceed_what_a_report_vouches_for() -> None:
-    assert history.online_seconds(T0 + 10, None, 5) == 5
-    assert history.online_seconds(T0 + 10, T0 + 8, 5) == 2  # reports closer than the interval
-    assert history.online_seconds(T0 + 13, T0 + 6, 5) == 7  # late, but online all along
-    assert history.online_seconds(T0 + 100, T0, 5) == 5  # after an outage: only its own interval
-    bucket = history.Bucket(T0)
-    for _ in range(30):
-        bucket.add(history.metric_values(report(1, interval=5)), 5, (None, None))
-    assert history.bucket_row(history.FINE, "x", bucket, 60)[4] == 60  # capped at the bucket
+def test_a_report_vouches_for_the_time_since_the_one_before_if_it_came_in_time() -> None:
+    assert history.vouched_seconds(2, 5) == 2  # reports closer than the interval
+    assert history.vouched_seconds(7, 5) == 7  # late, but within offline_after
+    assert history.vouched_seconds(100, 5) == 5  # after an outage: only its own interval
+    assert list(history.step_pieces(T0 + 60, 60.0, 60.0, 60)) == [(T0, 60.0, 60.0)]
+    assert list(history.step_pieces(T0 + 61, 3.0, 1.5, 60)) == [(T0 + 60, 1.0, 1.0),
+                                                                (T0, 2.0, 0.5)]
     # A value some reports lack is averaged over those that had it; other buckets keep
     # sharing the count of none missing.
     values = history.metric_values(report(1, interval=5))
     partial = history.Bucket(T0)
-    partial.add(values, 5, (None, None))
-    partial.add((None, *values[1:]), 5, (None, None))
-    assert history.bucket_row(history.FINE, "x", partial, 60)[6:8] == (values[0], values[0])
+    partial.add(values, (None, None), T0)
+    partial.add((None, *values[1:]), (None, None), T0 + 5)
+    assert history.bucket_row(history.FINE, "x", partial)[6:8] == (values[0], values[0])
     assert partial.missing[0] == 1 and not any(history.Bucket(T0).missing)
 
 
@@ -95,13 +107,13 @@ def test_a_bucket_holds_its_sums_and_maxima_without_an_object_each() -> None:
         before = tracemalloc.get_traced_memory()[0]
         buckets = [history.Bucket(T0) for _ in range(100)]
         for bucket in buckets:
-            bucket.add(values, 5, (None, None))
-            bucket.add(values, 5, (None, None))
+            bucket.add(values, (None, None), T0)
+            bucket.add(values, (None, None), T0 + 5)
         used = (tracemalloc.get_traced_memory()[0] - before) / len(buckets)
     finally:
         tracemalloc.stop()
     assert used < 700
-    assert history.bucket_row(history.FINE, "x", buckets[0], 60)[6:8] == (values[0], values[0])
+    assert history.bucket_row(history.FINE, "x", buckets[0])[6:8] == (values[0], values[0])
 
 
 def test_plans_return_at_most_about_1500_points() -> None:
@@ -136,61 +148,77 @@ def test_columnar_answer_has_a_slot_for_every_step_and_null_in_gaps() -> None:
 # --- the writer: rollups, retention and availability with an injected clock -------------
 
 
-def writer_step(writer: history.Writer, store: history.History, now: float,
-                servers: list[str]) -> dict[str, str]:
-    closed = store.take_closed(now)
-    latest = [(sid, int(now), '{"cpuInfo":{"percent":1}}') for _, b in closed for sid in b]
-    return writer.step(closed, servers, latest, now)
+def step(store: history.History, second: float, servers: list[str], final: bool = False,
+         wall: float | None = None, kept_since: float | None = None) -> Any:
+    """History.step `second` seconds after T0 (monotonic), at wall time T0 + second unless
+    `wall` says otherwise; every server's view is written."""
+    async def run() -> Any:
+        return await store.step(
+            asyncio.get_running_loop(), second, T0 + second if wall is None else wall,
+            servers, lambda sid: (int(T0 + second), '{"cpuInfo":{"percent":1}}'), final,
+            (), kept_since)
+    return asyncio.run(run())
+
+
+def rows(store: history.History, tier: int = history.FINE,
+         columns: str = "server, t, n, online, watched") -> list[tuple[Any, ...]]:
+    return store.writer.connection().execute(
+        f"SELECT {columns} FROM samples WHERE tier = ? ORDER BY server, t", (tier,)).fetchall()
 
 
 def test_rollups_availability_and_retention(tmp_path: Path) -> None:
     store = history.History(tmp_path, resolution=60, days=3)
-    writer = store.writer
+    store.watch(0.0)
     # Two hours: "up" reports every 5 s throughout; "flaky" only in the first 30 minutes.
+    servers = ["up", "flaky", "never"]
     for second in range(0, 2 * HOUR, 5):
-        store.fold("up", report(40.0), T0 + second)
+        fold(store, "up", report(40.0), second)
         if second < 30 * 60:
-            store.fold("flaky", report(80.0), T0 + second)
+            fold(store, "flaky", report(80.0), second)
         if second % 60 == 55:
-            writer_step(writer, store, T0 + second + 5, ["up", "flaky", "never"])
-    db = writer.connection()
-    hourly = db.execute("SELECT server, t, n, online, watched, cpu, cpu_max FROM samples "
-                        "WHERE tier = 1 ORDER BY server, t").fetchall()
-    assert hourly == [("flaky", T0, 360, 1800.0, 3600.0, 80.0, 80.0),
+            step(store, second + 5, servers)
+    hourly = rows(store, history.HOURLY, "server, t, n, online, watched, cpu, cpu_max")
+    # "up": its report at the hour vouches for the hour's last 5 s (added to the hourly
+    # row after the hour was rolled up); the second hour's last 5 s wait for a report.
+    # "flaky": offline from its last report on.
+    assert hourly == [("flaky", T0, 360, 1795.0, 3600.0, 80.0, 80.0),
                       ("flaky", T0 + HOUR, 0, 0.0, 3600.0, None, None),
                       ("up", T0, 720, 3600.0, 3600.0, 40.0, 40.0),
-                      ("up", T0 + HOUR, 720, 3600.0, 3600.0, 40.0, 40.0)]
-    fields = writer_step(writer, store, T0 + 2 * HOUR + 60, ["up", "flaky", "never"])
+                      ("up", T0 + HOUR, 720, 3595.0, 3595.0, 40.0, 40.0)]
+    fields = step(store, 2 * HOUR + 60, servers)
     assert set(fields) == {"up", "flaky"}  # never reported: no availability yet
     flaky = {field: json.loads(value) for field, value in fields["flaky"].items()}
-    share = round(1800 / 7260 * 100, 2)  # half an hour online of two hours and a minute
+    share = round(1795 / 7260 * 100, 2)  # half an hour online of two hours and a minute
     assert flaky["availability"] == {"24h": share, "30d": share}
-    assert flaky["last24h"][-3:] == [50.0, 0.0, 0.0] and flaky["last24h"][0] is None
+    assert flaky["last24h"][-3:] == [49.86, 0.0, 0.0] and flaky["last24h"][0] is None
     up = {field: json.loads(value) for field, value in fields["up"].items()}
-    assert up["availability"]["24h"] == round(7200 / 7260 * 100, 2)  # the last minute: silent
+    assert up["availability"]["24h"] == round(7195 / 7260 * 100, 2)  # then silent
 
     # Retention: fine rows go after 48 h, hourly rows after --history-days (3 here).
-    writer_step(writer, store, T0 + 49 * HOUR, ["up", "flaky"])
+    db = store.writer.connection()
+    step(store, 49 * HOUR, ["up", "flaky"])
     assert db.execute("SELECT MIN(t) FROM samples WHERE tier = 0").fetchone()[0] >= T0 + HOUR
     assert db.execute("SELECT COUNT(*) FROM samples WHERE tier = 1 AND t = ?",
                       (T0,)).fetchone()[0] == 2
-    writer_step(writer, store, T0 + 4 * 24 * HOUR, ["up", "flaky"])
+    step(store, 4 * 24 * HOUR, ["up", "flaky"])
     assert db.execute("SELECT COUNT(*) FROM samples WHERE tier = 1 AND t < ?",
                       (T0 + 24 * HOUR,)).fetchone()[0] == 0
-    writer.close()
+    store.close()
 
 
 def test_a_range_reads_hourly_rows_and_the_hour_not_rolled_up_yet(tmp_path: Path) -> None:
     store = history.History(tmp_path, resolution=60)
+    store.watch(0.0)
     for second in range(0, 2 * HOUR + 600, 10):
-        store.fold("web-1", report(second / 100), T0 + second)
+        fold(store, "web-1", report(second / 100), second)
         if second % 60 == 50:
-            writer_step(store.writer, store, T0 + second + 10, ["web-1"])
+            step(store, second + 10, ["web-1"])
     week = json.loads(store.query("web-1", "7d", T0 + 2 * HOUR + 600))
     assert week["step"] == HOUR
     filled = [(t, cpu) for t, cpu in zip(week["time"], week["cpu"]) if cpu is not None]
     assert [t for t, _ in filled] == [T0, T0 + HOUR, T0 + 2 * HOUR]  # the last from fine rows
     assert filled[2][1] == pytest.approx((7200 + 7790) / 2 / 100, abs=0.01)
+    assert [week["online"][week["time"].index(t)] for t, _ in filled] == [1.0, 1.0, 1.0]
     store.close()
 
 
@@ -292,16 +320,17 @@ def test_fold_costs_no_more_than_the_hub_already_spends() -> None:
         return time.perf_counter() - started
 
     validating = timed(lambda i: validate_report(frame))
-    folding = timed(lambda i: store.fold(f"s{i % 100}", record, T0 + i * 0.01))
+    folding = timed(lambda i: fold(store, f"s{i % 100}", record, i * 0.01))
     assert folding < validating, (folding, validating)
 
 
 def test_history_step_does_not_block_the_loop(tmp_path: Path) -> None:
     """2,000 servers' buckets are written on the writer thread while the loop keeps ticking."""
     store = history.History(tmp_path, resolution=60)
+    store.watch(0.0)
     record = report(10)
     for i in range(2000):
-        store.fold(f"srv-{i}", record, T0 + 1)
+        fold(store, f"srv-{i}", record, 1)
 
     async def measure() -> tuple[int, Any]:
         loop = asyncio.get_running_loop()
@@ -313,7 +342,7 @@ def test_history_step_does_not_block_the_loop(tmp_path: Path) -> None:
                 await asyncio.sleep(0.001)
                 ticks += 1
         task = asyncio.ensure_future(ticker())
-        fields = await store.step(loop, T0 + 61, [f"srv-{i}" for i in range(2000)],
+        fields = await store.step(loop, 61, T0 + 61, [f"srv-{i}" for i in range(2000)],
                                   lambda sid: (T0, json.dumps(record)))
         task.cancel()
         return ticks, fields
@@ -354,32 +383,37 @@ def test_the_cached_view_fields_equal_the_plain_computation() -> None:
     assert ledger.day("web-1") == day and ledger.month["web-1"] == (month[0] + 60, month[1] + 60)
 
 
-def test_a_step_without_a_report_counts_as_the_hub_saw_the_server(tmp_path: Path) -> None:
-    """Reports every 60 s at a 60 s resolution fall either side of some steps: a server the
-    hub has online is online that step; one it has offline is offline."""
+def test_a_step_without_a_report_counts_as_its_next_report_says(tmp_path: Path) -> None:
+    """Reports every 60 s at a 60 s resolution fall either side of some steps: a step
+    without one is settled by the next report (online: it came in time), or offline once
+    the server's silence is past offline_after."""
     store = history.History(tmp_path, resolution=60)
+    store.watch(0.0)
     for sid in ("steady", "gone"):
-        store.fold(sid, report(5, interval=60), T0 + 30)
-    store.writer.step(store.take_closed(T0 + 61), ["steady", "gone"], [], T0 + 61)
-    empty = store.take_closed(T0 + 121)  # nobody reported in this step
-    store.writer.step(empty, ["steady", "gone"], [], T0 + 121, online={"steady"})
-    db = store.writer.connection()
-    rows = dict(db.execute("SELECT server, online FROM samples WHERE t = ?", (T0 + 60,)))
-    assert rows == {"steady": 60.0, "gone": 0.0}
+        fold(store, sid, report(5, interval=60), 30)
+    step(store, 61, ["steady", "gone"])
+    step(store, 121, ["steady", "gone"])  # nobody reported in this step
+    fold(store, "steady", report(5, interval=60), 150)
+    step(store, 181, ["steady", "gone"])  # "gone" is past offline_after (125 s) now
+    assert rows(store) == [("gone", T0, 1, 30.0, 60.0), ("gone", T0 + 60, 0, 0.0, 60.0),
+                           ("gone", T0 + 120, 0, 0.0, 60.0),
+                           ("steady", T0, 1, 60.0, 60.0), ("steady", T0 + 60, 0, 60.0, 60.0),
+                           ("steady", T0 + 120, 1, 30.0, 30.0)]
     store.close()
 
 
 def test_probe_history_per_target_rolls_up_and_answers_every_range(tmp_path: Path) -> None:
     store = history.History(tmp_path, resolution=60, days=3)
+    store.watch(0.0)
     # Two hours at one report every 10 s; "CT" answers slowly in the first hour and loses
     # half its probes in the second; "Hole" never answers.
     for second in range(0, 2 * HOUR, 10):
         slow = second < HOUR
         probes = [{"name": "CT", "rtt": 180.0 if slow else 20.0, "loss": 0.0 if slow else 0.5},
                   {"name": "Hole", "loss": 1.0}]
-        store.fold("web", report(10.0, extraInfo={"probes": probes}), T0 + second)
+        fold(store, "web", report(10.0, extraInfo={"probes": probes}), second)
         if second % 60 == 50:
-            writer_step(store.writer, store, T0 + second + 10, ["web"])
+            step(store, second + 10, ["web"])
     db = store.writer.connection()
     hourly = db.execute("SELECT target, t, n, rtt, rtt_max, loss FROM probe_samples "
                         "WHERE tier = 1 ORDER BY target, t").fetchall()
@@ -395,3 +429,245 @@ def test_probe_history_per_target_rolls_up_and_answers_every_range(tmp_path: Pat
     assert [v for v in week["probes"]["CT"]["rtt"] if v is not None] == [180.0, 20.0]
     assert "probes" not in json.loads(store.query("other", "1h", T0 + 2 * HOUR))
     store.close()
+
+
+# --- availability and rows across restarts and clock jumps (pure, time passed in) -------
+
+
+class Agent:
+    """An agent reporting every `interval` s with a little jitter, into one history at a
+    time; counts what it sent."""
+
+    def __init__(self, interval: float = 5.0) -> None:
+        self.interval, self.sent, self.next = interval, 0, 0.0
+
+    def report_until(self, store: history.History, until: float, first: float) -> None:
+        self.next = max(self.next, first)
+        while self.next < until:
+            fold(store, "web", report(10.0, interval=self.interval), self.next)
+            self.sent += 1
+            self.next += self.interval * (0.9 + 0.2 * ((self.sent * 7919) % 13) / 13)
+
+
+def run_steps(store: history.History, agent: Agent, start: float, end: float,
+              final_at: float | None = None) -> None:
+    """Steps at every boundary in (start, end], the agent reporting in between; a
+    graceful stop at `final_at`."""
+    boundary = (start // 60 + 1) * 60
+    while boundary <= end:
+        stop = final_at if final_at is not None and final_at < boundary + 0.01 else None
+        agent.report_until(store, stop if stop is not None else boundary + 0.01, start)
+        if stop is not None:
+            step(store, stop, ["web"], final=True)
+            return
+        step(store, boundary + 0.01, ["web"])
+        boundary += 60
+    if final_at is not None:
+        agent.report_until(store, final_at, start)
+        step(store, final_at, ["web"], final=True)
+
+
+@pytest.mark.parametrize("started, stopped, back", [(0.3, 610.0, 0.27), (17.0, 575.5, 3.0),
+                                                    (59.9, 599.95, 1.0)])
+def test_an_always_reporting_server_is_100_percent_whatever_the_dashboard_did(
+        tmp_path: Path, started: float, stopped: float, back: float) -> None:
+    """Started at any moment of a step, stopped gracefully at another, back `back` s later
+    (the agent reconnecting up to 3 s after that): every row is as online as it was
+    watched, and no report is lost."""
+    agent = Agent()
+    store = history.History(tmp_path, resolution=60)
+    store.watch(started)
+    run_steps(store, agent, started, 10_000, final_at=stopped)
+    store.close()
+    again = history.History(tmp_path, resolution=60)
+    again.restore(stopped + back, T0 + stopped + back)
+    agent.next = stopped + back + 2.5  # reconnecting
+    run_steps(again, agent, stopped + back, 1500)
+    fields = step(again, 1501, ["web"])
+    found = rows(again)
+    assert all(online == watched for _, _, _, online, watched in found), found
+    assert sum(n for _, _, n, _, _ in found) == agent.sent  # nothing lost across the stop
+    # The step of the restart holds the reports from before and after it.
+    in_that_step = [n for _, t, n, _, _ in found if t == T0 + stopped // 60 * 60]
+    assert in_that_step and in_that_step[0] >= 10
+    assert json.loads(fields["web"]["availability"]) == {"24h": 100.0, "30d": 100.0}
+    assert set(json.loads(fields["web"]["last24h"])) == {None, 100.0}
+    again.close()
+
+
+def test_a_graceful_restart_keeps_the_step_and_adds_to_it(tmp_path: Path) -> None:
+    """SIGTERM 10 s into a minute and back in 0.27 s: that minute's row holds every
+    report of it, averaged over all of them."""
+    store = history.History(tmp_path, resolution=60)
+    store.watch(0.0)
+    for second in range(0, 11):
+        fold(store, "web", report(10.0, interval=1), second)
+    step(store, 10.2, ["web"], final=True)
+    store.close()
+    again = history.History(tmp_path, resolution=60)
+    again.restore(10.47, T0 + 10.47)
+    for second in range(12, 60):
+        fold(again, "web", report(70.0, interval=1), second)
+    step(again, 60.01, ["web"])
+    [(n, online, watched, cpu, cpu_max)] = rows(again, columns="n, online, watched, cpu, cpu_max")
+    assert (n, cpu_max) == (59, 70.0)
+    assert cpu == pytest.approx((11 * 10 + 48 * 70) / 59)
+    # 0-10 s, then 10.47-59 s: the 0.27 s the dashboard was down and the 0.2 s before
+    # the stop that no report had vouched for yet are watched by nobody.
+    assert online == watched == pytest.approx(59 - 0.47)
+    again.close()
+
+
+def test_a_wall_clock_set_back_adds_to_rows_and_replaces_none(tmp_path: Path) -> None:
+    """Back 60 s at a 5 s resolution: the steps of that minute are written again, each
+    row adding the later reports to what it had."""
+    store = history.History(tmp_path, resolution=5)
+    store.watch(0.0)
+    sent = 0
+    for second in range(0, 61):
+        store.fold("web", report(10.0, interval=1), second, T0 + second)
+        sent += 1
+        if second % 5 == 0:
+            step(store, second + 0.01, ["web"])
+    before = {t: n for _, t, n, _, _ in rows(store)}
+    for second in range(61, 121):  # the wall clock is 60 s behind from here on
+        store.fold("web", report(50.0, interval=1), second, T0 + second - 60)
+        sent += 1
+        if second % 5 == 0:
+            step(store, second + 0.01, ["web"], wall=T0 + second - 60 + 0.01)
+    step(store, 121, ["web"], final=True, wall=T0 + 61)
+    after = {t: n for _, t, n, _, _ in rows(store)}
+    assert all(after[t] >= n for t, n in before.items())  # nothing replaced
+    assert sum(after.values()) == sent
+    assert sum(watched for *_, watched in rows(store)) == pytest.approx(120)
+    assert {cpu_max for (cpu_max,) in rows(store, columns="cpu_max")} >= {50.0}
+    store.close()
+
+
+@pytest.mark.parametrize("steady", [True, False])
+def test_a_wall_clock_jumped_forward_deletes_no_history(tmp_path: Path, steady: bool) -> None:
+    """Forward 3 days: retention counts back from the steady clock (clock.WallWatch),
+    which the jump did not move, so the fine rows of the last minutes stay. (Counting
+    back from the wall clock, as before, deleted them all.)"""
+    store = history.History(tmp_path, resolution=60)
+    store.watch(0.0)
+    for second in range(0, 600, 5):
+        fold(store, "web", report(10.0), second)
+        if second % 60 == 55:
+            step(store, second + 5, ["web"])
+    kept = len(rows(store))
+    jumped = T0 + 601 + 3 * 24 * HOUR
+    fold(store, "web", report(10.0), 601)
+    step(store, 601, ["web"], wall=jumped, kept_since=T0 + 601 if steady else jumped)
+    assert (len(rows(store)) >= kept) is steady
+    store.close()
+
+
+def test_rows_added_to_a_rolled_up_hour_reach_its_hourly_row(tmp_path: Path) -> None:
+    """The report at the top of the hour vouches for the hour's last seconds after the
+    hour was rolled up: they are added to the hourly (and six-hour) rows as well."""
+    store = history.History(tmp_path, resolution=60)
+    quarter = 6 * HOUR
+    begin = (T0 // quarter + 1) * quarter - T0  # seconds after T0 when a quarter day starts
+    store.watch(begin)
+    for second in range(begin, begin + quarter + 120, 10):
+        fold(store, "web", report(10.0, interval=10), second)
+        if second % 60 == 50:
+            step(store, second + 10.5, ["web"])
+    hourly = rows(store, history.HOURLY)
+    assert [(online, watched) for *_, online, watched in hourly] == [(3600.0, 3600.0)] * 6
+    assert [(n, online, watched) for _, _, n, online, watched in rows(
+        store, history.QUARTER_DAY)] == [(2160, 21600.0, 21600.0)]
+    store.close()
+
+
+# --- end to end: restarts, kills and the last seen time --------------------------------
+
+
+def availability_of(dash: Dashboard, sid: str = "alpha") -> tuple[Any, list[Any]]:
+    server = server_in({"servers": dash.get_json("/api/servers")}, sid)
+    assert server is not None
+    return server.get("availability"), server.get("last24h", [])
+
+
+def test_an_always_reporting_agent_reads_100_percent_across_a_restart(
+        make_dashboard: Any, make_agent: Any) -> None:
+    """The dashboard starts wherever in a step it starts, and is restarted gracefully
+    in the middle of one; the agent reconnects a few seconds later. Before, the part of
+    a step before the start, and the restart, counted against the server (59-95 %)."""
+    dash = start_with_history(make_dashboard, "--history-resolution", "2")
+    agent = make_agent("--server", dash.url("/ws-report", "ws"), "--id", "alpha",
+                       "--secret", SECRET, "--interval", "1", "--min-interval", "1",
+                       "--no-adaptive")
+    agent.wait_for_log("connected to")
+    dash.wait_for_log(r"agent connected: id=alpha")
+    time.sleep(5)  # a few steps, each of them written
+    assert dash.stop() == 0
+    mark = len(dash.lines)
+    dash.start("--history-resolution", "2")
+    restarted = time.time()
+    dash.wait_for_log(r"agent connected: id=alpha", after=mark, timeout=15)
+    db = sqlite3.connect(dash.directory / "history.db")
+    wait_until(lambda: db.execute(  # a step wholly after the restart is written
+        "SELECT COUNT(*) FROM samples WHERE tier = 0 AND server = 'alpha' AND t >= ?",
+        (restarted + 2,)).fetchone()[0] > 0)
+    wait_until(lambda: availability_of(dash)[1][-1] is not None)
+    availability, last24h = availability_of(dash)
+    assert availability == {"24h": 100.0, "30d": 100.0}, availability
+    assert set(last24h) <= {None, 100.0} and last24h[-1] == 100.0
+    online = [o for o in dash.get_json("/api/history?id=alpha&range=1h")["online"]
+              if o is not None]
+    assert online and set(online) == {1.0}
+    assert db.execute("SELECT COUNT(*) FROM samples WHERE online < watched").fetchone()[0] == 0
+
+
+def wait_until(condition: Any, timeout: float = 20) -> None:
+    """Poll a condition on files or answers (what a step leaves behind) until it holds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "the condition never held"
+        time.sleep(0.2)
+
+
+def test_a_kill_in_the_writers_window_loses_only_the_step_in_progress(
+        make_dashboard: Any) -> None:
+    """SSS_TEST_HISTORY_STALL holds the writer's second transaction (last views, rollups,
+    retention) open: a kill -9 lands in it. The closed step was committed before it, in a
+    transaction of its own; before, one transaction held both, and such a kill lost the
+    step just closed as well as the one in progress."""
+    dash: Dashboard = make_dashboard(start=False)
+    dash.start("--history-resolution", "2", env={**os.environ, "SSS_TEST_HISTORY_STALL": "10"})
+    with dash.agent("alpha") as agent:
+        for cpu in range(5):
+            agent.send(json.dumps(go_report(cpuInfo={"percent": float(cpu), "info": []})))
+        dash.wait_for_log("holding the rollup transaction", timeout=10)
+        dash.kill()
+    db = sqlite3.connect(dash.directory / "history.db")
+    assert db.execute("SELECT SUM(n), AVG(cpu) FROM samples WHERE tier = 0 AND "
+                      "server = 'alpha'").fetchone() == (5, 2.0)
+
+
+@pytest.mark.parametrize("kill", [False, True])
+def test_the_last_seen_time_comes_back_after_a_restart(make_dashboard: Any,
+                                                         kill: bool) -> None:
+    """Exact after a graceful stop; at most a step old after kill -9 (the server's view is
+    written every 10 minutes only, its rows every step). Before, a server online at a kill
+    came back with the time of its view: up to 10 minutes old."""
+    dash = start_with_history(make_dashboard)
+    with dash.agent("alpha") as agent:
+        for _ in range(6):
+            agent.send(json.dumps(go_report()))
+            time.sleep(0.7)
+        time.sleep(1.2)  # the last report's step is written
+        last = server_in({"servers": dash.get_json("/api/servers")}, "alpha")
+        if kill:
+            dash.kill()
+        else:
+            assert dash.stop() == 0
+    dash.start("--history-resolution", "1")
+    restored = server_in({"servers": dash.get_json("/api/servers")}, "alpha")
+    assert restored["online"] is False
+    if kill:
+        assert last["lastReportTime"] - 2 <= restored["lastReportTime"] <= last["lastReportTime"]
+    else:
+        assert restored["lastReportTime"] == last["lastReportTime"]

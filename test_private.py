@@ -60,15 +60,16 @@ def test_sessions_expire_end_and_follow_password_changes(tmp_path: Path) -> None
     users = {"alice": HASH, "bob": sessions.hash_password("bob's password")}
     store = sessions.Sessions(tmp_path / "sessions.json")
     ticket = store.ticket("alice", T0)
-    assert store.redeem("forged", users, 30, T0) is None
-    token = store.redeem(ticket, users, 30, T0 + 5)
+    assert store.redeem("forged", users, 30, T0, T0) is None
+    token = store.redeem(ticket, users, 30, T0 + 5, T0 + 5)
     assert token and store.user(token, T0 + 10) == "alice"
-    assert store.redeem(ticket, users, 30, T0 + 6) is None  # one use only
+    assert store.redeem(ticket, users, 30, T0 + 6, T0 + 6) is None  # one use only
     late = store.ticket("bob", T0)
-    assert store.redeem(late, users, 30, T0 + sessions.TICKET_SECONDS + 1) is None
+    late_by = T0 + sessions.TICKET_SECONDS + 1
+    assert store.redeem(late, users, 30, late_by, late_by) is None
     assert store.user(token, T0 + 5 + 30 * 86400) is None  # sessionDays ran out
     assert store.user(token, T0 + 4 + 30 * 86400) == "alice"
-    bob = store.redeem(store.ticket("bob", T0), users, 30, T0)
+    bob = store.redeem(store.ticket("bob", T0), users, 30, T0, T0)
     assert token not in json.dumps(json.loads(store.path.read_text()))  # only hashes kept
     reloaded = sessions.Sessions(store.path)
     reloaded.load()

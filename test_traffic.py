@@ -84,6 +84,21 @@ def test_a_new_period_starts_and_twelve_are_kept() -> None:
     assert meter.past[0].start == at("2028-02-01 00:00")
 
 
+def test_a_period_never_goes_back_to_an_earlier_one() -> None:
+    """A wall clock set back five days across the reset keeps counting into the current
+    period: before, it started an earlier one at 0 B and moved the month's count to the
+    past, where the quota alert no longer saw it."""
+    meter = traffic.Meter(traffic.Period(*traffic.period(at("2027-01-02 00:00"), 1, UTC)))
+    meter.count(10**9, 0, None)
+    meter.count(3 * 10**9, 0, None)
+    meter.roll(at("2026-12-28 00:00"), 1, UTC)
+    assert meter.current.start == at("2027-01-01 00:00") and meter.past == []
+    assert meter.current.received == 2 * 10**9
+    meter.roll(at("2027-02-01 00:00"), 15, UTC)  # a new reset day: from the period's end
+    assert (meter.current.start, meter.current.end) == (at("2027-02-01 00:00"),
+                                                        at("2027-02-15 00:00"))
+
+
 def test_sizes_and_their_errors_name_server_and_field() -> None:
     assert traffic.parse_size("2 TiB") == 2 * 2**40
     assert traffic.parse_size("1.5GB") == 1_500_000_000 and traffic.parse_size("10 kB") == 10_000

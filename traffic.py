@@ -122,13 +122,16 @@ class Meter:
     past: list[Period] = dataclasses.field(default_factory=list)  # newest first
 
     def roll(self, now: float, reset_day: int, zone: Zone) -> None:
-        """Start a new period when `now` is past the current one's end."""
-        if now >= self.current.end or now < self.current.start:
+        """Start a new period when `now` is past the current one's end. Never an earlier
+        one: a wall clock set back keeps counting into the current period (which would
+        otherwise start again at 0 B, its count moved to the past and out of the quota's
+        sight); a changed reset day takes effect at the current period's end."""
+        if now >= self.current.end:
             start, end = period(now, reset_day, zone)
-            if start != self.current.start:
+            if start > self.current.start:
                 self.past.insert(0, self.current)
                 del self.past[KEPT_PERIODS:]
-                self.current = Period(start, end)
+                self.current = Period(max(start, self.current.end), end)
 
     def count(self, received: int, sent: int, boot_time: int | None) -> None:
         rebooted = boot_time is not None and self.boot_time is not None \

@@ -128,6 +128,8 @@ class Site:
     alerting: Alerting | None = None
     sessions: Sessions | None = None
     quiet: LogLimiter = dataclasses.field(default_factory=LogLimiter)
+    # Wall time that never jumps forward (clock.WallWatch.steady): what sessions expire by.
+    steady: Callable[[], float] = time.time
     # Connections refused before the upgrade, by reason (/metrics: sss_refused_total).
     refused: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)
     closed: int = 0  # connections closed since the last full garbage collection
@@ -151,10 +153,10 @@ class Site:
         if held is not None:
             log.log(level, "%s%s", message, held_back(held))
 
-    def access(self, headers: Headers, now: float) -> Access:
+    def access(self, headers: Headers) -> Access:
         """Who the request comes from, by its session cookie."""
         token = cookie_value(";".join(headers.get_all("Cookie")))
-        user = self.sessions.user(token, now) if self.sessions else None
+        user = self.sessions.user(token, self.steady()) if self.sessions else None
         return Access(user, user is not None)
 
     @property
@@ -449,11 +451,11 @@ def sign_in_done(site: Site, request: Request, access: Access) -> Response:
     if not COOKIE_PATH.fullmatch(path):
         path = "/"
     viewers = site.hub.config.viewers
-    token = site.sessions.redeem(ticket, viewers.users, viewers.session_days, time.time()) \
-        if site.sessions else None
+    token = site.sessions.redeem(ticket, viewers.users, viewers.session_days,
+                                 time.monotonic(), site.steady()) if site.sessions else None
     if token is None:
         return text_response(HTTPStatus.BAD_REQUEST, "this sign-in expired; sign in again")
-    log.info("viewer signed in: %s", site.sessions.user(token, time.time()))  # type: ignore
+    log.info("viewer signed in: %s", site.sessions.user(token, site.steady()))  # type: ignore
     cookie = (f"{COOKIE}={token}; HttpOnly; SameSite=Strict; Path={path}; "
               f"Max-Age={int(viewers.session_days * 86400)}{secure(site)}")
     return redirect(path, {"Set-Cookie": cookie})
@@ -542,7 +544,7 @@ def route_request(site: Site, connection: Any, request: Request, now: float) -> 
                                  "fix the path in --server")
         if not same_origin(site, request.headers):
             return text_response(HTTPStatus.FORBIDDEN, "cross-site WebSocket refused")
-        access = site.access(request.headers, time.time())
+        access = site.access(request.headers)
         if site.private and access.user is None:
             return text_response(HTTPStatus.UNAUTHORIZED, "sign in first")
         peer = connection.remote_address[0] if connection.remote_address else "?"
@@ -563,7 +565,7 @@ def route_request(site: Site, connection: Any, request: Request, now: float) -> 
     handler = ROUTES.get(path)
     if handler is None:
         return text_response(HTTPStatus.NOT_FOUND, "not found")
-    access = site.access(request.headers, time.time())
+    access = site.access(request.headers)
     if site.private and access.user is None and path.startswith("/api/") \
             and path != "/api/session":
         return text_response(HTTPStatus.UNAUTHORIZED, "sign in first")
