@@ -14,9 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-import alerts
-from config import AlertRule, ConfigError, ServerConfig, parse_config
 from conftest import (
     HERE,
     SECRET,
@@ -28,7 +25,10 @@ from conftest import (
     recv_until,
     server_in,
 )
-from datafiles import JsonFile
+
+from sss import alerts
+from sss.config import AlertRule, ConfigError, ServerConfig, parse_config
+from sss.datafiles import JsonFile
 
 T0 = 1_795_000_000.0
 WEB = ServerConfig("web-1", "Web 1", "Frankfurt", SECRET, "de")

@@ -28,11 +28,11 @@ from urllib.parse import parse_qs, urlsplit
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
-from alerts import Alerting
-from config import PLACEHOLDER_SECRET
-from history import RANGES
-from hub import Hub
-from limits import (
+from .alerts import Alerting
+from .config import PLACEHOLDER_SECRET
+from .history import RANGES
+from .hub import Hub
+from .limits import (
     VIEWER_MEMORY_BUDGET,
     VIEWER_SEND_BUFFER,
     VIEWERS_PER_ADDRESS,
@@ -43,16 +43,15 @@ from limits import (
     address_key,
     held_back,
 )
-from metrics import counter_lines, label, render_metrics
-from probes import probe_metrics
-from sessions import COOKIE, Sessions, cookie_value
+from .metrics import counter_lines, label, render_metrics
+from .probes import probe_metrics
+from .sessions import COOKIE, Sessions, cookie_value
 
 log = logging.getLogger("sss.dashboard")
 
 INSTALL_PLACEHOLDER = b"__SSS_DASHBOARD_URL__"
 HOST_HEADER = re.compile(r"(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::\d{1,5})?")
 COOKIE_PATH = re.compile(r"/[A-Za-z0-9._~/-]{0,200}")
-SAFE_URL = re.compile(r"https?://[A-Za-z0-9.\[\]:-]+(?:/[A-Za-z0-9._~/-]*)?")
 AGENT_HEADERS = ("X-SERVER-ID", "X-AUTH-SECRET")
 # The page's vendored libraries (vendor/README.md), served from this origin only.
 VENDOR_TYPES = {"uPlot.iife.min.js": "text/javascript; charset=utf-8",
@@ -128,7 +127,7 @@ class Site:
     alerting: Alerting | None = None
     sessions: Sessions | None = None
     quiet: LogLimiter = dataclasses.field(default_factory=LogLimiter)
-    # Wall time that never jumps forward (clock.WallWatch.steady): what sessions expire by.
+    # Wall time that never jumps forward (timings.WallWatch.steady): what sessions expire by.
     steady: Callable[[], float] = time.time
     # Connections refused before the upgrade, by reason (/metrics: sss_refused_total).
     refused: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)

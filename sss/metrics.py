@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from hub import ServerState
+from .hub import ServerState
 
 # (name, help, type, path into the record)
 SERVER_METRICS = (

@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 from websockets.sync.client import ClientConnection, connect
 
-HERE = Path(__file__).resolve().parent
+HERE = Path(__file__).resolve().parent.parent  # the checkout: dashboard.py, agent.py
 SECRET = "test-secret-0123456789abcdef"
 LISTENING = re.compile(r"listening on https?://[^:]+:(\d+)")
 
@@ -333,7 +333,7 @@ def server_in(message: dict[str, Any], sid: str) -> dict[str, Any] | None:
 # --- the page, in a real browser -------------------------------------------------
 
 CHROMIUM = Path("/usr/bin/chromium")
-SCREENSHOTS = Path(__file__).resolve().parent / "screenshots"
+SCREENSHOTS = HERE / "screenshots"
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,5 @@
 """Viewer sign-in: scrypt password hashes, sign-in tickets and sessions (time comes in as
-arguments: `now`, monotonic, for a ticket's seconds; `steady`, clock.WallWatch's wall time
+arguments: `now`, monotonic, for a ticket's seconds; `steady`, timings.WallWatch's wall time
 that never jumps forward, for a session's days, so a wall clock set forward ends none).
 
     $ printf 'correct horse\\n' | python3 dashboard.py --hash-password
@@ -26,7 +26,7 @@ import os
 import secrets
 from pathlib import Path
 
-from datafiles import JsonFile
+from .datafiles import JsonFile
 
 log = logging.getLogger("sss.dashboard")
 

@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfoNotFoundError
 
-from sessions import is_password_hash
-from traffic import COUNT_MODES, Plan, parse_size, zone
+from .sessions import is_password_hash
+from .traffic import COUNT_MODES, Plan, parse_size, zone
 
 DEFAULT_PORT = 8900
 MAX_NAME = 256
@@ -32,6 +32,8 @@ PLACEHOLDER_SECRET = "change-me-local-demo-secret"
 UNSAFE_SECRET = re.compile(r"""[\s'"\\$`\x00-\x1f\x7f]""")
 SECRET_HINT = "python3 -c 'import secrets; print(secrets.token_urlsafe(24))'"
 ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{3,50}")
+# --public-url: it ends up in the install script, so plain characters only.
+SAFE_URL = re.compile(r"https?://[A-Za-z0-9.\[\]:-]+(?:/[A-Za-z0-9._~/-]*)?")
 COUNTRY_PATTERN = re.compile(r"[A-Za-z]{2}")
 TOP_LEVEL_KEYS = ("host", "port", "servers", "notifiers", "alerts", "timezone", "viewers",
                   "metricsToken", "probes")

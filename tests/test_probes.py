@@ -15,9 +15,6 @@ import time
 from typing import Any
 
 import pytest
-from websockets.sync.client import connect
-
-import agent
 from conftest import (
     SECRET,
     Dashboard,
@@ -27,6 +24,9 @@ from conftest import (
     recv_json,
     server_entry,
 )
+from websockets.sync.client import connect
+
+import agent
 
 
 def run(coroutine: Any) -> Any:

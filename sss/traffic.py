@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from datafiles import JsonFile
+from .datafiles import JsonFile
 
 Zone = datetime.tzinfo
 

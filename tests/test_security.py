@@ -11,6 +11,7 @@ import asyncio
 import collections
 import contextlib
 import json
+import os
 import socket
 import ssl
 import subprocess
@@ -20,11 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from websockets.asyncio.client import connect as asyncio_connect
-from websockets.exceptions import ConnectionClosed, InvalidStatus
-from websockets.sync.client import connect
-
-import dashboard
 from bench import upgrade_request
 from conftest import (
     SECRET,
@@ -37,7 +33,12 @@ from conftest import (
     server_in,
     tls_dashboard,
 )
-from limits import Connections
+from websockets.asyncio.client import connect as asyncio_connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.sync.client import connect
+
+import dashboard
+from sss.limits import Connections
 
 
 def raw(dash: Dashboard, data: bytes, source: str = "127.0.0.1", read: bool = True) -> bytes:
@@ -193,20 +194,24 @@ def test_a_reconnecting_fleet_is_told_to_retry_not_dropped_halfway() -> None:
     assert connections.start_handshake("agent-3", "198.51.100.3", 12.0) == ("", "agent-1")
 
 
+# Programs run from the checkout: the tests' helpers and bench.py importable there.
+PROGRAM_ENV = {**os.environ, "PYTHONPATH": f"{dashboard.HERE / 'tests'}:{dashboard.HERE / 'tools'}"}
+
+
 # The dashboard in a process of its own (its signal handlers need a main thread that no
 # other test's event loop runs in), and the garbage collector asked what churn left.
 CHURN_PROGRAM = """
 import asyncio, dataclasses, gc, json, os, resource, signal, socket, sys, threading
 from pathlib import Path
 from websockets.sync.client import connect
-import dashboard, limits
-from config import load_config
+import dashboard
+from sss import limits, transport
+from sss.config import load_config
 from conftest import SECRET, go_report
-from web import Options
 config_path, port = Path(sys.argv[1]), int(sys.argv[2])
 config, _ = load_config(config_path)
 config = dataclasses.replace(config, host="127.0.0.1", port=port)
-dashboard.HANDSHAKE_TIMEOUT = 1.0  # unfinished requests time out within the test
+transport.HANDSHAKE_TIMEOUT = 1.0  # unfinished requests time out within the test
 left = []
 _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)  # both ends of 520 sockets live here
 resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 4096), hard))
@@ -236,21 +241,22 @@ def churn():
         threading.Event().wait(limits.HANDSHAKE_EVICT_AFTER + 0.5)
         held += [unfinished_request("127.0.4.1") for _ in range(3)]  # each drops the oldest
         held += [unfinished_request("127.0.3.2") for _ in range(3)]  # refused: over 16 there
-        threading.Event().wait(dashboard.HANDSHAKE_TIMEOUT + 0.5)  # the rest time out
+        threading.Event().wait(transport.HANDSHAKE_TIMEOUT + 0.5)  # the rest time out
         for sock in held:
             sock.close()
         threading.Event().wait(0.5)  # the dashboard sees every close
         gc.set_debug(gc.DEBUG_SAVEALL)
         gc.collect()
         left.extend(type(o).__name__ for o in gc.garbage
-                    if type(o).__module__.startswith(("asyncio", "dashboard", "websockets")))
+                    if type(o).__module__.startswith(("asyncio", "sss", "websockets")))
     finally:
         os.kill(os.getpid(), signal.SIGINT)  # the dashboard's own handler stops it
 
 dashboard_up = threading.Event()
 async def main():
     asyncio.get_running_loop().call_later(1, dashboard_up.set)
-    await dashboard.run(config, config_path, Options(), None, config_path.parent)
+    args = dashboard.parse_args(["--config", str(config_path)])
+    await dashboard.run(config, config_path, args, None, None, config_path.parent)
 threading.Thread(target=churn, daemon=True).start()
 asyncio.run(main())
 print(json.dumps(left))
@@ -267,8 +273,8 @@ def test_closed_connections_are_freed_without_a_collection(tmp_path: Path) -> No
     config_path = tmp_path / "servers.json"
     config_path.write_text(json.dumps({"servers": [server_entry(f"agent{i}") for i in range(5)]}))
     result = subprocess.run([sys.executable, "-c", CHURN_PROGRAM, str(config_path),
-                             str(free_port())], cwd=dashboard.HERE, capture_output=True,
-                            text=True, timeout=60)
+                             str(free_port())], cwd=dashboard.HERE, env=PROGRAM_ENV,
+                            capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     left = json.loads(result.stdout.strip().splitlines()[-1])
     assert left == [], collections.Counter(left)
@@ -278,13 +284,13 @@ PINGS_PROGRAM = """
 import asyncio, dataclasses, json, sys
 from pathlib import Path
 import bench, dashboard
-from config import load_config
+from sss import transport
+from sss.config import load_config
 from conftest import SECRET
-from web import Options
 config_path, port = Path(sys.argv[1]), int(sys.argv[2])
 config, _ = load_config(config_path)
 config = dataclasses.replace(config, host="127.0.0.1", port=port)
-dashboard.PING_INTERVAL = 0.2
+transport.PING_INTERVAL = 0.2
 
 async def pings_seen(path, headers):
     raw = bench.RawAgent()
@@ -294,7 +300,8 @@ async def pings_seen(path, headers):
     return raw.pings
 
 async def main():
-    served = asyncio.ensure_future(dashboard.run(config, config_path, Options(), None,
+    args = dashboard.parse_args(["--config", str(config_path)])
+    served = asyncio.ensure_future(dashboard.run(config, config_path, args, None, None,
                                                  config_path.parent))
     await asyncio.sleep(1)
     agent = await pings_seen("/ws-report", {"X-SERVER-ID": "agent0", "X-AUTH-SECRET": SECRET})
@@ -310,8 +317,8 @@ def test_viewers_are_pinged_agents_are_not(tmp_path: Path) -> None:
     config_path = tmp_path / "servers.json"
     config_path.write_text(json.dumps({"servers": [server_entry("agent0")]}))
     result = subprocess.run([sys.executable, "-c", PINGS_PROGRAM, str(config_path),
-                             str(free_port())], cwd=dashboard.HERE, capture_output=True,
-                            text=True, timeout=60)
+                             str(free_port())], cwd=dashboard.HERE, env=PROGRAM_ENV,
+                            capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     seen = json.loads(result.stdout.strip().splitlines()[-1])
     assert seen["agent"] == 0 and seen["viewer"] >= 3, seen

@@ -5,7 +5,7 @@ and the dashboard under attack (attack, churn).
 Real runs on this project's 2-core test machines (2026-11-27 and -28; the dashboard and
 restart runs on the faster of the two, README "Scale"):
 
-    $ python3 bench.py agent --duration 60
+    $ python3 tools/bench.py agent --duration 60
     agent bench: 53 samples at 1 s, 60 s, 2 cores
                                        CPU/sample  RSS MB  USS MB  RSS growth MB
     agent.py (/proc, no psutil)          1.509 ms    26.3    15.6           0.01
@@ -15,30 +15,30 @@ restart runs on the faster of the two, README "Scale"):
     agent RSS above the floor: 1.0 MB without psutil, 2.1 MB with it
     of which collect + build + encode (median, in-process, 1 Hz): 0.861 ms per sample
 
-    $ python3 bench.py dashboard --agents 10000 --interval 5 --viewers 20 --duration 60
+    $ python3 tools/bench.py dashboard --agents 10000 --interval 5 --viewers 20 --duration 60
     dashboard bench: 20 viewers, history on, reports every 5 s, 60 s per run, 2 cores (...)
     agents reports/s CPU cores ms/report floor ms ratio peak RSS MB  p50 ms  p99 ms ...
      10000      2002      0.27     0.135    0.075  1.80       214.0     148     297 ...
 
-    $ python3 bench.py dashboard --agents 10000 --interval 5 --duration 60 --side-by-side
+    $ python3 tools/bench.py dashboard --agents 10000 --interval 5 --duration 60 --side-by-side
     dashboard bench: 20 viewers, history on, reports every 5 s, 60 s per run, 2 cores (...);
     floor: run side by side on core 0, under a load of its own
     agents reports/s CPU cores ms/report floor ms ratio peak RSS MB  p50 ms  p99 ms ...
      10000      2008      0.22     0.111    0.067  1.66       211.8     154     331 ...
 
-    $ python3 bench.py history
+    $ python3 tools/bench.py history
     history bench: 2000 servers, 60 s resolution
       fold per report            6.48 µs  (validating it: 34.49 µs)
       one step, 2000 servers: 428.4 ms the first of an hour, 310.4 ms the others, ...
       ...
       in memory per server        1.1 KiB after a day (the availability of its last 24 hours)
 
-    $ python3 bench.py restart --agents 10000 --down 5
+    $ python3 tools/bench.py restart --agents 10000 --down 5
     restart bench: 10000 agents, dashboard down 5 s: all back 16.1 s after it restarted;
     dashboard CPU meanwhile 0.44 cores on average, at most 0.86 (half seconds), at a full
     core for 0.0 s
 
-    $ python3 bench.py attack --duration 60
+    $ python3 tools/bench.py attack --duration 60
     attack bench: 500 agents reporting every 5 s, one viewer watching; four attacks at once ...
       dashboard RSS: 41.4 MB before, peak 136.3 MB, 79.1 MB after
       servers online: at least 500 of 500; the viewer's longest wait between updates: 1.55 s
@@ -78,9 +78,12 @@ from websockets.asyncio.client import connect
 from websockets.asyncio.server import serve
 from websockets.exceptions import ConnectionClosed, InvalidMessage, InvalidStatus
 
-import agent
+CHECKOUT = Path(__file__).resolve().parent.parent  # dashboard.py, agent.py, sss/
+BENCH = Path(__file__).resolve()
+sys.path.insert(0, str(CHECKOUT))  # run as a script from anywhere: the checkout's modules
 
-HERE = Path(__file__).resolve().parent
+import agent  # noqa: E402 (from the checkout, just put on the path)
+
 SECRET = "bench-secret-" + "x" * 16
 STAMP = 987654321987  # placeholder in a report template, replaced by a per-report stamp
 FAKE_FACTS = agent.HostFacts("linux", "debian", "debian", "12", "6.1.0-18-amd64", "x86_64",
@@ -257,7 +260,7 @@ def start_dashboard(directory: Path, server_ids: list[str],
     config = directory / "servers.json"
     config.write_text(json.dumps({"servers": [{"id": sid, "secret": SECRET}
                                               for sid in server_ids]}))
-    return start_server([sys.executable, str(HERE / "dashboard.py"), "--config", str(config),
+    return start_server([sys.executable, str(CHECKOUT / "dashboard.py"), "--config", str(config),
                          "--host", "127.0.0.1", "--port", "0", "--viewers-per-address", "1000",
                          "--viewer-memory", "512", *flags], directory / "dashboard.log")
 
@@ -344,7 +347,7 @@ def bench_agent(duration: float) -> dict[str, Any]:
         agents = [subprocess.Popen([sys.executable, "-m", "agent", "--server", url,
                                     "--id", sid, "--secret", SECRET, "--interval", "1",
                                     "--min-interval", "1", "--no-adaptive",
-                                    "--log-level", "WARNING", *extra], cwd=HERE)
+                                    "--log-level", "WARNING", *extra], cwd=CHECKOUT)
                   for sid, extra in (("bench", []), ("bench-psutil", ["--use-psutil"]))]
         floors = [subprocess.Popen([sys.executable, "-c", AGENT_FLOOR, url, SECRET, kind])
                   for kind in ("bare", "psutil")]
@@ -439,13 +442,13 @@ def run_load(targets: list[Target], ids: list[str], duration: float,
     procs: list[tuple[int, str, subprocess.Popen]] = []
     for n, target in enumerate(targets):
         procs.append((n, "agents", subprocess.Popen(
-            [sys.executable, str(HERE / "bench.py"), "_load", "--url",
+            [sys.executable, str(BENCH), "_load", "--url",
              f"ws://127.0.0.1:{target.port}/ws-report", "--duration", str(duration),
              "--interval", str(interval), "--ids", ",".join(ids)],
             stdout=subprocess.PIPE, text=True)))
         if target.viewers:
             procs.append((n, "viewers", subprocess.Popen(
-                [sys.executable, str(HERE / "bench.py"), "_watch", "--url",
+                [sys.executable, str(BENCH), "_watch", "--url",
                  f"ws://127.0.0.1:{target.port}/ws-frontend", "--viewers",
                  str(target.viewers), "--duration", str(duration + 2)],
                 stdout=subprocess.PIPE, text=True)))
@@ -501,7 +504,7 @@ def server_running(start: Callable[[Path], tuple[subprocess.Popen, int]],
 
 def start_floor(directory: Path) -> tuple[subprocess.Popen, int]:
     """bench.py's bare websockets server (floor_server)."""
-    return start_server([sys.executable, str(HERE / "bench.py"), "_floor"],
+    return start_server([sys.executable, str(BENCH), "_floor"],
                         directory / "floor.log")
 
 
@@ -769,7 +772,7 @@ def bench_restart(agents: int, down: float, interval: float) -> dict[str, Any]:
         url = f"ws://127.0.0.1:{port}/ws-report"
         budget = 120.0 + agents / 100 + down
         procs = [subprocess.Popen(
-            [sys.executable, str(HERE / "bench.py"), "_reconnect", "--url", url, "--duration",
+            [sys.executable, str(BENCH), "_reconnect", "--url", url, "--duration",
              str(budget), "--interval", str(interval), "--ids", ",".join(ids[g::generators])],
             stdout=subprocess.PIPE, text=True) for g in range(generators)]
         try:
@@ -779,7 +782,7 @@ def bench_restart(agents: int, down: float, interval: float) -> dict[str, Any]:
             stop(dash)
             time.sleep(down)
             restarted = time.monotonic()
-            dash, port = start_server([sys.executable, str(HERE / "dashboard.py"), "--config",
+            dash, port = start_server([sys.executable, str(CHECKOUT / "dashboard.py"), "--config",
                                        str(Path(tmp) / "servers.json"), "--host", "127.0.0.1",
                                        "--port", str(port)], Path(tmp) / "dashboard2.log")
             process = psutil.Process(dash.pid)
@@ -833,11 +836,11 @@ def bench_page(servers: int, duration: float) -> dict[str, Any]:
         (Path(tmp) / "servers.json").write_text(json.dumps({"servers": [
             {"id": sid, "secret": SECRET, "group": f"Rack {i % 20:02d}"}
             for i, sid in enumerate(ids)]}))
-        dash, port = start_server([sys.executable, str(HERE / "dashboard.py"), "--config",
+        dash, port = start_server([sys.executable, str(CHECKOUT / "dashboard.py"), "--config",
                                    str(Path(tmp) / "servers.json"), "--host", "127.0.0.1",
                                    "--port", "0"], Path(tmp) / "dashboard.log")
         load = subprocess.Popen(
-            [sys.executable, str(HERE / "bench.py"), "_load", "--url",
+            [sys.executable, str(BENCH), "_load", "--url",
              f"ws://127.0.0.1:{port}/ws-report", "--duration",
              str(duration + 40 + servers / 100), "--ids", ",".join(ids)],
             stdout=subprocess.DEVNULL)
@@ -896,8 +899,8 @@ def print_page(r: dict[str, Any]) -> None:
 def bench_history(servers: int) -> dict[str, Any]:
     """history.py in this process, with a fake clock: fold, one step and its write window,
     disk use, queries."""
-    import history
-    from reports import validate_report
+    from sss import history
+    from sss.reports import validate_report
     rng = random.Random(1)
     frame = json.dumps(fake_report("bench", rng))
     record = validate_report(frame)
@@ -1148,12 +1151,12 @@ def bench_attack(servers: int, duration: float, kinds: tuple[str, ...] = ATTACKS
         config.write_text(json.dumps({"servers": [
             {"id": sid, "secret": SECRET, "name": f"{sid}.example.net", "group": "Fleet"}
             for sid in [*ids, "flooder"]]}))
-        dash, port = start_server([sys.executable, str(HERE / "dashboard.py"), "--config",
+        dash, port = start_server([sys.executable, str(CHECKOUT / "dashboard.py"), "--config",
                                    str(config), "--host", "127.0.0.1", "--port", "0"],
                                   Path(tmp) / "dashboard.log")
         process = psutil.Process(dash.pid)
         total = warmup + duration + settle + 10
-        load = subprocess.Popen([sys.executable, str(HERE / "bench.py"), "_load", "--url",
+        load = subprocess.Popen([sys.executable, str(BENCH), "_load", "--url",
                                  f"ws://127.0.0.1:{port}/ws-report",
                                  "--duration", str(total), "--interval", "5",
                                  "--ids", ",".join(ids)], stdout=subprocess.PIPE)
@@ -1164,7 +1167,7 @@ def bench_attack(servers: int, duration: float, kinds: tuple[str, ...] = ATTACKS
             time.sleep(warmup)  # every agent connected, the heap warm
             watcher.start()
             before = dashboard_rss_mb(process)
-            attacker = subprocess.Popen([sys.executable, str(HERE / "bench.py"), "_attack",
+            attacker = subprocess.Popen([sys.executable, str(BENCH), "_attack",
                                          "--port", str(port), "--duration", str(duration),
                                          "--only", *kinds],
                                         stdout=subprocess.PIPE)
@@ -1275,7 +1278,7 @@ def bench_churn(agents: int, churning: int, duration: float, interval: float = 5
     with tempfile.TemporaryDirectory() as tmp:
         dash, port = start_dashboard(Path(tmp), ids)
         process = psutil.Process(dash.pid)
-        load = subprocess.Popen([sys.executable, str(HERE / "bench.py"), "_churn", "--port",
+        load = subprocess.Popen([sys.executable, str(BENCH), "_churn", "--port",
                                  str(port), "--agents", str(agents), "--churning",
                                  str(churning), "--duration", str(duration), "--interval",
                                  str(interval), "--viewers", str(viewers)],

@@ -19,11 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-import clock
 from conftest import SECRET, Dashboard, require_tool
 from test_alerts import Receiver
 from test_private import HASH, request, sign_in
+
+from sss import timings as clock
 
 SHIM = r"""
 #define _GNU_SOURCE

@@ -20,14 +20,6 @@ from typing import Any, Callable
 
 import psutil
 import pytest
-from websockets.exceptions import ConnectionClosed, InvalidMessage
-from websockets.frames import Close
-from websockets.sync.server import ServerConnection, serve
-
-import agent
-import dashboard
-import reports
-import timings
 from conftest import (
     AGENT_PYTHON,
     HERE,
@@ -37,9 +29,17 @@ from conftest import (
     free_port,
     go_report,
     require_tool,
+    server_entry,
     server_in,
     tls_dashboard,
 )
+from websockets.exceptions import ConnectionClosed, InvalidMessage
+from websockets.frames import Close
+from websockets.sync.server import ServerConnection, serve
+
+import agent
+import dashboard
+from sss import reports, timings
 
 SETTINGS = agent.Settings(server="ws://127.0.0.1:1/ws-report", server_id="web-1", secret=SECRET)
 FACTS = agent.HostFacts("linux", "debian", "debian", "12", "6.1.0", "x86_64", "kvm",
@@ -548,14 +548,41 @@ def test_silent_dashboard_is_noticed_by_the_heartbeat(make_dashboard: Any,
 # --- what a new user trips over ------------------------------------------------
 
 
-@pytest.mark.parametrize("script", ["agent.py", "dashboard.py"])
-def test_a_missing_websockets_is_one_line_and_exit_2(script: str) -> None:
+@pytest.mark.parametrize("script, args", [("agent.py", ["--help"]), ("dashboard.py", [])])
+def test_a_missing_websockets_is_one_line_and_exit_2(script: str, args: list[str],
+                                                     tmp_path: Path) -> None:
     # -S: no site-packages, so websockets (and psutil) cannot be imported.
-    result = subprocess.run([sys.executable, "-S", str(HERE / script), "--help"],
+    config = tmp_path / "servers.json"
+    config.write_text(json.dumps({"servers": [server_entry("alpha")]}))
+    result = subprocess.run([sys.executable, "-S", str(HERE / script), *args,
+                             *(["--config", str(config)] if script == "dashboard.py" else [])],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and result.stdout == ""
     assert len(result.stderr.splitlines()) == 1, result.stderr
     assert "needs websockets" in result.stderr and "install" in result.stderr
+
+
+def test_the_dashboards_sub_commands_need_no_websockets(tmp_path: Path) -> None:
+    """README shows them with Debian's own python3, which has no websockets: before, they
+    exited 2 with "needs websockets"."""
+    from test_alerts import Receiver
+    hook = Receiver()
+    try:
+        config = tmp_path / "servers.json"
+        config.write_text(json.dumps({"servers": [server_entry("alpha")], "notifiers": [
+            {"name": "ops", "type": "webhook", "url": hook.url}]}))
+        bare = [sys.executable, "-S", str(HERE / "dashboard.py"), "--config", str(config)]
+        hashed = subprocess.run([*bare, "--hash-password"], input="correct horse battery\n",
+                                capture_output=True, text=True, timeout=60)
+        assert hashed.returncode == 0 and hashed.stdout.startswith("scrypt$"), hashed.stderr
+        sent = subprocess.run([*bare, "--test-notify", "ops"], capture_output=True, text=True,
+                              timeout=60)
+        assert sent.returncode == 0 and sent.stdout.startswith("ok: sent"), sent.stdout
+        assert "SimpleServerStatus test message" in hook.wait(1)[0][2]["text"]
+        helped = subprocess.run([*bare, "--help"], capture_output=True, text=True, timeout=60)
+        assert helped.returncode == 0 and "--hash-password" in helped.stdout
+    finally:
+        hook.close()
 
 
 def test_help_shows_defaults_and_the_environment_but_never_a_secret() -> None:
@@ -569,7 +596,7 @@ def test_help_shows_defaults_and_the_environment_but_never_a_secret() -> None:
         assert default in text
     assert "SSS_SERVER, SSS_ID, SSS_SECRET, SSS_SECRET_FILE" in text
     assert "env-secret-value-123" not in result.stdout
-    bench_help = subprocess.run([sys.executable, str(HERE / "bench.py"), "--help"],
+    bench_help = subprocess.run([sys.executable, str(HERE / "tools/bench.py"), "--help"],
                                 capture_output=True, text=True, timeout=60).stdout
     assert "{agent,dashboard,history,restart,page,attack,churn}" in bench_help
     assert "_load" not in bench_help
@@ -807,7 +834,7 @@ def test_install_sh_writes_values_that_sh_and_systemd_read_literally(
 
 
 def run_bench(*args: str) -> Any:
-    result = subprocess.run([sys.executable, str(HERE / "bench.py"), *args, "--json"],
+    result = subprocess.run([sys.executable, str(HERE / "tools/bench.py"), *args, "--json"],
                             capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)

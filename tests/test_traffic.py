@@ -11,11 +11,11 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
-
-import traffic
-from config import ConfigError, parse_config
 from conftest import SECRET, Dashboard, card, go_report, server_in
 from test_alerts import Receiver
+
+from sss import traffic
+from sss.config import ConfigError, parse_config
 
 UTC = datetime.timezone.utc
 BERLIN = ZoneInfo("Europe/Berlin")

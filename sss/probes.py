@@ -2,7 +2,7 @@
 reports say in /metrics (pure). The agent measures (agent.py, "probes"); PROTOCOL.md,
 "Probes", has the frame and the report field.
 
-    >>> from config import ProbeTarget, Probes, ServerConfig
+    >>> from sss.config import ProbeTarget, Probes, ServerConfig
     >>> plan = Probes(30.0, (ProbeTarget("Cloudflare", "1.1.1.1"),))
     >>> probes_frame(plan, ServerConfig("web-1", "Web 1", "Default", "s" * 20, ""))
     '{"type":"probes","interval":30.0,"targets":[{"name":"Cloudflare","host":"1.1.1.1"}]}'
@@ -14,8 +14,8 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
-from config import Probes, ServerConfig
-from metrics import label
+from .config import Probes, ServerConfig
+from .metrics import label
 
 
 def probes_frame(probes: Probes, server: ServerConfig) -> str:

@@ -16,7 +16,7 @@ import math
 import sys
 from typing import Any, Callable
 
-from timings import MAX_REPORT_INTERVAL
+from .timings import MAX_REPORT_INTERVAL
 
 MAX_FRAME_BYTES = 64 * 1024  # a real report is ~2 KiB; 64 partitions fit easily
 MAX_STRING = 256

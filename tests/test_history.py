@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-import history
 from conftest import SECRET, Dashboard, go_report, recv_json, recv_until, server_in
-from reports import validate_report
+
+from sss import history
+from sss.reports import validate_report
 
 HOUR = 3600
 T0 = 1_795_000_000 // HOUR * HOUR  # an hour boundary, as a fake clock's zero

@@ -14,6 +14,7 @@ websockets.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import logging
 import queue
@@ -25,9 +26,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Callable
 
-from config import ALERT_METRICS, AlertRule, NotifierConfig, ServerConfig
-from datafiles import JsonFile
-from history import METRICS, metric_values
+from .config import ALERT_METRICS, AlertRule, Config, NotifierConfig, ServerConfig
+from .datafiles import JsonFile
+from .history import METRICS, metric_values
 
 log = logging.getLogger("sss.dashboard")
 
@@ -444,6 +445,15 @@ class Delivery:
         lines += [f'sss_alert_notifications_total{{notifier="{name}",result="{result}"}} {n}'
                   for (name, result), n in counts]
         return lines
+
+
+def missing_apprise(config: Config) -> str:
+    """A notifier of type apprise needs the optional package: say so, with the command."""
+    needing = [n.name for n in config.notifiers.values() if n.type == "apprise"]
+    if needing and importlib.util.find_spec("apprise") is None:
+        return (f"notifier {needing[0]!r} is of type apprise, which needs the Apprise package: "
+                "pip install apprise (in the dashboard's environment)")
+    return ""
 
 
 def test_notify(notifier: NotifierConfig) -> str:

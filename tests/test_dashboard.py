@@ -26,23 +26,9 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import bench
 import psutil
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
-from websockets.asyncio.server import serve
-from websockets.client import ClientProtocol
-from websockets.datastructures import Headers
-from websockets.exceptions import ConnectionClosed, InvalidStatus
-from websockets.frames import Close, CloseCode, Frame, Opcode
-from websockets.http11 import Response
-from websockets.sync.client import connect
-from websockets.uri import parse_uri
-
-import agent as sss_agent
-import bench
-import dashboard
-import timings
-from config import PLACEHOLDER_SECRET, ConfigError, ServerConfig, load_config, parse_config
 from conftest import (
     SCREENSHOTS,
     SECRET,
@@ -60,7 +46,21 @@ from conftest import (
     server_in,
     tls_dashboard,
 )
-from hub import (
+from prometheus_client.parser import text_string_to_metric_families
+from websockets.asyncio.server import serve
+from websockets.client import ClientProtocol
+from websockets.datastructures import Headers
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.frames import Close, CloseCode, Frame, Opcode
+from websockets.http11 import Response
+from websockets.sync.client import connect
+from websockets.uri import parse_uri
+
+import agent as sss_agent
+import dashboard
+from sss import handlers, runtime, timings, transport
+from sss.config import PLACEHOLDER_SECRET, ConfigError, ServerConfig, load_config, parse_config
+from sss.hub import (
     HISTORY_SERVERS_PER_UPDATE,
     MISSING,
     Closing,
@@ -70,15 +70,15 @@ from hub import (
     record_changes,
     server_view,
 )
-from limits import FailureLimiter
-from reports import MAX_FRAME_BYTES, VIEW_FIELDS, ReportError, validate_report
-from timings import (
+from sss.limits import FailureLimiter
+from sss.reports import MAX_FRAME_BYTES, VIEW_FIELDS, ReportError, validate_report
+from sss.timings import (
     DEFAULT_REPORT_INTERVAL,
     MAX_REPORT_INTERVAL,
     offline_after,
     silent_close_after,
 )
-from web import AgentIdentity, Files, Options, Site, check_agent, client_address, dashboard_url
+from sss.web import AgentIdentity, Files, Options, Site, check_agent, client_address, dashboard_url
 
 # --- configuration -----------------------------------------------------------
 
@@ -275,16 +275,16 @@ def test_a_tick_looks_at_every_server_only_once_a_deadline_may_have_come() -> No
 
 
 def test_full_collections_follow_closed_connections_not_the_heap() -> None:
-    due = dashboard.full_collection_due
-    assert not due(closed=0, since=dashboard.COLLECT_SECONDS - 1)  # a calm fleet: rarely
-    assert due(closed=0, since=dashboard.COLLECT_SECONDS)
-    assert due(closed=dashboard.COLLECT_AFTER_CLOSED, since=dashboard.COLLECT_AT_MOST_EVERY)
-    assert not due(closed=10**6, since=dashboard.COLLECT_AT_MOST_EVERY / 2)  # a flood: bounded
+    due = runtime.full_collection_due
+    assert not due(closed=0, since=runtime.COLLECT_SECONDS - 1)  # a calm fleet: rarely
+    assert due(closed=0, since=runtime.COLLECT_SECONDS)
+    assert due(closed=runtime.COLLECT_AFTER_CLOSED, since=runtime.COLLECT_AT_MOST_EVERY)
+    assert not due(closed=10**6, since=runtime.COLLECT_AT_MOST_EVERY / 2)  # a flood: bounded
     # A big heap: a collection that took a second waits until it is 5 % of the time.
     assert not due(closed=10**6, since=19, took=1.0) and due(closed=10**6, since=20, took=1.0)
     for servers, expected in ((3, 700), (10_000, 20_000)):
-        script = (f"import dashboard, gc; dashboard.take_over_full_collections({servers}); "
-                  "print(gc.get_threshold())")
+        script = (f"import gc; from sss import runtime; "
+                  f"runtime.take_over_full_collections({servers}); print(gc.get_threshold())")
         shown = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                                cwd=Path(dashboard.__file__).parent, check=True).stdout
         young, middle, full = ast.literal_eval(shown)
@@ -360,7 +360,7 @@ def test_timing_contract_ties_the_agent_to_the_dashboard() -> None:
     # Every spread a dashboard tells its agents is one they take.
     for servers in (1, 2000, 10_000, 10**6):
         spread = timings.reconnect_spread(servers)
-        assert sss_agent.parse_reconnect(dashboard.reconnect_frame(servers)) == spread
+        assert sss_agent.parse_reconnect(handlers.reconnect_frame(servers)) == spread
 
 
 # --- HTTP --------------------------------------------------------------------
@@ -936,7 +936,7 @@ def test_connections_read_into_one_buffer_not_a_new_block_per_read() -> None:
     async def peak_while_reading() -> int:
         loop = asyncio.get_running_loop()
         async with serve(count_frames, "127.0.0.1", 0, compression=None,
-                         create_connection=functools.partial(dashboard.Connection, site=site),
+                         create_connection=functools.partial(transport.Connection, site=site),
                          process_request=lambda ws, request: ws.headers_read()) as server:
             port = server.sockets[0].getsockname()[1]
             client = ClientProtocol(parse_uri(f"ws://127.0.0.1:{port}/"))
@@ -1481,7 +1481,7 @@ def test_page_memory_stays_flat_with_500_servers(make_dashboard: Any, page_on: A
 
 # --- deployment: served files, units, TLS, reverse proxies ---------------------------
 
-README = (Path(__file__).resolve().parent / "README.md").read_text()
+README = (dashboard.HERE / "README.md").read_text()
 
 
 def readme_block(language: str) -> str:
@@ -1490,19 +1490,7 @@ def readme_block(language: str) -> str:
     return blocks[0]
 
 
-PROTOCOL = (Path(__file__).resolve().parent / "PROTOCOL.md").read_text()
-
-
-def local_modules(script: str) -> set[str]:
-    """The project's own modules a script imports, transitively."""
-    found, todo = set(), [script]
-    while todo:
-        text = (dashboard.HERE / todo.pop()).read_text()
-        for name in re.findall(r"^(?:from|import) (\w+)", text, re.MULTILINE):
-            if (dashboard.HERE / f"{name}.py").exists() and f"{name}.py" not in found:
-                found.add(f"{name}.py")
-                todo.append(f"{name}.py")
-    return found
+PROTOCOL = (dashboard.HERE / "PROTOCOL.md").read_text()
 
 
 def test_docs_state_what_the_code_does() -> None:
@@ -1537,8 +1525,8 @@ def test_docs_state_what_the_code_does() -> None:
     nics = PROTOCOL[PROTOCOL.index("- Interfaces:"):PROTOCOL.index("- Disks:")]
     assert all(f"`{glob}`" in nics for glob in sss_agent.DEFAULT_EXCLUDED_NICS)
     copied = re.search(r"sudo cp -r (dashboard\.py.*?) /opt/sss-dashboard/", README, re.DOTALL)
-    assert copied and local_modules("dashboard.py") | {"vendor", "index.html"} <= set(
-        copied[1].split())
+    served = {"dashboard.py", "sss", "index.html", "vendor", "agent.py", "install.sh"}
+    assert copied and served <= set(copied[1].split())  # what the dashboard runs and serves
     assert "psutil" not in (dashboard.HERE / "requirements.txt").read_text()
     assert "Collects with psutil" not in README
 
@@ -1614,7 +1602,7 @@ def test_systemd_units_verify(systemd_analyze: str, tmp_path: Path) -> None:
     # systemd's default soft limit (1,024 files) would refuse agents past about a thousand.
     dashboard_unit = (dashboard.HERE / "deploy/sss-dashboard.service").read_text()
     limit = re.search(r"^LimitNOFILE=(\d+)$", dashboard_unit, re.M)
-    assert limit and int(limit.group(1)) >= 10_000 + dashboard.VIEWER_MARGIN
+    assert limit and int(limit.group(1)) >= 10_000 + runtime.VIEWER_MARGIN
 
 
 def test_tls_carries_reports_to_a_viewer(make_dashboard: Any, make_agent: Any,

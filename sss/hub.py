@@ -19,13 +19,13 @@ import time
 from json.encoder import c_make_encoder, encode_basestring_ascii  # type: ignore[attr-defined]
 from typing import TYPE_CHECKING, Any, Callable, NamedTuple
 
-from alerts import Observed, observed_values
-from config import COUNTRY_PATTERN, Config, ServerConfig
-from history import History
-from limits import VIEWER_BACKLOG_BYTES, VIEWER_MEMORY_BUDGET
-from reports import REPORT_SCHEMA, VIEW_FIELDS, ReportError
-from timings import COALESCE_SECONDS, DEFAULT_REPORT_INTERVAL, offline_after, silent_close_after
-from traffic import Traffic, days_left, traffic_json, zone
+from .alerts import Observed, observed_values
+from .config import COUNTRY_PATTERN, Config, ServerConfig
+from .history import History
+from .limits import VIEWER_BACKLOG_BYTES, VIEWER_MEMORY_BUDGET
+from .reports import REPORT_SCHEMA, VIEW_FIELDS, ReportError
+from .timings import COALESCE_SECONDS, DEFAULT_REPORT_INTERVAL, offline_after, silent_close_after
+from .traffic import Traffic, days_left, traffic_json, zone
 
 if TYPE_CHECKING:
     from websockets.asyncio.server import ServerConnection

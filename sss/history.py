@@ -45,8 +45,8 @@ from collections.abc import Container, Iterable, Iterator
 from pathlib import Path
 from typing import Any, Callable
 
-from reports import VIEW_FIELDS
-from timings import DEFAULT_REPORT_INTERVAL, MAX_REPORT_INTERVAL, offline_after
+from .reports import VIEW_FIELDS
+from .timings import DEFAULT_REPORT_INTERVAL, MAX_REPORT_INTERVAL, offline_after
 
 log = logging.getLogger("sss.dashboard")
 
@@ -733,7 +733,7 @@ class Writer:
 
     def expire(self, db: sqlite3.Connection, kept_since: float) -> None:
         """Retention: fine rows for 48 hours, rolled-up rows for --history-days, counted
-        back from `kept_since` (clock.WallWatch.steady: a wall clock that just jumped
+        back from `kept_since` (timings.WallWatch.steady: a wall clock that just jumped
         forward deletes nothing)."""
         for table in ("samples", "probe_samples"):
             db.execute(f"DELETE FROM {table} WHERE tier = ? AND t < ?",

@@ -14,11 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from websockets.exceptions import InvalidStatus
-from websockets.sync.client import connect
-
-import sessions
-from config import ConfigError, parse_config
 from conftest import (
     HERE,
     SCREENSHOTS,
@@ -30,6 +25,11 @@ from conftest import (
     recv_until,
     server_in,
 )
+from websockets.exceptions import InvalidStatus
+from websockets.sync.client import connect
+
+from sss import sessions
+from sss.config import ConfigError, parse_config
 
 PASSWORD = "correct horse battery"
 HASH = sessions.hash_password(PASSWORD)

@@ -1,0 +1,412 @@
+"""The dashboard at work: its three WebSocket handlers, the verdict on each report, the
+periodic work, and reload.
+
+    $ kill -HUP $(pidof -x dashboard.py)
+    2026-12-04 18:10:02 INFO config reloaded: 12 servers (1 added, 0 removed)
+
+`Dashboard` holds the hub, the site and the features for one running server. Agents
+(`serve_agent`) are authenticated before the upgrade (web.check_agent) and send reports,
+each counted, rate-limited, validated and applied (`take_report`); viewers
+(`serve_viewer`) get a snapshot, then updates; a sign-in socket (`serve_login`) trades a
+user name and password for a ticket. Once a second `housekeeping` applies the offline and
+silence rules, alerts and expiries; history and traffic are written on their own
+schedules. websockets is used through its public API here (transport.py holds the rest).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import logging
+import time
+from collections.abc import Awaitable
+from http import HTTPStatus
+from pathlib import Path
+from typing import NamedTuple
+
+from websockets.asyncio.server import ServerConnection
+from websockets.exceptions import ConnectionClosed
+from websockets.frames import CloseCode
+from websockets.http11 import Request, Response
+
+from . import runtime
+from .alerts import Alerting, missing_apprise
+from .config import Config, ConfigError, ServerConfig, load_config
+from .history import History
+from .hub import Closing, Hub
+from .limits import (
+    BAD_REPORTS_LIMIT,
+    BAD_REPORTS_WINDOW,
+    FLOOD_DROPS,
+    FLOOD_WINDOW,
+    REPORT_BURST,
+    REPORTS_PER_SECOND,
+    Burst,
+    TokenBucket,
+)
+from .probes import probes_frame
+from .reports import MAX_FRAME_BYTES, ReportError, validate_report
+from .sessions import Sessions, check_password
+from .timings import TICK_SECONDS, WallWatch, jump_words, reconnect_spread
+from .traffic import SAVE_SECONDS, Traffic, zone
+from .transport import Connection, broadcast_framed, forget_handshake, ignore_frame
+from .web import Files, Options, Site, banned_response, count_failure, route_request, text_response
+
+log = logging.getLogger("sss.dashboard")
+
+LOGIN_TIMEOUT = 10.0  # a sign-in socket that says nothing is closed
+SESSIONS_EXPIRE_EVERY = 60.0  # sessions that ran out are forgotten this often
+# Checked against for unknown user names, so they take as long as known ones.
+DUMMY_HASH = ("scrypt$16384$8$1$AAAAAAAAAAAAAAAAAAAAAA==$"
+              "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=")
+
+
+class Dashboard:
+    """The hub and the site, plus what only a running server has: closes in flight."""
+
+    def __init__(self, config: Config, config_path: Path, options: Options,
+                 history: History | None, data: Path, files: Files) -> None:
+        self.config_path = config_path
+        self.history = history
+        self.traffic = Traffic(data / "traffic.json", zone(config.timezone))
+        self.traffic.load()
+        self.hub = Hub(config, broadcast_framed, asyncio.get_running_loop(), history, self.traffic,
+                       options.viewer_memory)
+        self.alerting = Alerting(data / "alerts.json", time.monotonic(), time.time())
+        self.alerting.configure(config.notifiers)
+        self.wall_watch = WallWatch(time.monotonic(), time.time())
+        self.sessions = Sessions(data / "sessions.json")
+        self.sessions.load()
+        self.sessions.expire(config.viewers.users, self.steady())
+        self.sessions_expired = time.monotonic()
+        self.site = Site.create(self.hub, files, options, self.alerting,
+                                self.sessions)
+        self.site.steady = self.steady
+        if history is not None:
+            now, wall = time.monotonic(), time.time()
+            self.hub.restore(history.restore(now, wall))
+            self.hub.take_history(history.fields(list(self.hub.servers), wall))
+        self.hub.refresh_traffic(time.time())
+        self.closing: set[asyncio.Future[None]] = set()  # kept referenced until done
+        # Every agent's Connection.take_frame: one bound method, not one per connection.
+        self.take_whole_frame = self.take_agent_frame
+        self.collections = runtime.FullCollections(time.monotonic())
+        # Bursts of dropped and of invalid reports, per agent (one table for all of them:
+        # 10,000 connections do not each carry two).
+        self.floods = Burst(FLOOD_DROPS, FLOOD_WINDOW)
+        self.invalid = Burst(BAD_REPORTS_LIMIT, BAD_REPORTS_WINDOW)
+
+    def steady(self) -> float:
+        """Wall time that never jumps forward: what retention and sessions go by."""
+        return self.wall_watch.steady(time.monotonic())
+
+    def close_later(self, closing: Closing) -> None:
+        """Close without waiting for the peer's answer."""
+        self.in_background(closing.connection.close(closing.code, closing.reason))
+
+    def in_background(self, awaitable: Awaitable[None]) -> asyncio.Future[None]:
+        """Run `awaitable` without waiting for it, kept referenced until it is done."""
+        future = asyncio.ensure_future(awaitable)
+        self.closing.add(future)
+        future.add_done_callback(self.closing.discard)
+        return future
+
+    def process_request(self, connection: Connection, request: Request) -> Response | None:
+        connection.headers_read()
+        response = route_request(self.site, connection, request, time.monotonic())
+        if connection.head:  # the GET answer's headers, no body; no upgrade on HEAD
+            response = response or text_response(HTTPStatus.METHOD_NOT_ALLOWED,
+                                                 "WebSocket handshakes use GET")
+            response = dataclasses.replace(response, body=b"")
+        return response
+
+    async def handler(self, ws: ServerConnection) -> None:
+        """Dispatch by who connected; process_request vetted it and stored who it is."""
+        if ws.agent is not None:  # type: ignore[attr-defined]
+            await self.serve_agent(ws)
+        elif hasattr(ws, "login_from"):
+            await self.serve_login(ws)
+        else:
+            await self.serve_viewer(ws)
+
+    async def serve_login(self, ws: ServerConnection) -> None:
+        """One sign-in attempt: {"user", "password"} in, a ticket or an error out."""
+        address = ws.login_from  # type: ignore[attr-defined]
+        try:
+            frame = await asyncio.wait_for(ws.recv(), LOGIN_TIMEOUT)
+            attempt = json.loads(frame)
+            user, password = str(attempt["user"])[:64], str(attempt["password"])[:1024]
+        except (asyncio.TimeoutError, ConnectionClosed, ValueError, KeyError, TypeError):
+            await ws.close(CloseCode.POLICY_VIOLATION, "expected a user and a password")
+            return
+        now, who = time.monotonic(), f"user:{user}"
+        refusal = banned_response(self.site, address, who, now)
+        if refusal is not None:
+            with contextlib.suppress(ConnectionClosed):
+                await ws.send(json.dumps({"ok": False, "error": refusal.body.decode().strip()}))
+                await ws.close()
+            return
+        users = self.hub.config.viewers.users
+        stored = users.get(user, DUMMY_HASH)  # as slow for unknown users as for known ones
+        loop = asyncio.get_running_loop()
+        matches = await loop.run_in_executor(None, check_password, password, stored)
+        if matches and user in users:
+            log.info("viewer sign-in: %r from %s", user, address)
+            self.site.limiter.succeeded(address, now)
+            answer = {"ok": True, "ticket": self.sessions.ticket(user, time.monotonic())}
+        else:
+            count_failure(self.site, address, who, "sign_in",
+                          f"viewer sign-in refused: {user[:64]!r} from {address}: "
+                          "wrong user name or password", now)
+            answer = {"ok": False, "error": "wrong user name or password"}
+        with contextlib.suppress(ConnectionClosed):
+            await ws.send(json.dumps(answer))
+            await ws.close()
+
+    async def serve_agent(self, ws: ServerConnection) -> None:
+        """Apply each report of one agent until it leaves or misbehaves."""
+        hub = self.hub
+        sid, address, check = ws.agent  # type: ignore[attr-defined]
+        older = hub.attach_agent(sid, ws, time.monotonic())
+        if older is not None:
+            log.info("agent replaced: id=%s by a new connection from %s", sid, address)
+            self.close_later(older)
+        else:
+            log.info("agent connected: id=%s from %s", sid, address)
+        if not check:  # a checking agent reads one answer (older ones skip a probes frame)
+            broadcast_framed([ws], reconnect_frame(len(hub.servers)))
+        self.tell_probes(ws, hub.servers[sid].config)
+        forget_handshake(ws)
+        ws.reports = TokenBucket(REPORTS_PER_SECOND, REPORT_BURST, time.monotonic())
+        if not check:  # a checking agent's answers go out in order, from the loop below
+            ws.take_frame = self.take_whole_frame
+            ws.split_here()
+        try:
+            async for frame in ws:  # what Connection.process_event leaves to it
+                verdict = self.agent_verdict(ws, frame)
+                if verdict is None:
+                    break  # removed or re-keyed by a reload
+                del frame  # not kept while waiting for the next one (10,000 agents: 14 MB)
+                if check and verdict.answer:
+                    await ws.send(verdict.answer)
+                if verdict.close is not None:
+                    await self.close_agent(ws, sid, *verdict.close)
+                    break
+        except ConnectionClosed as exc:
+            if exc.sent is not None and exc.sent.code == CloseCode.MESSAGE_TOO_BIG:
+                self.drop_report(sid, ReportError("too_large", f"frame over {MAX_FRAME_BYTES} "
+                                                  "bytes"), time.monotonic())
+        finally:
+            ws.take_frame = None
+            if hub.detach_agent(sid, ws):
+                log.info("agent disconnected: id=%s (%s %r)", sid, ws.close_code,
+                         ws.close_reason)
+
+    def take_agent_frame(self, ws: Connection, frame: bytes) -> None:
+        """One whole frame of an agent, as it is parsed (Connection.process_event)."""
+        verdict = self.agent_verdict(ws, frame)  # None: being closed already
+        if verdict is not None and verdict.close is not None:
+            ws.take_frame = ignore_frame
+            self.in_background(self.close_agent(ws, ws.agent.server_id, *verdict.close))
+
+    def agent_verdict(self, ws: Connection, frame: str | bytes) -> Verdict | None:
+        """take_report() for one frame of the agent on `ws`; None when `ws` no longer
+        speaks for it (replaced, removed or re-keyed by a reload)."""
+        sid = ws.agent.server_id
+        if not self.hub.is_current(sid, ws):
+            return None
+        return self.take_report(sid, frame, ws.reports, time.monotonic())
+
+    def take_report(self, sid: str, frame: str | bytes, reports: TokenBucket,
+                    now: float) -> Verdict:
+        """One frame of an agent: counted, then dropped over the rate (`reports`, this
+        connection's), rejected when invalid, or accepted into the hub."""
+        self.hub.heard_from(sid, now)
+        if not reports.take(now):  # over 10 a second: dropped unread
+            self.drop_report(sid, ReportError(
+                "rate", f"over {REPORTS_PER_SECOND:.0f} reports a second"), now)
+            if self.floods.add(sid, now):
+                return Verdict("", (CloseCode.POLICY_VIOLATION, f"{FLOOD_DROPS} reports over "
+                                    f"the rate within {FLOOD_WINDOW:.0f} s"))
+            return Verdict("", None)
+        try:
+            record = validate_report(frame)
+        except ReportError as exc:
+            self.drop_report(sid, exc, now)
+            if self.invalid.add(sid, now):
+                return Verdict(check_answer(str(exc)), (
+                    CloseCode.INVALID_DATA,
+                    f"{BAD_REPORTS_LIMIT} invalid reports within {BAD_REPORTS_WINDOW:.0f} s"))
+            return Verdict(check_answer(str(exc)), None)
+        self.hub.accept_report(sid, record, now, time.time())
+        return ACCEPTED
+
+    def tell_probes(self, ws: ServerConnection, server: ServerConfig,
+                    unless_none: bool = True) -> None:
+        """Send the agent what to probe, when anything is configured for it (agents that
+        know nothing of probes, the Go one, read frames and ignore them)."""
+        probes = self.hub.config.probes
+        if unless_none and not probes.for_server(server):
+            return
+        broadcast_framed([ws], probes_frame(probes, server))
+
+    def drop_report(self, sid: str, error: ReportError, now: float) -> None:
+        """Count a dropped report; log it once a minute per agent and reason, with how many
+        were held back."""
+        self.hub.reject_report(error)
+        self.site.log_quietly(logging.WARNING, ("report", sid, error.reason),
+                              f"report dropped: id={sid}: {error}", now)
+
+    @staticmethod
+    async def close_agent(ws: ServerConnection, sid: str, code: CloseCode, why: str) -> None:
+        log.warning("agent closed: id=%s: %s", sid, why)
+        await ws.close(code, why)
+
+    async def serve_viewer(self, ws: ServerConnection) -> None:
+        """Send the snapshot, then updates, until the browser leaves."""
+        hub = self.hub
+        if ws in hub.add_viewer(ws, time.time(), ws.sees_hidden):  # type: ignore[attr-defined]
+            return  # cut at once: the viewers' memory budget is spent
+        log.info("viewer connected (%d watching)", len(hub.viewers))
+        try:
+            async for _ in ws:
+                pass  # browsers have nothing to say; reading keeps pings answered
+        except ConnectionClosed:
+            pass
+        finally:
+            hub.remove_viewer(ws)
+            log.info("viewer disconnected (%d watching)", len(hub.viewers))
+
+    # --- housekeeping ---
+
+    async def housekeeping(self) -> None:
+        """Once a second: offline transitions, silent connections, expired bans."""
+        while True:
+            await asyncio.sleep(TICK_SECONDS)
+            now = time.monotonic()
+            gone, closes = self.hub.tick(now)
+            for sid in gone:
+                log.info("server offline: id=%s", sid)
+            for closing in closes:
+                log.warning("agent closed: id=%s: %s", closing.connection.agent.server_id,
+                            closing.reason)
+                self.close_later(closing)
+            wall = time.time()
+            jump = self.wall_watch.observe(now, wall)
+            if jump:
+                log.warning("wall clock jumped %s (durations are measured on the monotonic "
+                            "clock; nothing is deleted or expired for this jump until a "
+                            "restart)", jump_words(jump))
+            self.site.limiter.expire(now)
+            self.floods.expire(now)
+            self.invalid.expire(now)
+            self.evaluate_alerts(now, wall)
+            if now - self.sessions_expired >= SESSIONS_EXPIRE_EVERY:
+                self.sessions.expire(self.hub.config.viewers.users, self.steady())
+                self.sessions_expired = now
+            if self.collections.run_if_due(self.site.closed, now):
+                self.site.closed = 0
+            if int(now) % runtime.TRIM_SECONDS == 0:
+                runtime.give_back_memory()
+
+    def evaluate_alerts(self, now: float, wall: float) -> None:
+        """Alert rules against the live state; a change shows on the servers' cards."""
+        rules = self.hub.config.alerts
+        if not rules and not self.alerting.evaluator.firing:
+            return
+        for sid in self.alerting.tick(rules, self.hub.observe(wall), now, wall):
+            self.hub.set_extra(sid, "alerts", self.alerting.view_value(sid))
+
+    async def keep_traffic(self) -> None:
+        """Save the period totals once a minute (or once a history step, if shorter), and
+        show them on the cards (new periods too)."""
+        every = min(SAVE_SECONDS, self.history.resolution) if self.history else SAVE_SECONDS
+        while True:
+            await asyncio.sleep(every)
+            self.traffic.save()
+            self.hub.refresh_traffic(time.time())
+
+    async def write_history(self, history: History) -> None:
+        """At the end of every resolution step: the closed buckets go to SQLite."""
+        while True:
+            step = history.resolution
+            await asyncio.sleep(step - time.time() % step + 0.01)
+            await self.history_step(history)
+
+    async def history_step(self, history: History, final: bool = False) -> None:
+        hub, now = self.hub, time.monotonic()
+        online = {sid for sid, state in hub.servers.items() if state.online}
+        fields = await history.step(asyncio.get_running_loop(), now, time.time(),
+                                    list(hub.servers), hub.last_record, final, online,
+                                    kept_since=self.steady())
+        if fields is not None:
+            hub.take_history(fields)
+
+    def reload(self) -> None:
+        """SIGHUP: apply a changed servers.json; keep the old config if the new one is broken."""
+        try:
+            config, warnings = load_config(self.config_path)
+        except ConfigError as exc:
+            for problem in exc.problems:
+                log.error("config reload failed, keeping the previous config: %s", problem)
+            return
+        for warning in warnings:
+            log.warning("%s", warning)
+        problem = missing_apprise(config)
+        if problem:
+            log.error("config reload failed, keeping the previous config: %s", problem)
+            return
+        old = self.hub.config
+        told = {sid: (old.probes.interval, old.probes.for_server(state.config))
+                for sid, state in self.hub.servers.items()}
+        closes, added, removed = self.hub.apply_config(config)
+        runtime.take_over_full_collections(len(config.servers))
+        for sid, state in self.hub.servers.items():
+            plan = (config.probes.interval, config.probes.for_server(state.config))
+            if state.connection is not None and told.get(sid, (0, ())) != plan:
+                self.tell_probes(state.connection, state.config, unless_none=False)
+        self.alerting.configure(config.notifiers)
+        self.traffic.zone = zone(config.timezone)
+        self.hub.refresh_traffic(time.time())
+        ended = self.sessions.expire(config.viewers.users, self.steady())
+        if ended:
+            log.info("config reload: %d sessions ended (password changed or user removed)",
+                     ended)
+        for closing in closes:
+            log.info("agent disconnected: id=%s: %s", closing.connection.agent.server_id,
+                     closing.reason)
+            self.close_later(closing)
+        if (config.host, config.port) != (old.host, old.port):
+            log.warning("config reload: host and port changes apply after a restart")
+        log.info("config reloaded: %d servers (%d added, %d removed)",
+                 len(config.servers), added, removed)
+
+
+class Verdict(NamedTuple):
+    """What to do after an agent's frame: the answer for `agent.py --check` connections,
+    and the close code and reason when the connection is to be closed."""
+
+    answer: str
+    close: tuple[CloseCode, str] | None
+
+
+def reconnect_frame(servers: int) -> str:
+    """The frame telling an agent over how many seconds to spread its first retries after
+    losing the dashboard (PROTOCOL.md, "Reconnect spread"), for a fleet of `servers`.
+
+    >>> reconnect_frame(10_000)
+    '{"type":"reconnect","spread":15.4}'
+    """
+    return f'{{"type":"reconnect","spread":{reconnect_spread(servers)}}}'
+
+
+def check_answer(error: str) -> str:
+    """The frame answering one report on an agent.py --check connection (PROTOCOL.md)."""
+    if not error:
+        return '{"type":"check","accepted":true}'
+    return json.dumps({"type": "check", "accepted": False, "reason": error})
+
+
+ACCEPTED = Verdict(check_answer(""), None)
