@@ -863,7 +863,14 @@ def explain_failure(exc: BaseException, settings: Settings) -> str:
         return (f"the dashboard at {url.netloc} speaks ws://, not wss:// (no TLS there): "
                 "fix --server")
     if url.scheme == "ws" and isinstance(exc, InvalidMessage):
-        return (f"the dashboard at {url.netloc} speaks wss:// (TLS), not ws://: fix --server")
+        if getattr(exc, "tls", False):  # explain() found a TLS server there
+            return f"the dashboard at {url.netloc} speaks wss:// (TLS), not ws://: fix --server"
+        if isinstance(exc.__cause__, ValueError):  # a status line that is not HTTP
+            said = str(exc.__cause__).rpartition(": ")[2][:60]
+            return (f"{url.netloc} answered with something other than HTTP ({said!r}): is "
+                    "that the dashboard's port? check --server")
+        return (f"the connection to {url.netloc} was cut during the handshake: check --server, "
+                "and any proxy or firewall in between")
     if isinstance(exc, ConnectionRefusedError):
         return f"connection refused by {host}: is the dashboard running? check --server"
     if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
@@ -882,26 +889,36 @@ def explain_failure(exc: BaseException, settings: Settings) -> str:
     return f"cannot connect to {settings.server}: {type(exc).__name__}: {str(exc)!r}"
 
 
-async def certificate_names(settings: Settings) -> list[str]:
-    """The names the dashboard's certificate is for (checked against the CAs, not the
-    name), to say which name to use; [] when they cannot be read."""
+async def tls_certificate(settings: Settings, verify: bool) -> dict[str, Any] | None:
+    """The certificate the dashboard's address presents in a TLS handshake (checked against
+    the CAs when `verify`, never against the name; {} unchecked), or None when no TLS
+    handshake succeeds there."""
     url = urlsplit(settings.server)
     context = ssl.create_default_context(cafile=settings.ca_file)
     context.check_hostname = False
+    if not verify:
+        context.verify_mode = ssl.CERT_NONE
     try:
         _, writer = await asyncio.wait_for(asyncio.open_connection(
-            url.hostname, url.port or 443, ssl=context), 10)
+            url.hostname, url.port or (443 if url.scheme == "wss" else 80), ssl=context), 10)
     except (OSError, ssl.SSLError, asyncio.TimeoutError):
-        return []
+        return None
     cert = writer.get_extra_info("peercert") or {}
     writer.close()
-    return [str(value) for _, value in cert.get("subjectAltName", ())][:5]
+    return cert
 
 
 async def explain(exc: BaseException, settings: Settings) -> str:
-    """explain_failure, after reading the certificate's names for a name mismatch."""
+    """explain_failure, after asking the dashboard's address what it is: the names its
+    certificate is for (a name mismatch), or whether it speaks TLS at all (a ws:// answer
+    that was not HTTP: only then is wss:// the advice)."""
     if isinstance(exc, ssl.SSLCertVerificationError) and exc.verify_code in NAME_MISMATCH:
-        exc.names = await certificate_names(settings)  # type: ignore[attr-defined]
+        cert = await tls_certificate(settings, verify=True) or {}
+        names = [str(value) for _, value in cert.get("subjectAltName", ())][:5]
+        exc.names = names  # type: ignore[attr-defined]
+    elif isinstance(exc, InvalidMessage) and settings.server.startswith("ws:"):
+        found = await tls_certificate(settings, verify=False)
+        exc.tls = found is not None  # type: ignore[attr-defined]
     return explain_failure(exc, settings)
 
 
@@ -1043,14 +1060,17 @@ class Prober:
             gate = asyncio.Semaphore(PROBES_AT_ONCE)
             round_ = asyncio.gather(*(self.measure(t, interval, gate) for t in targets))
             changed = asyncio.ensure_future(self.changed.wait())
-            await asyncio.wait([round_, changed], return_when=asyncio.FIRST_COMPLETED)
-            if changed.done():  # a new plan: drop this round, start the new one at once
-                round_.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await round_
-                continue
-            changed.cancel()
-            self.results = round_.result()
+            try:
+                await asyncio.wait([round_, changed], return_when=asyncio.FIRST_COMPLETED)
+            finally:  # a new plan, or the agent stopping: the round is dropped, quietly
+                changed.cancel()
+                dropped = not round_.done()
+                if dropped:  # (a cancelled gather() ends with CancelledError as its result)
+                    round_.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await round_
+            if not dropped:
+                self.results = round_.result()
 
     async def measure(self, target: ProbeTarget, interval: float,
                       gate: asyncio.Semaphore) -> dict[str, Any]:
@@ -1132,6 +1152,7 @@ class Reporter:
         self.refused = False  # the dashboard is up but refuses this agent
         self.prober = Prober()
         self.restart_spread = RESTART_SPREAD  # until the dashboard says (parse_reconnect)
+        self.accepted = False  # the dashboard accepted a report on this connection
 
     async def collect(self) -> None:
         """Sample every interval; enqueue while connected, drop (logged once) while not."""
@@ -1183,7 +1204,10 @@ class Reporter:
             await asyncio.sleep(1 / FRAMES_PER_SECOND)  # unread frames wait in TCP buffers
 
     def dashboard_said(self, frame: str | bytes) -> None:
-        """One frame from the dashboard (PROTOCOL.md: "reconnect" and "probes")."""
+        """One frame from the dashboard (PROTOCOL.md: "reconnect", "accepted", "probes")."""
+        if dashboard_message(frame, "accepted") is not None:
+            self.accepted = True  # this connection works: a loss starts the backoff over
+            return
         spread = parse_reconnect(frame)
         if spread is not None:
             if spread != self.restart_spread:
@@ -1221,6 +1245,7 @@ class Reporter:
         while True:
             attempts += 1
             connected_at = None
+            self.accepted = False
             try:
                 async with open_connection(settings) as ws:
                     connected_at = time.monotonic()
@@ -1253,10 +1278,12 @@ class Reporter:
                 self.connection = None
                 while not self.queue.empty():
                     self.queue.get_nowait()  # stale once the connection is gone
-            if connected_at is not None and time.monotonic() - connected_at >= STABLE_CONNECTION:
+            if self.accepted or (connected_at is not None
+                                 and time.monotonic() - connected_at >= STABLE_CONNECTION):
                 delays = backoff_delays()
-                # A connection that was up for a while dropped: likely the whole fleet's
-                # (a restart). One that drops at once (a flapping proxy) keeps the backoff.
+                # A connection that worked (a report accepted, or up for a while) dropped:
+                # likely the whole fleet's (a restart, or a dashboard crash-looping). One
+                # that drops at once (a flapping proxy) keeps the backoff growing.
                 lost_connection = True
             delay = retry_delay(attempts + 1, lost_connection, next(delays), rng,
                                 self.restart_spread)

@@ -180,6 +180,7 @@ class Dashboard:
         self.tell_probes(ws, hub.servers[sid].config)
         forget_handshake(ws)
         ws.reports = TokenBucket(REPORTS_PER_SECOND, REPORT_BURST, time.monotonic())
+        ws.acknowledged = check  # a checking agent hears of every report anyway
         if not check:  # a checking agent's answers go out in order, from the loop below
             ws.take_frame = self.take_whole_frame
             ws.split_here()
@@ -213,11 +214,17 @@ class Dashboard:
 
     def agent_verdict(self, ws: Connection, frame: str | bytes) -> Verdict | None:
         """take_report() for one frame of the agent on `ws`; None when `ws` no longer
-        speaks for it (replaced, removed or re-keyed by a reload)."""
+        speaks for it (replaced, removed or re-keyed by a reload). The first report
+        accepted on a connection is acknowledged ("accepted" frame): the agent's backoff
+        starts over, even when the dashboard goes down again seconds later."""
         sid = ws.agent.server_id
         if not self.hub.is_current(sid, ws):
             return None
-        return self.take_report(sid, frame, ws.reports, time.monotonic())
+        verdict = self.take_report(sid, frame, ws.reports, time.monotonic())
+        if verdict is ACCEPTED and not ws.acknowledged:
+            ws.acknowledged = True
+            broadcast_framed([ws], ACCEPTED_FRAME)
+        return verdict
 
     def take_report(self, sid: str, frame: str | bytes, reports: TokenBucket,
                     now: float) -> Verdict:
@@ -410,3 +417,4 @@ def check_answer(error: str) -> str:
 
 
 ACCEPTED = Verdict(check_answer(""), None)
+ACCEPTED_FRAME = '{"type":"accepted"}'  # once a connection, after its first accepted report

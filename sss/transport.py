@@ -134,6 +134,7 @@ class Connection(ServerConnection, asyncio.BufferedProtocol):
         # An agent's: takes each report as it is parsed (process_event); set by serve_agent.
         self.take_frame: Callable[[Connection, bytes], None] | None = None
         self.reports: TokenBucket | None = None  # an agent's: its reports' rate
+        self.acknowledged = False  # an agent's: told that a report of it was accepted
         self.ignored = 0  # an agent's frames dropped unread while it is being closed
         # An agent's frames split here, not by websockets (split_frames), from when
         # serve_agent starts until a frame that only websockets handles; what came of

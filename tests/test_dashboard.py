@@ -476,6 +476,7 @@ def test_a_newer_connection_replaces_the_older(make_dashboard: Any) -> None:
     dash: Dashboard = make_dashboard()
     with dash.agent("alpha") as first:
         first.send(json.dumps(go_report()))
+        assert recv_json(first) == {"type": "accepted"}
         with dash.agent("alpha") as second:
             with pytest.raises(ConnectionClosed):
                 first.recv(timeout=5)
@@ -814,6 +815,7 @@ def test_five_bad_reports_within_a_minute_close_with_1007(make_dashboard: Any) -
             agent.send(frame)
         agent.send(json.dumps(go_report()))
         agent.send(BAD_REPORTS[12][0])
+        assert recv_json(agent) == {"type": "accepted"}  # the good one
         with pytest.raises(ConnectionClosed):
             agent.recv(timeout=5)
         assert agent.close_code == 1007
@@ -898,6 +900,8 @@ def test_an_agents_frames_count_however_tcp_cuts_them(make_dashboard: Any) -> No
         for byte in reports[3]:
             sock.send(bytes([byte]))
         sock.sendall(frame(Opcode.PING, b"still there?") + reports[4] + reports[5])
+        accepted = next_event(sock, client)  # after the first report (PROTOCOL.md)
+        assert json.loads(accepted.data) == {"type": "accepted"}
         pong = next_event(sock, client)
         assert (pong.opcode, pong.data) == (Opcode.PONG, b"still there?")
         deadline = time.monotonic() + 10
@@ -1023,7 +1027,9 @@ def test_check_connections_get_a_verdict_per_report(make_dashboard: Any) -> None
         agent.send(with_field("cpuInfo.percent", "high"))
         verdict = recv_json(agent)
         assert verdict["accepted"] is False and verdict["reason"].startswith("wrong_type")
-    with dash.agent("beta") as plain:  # without the header the dashboard stays silent
+    with dash.agent("beta") as plain:  # without the header: told once, then silent
+        plain.send(json.dumps(go_report()))
+        assert recv_json(plain) == {"type": "accepted"}
         plain.send(json.dumps(go_report()))
         with pytest.raises(TimeoutError):
             plain.recv(timeout=1)

@@ -227,3 +227,24 @@ def test_icmp_falls_back_once_names_fail_once_and_ipv6_works(caplog: Any) -> Non
     with server:
         rtt = run(agent.tcp_rtt("::1", server.getsockname()[1]))
     assert isinstance(rtt, float) and rtt > 0
+
+
+def test_an_agent_stopped_while_probing_exits_quietly(make_dashboard: Any, make_agent: Any,
+                                                      listener: Any) -> None:
+    """SIGTERM in the middle of a round: before, every stop logged a traceback
+    ("_GatheringFuture exception was never retrieved")."""
+    port = listener.getsockname()[1]
+    dash: Dashboard = make_dashboard([server_entry("alpha")], probes={
+        "interval": 5, "targets": [{"name": "local", "host": "127.0.0.1", "port": port},
+                                   {"name": "other", "host": "127.0.0.1", "port": port}]})
+    prober = make_agent("--server", dash.url("/ws-report", "ws"), "--id", "alpha",
+                        "--secret", SECRET, "--interval", "2")
+    prober.wait_for_log("probing 2 targets every 5 s")
+    time.sleep(1)  # probes of the first round sent, the next ones waiting their turn
+    prober.signal(signal.SIGTERM)
+    assert prober.process is not None and prober.process.wait(5) == 0
+    assert prober.collected.wait(5)  # every line it wrote
+    text = prober.log_text()
+    assert "stopped" in text
+    assert "Traceback" not in text and "never retrieved" not in text, text
+
