@@ -131,6 +131,11 @@ BACKOFF_FACTOR = 1.2
 BACKOFF_CAP = 600.0
 BACKOFF_JITTER = 0.1  # each wait is 90-100 % of the schedule
 STABLE_CONNECTION = 30.0  # only a connection up this long resets the backoff
+# A dashboard starting beside the agent (README's quick start, a box booting): connections
+# refused this soon after the agent's start are retried every half second, said only once
+# the dashboard stays away longer.
+STARTUP_WAIT = 10.0
+STARTUP_RETRY = 0.5
 RESTART_RETRIES = 3  # after a connection that was up: this many retries with full jitter,
 RESTART_SPREAD = 10.0  # each at a random moment 0.5-10 s later, or as long as the dashboard
 MAX_RESTART_SPREAD = 60.0  # says ("reconnect" frame: 2-30 s, by the size of its fleet)
@@ -1242,22 +1247,24 @@ class Reporter:
         lost_connection = False  # this outage began with a connection that was up
         outage_start: float | None = None  # None until the first connection is lost
         last_cause = ""
+        started, ever_connected = time.monotonic(), False
         while True:
             attempts += 1
             connected_at = None
+            starting = False  # a dashboard on its way up: retried soon, quietly
             self.accepted = False
             try:
                 async with open_connection(settings) as ws:
                     connected_at = time.monotonic()
                     self.refused = False
-                    if outage_start is not None or attempts > 1:
+                    if last_cause or ever_connected:  # after an outage that was said
                         since = connected_at - (outage_start or connected_at)
                         log.info("reconnected after %d attempt%s (%.0f s without dashboard)",
                                  attempts, "" if attempts == 1 else "s", since)
                     else:
                         log.info("connected to %s", settings.server)
                     attempts, last_cause, outage_start = 0, "", None
-                    lost_connection = False
+                    lost_connection, ever_connected = False, True
                     self.connection = ws
                     await self.report(ws)
             except Exception as exc:  # whatever went wrong, explain it and retry
@@ -1265,14 +1272,18 @@ class Reporter:
                     return
                 cause = await explain(exc, settings)
                 self.refused = is_refusal(exc)
-                if connected_at is not None:
+                starting = (not ever_connected and isinstance(exc, ConnectionRefusedError)
+                            and time.monotonic() - started < STARTUP_WAIT)
+                if starting:
+                    log.debug("%s; the dashboard may be starting: retrying", cause)
+                elif connected_at is not None:
                     log.warning("lost the dashboard: %s", cause)
                     outage_start = None
                 elif cause != last_cause:
                     log.warning("%s; retrying with backoff", cause)
                 else:
                     log.debug("still failing: %s", cause)
-                last_cause = cause
+                last_cause = "" if starting else cause
                 outage_start = outage_start or time.monotonic()
             finally:
                 self.connection = None
@@ -1285,8 +1296,8 @@ class Reporter:
                 # likely the whole fleet's (a restart, or a dashboard crash-looping). One
                 # that drops at once (a flapping proxy) keeps the backoff growing.
                 lost_connection = True
-            delay = retry_delay(attempts + 1, lost_connection, next(delays), rng,
-                                self.restart_spread)
+            delay = STARTUP_RETRY if starting else retry_delay(
+                attempts + 1, lost_connection, next(delays), rng, self.restart_spread)
             log.debug("next attempt in %.1f s", delay)
             await asyncio.sleep(delay)
 

@@ -17,8 +17,8 @@ This file is the wiring: the command line, logging, signals, `serve()` and shutd
 The modules are in sss/ (README, "Layout"): handlers.py serves agents, viewers and
 sign-ins, transport.py is websockets as the dashboard uses it, web.py answers HTTP,
 hub.py keeps the live state, and the features keep their files in the data directory.
-The sub-commands that only read the config (--hash-password, --test-notify) need no
-websockets.
+The sub-commands that only read the config (--hash-password, --check-config,
+--test-notify) need no websockets.
 """
 
 from __future__ import annotations
@@ -29,18 +29,26 @@ import dataclasses
 import getpass
 import importlib.metadata
 import logging
+import os
 import signal
 import ssl
 import sys
 from pathlib import Path
 
 from sss import runtime
-from sss.alerts import missing_apprise
+from sss.alerts import firing_from, missing_apprise
 from sss.alerts import test_notify as alerts_test_notify
 from sss.config import SAFE_URL, Config, ConfigError, load_config
-from sss.history import DEFAULT_DAYS, DEFAULT_RESOLUTION, History
-from sss.limits import VIEWER_MEMORY_BUDGET, VIEWERS_PER_ADDRESS, VIEWERS_TOTAL
-from sss.sessions import hash_password
+from sss.datafiles import JsonFile
+from sss.history import DEFAULT_DAYS, DEFAULT_RESOLUTION, History, history_problems
+from sss.limits import (
+    VIEWER_MEMORY_BUDGET,
+    VIEWER_SNAPSHOTS,
+    VIEWERS_PER_ADDRESS,
+    VIEWERS_TOTAL,
+)
+from sss.sessions import hash_password, sessions_from
+from sss.traffic import meters_from
 
 __version__ = "0.2.0"
 
@@ -49,6 +57,7 @@ log = logging.getLogger("sss.dashboard")
 HERE = Path(__file__).resolve().parent
 DEFAULT_CONFIG = HERE / "servers.json"
 SHUTDOWN_GRACE = 1.5  # seconds peers get to answer the close at a stop
+DATA_FILES = ("history.db", "traffic.json", "alerts.json", "sessions.json")
 
 
 def require_websockets() -> None:
@@ -118,7 +127,8 @@ async def run(config: Config, config_path: Path, args: argparse.Namespace,
 
     options = Options(args.public_url, tls, args.viewer_compression,
                       frozenset(args.trusted_proxy), args.max_viewers,
-                      args.viewers_per_address, args.viewer_memory << 20)
+                      args.viewers_per_address,
+                      None if args.viewer_memory is None else args.viewer_memory << 20)
     dashboard = Dashboard(config, config_path, options, history, data, Files.beside(HERE))
     loop = asyncio.get_running_loop()
     loop.set_exception_handler(runtime.AcceptErrors())
@@ -178,12 +188,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--viewers-per-address", type=int, default=VIEWERS_PER_ADDRESS,
                         metavar="N", help="browsers watching at once from one address "
                         "(an IPv6 /64); behind a proxy, by its X-Forwarded-For")
-    parser.add_argument("--viewer-memory", type=int, default=VIEWER_MEMORY_BUDGET >> 20,
-                        metavar="MIB", help="unsent bytes of all viewers together; past it "
-                        "the slowest viewers are disconnected")
+    parser.add_argument("--viewer-memory", type=int, metavar="MIB",
+                        help="unsent bytes of all viewers together; past it the slowest "
+                        f"viewers are disconnected (default: {VIEWER_MEMORY_BUDGET >> 20}, or "
+                        f"room for {VIEWER_SNAPSHOTS} viewers' snapshots when that is more: "
+                        "about 120 at 10,000 servers)")
     parser.add_argument("--data", type=Path, metavar="DIR",
-                        help="where the dashboard keeps what it remembers (history.db) "
-                             "(default: the folder holding servers.json)")
+                        help="where the dashboard keeps what it remembers: history.db, "
+                             "traffic.json, alerts.json, sessions.json (default: data/ in "
+                             "the folder holding servers.json)")
     parser.add_argument("--no-history", action="store_true",
                         help="keep no history: live data only")
     parser.add_argument("--history-resolution", type=int, default=DEFAULT_RESOLUTION,
@@ -192,6 +205,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="days to keep hourly history")
     parser.add_argument("--hash-password", action="store_true",
                         help="ask for a viewer's password and print its hash for servers.json")
+    parser.add_argument("--check-config", action="store_true",
+                        help="check servers.json and the data directory, print each problem "
+                             "(or ok), start and send nothing; exit 0 or 2")
     parser.add_argument("--test-notify", metavar="NAME",
                         help="send a test message through one notifier and exit (0: sent)")
     parser.add_argument("--log-level", default="INFO",
@@ -200,11 +216,82 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if not 1 <= args.history_resolution <= 3600:
         parser.error("--history-resolution must be 1-3600 seconds")
-    if min(args.max_viewers, args.viewers_per_address, args.viewer_memory) < 1:
+    if min(args.max_viewers, args.viewers_per_address, args.viewer_memory or 1) < 1:
         parser.error("--max-viewers, --viewers-per-address and --viewer-memory must be 1 or more")
     if args.history_days < 3:
         parser.error("--history-days must be at least 3")
     return args
+
+
+def data_directory(args: argparse.Namespace, create: bool = True) -> Path:
+    """--data, or data/ beside servers.json (the checkout's is ignored by git), made 0700.
+    Where the folder of servers.json holds the files of a dashboard from before data/ was
+    the default, that folder goes on being used, and a line says how to move them."""
+    if args.data is not None:
+        data = args.data
+    else:
+        beside = args.config.resolve().parent
+        data = beside / "data"
+        earlier = [name for name in DATA_FILES if (beside / name).exists()]
+        if earlier and not data.exists():
+            log.warning("%s holds %s from before data/ was the default data directory: still "
+                        "using that folder; move them into %s, or pass --data %s",
+                        beside, ", ".join(earlier), data, beside)
+            data = beside
+    if create:
+        try:
+            data.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as exc:
+            log.error("data directory %s: cannot create it (%s): history, traffic, alerts and "
+                      "sessions are kept in memory only; make it writable or pass --data DIR",
+                      data, exc.strerror or exc)
+    return data
+
+
+def check_config(args: argparse.Namespace) -> int:
+    """--check-config: servers.json and the data directory checked as a start would check
+    them, each problem printed; nothing is started, created or sent. 0, or 2."""
+    errors: list[str] = []
+    warnings: list[str] = []
+    config = None
+    try:
+        config, warnings = load_config(args.config)
+    except ConfigError as exc:
+        errors += exc.problems
+    if config is not None and (problem := missing_apprise(config)):
+        errors.append(f"{args.config}: {problem}")
+    data = data_directory(args, create=False)
+    errors += data_problems(data)
+    for line in [*(f"error: {e}" for e in errors), *(f"warning: {w}" for w in warnings)]:
+        print(line)
+    if errors or config is None:
+        print(f"failed: {len(errors)} problem{'' if len(errors) == 1 else 's'}")
+        return 2
+    counts = ", ".join(f"{n} {name}{'' if n == 1 else 's'}" for n, name in (
+        (len(config.servers), "server"), (len(config.alerts), "alert"),
+        (len(config.notifiers), "notifier")))
+    print(f"ok: {counts}; data directory {data}")
+    return 0
+
+
+def data_problems(data: Path) -> list[str]:
+    """What keeps the dashboard from keeping its files in `data`, and every entry of them
+    it would drop, each naming the file."""
+    if data.exists() and not data.is_dir():
+        return [f"data directory {data}: not a directory; pass --data DIR"]
+    folder = data
+    while not folder.exists():
+        folder = folder.parent
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return [f"data directory {data}: {folder} is not writable by this user; make it so "
+                "for the user the dashboard runs as, or pass --data DIR"]
+    problems = []
+    for name, checked in (("traffic.json", meters_from), ("sessions.json", sessions_from),
+                          ("alerts.json", lambda rows: firing_from(rows, 0.0, 0.0))):
+        saved, unreadable = JsonFile(data / name, name, "").read()
+        dropped = checked(saved)[1] if saved is not None else []
+        problems += [unreadable] if unreadable else [f"{data / name}: {p}" for p in dropped]
+    return problems + history_problems(data / "history.db")
 
 
 def tls_context(args: argparse.Namespace) -> ssl.SSLContext | None:
@@ -225,6 +312,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.hash_password:
         return print_password_hash()
+    if args.check_config:
+        return check_config(args)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(message)s",
                         datefmt="%Y-%m-%d %H:%M:%S")
     logging.getLogger("websockets").setLevel(logging.CRITICAL)  # we log what matters
@@ -253,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
     runtime.raise_file_limit(len(config.servers))
     runtime.take_over_full_collections(len(config.servers))
     runtime.map_large_blocks()
-    data = args.data or args.config.resolve().parent
+    data = data_directory(args)
     history = None
     if not args.no_history:
         history = History(data, args.history_resolution, args.history_days)

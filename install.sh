@@ -1,8 +1,11 @@
 #!/bin/sh
 # Install (or upgrade, or remove) the SimpleServerStatus agent on a Debian or Ubuntu box.
 #
-#   curl -fsSL http://DASHBOARD:8900/install.sh | sudo sh -s -- --id ID --secret SECRET
+#   curl -fsSL http://DASHBOARD:8900/install.sh | sh -s -- --id ID --secret SECRET
 #
+# Run it as root. Run by another user it starts itself again with sudo where there is
+# sudo, and otherwise says what it needs (or installs for that user with --prefix,
+# --env-file and --no-systemd).
 # The dashboard serves this file with its own address filled in below, and serves
 # agent.py and the systemd unit too: nothing is fetched from anywhere else but the
 # distribution's and PyPI's packages.
@@ -54,6 +57,12 @@ fail() {
     fi
     exit 1
 }
+
+quote() {  # quote WORD: WORD in single quotes, for eval
+    printf "'%s'" "$(printf '%s' "$1" | sed "s/'/'\\\\''/g")"
+}
+ARGS=
+for arg in "$@"; do ARGS="$ARGS $(quote "$arg")"; done
 
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -138,6 +147,35 @@ make_venv() {  # make_venv [--system-site-packages]
     rm -rf "$PREFIX/venv"
     python3 -m venv "$@" "$PREFIX/venv" >/dev/null 2>&1
 }
+
+writable() {  # writable PATH: PATH, or the nearest folder above it that exists, is writable
+    target=$1
+    while [ ! -e "$target" ]; do target=$(dirname "$target"); done
+    [ -w "$target" ]
+}
+
+# Root is needed for the service and for folders this user cannot write. As root, nothing
+# more is needed (no sudo); otherwise sudo runs this script again, or it says what to do.
+if [ "$(id -u)" -ne 0 ] && { [ "$SYSTEMD" = yes ] || ! writable "$PREFIX" || ! writable "$ENV_FILE"; }; then
+    if command -v sudo >/dev/null 2>&1; then
+        SCRIPT=$0
+        if [ ! -f "$SCRIPT" ]; then  # read from a pipe: fetch this script again to run it
+            SCRIPT=$(mktemp)
+            if ! fetch "${DASHBOARD_URL%/}/install.sh" "$SCRIPT" 2>/dev/null; then
+                printf 'sss-agent: this needs root: run it as root, or pipe it to "sudo sh"\n' >&2
+                exit 1
+            fi
+        fi
+        say "installing into $PREFIX needs root: running it again with sudo"
+        eval "exec sudo sh \"\$SCRIPT\" $ARGS"
+    fi
+    printf 'sss-agent: installing into %s%s needs root, and there is no sudo here.\n' "$PREFIX" \
+        "$([ "$SYSTEMD" = yes ] && printf ' as a service')" >&2
+    printf 'sss-agent: run it as root (for example in "su -" first), or install for this user with\n' >&2
+    # shellcheck disable=SC2016  # $HOME is for the reader's shell, not this one
+    printf 'sss-agent:   --prefix $HOME/sss-agent --env-file $HOME/sss-agent/sss-agent.env --no-systemd\n' >&2
+    exit 1
+fi
 
 STEP="checking the options"
 check_path --prefix "$PREFIX"

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .config import ALERT_METRICS, AlertRule, Config, NotifierConfig, ServerConfig
-from .datafiles import JsonFile
+from .datafiles import JsonFile, entries, finite
 from .history import METRICS, metric_values
 
 log = logging.getLogger("sss.dashboard")
@@ -285,21 +285,27 @@ def firing_rows(firing: dict[Key, Firing]) -> list[dict[str, Any]]:
              "last_sent": state.last_sent} for (rule, sid), state in firing.items()]
 
 
-def firing_from(rows: Any, now: float, wall: float) -> dict[Key, Firing]:
-    """The saved firing state; its durations go on from the Unix times saved (the one
-    place the wall clock measures one: from before a restart)."""
-    try:
-        firing = {}
-        for row in rows or []:
-            since, sent = float(row["since"]), float(row["last_sent"])
-            firing[(row["alert"], row["id"])] = Firing(
-                since, row.get("value"), sent, now - max(wall - since, 0.0),
-                now - max(wall - sent, 0.0))
-        return firing
-    except (KeyError, TypeError, ValueError) as exc:
-        log.error("alerts: the saved firing state is unusable (%s); starting with no alert "
-                  "firing", exc)
-        return {}
+def firing_from(rows: Any, now: float, wall: float) -> tuple[dict[Key, Firing], list[str]]:
+    """The saved firing state, each entry checked: (firing, one problem for each dropped).
+    Durations go on from the Unix times saved (the one place the wall clock measures one:
+    from before a restart)."""
+    def firing(index: Any, row: Any) -> tuple[Key, Firing]:
+        if not isinstance(row, dict):
+            raise ValueError("not an object")
+        rule, sid, value = row.get("alert"), row.get("id"), row.get("value")
+        since, sent = row.get("since"), row.get("last_sent")
+        if not isinstance(rule, str) or not isinstance(sid, str):
+            raise ValueError("alert and id must be names")
+        if not (finite(since) and finite(sent)):
+            raise ValueError(f"since and last_sent must be times, got {since!r:.30}, "
+                             f"{sent!r:.30}")
+        if value is not None and not finite(value):
+            raise ValueError(f"value must be a number or null, got {value!r:.30}")
+        return (rule, sid), Firing(float(since), value, float(sent),
+                                   now - max(wall - since, 0.0), now - max(wall - sent, 0.0))
+
+    kept, problems = entries(rows, list, firing, "alerts")
+    return dict(kept), problems
 
 
 # --- senders -----------------------------------------------------------------------
@@ -472,8 +478,9 @@ class Alerting:
 
     def __init__(self, state_path: Path, now: float, wall: float) -> None:
         self.file = JsonFile(state_path, "alerts", "alerts still go out")
-        self.evaluator = Evaluator(now, firing_from(
-            self.file.load("starting with no alert firing"), now, wall))
+        saved = self.file.load("starting with no alert firing",
+                               lambda rows: firing_from(rows, now, wall))
+        self.evaluator = Evaluator(now, saved or {})
         self.delivery = Delivery()
 
     def configure(self, notifiers: dict[str, NotifierConfig]) -> None:
@@ -496,7 +503,7 @@ class Alerting:
         """A server view's `alerts` field, encoded: its firing alerts, or "" when none."""
         firing = [{"alert": rule, "since": int(state.since), "value": state.value}
                   for (rule, server), state in self.evaluator.firing.items() if server == sid]
-        return json.dumps(firing, separators=(",", ":")) if firing else ""
+        return json.dumps(firing, separators=(",", ":"), allow_nan=False) if firing else ""
 
     def firing_json(self, servers: dict[str, ServerConfig], rules: tuple[AlertRule, ...],
                     visible: Callable[[str], bool] = lambda sid: True) -> str:
@@ -512,7 +519,7 @@ class Alerting:
                            "metric": rule.metric, "value": state.value,
                            "threshold": rule.above if rule.above is not None else rule.below,
                            "since": int(state.since)})
-        return json.dumps(listed)
+        return json.dumps(listed, allow_nan=False)
 
     def metrics_lines(self, label: Callable[[str], str],
                       visible: Callable[[str], bool] = lambda sid: True) -> list[str]:

@@ -2,16 +2,24 @@
 
 Each is written whole and atomically (a crash leaves the old file or the new one, never
 half of one); a problem writing or reading it is one log line per distinct problem, and
-the dashboard goes on with what it has in memory.
+the dashboard goes on with what it has in memory. What is read back is as hostile as
+what comes from the network: each module checks every entry (`whole`, `finite`), drops a
+bad one with one line naming the file and the entry, and keeps the rest; nothing that
+JSON cannot carry (1e400 reads as infinity) gets in.
+
+    >>> whole(3), whole(-1), whole(True), whole(1e400), finite(2.5), finite(float("nan"))
+    (True, False, False, False, True, False)
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 log = logging.getLogger("sss.dashboard")
 
@@ -26,14 +34,22 @@ class JsonFile:
         self.problem = ""
 
     def save(self, data: Any) -> bool:
+        """Write `data` whole: a temporary file, then renamed over the file. A failed write
+        (a full disk) leaves the old file, and no temporary one."""
         temporary = self.path.with_name(self.path.name + ".tmp")
         try:
+            text = json.dumps(data, allow_nan=False)  # json.dump encodes in Python, 5x slower
             fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, self.mode)
-            with os.fdopen(fd, "w") as file:
-                file.write(json.dumps(data))  # json.dump encodes in Python, 5x slower
-            os.replace(temporary, self.path)
-        except OSError as exc:
-            problem = f"{self.path}: {exc.strerror or exc}"
+            try:
+                with os.fdopen(fd, "w") as file:
+                    file.write(text)
+                os.replace(temporary, self.path)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(temporary)
+                raise
+        except (OSError, ValueError) as exc:  # ValueError: a value JSON cannot hold (inf)
+            problem = f"{self.path}: {getattr(exc, 'strerror', None) or exc}"
             if problem != self.problem:
                 log.error("%s: cannot save %s; make the data directory writable (%s)",
                           self.what, problem, self.meanwhile)
@@ -42,13 +58,54 @@ class JsonFile:
         self.problem = ""
         return True
 
-    def load(self, fresh: str) -> Any:
-        """The saved data, or None when there is none or it is unreadable (`fresh` says what
-        the dashboard does then)."""
+    def read(self) -> tuple[Any, str]:
+        """(the saved data, or None when there is none; "" or why it is unreadable)."""
         try:
-            return json.loads(self.path.read_text())
+            return json.loads(self.path.read_text()), ""
         except FileNotFoundError:
+            return None, ""
+        except (OSError, ValueError, RecursionError) as exc:
+            return None, f"{self.path} is unreadable ({exc})"
+
+    def load(self, fresh: str, checked: Callable[[Any], tuple[Any, list[str]]]) -> Any:
+        """The saved data as `checked` keeps it (each entry it drops is one log line), or
+        None when there is none or it is unreadable (`fresh` says what happens then)."""
+        data, problem = self.read()
+        if problem:
+            log.error("%s: %s; %s", self.what, problem, fresh)
             return None
-        except (OSError, ValueError) as exc:
-            log.error("%s: %s is unreadable (%s); %s", self.what, self.path, exc, fresh)
+        if data is None:
             return None
+        kept, problems = checked(data)
+        for dropped in problems:
+            log.error("%s: %s: %s", self.what, self.path, dropped)
+        return kept
+
+
+def whole(value: Any, low: int = 0) -> bool:
+    """A JSON integer of at least `low`: no bool, no float (1e400 reads as infinity)."""
+    return type(value) is int and value >= low
+
+
+def finite(value: Any) -> bool:
+    """A finite JSON number (no bool, no infinity, no NaN)."""
+    return type(value) in (int, float) and math.isfinite(value)
+
+
+def entries(data: Any, kind: type, check: Callable[[Any, Any], Any],
+            what: str) -> tuple[Any, list[str]]:
+    """Each entry of a saved object (by key) or list (by index) through `check`, which
+    returns what to keep or raises ValueError saying why not: (kept, one problem for each
+    entry dropped)."""
+    if not isinstance(data, kind):
+        return kind(), [f"holds no {what} (not a JSON {kind.__name__}); all of it dropped"]
+    items = data.items() if isinstance(data, dict) else enumerate(data)
+    kept: dict[Any, Any] = {}
+    problems = []
+    for key, value in items:
+        try:
+            kept[key] = check(key, value)
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            name = repr(key[:60]) if isinstance(key, str) else key
+            problems.append(f"entry {name}: {exc}; dropped, the rest kept")
+    return (kept if kind is dict else list(kept.values())), problems

@@ -45,7 +45,8 @@ from collections.abc import Container, Iterable, Iterator
 from pathlib import Path
 from typing import Any, Callable
 
-from .reports import VIEW_FIELDS
+from .datafiles import finite
+from .reports import ReportError, validate_report
 from .timings import DEFAULT_REPORT_INTERVAL, MAX_REPORT_INTERVAL, offline_after
 
 log = logging.getLogger("sss.dashboard")
@@ -331,10 +332,10 @@ def columnar(sid: str, range_name: str, chosen: Plan, rows: list[tuple[Any, ...]
         answer[name] = [rounded(row[4 + 2 * i]) if row else None for row in found]
         if name == "cpu":
             answer["cpuMax"] = [rounded(row[5]) if row else None for row in found]
-    answer["online"] = [round(row[2] / row[3], 4) if row and row[3] else None for row in found]
+    answer["online"] = [share(row[2], row[3]) if row else None for row in found]
     if probes:
         answer["probes"] = probe_columns(slots, probes)
-    return json.dumps(answer, separators=(",", ":"))
+    return json.dumps(answer, separators=(",", ":"), allow_nan=False)
 
 
 def probe_columns(slots: list[int], rows: list[tuple[Any, ...]]) -> dict[str, Any]:
@@ -347,13 +348,25 @@ def probe_columns(slots: list[int], rows: list[tuple[Any, ...]]) -> dict[str, An
     for target, found in sorted(by_target.items()):
         answer[target] = {
             "rtt": [rounded(found[t][3]) if t in found else None for t in slots],
-            "loss": [round(found[t][5], 4) if t in found and found[t][5] is not None else None
-                     for t in slots]}
+            "loss": [rounded(found[t][5], 4) if t in found else None for t in slots]}
     return answer
 
 
-def rounded(value: Any) -> Any:
-    return round(value, 2) if isinstance(value, float) else value
+def rounded(value: Any, digits: int = 2) -> Any:
+    """A value for JSON: floats rounded, and None for what JSON cannot carry (a damaged
+    database can hold infinities).
+
+    >>> rounded(3.14159), rounded(float("inf")), rounded(7), rounded(None)
+    (3.14, None, 7, None)
+    """
+    if isinstance(value, float):
+        return round(value, digits) if math.isfinite(value) else None
+    return value
+
+
+def share(part: Any, whole: Any) -> float | None:
+    """part / whole for JSON, rounded to 4 digits; None without a whole or when not finite."""
+    return rounded(part / whole, 4) if whole else None
 
 
 # --- availability ------------------------------------------------------------------
@@ -500,12 +513,33 @@ def migrate(db: sqlite3.Connection) -> None:
         db.execute("ALTER TABLE samples ADD COLUMN seen REAL")
 
 
-def record_of(view: dict[str, Any]) -> dict[str, Any]:
-    """A stored server view back into the record it was made from (its report's blocks)."""
-    record = {key: view[key] for key in VIEW_FIELDS if key in view}
-    if view.get("loc"):
-        record["loc"] = view["loc"]
-    return record
+# What rows read back must hold to count (a damaged file can hold anything): seconds that a
+# year of steps could add up to, times before the year 5000.
+SANE_SECONDS = "online BETWEEN 0 AND 1e9 AND watched BETWEEN 0 AND 1e9"
+SANE_TIME = 1e11
+
+
+def history_problems(path: Path) -> list[str]:
+    """What a start would find wrong with history.db, read-only: [] when it is fine or not
+    there yet."""
+    if not path.exists():
+        return []
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=1)
+        try:
+            views = db.execute("SELECT server, record FROM latest").fetchall()
+        finally:
+            db.close()
+    except sqlite3.Error as exc:
+        return [advice(path, exc)]
+    problems = []
+    for sid, view in views:
+        try:
+            validate_report(view)
+        except (ReportError, TypeError) as exc:
+            problems.append(f"{path}: the last view of {str(sid)[:60]!r} is damaged ({exc}); "
+                            "a start drops it")
+    return problems
 
 
 def stored_interval(record: dict[str, Any]) -> float:
@@ -610,26 +644,30 @@ class Writer:
     def restore(self, now: float) -> dict[str, tuple[float, dict[str, Any]]]:
         """At start: every server's last seen time and last record; the ledger from the
         stored rows. The last seen time is the newest row's (at most one step old after
-        a kill -9): the last view itself is written only every few minutes."""
+        a kill -9): the last view itself is written only every few minutes. What the file
+        holds is checked as a report is: a damaged view is dropped, logged."""
         db = self.connection()
         latest = {}
         for sid, t, view in db.execute("SELECT server, t, record FROM latest").fetchall():
             try:
-                record = record_of(json.loads(view))
-            except (ValueError, TypeError, AttributeError):
-                log.warning("history: the last view of %r in %s is damaged; dropped", sid,
-                            self.path)
+                if not isinstance(view, str) or not finite(t) or not isinstance(sid, str):
+                    raise ReportError("damaged", "not a server's view")
+                record = validate_report(view)
+            except ReportError as exc:
+                log.error("history: %s: the last view of %r is damaged (%s); dropped",
+                          self.path, str(sid)[:60], exc)
                 continue
             seen = db.execute(f"SELECT MAX(seen) FROM samples WHERE tier = {FINE} AND "
-                              "server = ? AND t >= ?",
-                              (sid, int(t) // self.resolution * self.resolution)).fetchone()[0]
+                              "server = ? AND t >= ? AND seen < ?",
+                              (sid, int(t) // self.resolution * self.resolution,
+                               SANE_TIME)).fetchone()[0]
             latest[sid] = (max(float(t), seen or 0.0), record)
         self.known.update(latest)
         day_start = int(now) // HOUR * HOUR - 23 * HOUR
         for sid, hour, online, watched in db.execute(
                 f"SELECT server, t / {HOUR} * {HOUR} AS hour, SUM(online), SUM(watched) "
-                f"FROM samples WHERE tier = {FINE} AND t >= ? GROUP BY server, hour",
-                (day_start,)):
+                f"FROM samples WHERE tier = {FINE} AND t >= ? AND {SANE_SECONDS} "
+                "GROUP BY server, hour", (day_start,)):
             self.ledger.add(sid, hour, online, watched)
             self.known.add(sid)
         self.ledger.month = self.month_sums(db, day_start)
@@ -638,7 +676,8 @@ class Writer:
     def month_sums(self, db: sqlite3.Connection, day_start: int) -> dict[str, Any]:
         return {sid: (online, watched) for sid, online, watched in db.execute(
             f"SELECT server, SUM(online), SUM(watched) FROM samples WHERE tier = {HOURLY} "
-            "AND t >= ? AND t < ? GROUP BY server", (day_start - 30 * 24 * HOUR, day_start))}
+            f"AND t >= ? AND t < ? AND {SANE_SECONDS} GROUP BY server",
+            (day_start - 30 * 24 * HOUR, day_start))}
 
     def write_rows(self, closed: Closed) -> int:
         """The closed buckets, added to their rows in one transaction (the step's write

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Callable, NamedTuple
 from .alerts import Observed, observed_values
 from .config import COUNTRY_PATTERN, Config, ServerConfig
 from .history import History
-from .limits import VIEWER_BACKLOG_BYTES, VIEWER_MEMORY_BUDGET
+from .limits import VIEWER_BACKLOG_BYTES, viewer_memory_budget
 from .reports import REPORT_SCHEMA, VIEW_FIELDS, ReportError
 from .timings import COALESCE_SECONDS, DEFAULT_REPORT_INTERVAL, offline_after, silent_close_after
 from .traffic import Traffic, days_left, traffic_json, zone
@@ -40,16 +40,20 @@ def compact_encoder() -> Callable[[Any], str]:
 
     JSONEncoder.encode builds json's C encoder anew for every value; the hub encodes a
     few small ones per report (what changed, an id), where that was a third of the time.
-    This one is built once. No circular check: what it encodes came from JSON.
+    This one is built once. No circular check: what it encodes came from JSON. No NaN or
+    infinity either (what browsers' JSON.parse refuses): they raise, as with allow_nan=False.
 
         >>> compact_encoder()({"cpuInfo.percent": 5.5, "info": [1, None, True]})
         '{"cpuInfo.percent":5.5,"info":[1,null,true]}'
+        >>> compact_encoder()({"x": float("inf")})
+        Traceback (most recent call last):
+        ValueError: Out of range float values are not JSON compliant...
     """
     if c_make_encoder is None:  # a Python without json's C part
-        return json.JSONEncoder(separators=(",", ":")).encode
+        return json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
     fallback = json.JSONEncoder()
     chunks = c_make_encoder(None, fallback.default, encode_basestring_ascii, None, ":", ",",
-                            False, False, True)
+                            False, False, False)
     return lambda value: "".join(chunks(value, 0))
 
 
@@ -434,7 +438,7 @@ class Hub:
     def __init__(self, config: Config, broadcast: Broadcast,
                  loop: asyncio.AbstractEventLoop | None = None,
                  history: History | None = None, traffic: Traffic | None = None,
-                 viewer_budget: int = VIEWER_MEMORY_BUDGET) -> None:
+                 viewer_memory: int | None = None) -> None:
         self.config = config
         self.broadcast = broadcast
         self.history = history
@@ -448,7 +452,7 @@ class Hub:
         self.flush_handle: asyncio.TimerHandle | None = None
         self.snapshot_bytes = 0
         self.snapshots: dict[bool, tuple[float, str]] = {}  # per audience: (built, message)
-        self.viewer_budget = viewer_budget
+        self.viewer_memory = viewer_memory  # --viewer-memory, or None: by the snapshot
         self.viewers_cut = 0
         self.accepted = 0
         self.rejected: collections.Counter[str] = collections.Counter()
@@ -764,7 +768,8 @@ class Hub:
         """Cut viewers whose unsent bytes pass their own cap (1 MiB beyond a snapshot),
         then the largest backlogs until all viewers' together fit the memory budget."""
         backlogs = {ws: ws.transport.get_write_buffer_size() for ws in self.viewers}
-        cut = to_cut(backlogs, VIEWER_BACKLOG_BYTES + self.snapshot_bytes, self.viewer_budget)
+        budget = viewer_memory_budget(self.snapshot_bytes, self.viewer_memory)
+        cut = to_cut(backlogs, VIEWER_BACKLOG_BYTES + self.snapshot_bytes, budget)
         for ws in cut:
             log.warning("viewer disconnected: not reading (%d bytes queued)", backlogs[ws])
             self.viewers.pop(ws, None)

@@ -57,7 +57,11 @@ VIEWERS_TOTAL = 1000
 # to 4 MiB for a viewer that never reads, memory outside the process but inside its cgroup.
 VIEWER_SEND_BUFFER = 256 * 1024
 VIEWER_BACKLOG_BYTES = 1024 * 1024  # one viewer's unsent bytes beyond a snapshot
-VIEWER_MEMORY_BUDGET = 32 * 1024 * 1024  # all viewers' unsent bytes together (--viewer-memory)
+# All viewers' unsent bytes together (--viewer-memory): by default 32 MiB, or room for ten
+# viewers' snapshots and backlogs, when larger: a 10,000-server snapshot is about 11 MB, and
+# ten browsers joining at once needed the flag before (viewer_memory_budget).
+VIEWER_MEMORY_BUDGET = 32 * 1024 * 1024
+VIEWER_SNAPSHOTS = 10
 # Reports per agent connection: the agent's fastest pace is 1 s; a dashboard restart
 # flushes its queue of up to 100, so a burst is allowed.
 REPORTS_PER_SECOND = 10.0
@@ -226,6 +230,20 @@ class LogLimiter:
             forget_oldest(self.last)
         self.last[key] = now
         return self.held.pop(key, 0)
+
+
+def viewer_memory_budget(snapshot_bytes: int, configured: int | None = None) -> int:
+    """All viewers' unsent bytes together: `configured` (--viewer-memory), or by default
+    32 MiB or room for VIEWER_SNAPSHOTS snapshots of `snapshot_bytes` with their backlogs.
+
+    >>> viewer_memory_budget(1_000_000) >> 20, viewer_memory_budget(11_000_000) >> 20
+    (32, 114)
+    >>> viewer_memory_budget(11_000_000, configured=8 << 20) >> 20
+    8
+    """
+    if configured is not None:
+        return configured
+    return max(VIEWER_MEMORY_BUDGET, VIEWER_SNAPSHOTS * (snapshot_bytes + VIEWER_BACKLOG_BYTES))
 
 
 def held_back(count: int) -> str:

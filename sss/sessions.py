@@ -23,10 +23,12 @@ import hashlib
 import hmac
 import logging
 import os
+import re
 import secrets
 from pathlib import Path
+from typing import Any
 
-from .datafiles import JsonFile
+from .datafiles import JsonFile, entries, finite
 
 log = logging.getLogger("sss.dashboard")
 
@@ -147,12 +149,37 @@ class Sessions:
         self.file.save({key: dataclasses.asdict(s) for key, s in self.sessions.items()})
 
     def load(self) -> None:
-        data = self.file.load("everyone signs in again")
-        try:
-            self.sessions = {key: Session(**value) for key, value in (data or {}).items()}
-        except (TypeError, AttributeError) as exc:
-            log.error("sessions: %s holds no sessions (%s); everyone signs in again",
-                      self.path, exc)
+        self.sessions = self.file.load("everyone signs in again", sessions_from) or {}
+
+
+TOKEN_KEY = re.compile(r"[0-9a-f]{64}")  # token_key(): a SHA-256 in hex
+FINGERPRINT = re.compile(r"[0-9a-f]{16}")
+USER = re.compile(r"[A-Za-z0-9_.@-]{1,64}")  # config.USER_PATTERN
+
+
+def sessions_from(data: Any) -> tuple[dict[str, Session], list[str]]:
+    """The sessions of sessions.json, each checked: (sessions, one problem for each dropped).
+
+    >>> sessions_from({"ab": {"user": "alice", "expires": None, "password": "x"}})[1]
+    ["entry 'ab': not a session's key; dropped, the rest kept"]
+    """
+    return entries(data, dict, session_from, "sessions")
+
+
+def session_from(key: Any, fields: Any) -> Session:
+    """One saved session, or ValueError saying what is wrong with it."""
+    if not isinstance(key, str) or not TOKEN_KEY.fullmatch(key):
+        raise ValueError("not a session's key")
+    if not isinstance(fields, dict):
+        raise ValueError("not an object")
+    user, expires, password = fields.get("user"), fields.get("expires"), fields.get("password")
+    if not isinstance(user, str) or not USER.fullmatch(user):
+        raise ValueError("user must be a user name")
+    if not finite(expires):
+        raise ValueError(f"expires must be a time, got {expires!r:.40}")
+    if not isinstance(password, str) or not FINGERPRINT.fullmatch(password):
+        raise ValueError("password must be a password hash's fingerprint")
+    return Session(user, float(expires), password)
 
 
 def cookie_value(cookie_header: str | None) -> str | None:

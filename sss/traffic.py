@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from .datafiles import JsonFile
+from .datafiles import JsonFile, entries, whole
 
 Zone = datetime.tzinfo
 
@@ -221,14 +221,48 @@ class Traffic:
         self.file.save({sid: meter_fields(meter) for sid, meter in self.meters.items()})
 
     def load(self) -> None:
-        data = self.file.load("counting starts afresh")
-        try:
-            self.meters = {sid: Meter(Period(**m["current"]), m["last_in"], m["last_out"],
-                                      m["boot_time"], [Period(**p) for p in m["past"]])
-                           for sid, m in (data or {}).items()}
-        except (KeyError, TypeError, AttributeError) as exc:
-            log.error("traffic: %s holds no meters (%s); counting starts afresh", self.path,
-                      exc)
+        self.meters = self.file.load("counting starts afresh", meters_from) or {}
+
+
+def meters_from(data: Any) -> tuple[dict[str, Meter], list[str]]:
+    """The meters of traffic.json, each checked as strictly as a report: (meters, one
+    problem for each dropped).
+
+    >>> meters, problems = meters_from({"web-1": {"current": {"start": 0, "end": 10,
+    ...     "received": "many", "sent": 0}, "last_in": None, "last_out": None,
+    ...     "boot_time": None, "past": []}})
+    >>> meters, problems[0][:60]
+    ({}, "entry 'web-1': current.received must be a whole number, got ")
+    """
+    return entries(data, dict, meter_from, "meters")
+
+
+def meter_from(sid: Any, fields: Any) -> Meter:
+    """One saved meter, or ValueError saying what is wrong with it."""
+    if not isinstance(sid, str) or not isinstance(fields, dict):
+        raise ValueError("not a server id and an object")
+    counters = [fields.get(name) for name in ("last_in", "last_out", "boot_time")]
+    for name, value in zip(("last_in", "last_out", "boot_time"), counters):
+        if value is not None and not whole(value):
+            raise ValueError(f"{name} must be a whole number or null, got {value!r:.40}")
+    past = fields.get("past")
+    if not isinstance(past, list) or len(past) > KEPT_PERIODS:
+        raise ValueError(f"past must be a list of at most {KEPT_PERIODS} periods")
+    return Meter(period_from(fields.get("current"), "current"), *counters,
+                 [period_from(p, f"past[{i}]") for i, p in enumerate(past)])
+
+
+def period_from(fields: Any, name: str) -> Period:
+    """One saved period: whole numbers, bytes not negative, its start before its end."""
+    if not isinstance(fields, dict):
+        raise ValueError(f"{name} must be an object")
+    values = [fields.get(key) for key in ("start", "end", "received", "sent")]
+    for key, value in zip(("start", "end", "received", "sent"), values):
+        if not whole(value):
+            raise ValueError(f"{name}.{key} must be a whole number, got {value!r:.40}")
+    if values[0] >= values[1]:
+        raise ValueError(f"{name} ends before it starts")
+    return Period(*values)
 
 
 def meter_fields(meter: Meter) -> dict[str, Any]:

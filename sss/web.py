@@ -33,7 +33,6 @@ from .config import PLACEHOLDER_SECRET
 from .history import RANGES
 from .hub import Hub
 from .limits import (
-    VIEWER_MEMORY_BUDGET,
     VIEWER_SEND_BUFFER,
     VIEWERS_PER_ADDRESS,
     VIEWERS_TOTAL,
@@ -96,7 +95,7 @@ class Options:
     trusted_proxies: frozenset[str] = frozenset()
     max_viewers: int = VIEWERS_TOTAL
     viewers_per_address: int = VIEWERS_PER_ADDRESS
-    viewer_memory: int = VIEWER_MEMORY_BUDGET
+    viewer_memory: int | None = None  # bytes; None: by the snapshot (viewer_memory_budget)
 
 
 class AgentIdentity(NamedTuple):
@@ -394,7 +393,7 @@ def api_traffic(site: Site, request: Request, access: Access) -> Response:
         return refusal or text_response(HTTPStatus.NOT_FOUND, "traffic is not counted")
     plan = site.hub.servers[sid].config.traffic
     periods = site.hub.traffic.periods(sid, plan, time.time())
-    return json_response(json.dumps({"id": sid, "periods": periods}))
+    return json_response(json.dumps({"id": sid, "periods": periods}, allow_nan=False))
 
 
 def api_alerts(site: Site, request: Request, access: Access) -> Response:

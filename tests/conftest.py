@@ -75,6 +75,19 @@ def require_tool(name: str, package: str) -> str:
     return path
 
 
+def require_system_websockets() -> Path:
+    """Debian's own python3 with Debian's python3-websockets, which the installer's tests
+    use (they reach no package index): skip without it, but fail under CI=true."""
+    system = Path("/usr/bin/python3")
+    if not system.exists() or subprocess.run([str(system), "-c", "import websockets"],
+                                             capture_output=True).returncode:
+        missing = "/usr/bin/python3 has no websockets (apt-get install python3-websockets)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI=true but {missing}")
+        pytest.skip(missing)
+    return system
+
+
 def server_entry(sid: str, **fields: Any) -> dict[str, Any]:
     return {"id": sid, "secret": SECRET, **fields}
 
@@ -172,6 +185,11 @@ class Dashboard(LoggedProcess):
         self.config_path = directory / "servers.json"
         self.write_config(config)
         self.port = 0
+
+    @property
+    def data(self) -> Path:
+        """Its data directory: data/ beside servers.json, the default."""
+        return self.directory / "data"
 
     def write_config(self, config: dict[str, Any] | str) -> None:
         text = config if isinstance(config, str) else json.dumps(config)

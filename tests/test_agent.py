@@ -9,12 +9,14 @@ import json
 import os
 import random
 import re
+import shutil
 import signal
 import socket
 import ssl
 import struct
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -30,6 +32,7 @@ from conftest import (
     LoggedProcess,
     free_port,
     go_report,
+    require_system_websockets,
     require_tool,
     server_entry,
     server_in,
@@ -43,6 +46,7 @@ import agent
 import dashboard
 from sss import reports, timings
 
+README = (HERE / "README.md").read_text()
 SETTINGS = agent.Settings(server="ws://127.0.0.1:1/ws-report", server_id="web-1", secret=SECRET)
 FACTS = agent.HostFacts("linux", "debian", "debian", "12", "6.1.0", "x86_64", "kvm",
                         ("Test CPU x 2 Virtual Core",))
@@ -586,29 +590,6 @@ def test_a_missing_websockets_is_one_line_and_exit_2(script: str, args: list[str
     assert "needs websockets" in result.stderr and "install" in result.stderr
 
 
-def test_the_dashboards_sub_commands_need_no_websockets(tmp_path: Path) -> None:
-    """README shows them with Debian's own python3, which has no websockets: before, they
-    exited 2 with "needs websockets"."""
-    from test_alerts import Receiver
-    hook = Receiver()
-    try:
-        config = tmp_path / "servers.json"
-        config.write_text(json.dumps({"servers": [server_entry("alpha")], "notifiers": [
-            {"name": "ops", "type": "webhook", "url": hook.url}]}))
-        bare = [sys.executable, "-S", str(HERE / "dashboard.py"), "--config", str(config)]
-        hashed = subprocess.run([*bare, "--hash-password"], input="correct horse battery\n",
-                                capture_output=True, text=True, timeout=60)
-        assert hashed.returncode == 0 and hashed.stdout.startswith("scrypt$"), hashed.stderr
-        sent = subprocess.run([*bare, "--test-notify", "ops"], capture_output=True, text=True,
-                              timeout=60)
-        assert sent.returncode == 0 and sent.stdout.startswith("ok: sent"), sent.stdout
-        assert "SimpleServerStatus test message" in hook.wait(1)[0][2]["text"]
-        helped = subprocess.run([*bare, "--help"], capture_output=True, text=True, timeout=60)
-        assert helped.returncode == 0 and "--hash-password" in helped.stdout
-    finally:
-        hook.close()
-
-
 def test_help_shows_defaults_and_the_environment_but_never_a_secret() -> None:
     result = subprocess.run([AGENT_PYTHON, str(HERE / "agent.py"), "--help"],
                             env={**os.environ, "SSS_SECRET": "env-secret-value-123"},
@@ -750,6 +731,7 @@ def start_printed_agent(dash: Dashboard, printed: str) -> str:
 
 def test_install_sh_installs_upgrades_and_uninstalls(make_dashboard: Any,
                                                      tmp_path: Path) -> None:
+    require_system_websockets()  # its venv reuses Debian's websockets
     dash: Dashboard = make_dashboard()
     prefix, env_file = tmp_path / "opt/sss-agent", tmp_path / "etc/sss-agent.env"
     environ = INSTALL_ENV
@@ -788,12 +770,7 @@ def test_install_sh_uses_the_distributions_websockets(make_dashboard: Any,
                                                     tmp_path: Path) -> None:
     """The apt path: Debian's python3-websockets (CI installs it), the system python3, no
     venv and no pip (PIP_NO_INDEX would make any pip install fail)."""
-    system = Path("/usr/bin/python3")
-    if not system.exists() or subprocess.run(
-            [str(system), "-c", "import websockets"], capture_output=True).returncode:
-        if os.environ.get("CI") == "true":
-            pytest.fail("CI=true but Debian's python3-websockets is missing")
-        pytest.skip("no /usr/bin/python3 with websockets (apt-get install python3-websockets)")
+    require_system_websockets()
     dash: Dashboard = make_dashboard()
     prefix, env_file = tmp_path / "opt/sss-agent", tmp_path / "etc/sss-agent.env"
     script = f'curl -fsSL {dash.url("")}/install.sh | sh -s -- "$@"'
@@ -818,6 +795,7 @@ def test_install_sh_uses_the_distributions_websockets(make_dashboard: Any,
 
 def test_install_sh_failure_names_the_step_and_leaves_nothing(make_dashboard: Any,
                                                               tmp_path: Path) -> None:
+    require_system_websockets()  # its venv reuses Debian's websockets
     dash: Dashboard = make_dashboard()
     prefix = tmp_path / "sss-agent"
     script = (dashboard.HERE / "install.sh").read_text()
@@ -844,11 +822,61 @@ def test_install_sh_failure_names_the_step_and_leaves_nothing(make_dashboard: An
     assert not prefix.exists() and "wrong-0451" not in dash.log_text()
 
 
+def path_without_sudo(folder: Path) -> str:
+    """A PATH holding every tool of this box but sudo (links in `folder`)."""
+    folder.mkdir(mode=0o755)
+    for directory in ("/usr/local/bin", "/usr/bin", "/bin", "/usr/sbin", "/sbin"):
+        for tool in Path(directory).glob("*"):
+            if tool.name != "sudo" and not (folder / tool.name).exists():
+                (folder / tool.name).symlink_to(tool)
+    return str(folder)
+
+
+def test_the_one_line_install_needs_no_sudo_as_root(make_dashboard: Any,
+                                                    tmp_path: Path) -> None:
+    """README's line, as root on a box without sudo. Before, it piped to `sudo sh`:
+    "sudo: command not found" and a curl write error."""
+    require_system_websockets()
+    dash: Dashboard = make_dashboard()
+    line = re.search(r"^(curl -fsSL http://DASHBOARD:8900/install\.sh \| .*)$", README, re.M)
+    assert line and "sudo" not in line[1], line
+    command = (line[1].replace("http://DASHBOARD:8900", dash.url("").rstrip("/"))
+               .replace("--id ID --secret SECRET", f"--id alpha --secret {SECRET}"))
+    prefix, env_file = tmp_path / "opt/sss-agent", tmp_path / "etc/sss-agent.env"
+    done = subprocess.run(
+        ["sh", "-c", f"{command} --prefix {prefix} --env-file {env_file} --no-systemd"],
+        env={**INSTALL_ENV, "PATH": path_without_sudo(tmp_path / "bin")},
+        capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr + done.stdout
+    assert "sudo" not in done.stderr and (prefix / "agent.py").exists()
+
+
+def test_the_one_line_install_says_what_it_needs_without_root_or_sudo(
+        make_dashboard: Any, tmp_path: Path) -> None:
+    """Another user, no sudo: one plain message naming root and the per-user options."""
+    runuser = require_tool("runuser", "util-linux")
+    dash: Dashboard = make_dashboard()
+    tools = Path(tempfile.mkdtemp(prefix="sss-path-"))  # readable by nobody, unlike tmp_path
+    tools.chmod(0o755)
+    try:
+        script = f"curl -fsSL {dash.url('/install.sh')} | sh -s -- --id alpha --secret {SECRET}"
+        refused = subprocess.run(
+            [runuser, "-u", "nobody", "--", "env", f"PATH={path_without_sudo(tools / 'bin')}",
+             "sh", "-c", script], cwd="/", capture_output=True, text=True, timeout=120)
+    finally:
+        shutil.rmtree(tools)
+    assert refused.returncode == 1
+    assert "needs root, and there is no sudo here" in refused.stderr, refused.stderr
+    assert "--no-systemd" in refused.stderr and "command not found" not in refused.stderr
+    assert not Path("/opt/sss-agent").exists() or Path("/opt/sss-agent").stat().st_uid == 0
+
+
 PUNCTUATED = "s3cret!#%&*(),;?[]~+/=:@-0123456789"  # every character install.sh allows
 
 
 def test_install_sh_writes_values_that_sh_and_systemd_read_literally(
         make_dashboard: Any, tmp_path: Path) -> None:
+    require_system_websockets()  # its venv reuses Debian's websockets
     dash: Dashboard = make_dashboard([{"id": "alpha", "secret": PUNCTUATED}])
     prefix, env_file = tmp_path / "opt/sss-agent", tmp_path / "etc/sss-agent.env"
     script = f'curl -fsSL {dash.url("")}/install.sh | sh -s -- "$@"'

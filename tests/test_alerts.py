@@ -134,14 +134,19 @@ def test_firing_state_survives_a_restart(tmp_path: Path) -> None:
     first = alerts.Evaluator(started=T0 - 3600)
     judge(first, (down,), [seen(online=False)], T0)
     assert saved.save(alerts.firing_rows(first.firing))
-    restarted = alerts.Evaluator(started=T0 + 100,
-                                 firing=alerts.firing_from(saved.load(""), T0 + 100, T0 + 100))
+    firing, problems = alerts.firing_from(saved.read()[0], T0 + 100, T0 + 100)
+    assert problems == []
+    restarted = alerts.Evaluator(started=T0 + 100, firing=firing)
     assert judge(restarted, (down,), [seen(online=False)], T0 + 200) == []  # no repeat
     (back,) = judge(restarted, (down,), [seen(cpu=1)], T0 + 300)
     assert back.state == "resolved" and back.since == T0  # and not forgotten
     (tmp_path / "broken.json").write_text("{")
-    assert JsonFile(tmp_path / "broken.json", "alerts", "").load("") is None
-    assert alerts.firing_from([{"alert": "x"}], T0, T0) == {}
+    assert JsonFile(tmp_path / "broken.json", "alerts", "").read()[0] is None
+    damaged = [{"alert": "x"}, {"alert": "down", "id": "web-1", "since": 1e400, "value": None,
+                                "last_sent": T0}, *alerts.firing_rows(first.firing)]
+    kept, problems = alerts.firing_from(damaged, T0, T0)
+    assert list(kept) == [("down", "web-1")] and len(problems) == 2  # the good one kept
+    assert all(p.startswith("entry ") and "dropped" in p for p in problems)
 
 
 def test_durations_run_on_the_monotonic_clock_whatever_the_wall_clock_does() -> None:
@@ -165,7 +170,7 @@ def test_durations_run_on_the_monotonic_clock_whatever_the_wall_clock_does() -> 
     first = alerts.Evaluator(started=0.0)
     judge(first, (cpu,), [seen(cpu=95)], T0)
     restarted = alerts.Evaluator(50.0, alerts.firing_from(alerts.firing_rows(first.firing),
-                                                          50.0, T0 + 120))
+                                                          50.0, T0 + 120)[0])
     assert judge(restarted, (cpu,), [seen(cpu=95)], 529.0) == []
     (reminder,) = restarted.evaluate((cpu,), [seen(cpu=95)], 530.0, T0 + 600)
     assert reminder.text() == "🔥 Web 1 (Frankfurt) CPU 95 % for 10m (above 90)"
@@ -408,7 +413,7 @@ def test_the_card_and_header_show_firing_alerts(make_dashboard: Any, receivers: 
     dash, _ = offline_fired(make_dashboard, receivers)
     page = page_on(dash)
     alpha = card(page, "alpha")
-    alpha.locator(".firing", has_text="🔥 down for").wait_for(timeout=10_000)
+    alpha.locator(".firing", has_text="🔥 down since ").wait_for(timeout=10_000)
     assert page.locator("#alerts").inner_text() == "1"
     with dash.agent("alpha") as agent:
         agent.send(json.dumps(go_report(reportInterval=0.5)))

@@ -108,7 +108,7 @@ class WallClock:
 
 
 def fine_rows(dash: Dashboard) -> dict[int, int]:
-    db = sqlite3.connect(f"file:{dash.directory / 'history.db'}?mode=ro", uri=True)
+    db = sqlite3.connect(f"file:{dash.data / 'history.db'}?mode=ro", uri=True)
     try:
         return dict(db.execute("SELECT t, n FROM samples WHERE tier = 0 AND server = 'alpha'"))
     finally:

@@ -1393,6 +1393,67 @@ def test_page_detail_view_charts_history(make_dashboard: Any, make_agent: Any,
     assert re.fullmatch(r"30 d \d+\.\d\d %", card(page, "alpha").locator(".month").inner_text())
 
 
+LONG_VALUES = {"cpuInfo": {"percent": 99.9, "info": ["Intel(R) Xeon(R) CPU E5-2680 v4 x 16"]},
+               "reportInterval": 1,
+               "extraInfo": {"diskReadSpeed": 95.4 * 2**20, "diskWriteSpeed": 123.4 * 2**20,
+                             "tcpConnections": 123456, "udpConnections": 4567,
+                             "processes": 12345},
+               "networkInfo": {"netInSpeed": 987654321, "netOutSpeed": 123456789,
+                               "netInTransfer": 10**13, "netOutTransfer": 2 * 10**13}}
+
+
+def test_page_long_values_fit_at_both_widths(make_dashboard: Any, page_on: Any) -> None:
+    """Every chart and card with long values, in Chromium at 1280 and 375 px. Before: the
+    Disk IO axis showed "5.4 MiB/s" for 95.4, CPU's two series shared one key colour, phrases
+    wrapped in the middle ("resets / in 28 d"), and an alert read "traffic for 0 s"."""
+    dash: Dashboard = make_dashboard([server_entry(
+        "alpha", name="A server with a rather long name that goes on", group="Frankfurt",
+        traffic={"limit": "2 TiB"}, expires="2027-03-01", price="4.50 EUR/month")],
+        start=False, notifiers=[{"name": "ops", "type": "webhook", "url": "http://127.0.0.1:9/"}],
+        alerts=[{"name": "traffic", "metric": "cpu", "above": 90, "notify": ["ops"]}])
+    dash.start("--history-resolution", "1")
+    SCREENSHOTS.mkdir(exist_ok=True)
+    with dash.agent("alpha") as agent:
+        for _ in range(4):
+            agent.send(json.dumps(go_report(**LONG_VALUES)))
+            time.sleep(0.6)
+        for width in (1280, 375):
+            page = page_on(dash, viewport={"width": width, "height": 900})
+            try:
+                alpha = card(page, "alpha")
+                alpha.and_(page.locator(".online")).wait_for(timeout=10_000)
+                assert re.fullmatch(r"🔥 traffic since \d\d:\d\d",
+                                    alpha.locator(".firing").inner_text())
+                for phrase in (".ago", ".quota-text span", ".plan span", ".month", ".val"):
+                    lines = alpha.locator(phrase).evaluate_all(
+                        "nodes => nodes.map(n => [n.textContent, n.getClientRects().length])")
+                    assert all(count == 1 for _, count in lines), (phrase, lines)
+                name_width = alpha.locator("h3").evaluate("n => n.getBoundingClientRect().width")
+                assert name_width >= 140, name_width  # not squeezed by "updated 2 s ago"
+                page.goto(dash.url("/#/server/alpha"))
+                page.locator(".plot canvas").nth(6).wait_for(timeout=10_000)
+                wait_until(page, "detail.plots.every(u => u.axes[1]._values)")
+                axes = page.evaluate("""detail.plots.map(u => {
+                    const axis = u.axes[1];
+                    u.ctx.font = axis.font[0];
+                    const widest = Math.max(...axis._values.map(v => u.ctx.measureText(v).width));
+                    return [axis._values, widest / devicePixelRatio, axis._size];
+                })""")
+                for labels, widest, size in axes:
+                    assert widest + 8 <= size, (labels, widest, size)  # nothing cut off
+                assert any("95.4 MiB/s" in labels or "100 MiB/s" in labels
+                           for labels, _, _ in axes), axes
+                keys = page.locator(".plot .keys").evaluate_all(
+                    "boxes => boxes.map(b => [...b.querySelectorAll('i')].map("
+                    "i => getComputedStyle(i).backgroundColor))")
+                assert all(len(set(colors)) == len(colors) for colors in keys), keys
+                assert page.evaluate("document.documentElement.scrollWidth") <= width
+            except BaseException:
+                page.screenshot(path=str(SCREENSHOTS / f"long-values-{width}px.png"),
+                                full_page=True)
+                raise
+
+
 def luminance(css_color: str) -> float:
     r, g, b = (int(v) for v in re.findall(r"\d+", css_color)[:3])
     return (0.2126 * r + 0.7152 * g + 0.0722 * b) / 255

@@ -273,7 +273,7 @@ def test_graceful_stop_keeps_the_open_bucket(make_dashboard: Any) -> None:
         agent.send(json.dumps(go_report(cpuInfo={"percent": 42.0, "info": []})))
         time.sleep(0.5)
     assert dash.stop() == 0
-    db = sqlite3.connect(dash.directory / "history.db")
+    db = sqlite3.connect(dash.data / "history.db")
     assert db.execute("SELECT cpu FROM samples WHERE server = 'alpha'").fetchall() == [(42.0,)]
 
 
@@ -281,7 +281,7 @@ def test_no_history_and_a_read_only_data_directory(make_dashboard: Any, tmp_path
     off: Dashboard = make_dashboard(start=False).start("--no-history")
     assert off.get_json("/healthz")["history"] == "off"
     assert off.get("/api/history?id=alpha&range=1h")[0] == 404
-    assert not (off.directory / "history.db").exists()
+    assert not (off.data / "history.db").exists()
 
     # A data directory that cannot be created (its parent is a file: this holds for root
     # too), then a corrupt database: one clear line each, and the live page keeps working.
@@ -607,7 +607,7 @@ def test_an_always_reporting_agent_reads_100_percent_across_a_restart(
     dash.start("--history-resolution", "2")
     restarted = time.time()
     dash.wait_for_log(r"agent connected: id=alpha", after=mark, timeout=15)
-    db = sqlite3.connect(dash.directory / "history.db")
+    db = sqlite3.connect(dash.data / "history.db")
     wait_until(lambda: db.execute(  # a step wholly after the restart is written
         "SELECT COUNT(*) FROM samples WHERE tier = 0 AND server = 'alpha' AND t >= ?",
         (restarted + 2,)).fetchone()[0] > 0)
@@ -642,7 +642,7 @@ def test_a_kill_in_the_writers_window_loses_only_the_step_in_progress(
             agent.send(json.dumps(go_report(cpuInfo={"percent": float(cpu), "info": []})))
         dash.wait_for_log("holding the rollup transaction", timeout=10)
         dash.kill()
-    db = sqlite3.connect(dash.directory / "history.db")
+    db = sqlite3.connect(dash.data / "history.db")
     assert db.execute("SELECT SUM(n), AVG(cpu) FROM samples WHERE tier = 0 AND "
                       "server = 'alpha'").fetchone() == (5, 2.0)
 

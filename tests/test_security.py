@@ -109,6 +109,24 @@ def test_viewers_that_never_read_stay_within_the_memory_budget(make_dashboard: A
             sock.close()
 
 
+def test_ten_viewers_of_a_big_fleet_need_no_flag(make_dashboard: Any) -> None:
+    """The viewers' budget scales with the snapshot: ten browsers that have not read their
+    snapshot yet (idle, the worst case) are all kept by default. Before, 32 MiB held three
+    snapshots of a 10,000-server dashboard, and README said to raise --viewer-memory."""
+    dash: Dashboard = make_dashboard(big_fleet(10_000))
+    snapshot = len(dash.get("/api/servers")[2])
+    assert snapshot > 4_000_000
+    idle = [idle_viewer(dash, "127.0.6.1") for _ in range(10)]
+    try:
+        with dash.viewer(max_size=None) as watcher:
+            recv_json(watcher, timeout=20)  # served after them: nobody was cut
+        assert dash.metric("sss_viewers_cut_total") == 0
+        assert dash.metric("sss_viewer_backlog_bytes") > 8 * snapshot  # they hold it all
+    finally:
+        for sock in idle:
+            sock.close()
+
+
 def test_viewers_are_capped_per_address(make_dashboard: Any) -> None:
     dash: Dashboard = make_dashboard(start=False).start("--viewers-per-address", "3")
     with contextlib.ExitStack() as stack:

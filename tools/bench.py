@@ -1295,11 +1295,25 @@ def bench_churn(agents: int, churning: int, duration: float, interval: float = 5
         finally:
             stop(dash)
             load.kill()
-    warm = [rss for minute, rss in curve if minute >= 3]
-    growth = (warm[-1] - warm[0]) / max(len(warm) - 1, 1) if len(warm) > 1 else 0.0
+    warm = [(minute, rss) for minute, rss in curve if minute >= 3]
     return {"agents": agents, "churning": churning, "duration": duration,
-            "interval": interval, "viewers": viewers,
-            "reconnects": reconnects, "rss_curve": curve, "growth_mb_per_minute": growth}
+            "interval": interval, "viewers": viewers, "growth_mb_per_minute": slope(warm),
+            "reconnects": reconnects, "rss_curve": curve}
+
+
+def slope(points: list[tuple[float, float]]) -> float:
+    """The least-squares slope of (x, y) points: a trend that one noisy sample does not
+    make (the first and last minute alone swing by half a megabyte).
+
+    >>> slope([(3, 10.0), (4, 10.5), (5, 10.0), (6, 10.5)])
+    0.1
+    """
+    if len(points) < 2:
+        return 0.0
+    mean_x = statistics.fmean(x for x, _ in points)
+    mean_y = statistics.fmean(y for _, y in points)
+    spread = sum((x - mean_x) ** 2 for x, _ in points)
+    return round(sum((x - mean_x) * (y - mean_y) for x, y in points) / spread, 6)
 
 
 def print_churn(r: dict[str, Any]) -> None:
@@ -1307,7 +1321,8 @@ def print_churn(r: dict[str, Any]) -> None:
           f"{r['churning']} reconnecting every 10 s, {r['viewers']} viewers coming and going, "
           f"{r['duration'] / 60:.0f} min, {r['reconnects']} reconnects")
     print("  minute, dashboard RSS MB: " + ", ".join(f"{m}: {v}" for m, v in r["rss_curve"]))
-    print(f"  after minute 3: {r['growth_mb_per_minute'] * 1024:+.0f} KiB per minute")
+    print(f"  after minute 3: {r['growth_mb_per_minute'] * 1024:+.0f} KiB per minute (the "
+          "least-squares slope)")
 
 
 # --- main ----------------------------------------------------------------------
