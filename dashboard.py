@@ -131,7 +131,7 @@ async def run(config: Config, config_path: Path, args: argparse.Namespace,
                       None if args.viewer_memory is None else args.viewer_memory << 20)
     dashboard = Dashboard(config, config_path, options, history, data, Files.beside(HERE))
     loop = asyncio.get_running_loop()
-    loop.set_exception_handler(runtime.AcceptErrors())
+    loop.set_exception_handler(runtime.LoopErrors())
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)

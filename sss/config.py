@@ -211,6 +211,10 @@ def parse_config(data: Any, source: str) -> tuple[Config, list[str]]:
         errors.append(f'{source}: field "metricsToken" must be a string of at least 16 '
                       f"characters; make one with {SECRET_HINT}")
         metrics_token = ""
+    if not viewers.public and not metrics_token:
+        warnings.append(f'{source}: the dashboard is private and has no "metricsToken", so '
+                        "/metrics answers 401 to everyone; for Prometheus, add one made with "
+                        f"{SECRET_HINT}")
     probes = parse_probes(data.get("probes", {}), source, errors)
     known = {target.name for target in probes.targets}
     for index, server in enumerate(servers.values()):

@@ -16,12 +16,13 @@ schedules. websockets is used through its public API here (transport.py holds th
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import dataclasses
 import json
 import logging
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Iterator
 from http import HTTPStatus
 from pathlib import Path
 from typing import NamedTuple
@@ -43,8 +44,10 @@ from .limits import (
     FLOOD_WINDOW,
     REPORT_BURST,
     REPORTS_PER_SECOND,
+    SIGN_IN_WORKERS,
     Burst,
     TokenBucket,
+    address_key,
 )
 from .probes import probes_frame
 from .reports import MAX_FRAME_BYTES, ReportError, validate_report
@@ -52,11 +55,19 @@ from .sessions import Sessions, check_password
 from .timings import TICK_SECONDS, WallWatch, jump_words, reconnect_spread
 from .traffic import SAVE_SECONDS, Traffic, zone
 from .transport import Connection, broadcast_framed, forget_handshake, ignore_frame
-from .web import Files, Options, Site, banned_response, count_failure, route_request, text_response
+from .web import (
+    Files,
+    Options,
+    Site,
+    banned_response,
+    log_ban,
+    route_request,
+    text_response,
+)
 
 log = logging.getLogger("sss.dashboard")
 
-LOGIN_TIMEOUT = 10.0  # a sign-in socket that says nothing is closed
+LOGIN_IDLE = 5.0  # a sign-in socket that says nothing for this long is closed
 SESSIONS_EXPIRE_EVERY = 60.0  # sessions that ran out are forgotten this often
 # Checked against for unknown user names, so they take as long as known ones.
 DUMMY_HASH = ("scrypt$16384$8$1$AAAAAAAAAAAAAAAAAAAAAA==$"
@@ -77,7 +88,7 @@ class Dashboard:
         self.alerting = Alerting(data / "alerts.json", time.monotonic(), time.time())
         self.alerting.configure(config.notifiers)
         self.wall_watch = WallWatch(time.monotonic(), time.time())
-        self.sessions = Sessions(data / "sessions.json")
+        self.sessions = Sessions(data / "sessions.json", ended=self.close_sessions)
         self.sessions.load()
         self.sessions.expire(config.viewers.users, self.steady())
         self.sessions_expired = time.monotonic()
@@ -92,6 +103,9 @@ class Dashboard:
         self.closing: set[asyncio.Future[None]] = set()  # kept referenced until done
         # Every agent's Connection.take_frame: one bound method, not one per connection.
         self.take_whole_frame = self.take_agent_frame
+        # Passwords are checked here, on threads of their own (16 MiB and ~50 ms each).
+        self.password_checks = concurrent.futures.ThreadPoolExecutor(
+            SIGN_IN_WORKERS, "sss-sign-in")
         self.collections = runtime.FullCollections(time.monotonic())
         # Bursts of dropped and of invalid reports, per agent (one table for all of them:
         # 10,000 connections do not each carry two).
@@ -101,6 +115,17 @@ class Dashboard:
     def steady(self) -> float:
         """Wall time that never jumps forward: what retention and sessions go by."""
         return self.wall_watch.steady(time.monotonic())
+
+    def close_sessions(self, keys: list[str]) -> None:
+        """The viewers of sessions that ended (signed out, ran out, a password changed or
+        the user removed) see no more: their sockets are closed (the page then watches as
+        what it is now, or signs in)."""
+        ended = set(keys)
+        hub = self.hub
+        for ws in [ws for ws in [*hub.viewers, *hub.joining]
+                   if getattr(ws, "session", None) in ended]:
+            hub.remove_viewer(ws)
+            self.close_later(Closing(ws, CloseCode.POLICY_VIOLATION, "signed out"))
 
     def close_later(self, closing: Closing) -> None:
         """Close without waiting for the peer's answer."""
@@ -126,40 +151,57 @@ class Dashboard:
         """Dispatch by who connected; process_request vetted it and stored who it is."""
         if ws.agent is not None:  # type: ignore[attr-defined]
             await self.serve_agent(ws)
-        elif hasattr(ws, "login_from"):
+        elif ws.login_from is not None:  # type: ignore[attr-defined]
             await self.serve_login(ws)
         else:
             await self.serve_viewer(ws)
 
     async def serve_login(self, ws: ServerConnection) -> None:
-        """One sign-in attempt: {"user", "password"} in, a ticket or an error out."""
+        """One sign-in attempt: {"user", "password"} in, a ticket or an error out.
+
+        A guess counts as a failed attempt as it arrives, before its password is checked,
+        and is forgiven if it was right: guesses sent together on sockets opened before
+        count all at once, not after scrypt has answered each. The checks run one per
+        address at a time, SIGN_IN_CHECKS in all, on SIGN_IN_WORKERS threads of their own."""
         address = ws.login_from  # type: ignore[attr-defined]
         try:
-            frame = await asyncio.wait_for(ws.recv(), LOGIN_TIMEOUT)
+            frame = await asyncio.wait_for(ws.recv(), LOGIN_IDLE)
             attempt = json.loads(frame)
             user, password = str(attempt["user"])[:64], str(attempt["password"])[:1024]
         except (asyncio.TimeoutError, ConnectionClosed, ValueError, KeyError, TypeError):
             await ws.close(CloseCode.POLICY_VIOLATION, "expected a user and a password")
             return
-        now, who = time.monotonic(), f"user:{user}"
-        refusal = banned_response(self.site, address, who, now)
-        if refusal is not None:
+        now, who, site = time.monotonic(), f"user:{user}", self.site
+        refusal = banned_response(site, address, who, now)
+        busy = "" if refusal is not None else site.connections.checks.add(address)
+        if refusal is not None or busy:
+            if busy:
+                site.refuse("sign_in_busy", ("sign_in_busy", address_key(address)),
+                            f"viewer sign-in from {address} refused: {busy}", now)
+            error = refusal.body.decode().strip() if refusal else f"{busy}; try again"
             with contextlib.suppress(ConnectionClosed):
-                await ws.send(json.dumps({"ok": False, "error": refusal.body.decode().strip()}))
+                await ws.send(json.dumps({"ok": False, "error": error}))
                 await ws.close()
             return
+        banned = site.limiter.fail(address, who, now)  # counted now; forgiven if right
+        if banned:
+            log_ban(site, address, banned)
         users = self.hub.config.viewers.users
         stored = users.get(user, DUMMY_HASH)  # as slow for unknown users as for known ones
-        loop = asyncio.get_running_loop()
-        matches = await loop.run_in_executor(None, check_password, password, stored)
-        if matches and user in users:
+        try:
+            matches = await asyncio.get_running_loop().run_in_executor(
+                self.password_checks, check_password, password, stored)
+        finally:
+            site.connections.checks.remove(address)
+        if matches and self.hub.config.viewers.users.get(user) == stored:  # still so
+            site.limiter.forgive(address, who, banned)
+            site.limiter.succeeded(address, now)
             log.info("viewer sign-in: %r from %s", user, address)
-            self.site.limiter.succeeded(address, now)
             answer = {"ok": True, "ticket": self.sessions.ticket(user, time.monotonic())}
         else:
-            count_failure(self.site, address, who, "sign_in",
-                          f"viewer sign-in refused: {user[:64]!r} from {address}: "
-                          "wrong user name or password", now)
+            site.refuse("sign_in", ("sign_in", address_key(address)),
+                        f"viewer sign-in refused: {user[:64]!r} from {address}: "
+                        "wrong user name or password", now)
             answer = {"ok": False, "error": "wrong user name or password"}
         with contextlib.suppress(ConnectionClosed):
             await ws.send(json.dumps(answer))
@@ -289,34 +331,48 @@ class Dashboard:
     # --- housekeeping ---
 
     async def housekeeping(self) -> None:
-        """Once a second: offline transitions, silent connections, expired bans."""
+        """Once a second: tick()."""
         while True:
             await asyncio.sleep(TICK_SECONDS)
-            now = time.monotonic()
-            gone, closes = self.hub.tick(now)
-            for sid in gone:
-                log.info("server offline: id=%s", sid)
-            for closing in closes:
-                log.warning("agent closed: id=%s: %s", closing.connection.agent.server_id,
-                            closing.reason)
-                self.close_later(closing)
-            wall = time.time()
-            jump = self.wall_watch.observe(now, wall)
-            if jump:
-                log.warning("wall clock jumped %s (durations are measured on the monotonic "
-                            "clock; nothing is deleted or expired for this jump until a "
-                            "restart)", jump_words(jump))
-            self.site.limiter.expire(now)
-            self.floods.expire(now)
-            self.invalid.expire(now)
-            self.evaluate_alerts(now, wall)
-            if now - self.sessions_expired >= SESSIONS_EXPIRE_EVERY:
-                self.sessions.expire(self.hub.config.viewers.users, self.steady())
-                self.sessions_expired = now
-            if self.collections.run_if_due(self.site.closed, now):
-                self.site.closed = 0
-            if int(now) % runtime.TRIM_SECONDS == 0:
-                runtime.give_back_memory()
+            with self.surviving("housekeeping"):
+                self.tick(time.monotonic(), time.time())
+
+    @contextlib.contextmanager
+    def surviving(self, work: str) -> Iterator[None]:
+        """Periodic work that failed (a bug) is said, once a minute with its traceback,
+        and runs again next time: a dead task would stop offline rules, alerts, history."""
+        try:
+            yield
+        except Exception:
+            if self.site.quiet.allow((work,), time.monotonic()) is not None:
+                log.exception("%s failed; it runs again next time", work)
+
+    def tick(self, now: float, wall: float) -> None:
+        """Offline transitions, silent connections, the wall clock, expired bans, alerts,
+        sessions, collections."""
+        gone, closes = self.hub.tick(now)
+        for sid in gone:
+            log.info("server offline: id=%s", sid)
+        for closing in closes:
+            log.warning("agent closed: id=%s: %s", closing.connection.agent.server_id,
+                        closing.reason)
+            self.close_later(closing)
+        jump = self.wall_watch.observe(now, wall)
+        if jump:
+            log.warning("wall clock jumped %s (durations are measured on the monotonic "
+                        "clock; nothing is deleted or expired for this jump until a "
+                        "restart)", jump_words(jump))
+        self.site.limiter.expire(now)
+        self.floods.expire(now)
+        self.invalid.expire(now)
+        self.evaluate_alerts(now, wall)
+        if now - self.sessions_expired >= SESSIONS_EXPIRE_EVERY:
+            self.sessions.expire(self.hub.config.viewers.users, self.steady())
+            self.sessions_expired = now
+        if self.collections.run_if_due(self.site.closed, now):
+            self.site.closed = 0
+        if int(now) % runtime.TRIM_SECONDS == 0:
+            runtime.give_back_memory()
 
     def evaluate_alerts(self, now: float, wall: float) -> None:
         """Alert rules against the live state; a change shows on the servers' cards."""
@@ -332,15 +388,17 @@ class Dashboard:
         every = min(SAVE_SECONDS, self.history.resolution) if self.history else SAVE_SECONDS
         while True:
             await asyncio.sleep(every)
-            self.traffic.save()
-            self.hub.refresh_traffic(time.time())
+            with self.surviving("traffic"):
+                self.traffic.save()
+                self.hub.refresh_traffic(time.time())
 
     async def write_history(self, history: History) -> None:
         """At the end of every resolution step: the closed buckets go to SQLite."""
         while True:
             step = history.resolution
             await asyncio.sleep(step - time.time() % step + 0.01)
-            await self.history_step(history)
+            with self.surviving("history"):
+                await self.history_step(history)
 
     async def history_step(self, history: History, final: bool = False) -> None:
         hub, now = self.hub, time.monotonic()

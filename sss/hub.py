@@ -784,14 +784,16 @@ class Hub:
 
     # --- read-outs ---
 
-    def agents_connected(self) -> int:
-        return sum(s.connection is not None for s in self.servers.values())
+    def agents_connected(self, sees_hidden: bool = True) -> int:
+        """Agents connected, of the servers this audience may see."""
+        return sum(s.connection is not None for s in self.visible(sees_hidden))
 
-    def health(self) -> str:
+    def health(self, sees_hidden: bool = True) -> str:
+        """/healthz: the counts of what this audience may see, and history's state."""
         history = "off" if self.history is None else self.history.status
-        return json.dumps({"status": "ok", "servers": len(self.servers),
-                           "agents": self.agents_connected(), "viewers": len(self.viewers),
-                           "history": history})
+        return json.dumps({"status": "ok", "servers": len(self.visible(sees_hidden)),
+                           "agents": self.agents_connected(sees_hidden),
+                           "viewers": len(self.viewers), "history": history})
 
     def servers_json(self, sees_hidden: bool = True) -> str:
         return "[" + ",".join(s.view_json() for s in self.visible(sees_hidden)) + "]"

@@ -62,6 +62,16 @@ VIEWER_BACKLOG_BYTES = 1024 * 1024  # one viewer's unsent bytes beyond a snapsho
 # ten browsers joining at once needed the flag before (viewer_memory_budget).
 VIEWER_MEMORY_BUDGET = 32 * 1024 * 1024
 VIEWER_SNAPSHOTS = 10
+# Sign-in sockets (/ws-login): a browser opens one and sends a user name and password at
+# once; idle ones are closed after LOGIN_IDLE s (handlers.py). One address held 1,014 of
+# them for 10 s each, under an open-file limit of 1,024.
+LOGINS_PER_ADDRESS = 4
+LOGINS_TOTAL = 64
+# Passwords being checked (scrypt: 16 MiB and about 50 ms each, on SIGN_IN_WORKERS threads):
+# one per address at a time, SIGN_IN_CHECKS in all, so that guesses sent together from
+# many addresses queue fairly and a real sign-in waits at most about 32 x 50 ms / 2.
+SIGN_IN_WORKERS = 2
+SIGN_IN_CHECKS = 32
 # Reports per agent connection: the agent's fastest pace is 1 s; a dashboard restart
 # flushes its queue of up to 100, so a burst is allowed.
 REPORTS_PER_SECOND = 10.0
@@ -111,6 +121,14 @@ class Burst:
             del self.times[key]
             return True
         return False
+
+    def take_back(self, key: Hashable) -> None:
+        """Forget the last event counted for `key`."""
+        times = self.times.get(key)
+        if times:
+            times.pop()
+            if not times:
+                del self.times[key]
 
     def expire(self, now: float) -> None:
         for key in [k for k, times in self.times.items() if now - times[-1] > self.window]:
@@ -163,6 +181,17 @@ class FailureLimiter:
             self.ban_key((key, who), now)
             return who
         return None
+
+    def forgive(self, address: str, who: str, banned: str | None = None) -> None:
+        """Take back a failure counted by fail() for an attempt that turned out right (a
+        sign-in counted as it arrived), and what that failure banned."""
+        key = address_key(address)
+        if self.everywhere:
+            self.everywhere.pop()
+        for burst, counted in ((self.by_address, key), (self.by_who, (key, who))):
+            burst.take_back(counted)
+        if banned:
+            self.banned_until.pop((key, "" if banned == "address" else banned), None)
 
     def ban_key(self, key: tuple[str, str], now: float) -> None:
         if key not in self.banned_until:
@@ -251,12 +280,46 @@ def held_back(count: int) -> str:
     return f" ({count} more like this in the last minute)" if count else ""
 
 
+class Pool:
+    """Places of one kind, per address (an IPv6 /64) and in total: viewers, sign-in sockets,
+    sign-ins being checked.
+
+        >>> pool = Pool("sign-in sockets open", total=3, per_address=2)
+        >>> [pool.add("198.51.100.7") for _ in range(3)]
+        ['', '', '2 sign-in sockets open from this address']
+        >>> pool.add("198.51.100.8"), pool.add("198.51.100.9")
+        ('', '3 sign-in sockets open in total')
+    """
+
+    def __init__(self, what: str, total: int, per_address: int) -> None:
+        self.what, self.total, self.per_address = what, total, per_address
+        self.taken: collections.Counter[str] = collections.Counter()
+        self.count = 0
+
+    def add(self, address: str) -> str:
+        """Take a place; a reason to refuse it, or ""."""
+        if self.count >= self.total:
+            return f"{self.total} {self.what} in total"
+        key = address_key(address)
+        if self.taken[key] >= self.per_address:
+            return f"{self.per_address} {self.what} from this address"
+        self.taken[key] += 1
+        self.count += 1
+        return ""
+
+    def remove(self, address: str) -> None:
+        """Give a place back (taken by add())."""
+        release(self.taken, address_key(address))
+        self.count -= 1
+
+
 class Connections:
-    """Handshakes in progress and viewers, counted per address and in total.
+    """Handshakes in progress, viewers and sign-in sockets, counted per address and in
+    total.
 
     Handshakes are counted by the peer's address from the moment the TCP connection is
     made (before any header is read), so trusted proxies, which carry many clients, are
-    exempt from the per-address cap; viewers are counted by the client's address.
+    exempt from the per-address cap; viewers and sign-in sockets by the client's address.
     """
 
     def __init__(self, viewers_total: int = VIEWERS_TOTAL,
@@ -264,14 +327,15 @@ class Connections:
                  handshakes_total: int = HANDSHAKES_TOTAL,
                  handshakes_per_address: int = HANDSHAKES_PER_ADDRESS,
                  exempt: frozenset[str] = frozenset()) -> None:
-        self.viewers_total, self.viewers_per_address = viewers_total, viewers_per_address
         self.handshakes_total = handshakes_total
         self.handshakes_per_address = handshakes_per_address
         self.exempt = exempt
         # connection -> (address key, when it started), oldest first
         self.handshaking: dict[Hashable, tuple[str, float]] = {}
         self.handshakes: collections.Counter[str] = collections.Counter()
-        self.viewers: collections.Counter[str] = collections.Counter()
+        self.viewers = Pool("viewers connected", viewers_total, viewers_per_address)
+        self.logins = Pool("sign-in sockets open", LOGINS_TOTAL, LOGINS_PER_ADDRESS)
+        self.checks = Pool("sign-ins being checked", SIGN_IN_CHECKS, 1)
 
     def start_handshake(self, connection: Hashable, peer: str,
                         now: float) -> tuple[str, Hashable | None]:
@@ -294,19 +358,6 @@ class Connections:
         started = self.handshaking.pop(connection, None)
         if started is not None:
             release(self.handshakes, started[0])
-
-    def add_viewer(self, address: str) -> str:
-        """Count a viewer; a reason to refuse it, or ""."""
-        if sum(self.viewers.values()) >= self.viewers_total:
-            return f"{self.viewers_total} viewers connected in total"
-        key = address_key(address)
-        if self.viewers[key] >= self.viewers_per_address:
-            return f"{self.viewers_per_address} viewers connected from this address"
-        self.viewers[key] += 1
-        return ""
-
-    def remove_viewer(self, address: str) -> None:
-        release(self.viewers, address_key(address))
 
 
 def release(counter: collections.Counter[str], key: str) -> None:

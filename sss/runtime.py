@@ -13,6 +13,7 @@ of websockets.
 from __future__ import annotations
 
 import asyncio
+import collections
 import ctypes
 import ctypes.util
 import errno
@@ -163,22 +164,32 @@ def raise_file_limit(servers: int) -> int:
     return soft
 
 
-class AcceptErrors:
-    """asyncio's handler for a refused accept (out of file descriptors), rate-limited: one
-    line a minute with a count instead of a traceback per attempt."""
+class LoopErrors:
+    """asyncio's handler for errors in callbacks, rate-limited. What a peer can cause (a
+    connection gone before it was accepted, reset mid-write, a TLS handshake cut short) is
+    one line a minute per kind, with a count, never a traceback; so is running out of file
+    descriptors. Anything else is a bug of the dashboard's: asyncio's own report, in full."""
 
     def __init__(self, every: float = 60.0) -> None:
-        self.every, self.count, self.last = every, 0, -math.inf
+        self.every = every
+        self.last: dict[str, float] = {}
+        self.counts: collections.Counter[str] = collections.Counter()
 
     def __call__(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
         exc = context.get("exception")
-        if not (isinstance(exc, OSError) and exc.errno in (errno.EMFILE, errno.ENFILE)):
+        if not isinstance(exc, OSError):
             loop.default_exception_handler(context)
             return
-        self.count += 1
+        if exc.errno in (errno.EMFILE, errno.ENFILE):
+            kind, line = "files", (f"open-file limit reached ({exc.strerror}): refused {{}} new "
+                                   "connections in the last minute; the open ones are served. "
+                                   "Raise LimitNOFILE= (README, Scale)")
+        else:
+            kind = type(exc).__name__
+            line = (f"a connection failed ({kind}: {exc}); {{}} like this in the last minute, "
+                    "each one a peer's doing")
+        self.counts[kind] += 1
         now = time.monotonic()
-        if now - self.last >= self.every:
-            log.error("open-file limit reached (%s): refused %d new connections in the last "
-                      "minute; the open ones are served. Raise LimitNOFILE= (README, Scale)",
-                      exc.strerror, self.count)
-            self.last, self.count = now, 0
+        if now - self.last.get(kind, -math.inf) >= self.every:
+            log.error(line.format(self.counts.pop(kind)))
+            self.last[kind] = now

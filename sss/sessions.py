@@ -26,7 +26,7 @@ import os
 import re
 import secrets
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from .datafiles import JsonFile, entries, finite
 
@@ -91,8 +91,9 @@ class Session:
 class Sessions:
     """Tickets (seconds long, in memory) and sessions (days long, saved)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, ended: Callable[[list[str]], None] = lambda keys: None) -> None:
         self.path = path
+        self.ended = ended  # told the keys of sessions that end (their viewers are closed)
         self.sessions: dict[str, Session] = {}
         self.tickets: dict[str, tuple[str, float]] = {}  # key -> (user, expires)
         self.file = JsonFile(path, "sessions", "sign-ins then last until a restart",
@@ -131,8 +132,11 @@ class Sessions:
         return session.user
 
     def end(self, token: str | None) -> None:
-        if token and self.sessions.pop(token_key(token), None) is not None:
+        """Sign-out: the session ends now."""
+        key = token_key(token) if token else ""
+        if self.sessions.pop(key, None) is not None:
             self.save()
+            self.ended([key])
 
     def expire(self, users: dict[str, str], steady: float) -> int:
         """End sessions that ran out, or whose user's password changed or was removed."""
@@ -143,6 +147,7 @@ class Sessions:
             del self.sessions[key]
         if ended:
             self.save()
+            self.ended(ended)
         return len(ended)
 
     def save(self) -> None:

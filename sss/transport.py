@@ -127,6 +127,8 @@ class Connection(ServerConnection, asyncio.BufferedProtocol):
         self.head = False  # a HEAD request, parsed as GET and answered without a body
         self.before_method: bytes | None = b""  # the first bytes, until the method is known
         self.viewer_from: str | None = None  # set by web.route_request
+        self.login_from: str | None = None  # a sign-in socket's client (web.login_handshake)
+        self.session: str | None = None  # a viewer's session: closed when it ends
         self.agent = None
         self.refused = False
         self.started = False  # websockets' own connection_made ran: it has a handler
@@ -296,7 +298,11 @@ class Connection(ServerConnection, asyncio.BufferedProtocol):
         drop_tracebacks(exc)
         self.headers_read()
         if self.viewer_from is not None:
-            self.site.connections.remove_viewer(self.viewer_from)
+            self.site.connections.viewers.remove(self.viewer_from)
+            self.viewer_from = None
+        if self.login_from is not None:
+            self.site.connections.logins.remove(self.login_from)
+            self.login_from = None
             self.viewer_from = None
         # Refused before websockets knew of it: no handler, nothing in a cycle (below), so
         # it counts toward no full collection.
@@ -320,11 +326,15 @@ class Connection(ServerConnection, asyncio.BufferedProtocol):
         self.refused, self.before_method = True, None
         response = text_response(status, text, {**headers, "Connection": "close"})
         transport = self.transport
-        transport.write(response.serialize())
-        if transport.can_write_eof():
-            transport.write_eof()
-        else:  # TLS: no half-close; close() still sends what is buffered first
-            transport.close()
+        try:
+            transport.write(response.serialize())
+            if transport.can_write_eof():
+                transport.write_eof()
+            else:  # TLS: no half-close; close() still sends what is buffered first
+                transport.close()
+        except OSError:  # the client was gone before it was accepted: nothing to answer
+            transport.abort()
+            return
         self.loop.call_later(REFUSED_LINGER, transport.abort)
 
 

@@ -44,13 +44,15 @@ from .limits import (
 )
 from .metrics import counter_lines, label, render_metrics
 from .probes import probe_metrics
-from .sessions import COOKIE, Sessions, cookie_value
+from .sessions import COOKIE, Sessions, cookie_value, token_key
 
 log = logging.getLogger("sss.dashboard")
 
 INSTALL_PLACEHOLDER = b"__SSS_DASHBOARD_URL__"
 HOST_HEADER = re.compile(r"(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::\d{1,5})?")
-COOKIE_PATH = re.compile(r"/[A-Za-z0-9._~/-]{0,200}")
+# A path on this dashboard, for cookies and redirects: never "//host/...", which a browser
+# reads as another site.
+COOKIE_PATH = re.compile(r"/(?!/)[A-Za-z0-9._~/-]{0,200}")
 AGENT_HEADERS = ("X-SERVER-ID", "X-AUTH-SECRET")
 # The page's vendored libraries (vendor/README.md), served from this origin only.
 VENDOR_TYPES = {"uPlot.iife.min.js": "text/javascript; charset=utf-8",
@@ -107,10 +109,12 @@ class AgentIdentity(NamedTuple):
 
 
 class Access(NamedTuple):
-    """Who is asking: the signed-in user (or None), and whether hidden servers show."""
+    """Who is asking: the signed-in user (or None), whether hidden servers show, and the
+    session (the key its token is kept under; None without one)."""
 
     user: str | None
     sees_hidden: bool
+    session: str | None = None
 
 
 @dataclasses.dataclass
@@ -155,7 +159,7 @@ class Site:
         """Who the request comes from, by its session cookie."""
         token = cookie_value(";".join(headers.get_all("Cookie")))
         user = self.sessions.user(token, self.steady()) if self.sessions else None
-        return Access(user, user is not None)
+        return Access(user, user is not None, token_key(token) if user and token else None)
 
     @property
     def private(self) -> bool:
@@ -264,9 +268,14 @@ def count_failure(site: Site, address: str, who: str, kind: str, message: str,
     site.refuse(kind, (kind, address_key(address)), message, now)
     banned = site.limiter.fail(address, who, now)
     if banned:
-        log.warning("%s from %s refused for %.0f s after repeated failures within %.0f s",
-                    "every attempt" if banned == "address" else banned, address,
-                    site.limiter.ban, site.limiter.window)
+        log_ban(site, address, banned)
+
+
+def log_ban(site: Site, address: str, banned: str) -> None:
+    """What a failure just got banned (FailureLimiter.fail), said once."""
+    log.warning("%s from %s refused for %.0f s after repeated failures within %.0f s",
+                "every attempt" if banned == "address" else banned, address,
+                site.limiter.ban, site.limiter.window)
 
 
 def check_agent(site: Site, address: str, headers: Headers,
@@ -383,7 +392,20 @@ def api_history(site: Site, request: Request, access: Access) -> Response:
 
 
 def healthz(site: Site, request: Request, access: Access) -> Response:
-    return json_response(site.hub.health())
+    """Counts for those who may see them; on a private dashboard, anonymous visitors are
+    told only that it is up."""
+    sees_hidden = access.sees_hidden or bears_metrics_token(site, request)
+    if site.private and not sees_hidden:
+        return json_response('{"status":"ok"}')
+    return json_response(site.hub.health(sees_hidden))
+
+
+def bears_metrics_token(site: Site, request: Request) -> bool:
+    """The request carries `Authorization: Bearer` with the configured metricsToken."""
+    token = site.hub.config.metrics_token
+    given = request.headers.get_all("Authorization")
+    return bool(token) and len(given) == 1 and hmac.compare_digest(
+        given[0].encode(), f"Bearer {token}".encode())
 
 
 def api_traffic(site: Site, request: Request, access: Access) -> Response:
@@ -416,13 +438,11 @@ def metrics(site: Site, request: Request, access: Access) -> Response:
     """Prometheus text; with metricsToken set, only for `Authorization: Bearer TOKEN`."""
     hub = site.hub
     token = hub.config.metrics_token
-    if token:
-        given = request.headers.get_all("Authorization")
-        if len(given) != 1 or not hmac.compare_digest(given[0].encode(),
-                                                      f"Bearer {token}".encode()):
-            return text_response(HTTPStatus.UNAUTHORIZED,
-                                 "/metrics needs Authorization: Bearer with the metricsToken",
-                                 {"WWW-Authenticate": 'Bearer realm="metrics"'})
+    if (token or site.private) and not bears_metrics_token(site, request):
+        why = ("/metrics needs Authorization: Bearer with the metricsToken" if token else
+               "this dashboard is private: /metrics needs a metricsToken in servers.json")
+        return text_response(HTTPStatus.UNAUTHORIZED, why,
+                             {"WWW-Authenticate": 'Bearer realm="metrics"'})
     sees_hidden = bool(token) or access.sees_hidden  # hidden servers: never anonymously
     shown = {state.config.id for state in hub.visible(sees_hidden)}
     extra = site.alerting.metrics_lines(label, shown.__contains__) if site.alerting else []
@@ -436,7 +456,7 @@ def metrics(site: Site, request: Request, access: Access) -> Response:
               "# TYPE sss_viewers_cut_total counter", f"sss_viewers_cut_total {hub.viewers_cut}",
               "# HELP sss_viewer_backlog_bytes Bytes queued for all viewers, not sent yet.",
               "# TYPE sss_viewer_backlog_bytes gauge", f"sss_viewer_backlog_bytes {backlog}"]
-    text = render_metrics(hub.visible(sees_hidden), hub.agents_connected(),
+    text = render_metrics(hub.visible(sees_hidden), hub.agents_connected(sees_hidden),
                           len(hub.viewers), hub.accepted, hub.rejected, extra)
     return http_response(HTTPStatus.OK, text.encode(), "text/plain; version=0.0.4")
 
@@ -448,6 +468,8 @@ def sign_in_done(site: Site, request: Request, access: Access) -> Response:
     path = (query.get("path") or ["/"])[0]
     if not COOKIE_PATH.fullmatch(path):
         path = "/"
+    if not from_this_site(site, request.headers):
+        return text_response(HTTPStatus.FORBIDDEN, "a sign-in from another site is refused")
     viewers = site.hub.config.viewers
     token = site.sessions.redeem(ticket, viewers.users, viewers.session_days,
                                  time.monotonic(), site.steady()) if site.sessions else None
@@ -522,7 +544,12 @@ ROUTES: dict[str, Handler] = {
 
 def route_request(site: Site, connection: Any, request: Request, now: float) -> Response | None:
     """process_request: answer HTTP, authenticate agents, let WebSockets through."""
-    path = urlsplit(request.path).path
+    try:
+        path = urlsplit(request.path).path
+    except ValueError:  # "//[x": a target no URL parser takes
+        site.refuse("bad_request", ("bad_request",), "request refused: unusable target "
+                    f"{request.path[:60]!r}", now)
+        return text_response(HTTPStatus.BAD_REQUEST, "unusable request target")
     if path == "/ws-report":
         peer = connection.remote_address[0] if connection.remote_address else "?"
         address = client_address(peer, request.headers, site.options.trusted_proxies)
@@ -547,12 +574,13 @@ def route_request(site: Site, connection: Any, request: Request, now: float) -> 
             return text_response(HTTPStatus.UNAUTHORIZED, "sign in first")
         peer = connection.remote_address[0] if connection.remote_address else "?"
         address = client_address(peer, request.headers, site.options.trusted_proxies)
-        refusal = site.connections.add_viewer(address)
+        refusal = site.connections.viewers.add(address)
         if refusal:
             site.refuse("viewers", ("viewers", address_key(address)),
                         f"viewer from {address} refused: {refusal}", now)
             return text_response(HTTPStatus.TOO_MANY_REQUESTS, refusal, {"Retry-After": "10"})
         connection.agent, connection.sees_hidden = None, access.sees_hidden
+        connection.session = access.session  # closed when that session ends
         connection.viewer_from = address
         sock = connection.transport.get_extra_info("socket")
         if sock is not None:
@@ -582,6 +610,11 @@ def login_handshake(site: Site, connection: Any, request: Request,
     refusal = banned_response(site, address, "", now)
     if refusal is not None:
         return refusal
+    crowded = site.connections.logins.add(address)
+    if crowded:
+        site.refuse("logins", ("logins", address_key(address)),
+                    f"sign-in socket from {address} refused: {crowded}", now)
+        return text_response(HTTPStatus.TOO_MANY_REQUESTS, crowded, {"Retry-After": "5"})
     connection.agent, connection.login_from = None, address
     connection.protocol.available_extensions = []
     return None
@@ -591,9 +624,27 @@ def same_origin(site: Site, headers: Headers) -> bool:
     """A browser's Origin names this dashboard (by --public-url, or the Host it asked for);
     clients that send no Origin are not browsers and pass."""
     origins = headers.get_all("Origin")
-    if not origins:
-        return True
+    return not origins or (len(origins) == 1 and names_this_dashboard(site, headers,
+                                                                       origins[0]))
+
+
+def from_this_site(site: Site, headers: Headers) -> bool:
+    """A request a browser says came from this dashboard's own page (or typed in): its
+    Sec-Fetch-Site, Origin and Referer, those it sends, agree. A page on another site
+    that sends a browser to /login?ticket=... (login CSRF) is refused."""
+    fetch_site = headers.get_all("Sec-Fetch-Site")
+    if fetch_site and fetch_site[0] not in ("same-origin", "none"):
+        return False
+    return all(len(values) == 1 and names_this_dashboard(site, headers, values[0])
+               for values in (headers.get_all("Origin"), headers.get_all("Referer")) if values)
+
+
+def names_this_dashboard(site: Site, headers: Headers, url: str) -> bool:
+    """Whether a URL a browser sent (Origin, Referer) is on this dashboard's host."""
     own = urlsplit(site.options.public_url).netloc if site.options.public_url else \
         ",".join(headers.get_all("Host"))
-    origin = urlsplit(origins[0])
-    return len(origins) == 1 and bool(own) and origin.netloc.lower() == own.lower()
+    try:
+        netloc = urlsplit(url).netloc
+    except ValueError:  # "http://[": no host at all
+        return False
+    return bool(own) and netloc.lower() == own.lower()

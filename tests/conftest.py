@@ -194,6 +194,7 @@ class Dashboard(LoggedProcess):
     def write_config(self, config: dict[str, Any] | str) -> None:
         text = config if isinstance(config, str) else json.dumps(config)
         self.config_path.write_text(text)
+        self.metrics_token = "" if isinstance(config, str) else config.get("metricsToken", "")
 
     def start(self, *extra: str, **popen: Any) -> Dashboard:
         """Start (or restart, on the same port) and wait until it listens.
@@ -210,10 +211,12 @@ class Dashboard(LoggedProcess):
     def url(self, path: str = "/", scheme: str = "http") -> str:
         return f"{scheme}://127.0.0.1:{self.port}{path}"
 
-    def get(self, path: str) -> tuple[int, dict[str, str], bytes]:
+    def get(self, path: str, headers: dict[str, str] | None = None
+            ) -> tuple[int, dict[str, str], bytes]:
         """A real HTTP GET: status, headers, body (error statuses included)."""
         try:
-            with urllib.request.urlopen(self.url(path), timeout=10) as response:
+            request = urllib.request.Request(self.url(path), headers=headers or {})
+            with urllib.request.urlopen(request, timeout=10) as response:
                 return response.status, dict(response.headers), response.read()
         except urllib.error.HTTPError as error:
             return error.code, dict(error.headers), error.read()
@@ -226,7 +229,8 @@ class Dashboard(LoggedProcess):
     def metric(self, name: str, labels: str = "") -> float:
         """One series' value from /metrics (0 when absent), e.g. metric("x", 'reason="y"')."""
         series = f"{name}{{{labels}}}" if labels else name
-        for line in self.get("/metrics")[2].decode().splitlines():
+        token = {"Authorization": f"Bearer {self.metrics_token}"} if self.metrics_token else {}
+        for line in self.get("/metrics", token)[2].decode().splitlines():
             if line.startswith(series + " "):
                 return float(line.split()[-1])
         return 0.0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
 import json
 import signal
 import socket
@@ -25,10 +27,10 @@ from conftest import (
     recv_until,
     server_in,
 )
-from websockets.exceptions import InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
-from sss import sessions
+from sss import handlers, limits, sessions
 from sss.config import ConfigError, parse_config
 
 PASSWORD = "correct horse battery"
@@ -118,8 +120,8 @@ def sign_in(dash: Dashboard, user: str = "alice", password: str = PASSWORD,
         return json.loads(ws.recv(timeout=10))
 
 
-def session_cookie(dash: Dashboard) -> str:
-    answer = sign_in(dash)
+def session_cookie(dash: Dashboard, user: str = "alice") -> str:
+    answer = sign_in(dash, user)
     assert answer["ok"], answer
     status, headers, _ = request(dash, f"/login?ticket={answer['ticket']}&path=/")
     assert status == 303 and headers["Location"] == "/"
@@ -173,6 +175,32 @@ def test_private_page_needs_a_session(make_dashboard: Any) -> None:
     assert PASSWORD not in log and cookie.split("=", 1)[1] not in log
 
 
+def test_redirects_stay_on_this_dashboard_and_sign_in_comes_from_its_page(
+        make_dashboard: Any) -> None:
+    """/logout?path=//evil.example/x answered 303 to another site; /login did the same with
+    a cookie for that path, and traded a ticket for a page on another site (login CSRF)."""
+    dash: Dashboard = make_dashboard(private_servers(), viewers={"public": False,
+                                                                 "users": {"alice": HASH}})
+    status, headers, _ = request(dash, "/logout?path=//evil.example/x")
+    assert status == 303 and headers["Location"] == "/"
+    for foreign in ({"Origin": "http://evil.example"}, {"Sec-Fetch-Site": "cross-site"},
+                    {"Referer": "http://evil.example/page"}, {"Origin": "http://["}):
+        ticket = sign_in(dash)["ticket"]
+        status, _, body = request(dash, f"/login?ticket={ticket}&path=/", foreign)
+        assert status == 403 and b"another site" in body, (foreign, status)
+        assert "Set-Cookie" not in request(dash, f"/login?ticket={ticket}&path=/", foreign)[1]
+    ticket = sign_in(dash)["ticket"]
+    own = {"Sec-Fetch-Site": "same-origin", "Referer": dash.url("/")}
+    status, headers, _ = request(dash, f"/login?ticket={ticket}&path=//evil.example/x", own)
+    assert status == 303 and headers["Location"] == "/" and "Path=/;" in headers["Set-Cookie"]
+    with socket.create_connection(("127.0.0.1", dash.port), timeout=5) as raw:
+        raw.sendall(b"GET //[x HTTP/1.1\r\nHost: a\r\n\r\n")
+        assert raw.recv(100).startswith(b"HTTP/1.1 400 ")
+    assert handshake(dash, "/ws-frontend", {"Origin": "http://["}) == 403
+    dash.wait_for_log("request refused: unusable target")
+    assert "Traceback" not in dash.log_text()
+
+
 def test_a_changed_password_ends_its_sessions_on_reload(make_dashboard: Any) -> None:
     dash: Dashboard = make_dashboard(private_servers(), viewers={
         "public": False, "users": {"alice": HASH}})
@@ -187,9 +215,53 @@ def test_a_changed_password_ends_its_sessions_on_reload(make_dashboard: Any) -> 
     assert request(dash, "/api/servers", own)[0] == 401
 
 
-def test_wrong_passwords_lock_one_user_at_one_address_only(make_dashboard: Any) -> None:
+def test_a_private_dashboard_tells_strangers_nothing(make_dashboard: Any) -> None:
+    """Before, with "public": false and no metricsToken, anonymous /metrics gave every
+    non-hidden server's figures."""
+    dash: Dashboard = make_dashboard(private_servers(), viewers={
+        "public": False, "users": {"alice": HASH}})
+    dash.wait_for_log(r'the dashboard is private and has no "metricsToken", so /metrics '
+                      r"answers 401 to everyone")
+    own = {"Cookie": session_cookie(dash)}
+    with dash.agent("alpha") as agent:
+        agent.send(json.dumps(go_report()))
+        for headers in ({}, own):
+            status, _, body = request(dash, "/metrics", headers)
+            assert status == 401 and b"needs a metricsToken" in body
+        assert json.loads(request(dash, "/healthz")[2]) == {"status": "ok"}
+        assert json.loads(request(dash, "/healthz", own)[2])["servers"] == 2
+
+
+def test_an_ended_session_closes_its_viewer(make_dashboard: Any) -> None:
+    """Before, after /logout, or once the user was removed and servers.json reloaded, the
+    open /ws-frontend kept receiving everything, hidden servers included."""
     dash: Dashboard = make_dashboard(private_servers(), viewers={
         "public": False, "users": {"alice": HASH, "bob": HASH}})
+    alice, bob = session_cookie(dash), session_cookie(dash, "bob")
+    with connect(dash.url("/ws-frontend", "ws"), additional_headers={"Cookie": alice},
+                 open_timeout=10) as first, \
+            connect(dash.url("/ws-frontend", "ws"), additional_headers={"Cookie": bob},
+                    open_timeout=10) as second:
+        assert {s["id"] for s in recv_json(first)["servers"]} == {"alpha", "vault"}
+        recv_json(second)
+        assert request(dash, "/logout?path=/", {"Cookie": alice})[0] == 303
+        with pytest.raises(ConnectionClosed):
+            while True:
+                first.recv(timeout=5)
+        assert first.close_code == 1008 and first.close_reason == "signed out"
+        config = json.loads(dash.config_path.read_text())
+        del config["viewers"]["users"]["bob"]
+        dash.write_config(config)
+        dash.signal(signal.SIGHUP)
+        with pytest.raises(ConnectionClosed):
+            while True:
+                second.recv(timeout=5)
+        assert second.close_code == 1008
+
+
+def test_wrong_passwords_lock_one_user_at_one_address_only(make_dashboard: Any) -> None:
+    dash: Dashboard = make_dashboard(private_servers(), viewers={
+        "public": False, "users": {"alice": HASH, "bob": HASH}}, metricsToken="m" * 24)
     for _ in range(10):
         assert sign_in(dash, password="guess", source="127.0.0.2")["ok"] is False
     refused = sign_in(dash, source="127.0.0.2")  # the right password, too late
@@ -198,6 +270,80 @@ def test_wrong_passwords_lock_one_user_at_one_address_only(make_dashboard: Any) 
     assert sign_in(dash, source="127.0.0.3")["ok"] is True  # others sign in as usual
     dash.wait_for_log("user:alice from 127.0.0.2 refused for 300 s")
     assert dash.refused("sign_in") == 10
+
+
+def test_guesses_sent_together_are_counted_as_they_arrive(make_dashboard: Any) -> None:
+    """Before, a guess was counted after scrypt answered, so guesses sent together on
+    sockets opened beforehand were all checked: from one address, 200 guesses and the right
+    one last got a ticket; from 20 addresses, a real sign-in took 57 s."""
+    dash: Dashboard = make_dashboard(private_servers(), viewers={
+        "public": False, "users": {"alice": HASH}}, metricsToken="m" * 24)
+    assert sign_in(dash, source="127.0.0.100")["ok"]  # the real user, known here
+
+    def burst(source: str, count: int = limits.LOGINS_PER_ADDRESS) -> list[dict[str, Any]]:
+        """Guesses sent at once, on sockets opened before."""
+        sockets = []
+        for _ in range(count):
+            sock = socket.create_connection(("127.0.0.1", dash.port), timeout=10,
+                                            source_address=(source, 0))
+            with contextlib.suppress(InvalidStatus):  # 429: the last burst's are still open
+                sockets.append(connect(dash.url("/ws-login", "ws"), open_timeout=10, sock=sock))
+        for ws in sockets:
+            ws.send(json.dumps({"user": "alice", "password": "a guess"}))
+        answers = []
+        for ws in sockets:
+            with contextlib.suppress(ConnectionClosed, TimeoutError):
+                answers.append(json.loads(ws.recv(timeout=20)))
+            ws.close()
+        return answers
+
+    # One address: one guess checked at a time, every one counted, the ban holds.
+    answers = [a for _ in range(12) for a in burst("127.0.8.1")]
+    assert all(not a["ok"] for a in answers)
+    assert sign_in(dash, source="127.0.8.1")["ok"] is False  # right, but banned by now
+    assert dash.refused("sign_in") <= limits.FAILED_HANDSHAKES_LIMIT
+    # Twenty addresses at once while the real user signs in: under 2 s.
+    with concurrent.futures.ThreadPoolExecutor(20) as pool:
+        attack = [pool.submit(lambda n=n: [burst(f"127.0.9.{n}") for _ in range(3)])
+                  for n in range(1, 21)]
+        time.sleep(0.5)
+        started = time.monotonic()
+        assert sign_in(dash, source="127.0.0.100")["ok"]
+        took = time.monotonic() - started
+        for done in attack:
+            done.result()
+    assert took < 2, took
+    assert dash.refused("sign_in_busy") > 0  # the rest waited for no thread
+    assert "Traceback" not in dash.log_text()
+
+
+def test_idle_sign_in_sockets_are_counted_and_closed(make_dashboard: Any) -> None:
+    """Before, one address held 1,014 idle /ws-login sockets (the open-file limit was
+    1,024) and agents' reconnects timed out."""
+    dash: Dashboard = make_dashboard(private_servers(), viewers={
+        "public": False, "users": {"alice": HASH}})
+    idle = []
+    for _ in range(limits.LOGINS_PER_ADDRESS):
+        sock = socket.create_connection(("127.0.0.1", dash.port), timeout=10,
+                                        source_address=("127.0.10.1", 0))
+        idle.append(connect(dash.url("/ws-login", "ws"), sock=sock, open_timeout=10))
+    try:
+        sock = socket.create_connection(("127.0.0.1", dash.port), timeout=10,
+                                        source_address=("127.0.10.1", 0))
+        with pytest.raises(InvalidStatus) as refused:
+            connect(dash.url("/ws-login", "ws"), sock=sock, open_timeout=10)
+        assert refused.value.response.status_code == 429
+        assert sign_in(dash, source="127.0.10.2")["ok"]  # another address: as usual
+        started = time.monotonic()
+        for ws in idle:
+            with pytest.raises(ConnectionClosed):
+                ws.recv(timeout=handlers.LOGIN_IDLE + 5)
+            assert ws.close_code == 1008
+        assert time.monotonic() - started < handlers.LOGIN_IDLE + 2
+        assert sign_in(dash, source="127.0.10.1")["ok"]  # the places are free again
+    finally:
+        for ws in idle:
+            ws.close()
 
 
 def test_hidden_servers_reach_no_anonymous_viewer(make_dashboard: Any, page_on: Any) -> None:
@@ -231,6 +377,11 @@ def test_hidden_servers_reach_no_anonymous_viewer(make_dashboard: Any, page_on: 
         assert [a["server"]["id"] for a in json.loads(request(dash, "/api/alerts", own)[2])] \
             == ["vault"]
         assert b"vault" not in request(dash, "/metrics")[2]  # no token set: anonymous
+        # ... and its agent is not counted either, nor in /healthz (before: it was).
+        assert b"\nsss_agents_connected 1\n" in request(dash, "/metrics")[2]
+        health = json.loads(request(dash, "/healthz")[2])
+        assert (health["servers"], health["agents"]) == (1, 1)
+        assert json.loads(request(dash, "/healthz", own)[2])["agents"] == 2
         page = page_on(dash)  # the header's totals count what this viewer may see
         card(page, "alpha").wait_for()
         assert page.locator("#total").inner_text() == "1"

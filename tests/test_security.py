@@ -12,6 +12,7 @@ import collections
 import contextlib
 import json
 import os
+import signal
 import socket
 import ssl
 import subprocess
@@ -38,6 +39,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
 import dashboard
+from sss import limits
 from sss.limits import Connections
 
 
@@ -186,6 +188,50 @@ def test_request_headers_are_limited_to_what_clients_send(make_dashboard: Any) -
     answer = raw(dash, heavy)  # unfinished, but 21 KB already: answered at once
     assert answer.startswith(b"HTTP/1.1 431") and b"over 16384 bytes" in answer
     assert dash.refused("request_too_large") == 1
+
+
+def test_refusing_clients_already_gone_is_counted_and_quiet(make_dashboard: Any) -> None:
+    """Connect-and-close from an address over its handshake limit, while the dashboard is
+    busy (stopped here): by the time it accepts, the client is gone, and answering it
+    raised inside connection_made, past the log limiter (157,020 tracebacks in 90 s)."""
+    dash: Dashboard = make_dashboard()
+    held = [socket.create_connection(("127.0.0.1", dash.port), source_address=("127.0.7.1", 0))
+            for _ in range(limits.HANDSHAKES_PER_ADDRESS)]
+    for sock in held:
+        sock.sendall(b"GET / HTTP/1.1\r\n")  # a request that never ends
+    try:
+        dash.signal(signal.SIGSTOP)
+        try:
+            for _ in range(300):
+                with socket.socket() as gone:
+                    gone.bind(("127.0.7.1", 0))
+                    gone.connect(("127.0.0.1", dash.port))
+        finally:
+            dash.signal(signal.SIGCONT)
+        deadline = time.monotonic() + 10
+        while dash.refused("handshakes") < 250 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert dash.refused("handshakes") >= 250  # every refusal counted
+        assert "Traceback" not in dash.log_text()
+        assert dash.count_log("127.0.7.1") <= 2  # logged once a minute, with a count
+    finally:
+        for sock in held:
+            sock.close()
+
+
+def test_a_failure_counted_as_it_arrives_is_forgiven_when_right() -> None:
+    """Sign-ins count as failures as they arrive (FailureLimiter.fail) and are forgiven when
+    the password was right, the ban the count set included."""
+    limiter = limits.FailureLimiter(limit=2, window=60, ban=300)
+    assert limiter.fail("198.51.100.7", "user:alice", now=0.0) is None
+    limiter.forgive("198.51.100.7", "user:alice")
+    limiter.expire(now=1.0)  # an emptied count is gone, not an empty one (IndexError)
+    assert limiter.fail("198.51.100.7", "user:alice", now=2.0) is None  # counting anew
+    banned = limiter.fail("198.51.100.7", "user:alice", now=3.0)
+    assert banned == "user:alice" and limiter.banned_for("198.51.100.7", "user:alice", 4.0)
+    limiter.forgive("198.51.100.7", "user:alice", banned)
+    assert limiter.banned_for("198.51.100.7", "user:alice", 4.0) == 0.0
+    limiter.expire(now=100.0)
 
 
 def test_past_the_total_the_oldest_handshake_makes_room() -> None:
