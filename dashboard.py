@@ -157,7 +157,7 @@ async def run(config: Config, config_path: Path, args: argparse.Namespace,
         try:
             await asyncio.wait_for(server.wait_closed(), SHUTDOWN_GRACE)
         except asyncio.TimeoutError:
-            for ws in server.connections:
+            for ws in list(dashboard.site.open):
                 ws.transport.abort()  # peers that never answered the close
     if history is not None:  # nothing is lost on a graceful stop: the open bucket too
         await dashboard.history_step(history, final=True)

@@ -38,6 +38,7 @@ from .config import Config, ConfigError, ServerConfig, load_config
 from .history import History
 from .hub import Closing, Hub
 from .limits import (
+    ANSWER_SECONDS,
     BAD_REPORTS_LIMIT,
     BAD_REPORTS_WINDOW,
     FLOOD_DROPS,
@@ -48,6 +49,7 @@ from .limits import (
     Burst,
     TokenBucket,
     address_key,
+    answers_budget,
 )
 from .probes import probes_frame
 from .reports import MAX_FRAME_BYTES, ReportError, validate_report
@@ -60,6 +62,7 @@ from .web import (
     Options,
     Site,
     banned_response,
+    client_address,
     log_ban,
     route_request,
     text_response,
@@ -138,13 +141,41 @@ class Dashboard:
         future.add_done_callback(self.closing.discard)
         return future
 
-    def process_request(self, connection: Connection, request: Request) -> Response | None:
+    def process_request(self, connection: Connection,
+                        request: Request) -> Response | Awaitable[Response] | None:
         connection.headers_read()
         response = route_request(self.site, connection, request, time.monotonic())
         if connection.head:  # the GET answer's headers, no body; no upgrade on HEAD
-            response = response or text_response(HTTPStatus.METHOD_NOT_ALLOWED,
-                                                 "WebSocket handshakes use GET")
-            response = dataclasses.replace(response, body=b"")
+            response = headers_only(response)
+        if response is None:  # a WebSocket: websockets answers 101
+            return None
+        address = client_address(connection.peer, request.headers,
+                                 self.site.options.trusted_proxies)
+        if isinstance(response, Awaitable):
+            return self.answer_when_ready(connection, address, response)
+        return self.counted_answer(connection, address, response)
+
+    async def answer_when_ready(self, connection: Connection, address: str,
+                                response: Awaitable[Response]) -> Response:
+        return self.counted_answer(connection, address, await response)
+
+    def counted_answer(self, connection: Connection, address: str,
+                       response: Response) -> Response:
+        """A plain HTTP answer, counted until its connection closes (limits.Answers): past
+        the address's share it is refused; past the total the largest not taken yet go."""
+        site, now = self.site, time.monotonic()
+        per_address, total = answers_budget(max(self.hub.snapshot_bytes, len(response.body)))
+        refusal, dropped = site.answers.admit(connection, address, len(response.body), now,
+                                              per_address, total)
+        for other in dropped:
+            site.refuse("answers_dropped", ("answers_dropped",), "an answer nobody took was "
+                        "dropped: the answers not taken yet passed their budget", now)
+            other.transport.abort()
+        if refusal:
+            site.refuse("answers", ("answers", address_key(address)),
+                        f"request from {address} refused: {refusal}", now)
+            return text_response(HTTPStatus.SERVICE_UNAVAILABLE, f"{refusal}; try again",
+                                 {"Retry-After": "5"})
         return response
 
     async def handler(self, ws: ServerConnection) -> None:
@@ -318,7 +349,9 @@ class Dashboard:
         hub = self.hub
         if ws in hub.add_viewer(ws, time.time(), ws.sees_hidden):  # type: ignore[attr-defined]
             return  # cut at once: the viewers' memory budget is spent
-        log.info("viewer connected (%d watching)", len(hub.viewers))
+        self.site.log_quietly(logging.INFO, ("viewer connected",),
+                              f"viewer connected ({len(hub.viewers)} watching)",
+                              time.monotonic())
         try:
             async for _ in ws:
                 pass  # browsers have nothing to say; reading keeps pings answered
@@ -326,7 +359,9 @@ class Dashboard:
             pass
         finally:
             hub.remove_viewer(ws)
-            log.info("viewer disconnected (%d watching)", len(hub.viewers))
+            self.site.log_quietly(logging.INFO, ("viewer disconnected",),
+                                  f"viewer disconnected ({len(hub.viewers)} watching)",
+                                  time.monotonic())
 
     # --- housekeeping ---
 
@@ -362,6 +397,11 @@ class Dashboard:
             log.warning("wall clock jumped %s (durations are measured on the monotonic "
                         "clock; nothing is deleted or expired for this jump until a "
                         "restart)", jump_words(jump))
+        for late in self.site.answers.overdue(now):  # answers nobody takes
+            self.site.answers.done(late)
+            self.site.refuse("answers_late", ("answers_late",), "an answer nobody took "
+                             f"within {ANSWER_SECONDS:.0f} s was dropped", now)
+            late.transport.abort()
         self.site.limiter.expire(now)
         self.floods.expire(now)
         self.invalid.expire(now)
@@ -447,6 +487,17 @@ class Dashboard:
             log.warning("config reload: host and port changes apply after a restart")
         log.info("config reloaded: %d servers (%d added, %d removed)",
                  len(config.servers), added, removed)
+
+
+def headers_only(response: Response | Awaitable[Response] | None
+                 ) -> Response | Awaitable[Response]:
+    """The answer to HEAD: the GET answer's headers, no body (and no upgrade)."""
+    if isinstance(response, Awaitable):
+        async def later() -> Response:
+            return dataclasses.replace(await response, body=b"")
+        return later()
+    return dataclasses.replace(response or text_response(
+        HTTPStatus.METHOD_NOT_ALLOWED, "WebSocket handshakes use GET"), body=b"")
 
 
 class Verdict(NamedTuple):

@@ -33,13 +33,16 @@ never how much there is.
 from __future__ import annotations
 
 import array
+import asyncio
 import concurrent.futures
+import contextlib
 import dataclasses
 import json
 import logging
 import math
 import os
 import sqlite3
+import threading
 import time
 from collections.abc import Container, Iterable, Iterator
 from pathlib import Path
@@ -63,6 +66,9 @@ MAX_POINTS = 1500  # a range returns at most about this many points
 LATEST_SECONDS = 600  # an online server's last view is written this often (views_due)
 LATEST_PER_STEP = 1000
 RETRY_STEPS = 10  # steps kept in memory while the database cannot be written
+QUERY_THREADS = 2  # /api/history's queries run on these, never on the event loop
+QUERIES_RUNNING = 8  # distinct queries at once; past that, "busy" (and requests share one)
+CACHED_ANSWERS = 256  # answers kept until the next step: a page's six ranges, many viewers
 RANGES = {"1h": HOUR, "6h": 6 * HOUR, "24h": 24 * HOUR, "7d": 7 * 24 * HOUR,
           "30d": 30 * 24 * HOUR, "1y": 365 * 24 * HOUR}
 # Tests only: seconds the writer holds its second transaction open (after the closed step
@@ -781,6 +787,10 @@ class Writer:
                        (FINE, kept_since - self.hourly_retention))
 
 
+class Busy(Exception):
+    """No query may start now: QUERIES_RUNNING are running."""
+
+
 class History:
     """The loop's side: buckets in memory, settling each server's time, handing closed
     steps to the writer, queries."""
@@ -802,7 +812,13 @@ class History:
         self.unwritten: set[str] = set()  # reported since their last view was written
         self.written: dict[str, float] = {}  # when each server's last view was written
         self.status = "ok"
-        self.reader: sqlite3.Connection | None = None
+        # Queries run on QUERY_THREADS threads of their own, each with its own read-only
+        # connection; their answers are kept until the next step is written.
+        self.queries = concurrent.futures.ThreadPoolExecutor(QUERY_THREADS, "sss-query")
+        self.readers = threading.local()
+        self.open_readers: list[sqlite3.Connection] = []
+        # Answers until the next step, or the query that is working one out.
+        self.answers: dict[tuple[str, str, int], str | asyncio.Future[str]] = {}
         self.step_seconds: list[float] = []  # the writer's time per step, for bench.py
         self.window_seconds: list[float] = []  # from a step's end until it is committed
 
@@ -932,6 +948,7 @@ class History:
             self.problem(exc)
             return None
         fields = await loop.run_in_executor(self.executor, self.writer.fields, servers, wall)
+        self.answers.clear()  # a new step is in: the rows changed
         self.step_seconds.append(loop.time() - started)
         del self.step_seconds[:-100], self.window_seconds[:-100]
         if self.status != "ok":
@@ -980,12 +997,46 @@ class History:
         return self.in_thread(self.writer.fields, servers, now)
 
     def read(self) -> sqlite3.Connection:
-        if self.reader is None:
-            self.reader = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=1)
-        return self.reader
+        """This query thread's read-only connection."""
+        db = getattr(self.readers, "db", None)
+        if db is None:
+            db = self.readers.db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True,
+                                                   timeout=1, check_same_thread=False)
+            self.open_readers.append(db)
+        return db
+
+    async def answer(self, sid: str, range_name: str, now: float) -> str:
+        """One server's range as columnar JSON, from a query thread (a year of rows is
+        100 ms and more of work that the event loop does not wait for), or as answered
+        before within this step, or by the query already running for it. Raises Busy when
+        QUERIES_RUNNING other queries are running, sqlite3.Error when history cannot be
+        read."""
+        key = (sid, range_name, plan(RANGES[range_name], self.resolution, now).end)
+        found = self.answers.get(key)
+        if isinstance(found, str):
+            return found
+        if found is None:
+            if sum(isinstance(a, asyncio.Future) for a in self.answers.values()) \
+                    >= QUERIES_RUNNING:
+                raise Busy(f"{QUERIES_RUNNING} history queries running")
+            loop = asyncio.get_running_loop()
+            found = loop.run_in_executor(self.queries, self.query, sid, range_name, now)
+            if len(self.answers) >= CACHED_ANSWERS:
+                del self.answers[next(iter(self.answers))]
+            self.answers[key] = found
+        try:
+            text = await asyncio.shield(found)  # others may be waiting for it too
+        except sqlite3.Error:
+            if self.answers.get(key) is found:
+                del self.answers[key]
+            raise
+        if self.answers.get(key) is found:
+            self.answers[key] = text
+        return text
 
     def query(self, sid: str, range_name: str, now: float) -> str:
-        """One server's range as columnar JSON; raises sqlite3.Error when unreadable.
+        """One server's range as columnar JSON, on the calling thread; raises sqlite3.Error
+        when unreadable.
 
         Longer ranges read rolled-up rows, and the finer rows of the periods not rolled up
         yet (tier_sources), so the newest points are there too.
@@ -1011,11 +1062,17 @@ class History:
         return columnar(sid, range_name, chosen, rows, probes)
 
     def close_reader(self) -> None:
-        if self.reader is not None:
-            self.reader.close()
-            self.reader = None
+        """Drop this thread's connection (reopened at the next query: the file may be back)."""
+        db = getattr(self.readers, "db", None)
+        if db is not None:
+            self.readers.db = None
+            with contextlib.suppress(ValueError):
+                self.open_readers.remove(db)
+            db.close()
 
     def close(self) -> None:
-        self.close_reader()
+        self.queries.shutdown()
+        for db in self.open_readers:
+            db.close()
         self.in_thread(self.writer.close)
         self.executor.shutdown()

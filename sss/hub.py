@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Callable, NamedTuple
 from .alerts import Observed, observed_values
 from .config import COUNTRY_PATTERN, Config, ServerConfig
 from .history import History
-from .limits import VIEWER_BACKLOG_BYTES, viewer_memory_budget
+from .limits import VIEWER_BACKLOG_BYTES, LogLimiter, held_back, viewer_memory_budget
 from .reports import REPORT_SCHEMA, VIEW_FIELDS, ReportError
 from .timings import COALESCE_SECONDS, DEFAULT_REPORT_INTERVAL, offline_after, silent_close_after
 from .traffic import Traffic, days_left, traffic_json, zone
@@ -452,8 +452,10 @@ class Hub:
         self.flush_handle: asyncio.TimerHandle | None = None
         self.snapshot_bytes = 0
         self.snapshots: dict[bool, tuple[float, str]] = {}  # per audience: (built, message)
+        self.listings: dict[bool, bytes] = {}  # per audience: /api/servers
         self.viewer_memory = viewer_memory  # --viewer-memory, or None: by the snapshot
         self.viewers_cut = 0
+        self.quiet = LogLimiter()  # a crowd of viewers cut is one line a minute
         self.accepted = 0
         self.rejected: collections.Counter[str] = collections.Counter()
         # The earliest moment a server may go offline or a connection fall silent, as the
@@ -539,7 +541,7 @@ class Hub:
             if state is not None and state.record is None:
                 state.take_record(record, int(last_report))
                 state.changed(None)
-        self.snapshots.clear()
+        self.forget_built()
 
     def take_history(self, fields: dict[str, dict[str, str]]) -> None:
         """Each server's availability from history. A step can change every server's at
@@ -691,7 +693,7 @@ class Hub:
         """The server changed: an update is due, the next one (`soon`) or one of the next
         few (`later`). `before` (view_before()) when more than its extras did."""
         self.servers[sid].changed(before)
-        self.snapshots.clear()
+        self.forget_built()
         if soon:
             self.dirty.add(sid)
         else:
@@ -748,7 +750,7 @@ class Hub:
         self.later.clear()
         wall = self.wall()
         self.snapshot_bytes = 0
-        self.snapshots.clear()
+        self.forget_built()
         self.push(lambda sees_hidden: self.snapshot(wall, sees_hidden))
         self.welcome(wall)
 
@@ -762,7 +764,7 @@ class Hub:
             message = message_for(sees_hidden) if members else None
             if message is not None:  # None: nothing this audience may see changed
                 self.broadcast(members, message)
-        return cut
+        return cut + self.cut_backlogs()  # and after: it is the writing that fills them
 
     def cut_backlogs(self) -> list[ServerConnection]:
         """Cut viewers whose unsent bytes pass their own cap (1 MiB beyond a snapshot),
@@ -771,7 +773,10 @@ class Hub:
         budget = viewer_memory_budget(self.snapshot_bytes, self.viewer_memory)
         cut = to_cut(backlogs, VIEWER_BACKLOG_BYTES + self.snapshot_bytes, budget)
         for ws in cut:
-            log.warning("viewer disconnected: not reading (%d bytes queued)", backlogs[ws])
+            held = self.quiet.allow(("viewer cut",), time.monotonic())
+            if held is not None:
+                log.warning("viewer disconnected: not reading (%d bytes queued)%s",
+                            backlogs[ws], held_back(held))
             self.viewers.pop(ws, None)
             ws.transport.abort()  # a close handshake would queue behind the backlog
         self.viewers_cut += len(cut)
@@ -795,5 +800,16 @@ class Hub:
                            "agents": self.agents_connected(sees_hidden),
                            "viewers": len(self.viewers), "history": history})
 
-    def servers_json(self, sees_hidden: bool = True) -> str:
-        return "[" + ",".join(s.view_json() for s in self.visible(sees_hidden)) + "]"
+    def servers_json(self, sees_hidden: bool = True) -> bytes:
+        """/api/servers for one audience, built once while nothing changes (a crowd of
+        requests for it costs no more building than one)."""
+        listing = self.listings.get(sees_hidden)
+        if listing is None:
+            listing = self.listings[sees_hidden] = (
+                "[" + ",".join(s.view_json() for s in self.visible(sees_hidden)) + "]").encode()
+        return listing
+
+    def forget_built(self) -> None:
+        """Something changed: the snapshots and listings built until now are out of date."""
+        self.snapshots.clear()
+        self.listings.clear()

@@ -72,6 +72,19 @@ LOGINS_TOTAL = 64
 # many addresses queue fairly and a real sign-in waits at most about 32 x 50 ms / 2.
 SIGN_IN_WORKERS = 2
 SIGN_IN_CHECKS = 32
+# History queries (/api/history): run on two threads of their own, eight at most
+# (history.QUERIES_RUNNING), answers kept until the next step and shared by the requests
+# that wait for the same one. Requests waiting, per address and in all:
+QUERIES_PER_ADDRESS = 2
+QUERIES_TOTAL = 256
+# Plain HTTP answers a client has not read yet: each is counted whole until its connection
+# closes (a client that never reads keeps it in the process and the kernel). Past the
+# address's share the newcomer is refused (503); past the total the largest go first; an
+# answer not taken within ANSWER_SECONDS is dropped. 3,000 requests for /api/servers that
+# nobody read held 270 MB before. Both grow with the snapshot, like the viewers' budget.
+ANSWERS_PER_ADDRESS = 4 * 1024 * 1024
+ANSWERS_TOTAL = 32 * 1024 * 1024
+ANSWER_SECONDS = 30.0
 # Reports per agent connection: the agent's fastest pace is 1 s; a dashboard restart
 # flushes its queue of up to 100, so a burst is allowed.
 REPORTS_PER_SECOND = 10.0
@@ -261,6 +274,71 @@ class LogLimiter:
         return self.held.pop(key, 0)
 
 
+class Answers:
+    """Plain HTTP answers not taken yet: counted whole from when they are written until
+    their connection closes, per address and in total (pure: sizes and times come in).
+
+        >>> answers = Answers()
+        >>> answers.admit("a", "198.51.100.7", 300, 0.0, per_address=500, total=800)
+        ('', [])
+        >>> answers.admit("b", "198.51.100.7", 300, 1.0, per_address=500, total=800)[0]
+        '500 bytes of answers not taken yet from this address'
+        >>> answers.admit("c", "198.51.100.8", 450, 2.0, per_address=500, total=700)
+        ('', ['a'])
+        >>> answers.overdue(now=33.0, seconds=30.0)
+        ['c']
+    """
+
+    def __init__(self) -> None:
+        self.open: dict[Hashable, tuple[str, int, float]] = {}  # -> address key, size, since
+        self.by_address: collections.Counter[str] = collections.Counter()
+        self.total = 0
+
+    def admit(self, answer: Hashable, address: str, size: int, now: float, per_address: int,
+              total: int) -> tuple[str, list[Hashable]]:
+        """Count an answer about to be written: (a reason to refuse it, or ""; the answers
+        to drop for it, the largest first, when all together would pass `total`)."""
+        key = address_key(address)
+        if self.by_address[key] and self.by_address[key] + size > per_address:
+            return f"{per_address} bytes of answers not taken yet from this address", []
+        dropped = []
+        for other in sorted(self.open, key=lambda a: self.open[a][1], reverse=True):
+            if self.total + size <= total:
+                break
+            dropped.append(other)
+            self.done(other)
+        self.open[answer] = (key, size, now)
+        self.by_address[key] += size
+        self.total += size
+        return "", dropped
+
+    def done(self, answer: Hashable) -> None:
+        """The answer's connection closed (taken, or dropped)."""
+        found = self.open.pop(answer, None)
+        if found is not None:
+            key, size, _ = found
+            self.by_address[key] -= size
+            if self.by_address[key] <= 0:
+                del self.by_address[key]
+            self.total -= size
+
+    def overdue(self, now: float, seconds: float = ANSWER_SECONDS) -> list[Hashable]:
+        """Answers not taken within `seconds` (dicts keep insertion order: oldest first)."""
+        late = []
+        for answer, (_, _, since) in self.open.items():
+            if now - since < seconds:
+                break
+            late.append(answer)
+        return late
+
+
+def answers_budget(largest: int) -> tuple[int, int]:
+    """(per address, in total): ANSWERS_PER_ADDRESS and ANSWERS_TOTAL, or room for two and
+    for ten of the `largest` answers (a snapshot, /api/servers), when those are more."""
+    return (max(ANSWERS_PER_ADDRESS, 2 * largest),
+            max(ANSWERS_TOTAL, VIEWER_SNAPSHOTS * largest))
+
+
 def viewer_memory_budget(snapshot_bytes: int, configured: int | None = None) -> int:
     """All viewers' unsent bytes together: `configured` (--viewer-memory), or by default
     32 MiB or room for VIEWER_SNAPSHOTS snapshots of `snapshot_bytes` with their backlogs.
@@ -336,6 +414,7 @@ class Connections:
         self.viewers = Pool("viewers connected", viewers_total, viewers_per_address)
         self.logins = Pool("sign-in sockets open", LOGINS_TOTAL, LOGINS_PER_ADDRESS)
         self.checks = Pool("sign-ins being checked", SIGN_IN_CHECKS, 1)
+        self.queries = Pool("history queries waiting", QUERIES_TOTAL, QUERIES_PER_ADDRESS)
 
     def start_handshake(self, connection: Hashable, peer: str,
                         now: float) -> tuple[str, Hashable | None]:

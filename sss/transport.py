@@ -144,7 +144,8 @@ class Connection(ServerConnection, asyncio.BufferedProtocol):
         self.splitting = False
         self.partial: list[bytes] = []  # the pieces of it, joined once `missing` came
         self.missing = 0
-        self.websockets_parsed_a_frame = False  # after the handshake
+        self.request_tail = b""  # the request's last bytes read, to find where it ends
+        self.early = False  # bytes came after the request before split_here() was asked
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         peer = transport.get_extra_info("peername")
@@ -161,6 +162,7 @@ class Connection(ServerConnection, asyncio.BufferedProtocol):
             return
         super().connection_made(transport)
         self.started = True
+        self.site.open.add(self)
         self.handshaking = True
         if isinstance(oldest, Connection):  # every place taken: the slowest one goes
             oldest.handshaking = False
@@ -194,6 +196,12 @@ class Connection(ServerConnection, asyncio.BufferedProtocol):
                 self.refuse(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE,
                             f"request headers over {MAX_REQUEST_BYTES} bytes", {})
                 return
+            seen = self.request_tail + data  # where the request ends, across reads
+            end = seen.find(b"\r\n\r\n")
+            self.early = self.early or (end != -1 and end + 4 < len(seen))
+            self.request_tail = seen[-3:]
+        elif self.take_frame is None:
+            self.early = True  # after the request, before the agent's frames are split
         if self.before_method is not None:
             data = self.before_method + data
             method = data.split(b" ", 1)[0]
@@ -212,11 +220,12 @@ class Connection(ServerConnection, asyncio.BufferedProtocol):
 
     def split_here(self) -> None:
         """From now on, split this agent's frames in split_frames(), when websockets'
-        parser holds nothing yet: it answered the handshake in this very step, a client
-        sends nothing before that answer (RFC 6455, 4.1), and no frame nor byte of one
-        reached it since. (A client that sends early anyway is served by websockets.)"""
-        self.splitting = (not self.websockets_parsed_a_frame and not self.protocol.extensions
-                          and not getattr(self.protocol.reader, "buffer", True))
+        parser has had nothing to parse since the request: a client sends nothing before
+        the handshake's answer (RFC 6455, 4.1), and this agent sent nothing since. One that
+        sends early anyway (in the request's own segment, or before its handler ran) is
+        served by websockets alone, so that the two never disagree on where a frame
+        starts."""
+        self.splitting = not self.early and not self.protocol.extensions
 
     def split_frames(self, data: bytes) -> None:
         """An agent's bytes, split into frames here: its reports (each a whole masked
@@ -273,8 +282,6 @@ class Connection(ServerConnection, asyncio.BufferedProtocol):
                 take(self, data if type(data) is bytes else bytes(data))
                 return
             self.take_frame = None
-        if type(event) is Frame:
-            self.websockets_parsed_a_frame = True
         super().process_event(event)
 
     def start_keepalive(self) -> None:
@@ -297,6 +304,7 @@ class Connection(ServerConnection, asyncio.BufferedProtocol):
         # handler ends. Nothing here needs that traceback.
         drop_tracebacks(exc)
         self.headers_read()
+        self.site.answers.done(self)
         if self.viewer_from is not None:
             self.site.connections.viewers.remove(self.viewer_from)
             self.viewer_from = None
@@ -307,6 +315,7 @@ class Connection(ServerConnection, asyncio.BufferedProtocol):
         # Refused before websockets knew of it: no handler, nothing in a cycle (below), so
         # it counts toward no full collection.
         if self.started:
+            self.site.open.discard(self)
             self.site.closed += 1
             super().connection_lost(exc)
         # Before Python 3.12 the transport keeps a bound method of itself (_read_ready_cb),

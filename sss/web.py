@@ -20,6 +20,7 @@ import socket
 import sqlite3
 import ssl
 import time
+from collections.abc import Awaitable
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
@@ -30,12 +31,13 @@ from websockets.http11 import Request, Response
 
 from .alerts import Alerting
 from .config import PLACEHOLDER_SECRET
-from .history import RANGES
+from .history import RANGES, Busy
 from .hub import Hub
 from .limits import (
     VIEWER_SEND_BUFFER,
     VIEWERS_PER_ADDRESS,
     VIEWERS_TOTAL,
+    Answers,
     Connections,
     FailureLimiter,
     LogLimiter,
@@ -115,6 +117,7 @@ class Access(NamedTuple):
     user: str | None
     sees_hidden: bool
     session: str | None = None
+    address: str = "?"  # the client's (client_address)
 
 
 @dataclasses.dataclass
@@ -130,11 +133,15 @@ class Site:
     alerting: Alerting | None = None
     sessions: Sessions | None = None
     quiet: LogLimiter = dataclasses.field(default_factory=LogLimiter)
+    answers: Answers = dataclasses.field(default_factory=Answers)  # plain answers not taken
     # Wall time that never jumps forward (timings.WallWatch.steady): what sessions expire by.
     steady: Callable[[], float] = time.time
     # Connections refused before the upgrade, by reason (/metrics: sss_refused_total).
     refused: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)
     closed: int = 0  # connections closed since the last full garbage collection
+    # Every connection websockets serves, closing ones too (websockets' own set forgets a
+    # connection once it starts closing): a stop aborts what did not close in time.
+    open: set[Any] = dataclasses.field(default_factory=set)
 
     @classmethod
     def create(cls, hub: Hub, files: Files, options: Options,
@@ -183,8 +190,9 @@ def text_response(status: HTTPStatus, text: str,
     return http_response(status, text.encode() + b"\n", "text/plain; charset=utf-8", extra)
 
 
-def json_response(payload: str) -> Response:
-    return http_response(HTTPStatus.OK, payload.encode(), "application/json")
+def json_response(payload: str | bytes) -> Response:
+    body = payload if isinstance(payload, bytes) else payload.encode()
+    return http_response(HTTPStatus.OK, body, "application/json")
 
 
 def content_security_policy(html: str) -> str:
@@ -318,7 +326,8 @@ def check_agent(site: Site, address: str, headers: Headers,
 
 # --- routes ------------------------------------------------------------------
 
-Handler = Callable[[Site, Request, Access], Response]
+# A route's answer; or one to wait for, which websockets awaits (a history query).
+Handler = Callable[[Site, Request, Access], "Response | Awaitable[Response]"]
 
 
 def page(site: Site, request: Request, access: Access) -> Response:
@@ -372,7 +381,8 @@ def visible_server(site: Site, request: Request, access: Access) -> tuple[str, R
     return sid, None
 
 
-def api_history(site: Site, request: Request, access: Access) -> Response:
+def api_history(site: Site, request: Request,
+                access: Access) -> Response | Awaitable[Response]:
     """GET /api/history?id=ID&range=1h|6h|24h|7d|30d|1y: columnar JSON for charts."""
     history = site.hub.history
     if history is None:
@@ -384,11 +394,29 @@ def api_history(site: Site, request: Request, access: Access) -> Response:
     if range_name not in RANGES:
         return text_response(HTTPStatus.BAD_REQUEST,
                              f"range must be one of {', '.join(RANGES)}")
+    busy = site.connections.queries.add(access.address)
+    if busy:
+        site.refuse("queries", ("queries", address_key(access.address)),
+                    f"history query from {access.address} refused: {busy}", time.monotonic())
+        return text_response(HTTPStatus.SERVICE_UNAVAILABLE, f"{busy}; try again",
+                             {"Retry-After": "1"})
+    return history_answer(site, sid, range_name, access.address)
+
+
+async def history_answer(site: Site, sid: str, range_name: str, address: str) -> Response:
+    """The query's answer, from history's query threads (the event loop goes on)."""
+    history = site.hub.history
+    assert history is not None
     try:
-        return json_response(history.query(sid, range_name, time.time()))
+        return json_response(await history.answer(sid, range_name, time.time()))
+    except Busy as exc:
+        return text_response(HTTPStatus.SERVICE_UNAVAILABLE, f"{exc}; try again",
+                             {"Retry-After": "1"})
     except sqlite3.Error as exc:  # the writer logs and retries; the reader just says so
         said = history.status if history.status != "ok" else str(exc)
         return text_response(HTTPStatus.SERVICE_UNAVAILABLE, f"history unavailable: {said}")
+    finally:
+        site.connections.queries.remove(address)
 
 
 def healthz(site: Site, request: Request, access: Access) -> Response:
@@ -542,7 +570,8 @@ ROUTES: dict[str, Handler] = {
 }
 
 
-def route_request(site: Site, connection: Any, request: Request, now: float) -> Response | None:
+def route_request(site: Site, connection: Any, request: Request,
+                  now: float) -> Response | Awaitable[Response] | None:
     """process_request: answer HTTP, authenticate agents, let WebSockets through."""
     try:
         path = urlsplit(request.path).path
@@ -591,7 +620,9 @@ def route_request(site: Site, connection: Any, request: Request, now: float) -> 
     handler = ROUTES.get(path)
     if handler is None:
         return text_response(HTTPStatus.NOT_FOUND, "not found")
-    access = site.access(request.headers)
+    peer = connection.remote_address[0] if connection.remote_address else "?"
+    access = site.access(request.headers)._replace(
+        address=client_address(peer, request.headers, site.options.trusted_proxies))
     if site.private and access.user is None and path.startswith("/api/") \
             and path != "/api/session":
         return text_response(HTTPStatus.UNAUTHORIZED, "sign in first")

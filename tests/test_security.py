@@ -12,15 +12,18 @@ import collections
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import ssl
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 from bench import upgrade_request
 from conftest import (
@@ -36,10 +39,11 @@ from conftest import (
 )
 from websockets.asyncio.client import connect as asyncio_connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.frames import Frame, Opcode
 from websockets.sync.client import connect
 
 import dashboard
-from sss import limits
+from sss import history, limits
 from sss.limits import Connections
 
 
@@ -127,6 +131,160 @@ def test_ten_viewers_of_a_big_fleet_need_no_flag(make_dashboard: Any) -> None:
     finally:
         for sock in idle:
             sock.close()
+
+
+def test_answers_nobody_reads_are_bounded(make_dashboard: Any) -> None:
+    """600 requests for /api/servers (1.2 MB each here) from clients that never read their
+    answer. Before, each answer sat in the dashboard until its client read it: 3,000 such
+    requests took RSS from 35 to 305 MB (the unit's MemoryMax is 256 MB)."""
+    dash: Dashboard = make_dashboard(big_fleet(2000))
+    listing = len(dash.get("/api/servers")[2])
+    assert listing > 1_000_000
+    process = psutil.Process(dash.process.pid)  # type: ignore[union-attr]
+    before, peak = process.memory_info().rss, [0]
+    flooding = threading.Event()
+
+    def sample() -> None:
+        while not flooding.is_set():
+            peak[0] = max(peak[0], process.memory_info().rss)
+            time.sleep(0.05)
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    never_read = []
+    try:
+        for n in range(600):
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.bind((f"127.0.14.{n % 20 + 1}", 0))
+            sock.connect(("127.0.0.1", dash.port))
+            sock.sendall(b"GET /api/servers HTTP/1.1\r\nHost: x\r\n\r\n")
+            never_read.append(sock)
+        deadline = time.monotonic() + 10
+        while sum(dash.refused(why) for why in ("answers", "answers_dropped", "handshakes")) \
+                < 500:  # each request refused, or its answer dropped, but the 32 MiB's
+            assert time.monotonic() < deadline, "the answers were never bounded"
+            time.sleep(0.2)
+        assert len(dash.get("/api/servers")[2]) == listing  # others are served as usual
+    finally:
+        flooding.set()
+        sampler.join()
+        for sock in never_read:
+            sock.close()
+    grown = (peak[0] - before) / 2**20
+    assert grown < 80, grown  # the answers' budget (32 MiB) and the requests themselves
+    assert "Traceback" not in dash.log_text()
+
+
+def read_upgrade(sock: socket.socket) -> bytes:
+    """The 101 answer's head; the bytes after it (frames) are returned."""
+    seen = b""
+    while b"\r\n\r\n" not in seen:
+        seen += sock.recv(4096)
+    head, _, rest = seen.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 101"), head
+    return rest
+
+
+def test_bytes_sent_before_the_handshake_answer_do_not_desync_frames(
+        make_dashboard: Any) -> None:
+    """An agent that pipelines a report right behind its request, or the first two bytes of
+    one: websockets and the dashboard's own frame splitter must agree where each frame
+    starts. The report here is 33,157 bytes long, so the bytes after those two read as the
+    header of a short frame (0x81 0x85): before, the splitter took them for one, and the
+    connection's frames went wrong from there."""
+    dash: Dashboard = make_dashboard()
+    small = json.dumps(go_report()).encode()
+    big = small + b" " * (0x8185 - len(small))  # JSON allows the spaces; 126, 0x81 0x85
+    headers = {"X-SERVER-ID": "alpha", "X-AUTH-SECRET": SECRET}
+    for report, cut in ((big, 2), (small, len(masked_frame(small)))):
+        accepted = dash.metric("sss_reports_accepted_total")
+        with socket.create_connection(("127.0.0.1", dash.port), timeout=5) as sock:
+            first = masked_frame(report)
+            assert report is small or first[:4] == b"\x81\xfe\x81\x85"
+            sock.sendall(upgrade_request("/ws-report", headers) + first[:cut])
+            read_upgrade(sock)
+            sock.sendall(first[cut:] + masked_frame(report) + masked_frame(report))
+            deadline = time.monotonic() + 5
+            while dash.metric("sss_reports_accepted_total") < accepted + 3:
+                assert time.monotonic() < deadline, "a frame was lost or misread"
+                time.sleep(0.05)
+        assert dash.metric("sss_reports_rejected_total", 'reason="not_json"') == 0
+    assert "Traceback" not in dash.log_text()
+
+
+def masked_frame(payload: bytes) -> bytes:
+    """A client's text frame: masked, as clients must."""
+    return Frame(Opcode.TEXT, payload).serialize(mask=True, extensions=[])
+
+
+def test_a_stop_does_not_wait_for_a_peer_that_never_answers_the_close(
+        make_dashboard: Any) -> None:
+    """SIGTERM closes every connection with 1001 and waits 1.5 s for the answers. Before,
+    a connection already closing was in no list that the stop aborted: 10 s for an agent
+    that never answers."""
+    dash: Dashboard = make_dashboard()
+    silent = socket.create_connection(("127.0.0.1", dash.port), timeout=5)
+    try:
+        silent.sendall(upgrade_request("/ws-report", {"X-SERVER-ID": "alpha",
+                                                      "X-AUTH-SECRET": SECRET}))
+        read_upgrade(silent)
+        dash.wait_for_log("agent connected: id=alpha")
+        started = time.monotonic()
+        assert dash.stop(timeout=15) == 0
+        assert time.monotonic() - started < 5
+    finally:
+        silent.close()
+
+
+def strict_json(text: str | bytes) -> Any:
+    """JSON as a browser's JSON.parse reads it: no NaN, no Infinity."""
+    def refuse(constant: str) -> None:
+        raise ValueError(f"{constant} is not JSON")
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_damaged_data_files_drop_their_bad_entries_and_keep_the_rest(
+        make_dashboard: Any) -> None:
+    """Before: sessions.json with "expires": null or traffic.json with "received": "many"
+    stopped the dashboard with a TypeError; 1e400 in traffic.json put a bare inf into every
+    snapshot and /api/servers (invalid JSON for every browser); in alerts.json it made
+    /api/alerts answer 500."""
+    dash: Dashboard = make_dashboard(
+        [server_entry("alpha"), server_entry("beta"), server_entry("gamma")], start=False,
+        notifiers=[{"name": "ops", "type": "webhook", "url": "http://127.0.0.1:9/"}],
+        alerts=[{"name": "down", "metric": "offline", "notify": ["ops"]}])
+    dash.data.mkdir()
+    period = {"start": 1_700_000_000, "end": 2_700_000_000, "sent": 5}
+    meter = {"last_in": None, "last_out": None, "boot_time": None, "past": []}
+    (dash.data / "traffic.json").write_text(json.dumps({
+        "alpha": {**meter, "current": {**period, "received": "many"}},
+        "beta": {**meter, "current": {**period, "received": 7}}})[:-1]
+        + ', "gamma": {"last_in": null, "last_out": null, "boot_time": null, "past": [], '
+          '"current": {"start": 1700000000, "end": 2700000000, "received": 1e400, '
+          '"sent": 5}}}')
+    (dash.data / "sessions.json").write_text(json.dumps({
+        "a" * 64: {"user": "alice", "expires": None, "password": "0" * 16}}))
+    (dash.data / "alerts.json").write_text(
+        '[{"alert": "down", "id": "alpha", "since": 1e400, "value": null, "last_sent": 1}, '
+        '{"alert": "down", "id": "beta", "since": 1700000000, "value": null, '
+        '"last_sent": 1700000000}]')
+    store = history.History(dash.data)
+    store.writer.connection().execute(
+        "INSERT INTO latest VALUES ('alpha', 1700000000, ?)",
+        ('{"cpuInfo": {"percent": Infinity, "info": []}}',))
+    store.close()
+    dash.start()
+    for entry in ("traffic.json: entry 'alpha'", "traffic.json: entry 'gamma'",
+                  "sessions.json: entry 'aaaa", "alerts.json: entry 0",
+                  "the last view of 'alpha' is damaged"):
+        dash.wait_for_log(re.escape(entry))
+    servers = strict_json(dash.get("/api/servers")[2])
+    assert {s["id"]: s.get("traffic", {}).get("in") for s in servers}["beta"] == 7
+    assert [a["server"]["id"] for a in strict_json(dash.get("/api/alerts")[2])] == ["beta"]
+    with dash.viewer() as viewer:
+        strict_json(viewer.recv(timeout=5))
+    strict_json(dash.get("/api/traffic?id=gamma")[2])
+    assert "Traceback" not in dash.log_text()
 
 
 def test_viewers_are_capped_per_address(make_dashboard: Any) -> None:
@@ -267,6 +425,7 @@ PROGRAM_ENV = {**os.environ, "PYTHONPATH": f"{dashboard.HERE / 'tests'}:{dashboa
 CHURN_PROGRAM = """
 import asyncio, dataclasses, gc, json, os, resource, signal, socket, sys, threading
 from pathlib import Path
+from websockets.frames import Frame, Opcode
 from websockets.sync.client import connect
 import dashboard
 from sss import limits, transport
