@@ -203,6 +203,7 @@ class Dashboard:
             await ws.close(CloseCode.POLICY_VIOLATION, "expected a user and a password")
             return
         now, who, site = time.monotonic(), f"user:{user}", self.site
+        site.connections.logins.end(ws)  # it said what it wants: no longer waiting
         refusal = banned_response(site, address, who, now)
         busy = "" if refusal is not None else site.connections.checks.add(address)
         if refusal is not None or busy:

@@ -67,6 +67,7 @@ VIEWER_SNAPSHOTS = 10
 # them for 10 s each, under an open-file limit of 1,024.
 LOGINS_PER_ADDRESS = 4
 LOGINS_TOTAL = 64
+LOGIN_EVICT_AFTER = 1.0  # past the total, one waiting longer goes: a browser sends at once
 # Passwords being checked (scrypt: 16 MiB and about 50 ms each, on SIGN_IN_WORKERS threads):
 # one per address at a time, SIGN_IN_CHECKS in all, so that guesses sent together from
 # many addresses queue fairly and a real sign-in waits at most about 32 x 50 ms / 2.
@@ -391,6 +392,53 @@ class Pool:
         self.count -= 1
 
 
+class Waiting:
+    """Connections that have not said what they want yet (a request being read, a sign-in
+    socket before its attempt), per address and in total. Past the total, the oldest one
+    makes room if it waited longer than `evict_after` (a slow attacker's, most likely:
+    browsers and agents say what they want within a round trip); else the newcomer is
+    told to come back.
+
+        >>> waiting = Waiting("sign-in sockets waiting", total=2, per_address=2, evict_after=1)
+        >>> waiting.start("a", "198.51.100.7", 0.0), waiting.start("b", "198.51.100.8", 0.5)
+        (('', None), ('', None))
+        >>> waiting.start("c", "198.51.100.9", 0.8)
+        ('2 sign-in sockets waiting', None)
+        >>> waiting.start("c", "198.51.100.9", 1.5)  # "a" has waited too long: it goes
+        ('', 'a')
+    """
+
+    def __init__(self, what: str, total: int, per_address: int, evict_after: float,
+                 exempt: frozenset[str] = frozenset()) -> None:
+        self.what, self.total, self.per_address = what, total, per_address
+        self.evict_after, self.exempt = evict_after, exempt
+        self.since: dict[Hashable, tuple[str, float]] = {}  # -> (address key, start), oldest first
+        self.by_address: collections.Counter[str] = collections.Counter()
+
+    def start(self, connection: Hashable, address: str,
+              now: float) -> tuple[str, Hashable | None]:
+        """Count a connection that waits: (a reason to refuse it, or ""; the oldest to drop
+        for it when every place is taken, or None)."""
+        key = address_key(address)
+        if address not in self.exempt and self.by_address[key] >= self.per_address:
+            return f"{self.per_address} {self.what} from this address", None
+        oldest = None
+        if len(self.since) >= self.total:
+            oldest = next(iter(self.since))
+            if now - self.since[oldest][1] < self.evict_after:
+                return f"{self.total} {self.what}", None
+            self.end(oldest)
+        self.since[connection] = (key, now)
+        self.by_address[key] += 1
+        return "", oldest
+
+    def end(self, connection: Hashable) -> None:
+        """It said what it wants, or closed."""
+        started = self.since.pop(connection, None)
+        if started is not None:
+            release(self.by_address, started[0])
+
+
 class Connections:
     """Handshakes in progress, viewers and sign-in sockets, counted per address and in
     total.
@@ -405,38 +453,13 @@ class Connections:
                  handshakes_total: int = HANDSHAKES_TOTAL,
                  handshakes_per_address: int = HANDSHAKES_PER_ADDRESS,
                  exempt: frozenset[str] = frozenset()) -> None:
-        self.handshakes_total = handshakes_total
-        self.handshakes_per_address = handshakes_per_address
-        self.exempt = exempt
-        # connection -> (address key, when it started), oldest first
-        self.handshaking: dict[Hashable, tuple[str, float]] = {}
-        self.handshakes: collections.Counter[str] = collections.Counter()
+        self.handshakes = Waiting("handshakes in progress", handshakes_total,
+                                  handshakes_per_address, HANDSHAKE_EVICT_AFTER, exempt)
+        self.logins = Waiting("sign-in sockets waiting", LOGINS_TOTAL, LOGINS_PER_ADDRESS,
+                              LOGIN_EVICT_AFTER)
         self.viewers = Pool("viewers connected", viewers_total, viewers_per_address)
-        self.logins = Pool("sign-in sockets open", LOGINS_TOTAL, LOGINS_PER_ADDRESS)
         self.checks = Pool("sign-ins being checked", SIGN_IN_CHECKS, 1)
         self.queries = Pool("history queries waiting", QUERIES_TOTAL, QUERIES_PER_ADDRESS)
-
-    def start_handshake(self, connection: Hashable, peer: str,
-                        now: float) -> tuple[str, Hashable | None]:
-        """Count a new connection's handshake: (a reason to refuse it, or "";
-        the oldest handshake to drop for it when all places are taken, or None)."""
-        key = address_key(peer)
-        if peer not in self.exempt and self.handshakes[key] >= self.handshakes_per_address:
-            return f"{self.handshakes_per_address} handshakes in progress from this address", None
-        oldest = None
-        if len(self.handshaking) >= self.handshakes_total:
-            oldest = next(iter(self.handshaking))
-            if now - self.handshaking[oldest][1] < HANDSHAKE_EVICT_AFTER:
-                return f"{self.handshakes_total} handshakes in progress", None
-            self.end_handshake(oldest)
-        self.handshaking[connection] = (key, now)
-        self.handshakes[key] += 1
-        return "", oldest
-
-    def end_handshake(self, connection: Hashable) -> None:
-        started = self.handshaking.pop(connection, None)
-        if started is not None:
-            release(self.handshakes, started[0])
 
 
 def release(counter: collections.Counter[str], key: str) -> None:

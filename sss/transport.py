@@ -150,7 +150,7 @@ class Connection(ServerConnection, asyncio.BufferedProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         peer = transport.get_extra_info("peername")
         self.peer = peer[0] if peer else "?"
-        refusal, oldest = self.site.connections.start_handshake(self, self.peer,
+        refusal, oldest = self.site.connections.handshakes.start(self, self.peer,
                                                                 time.monotonic())
         if refusal:  # before websockets starts a handler: a refusal costs next to nothing
             self.transport = transport  # type: ignore[assignment]
@@ -295,7 +295,7 @@ class Connection(ServerConnection, asyncio.BufferedProtocol):
         """The request is complete: it no longer counts as a handshake in progress."""
         if self.handshaking:
             self.handshaking = False
-            self.site.connections.end_handshake(self)
+            self.site.connections.handshakes.end(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
         # A write that failed (the peer reset) raised inside broadcast(): the traceback
@@ -309,7 +309,7 @@ class Connection(ServerConnection, asyncio.BufferedProtocol):
             self.site.connections.viewers.remove(self.viewer_from)
             self.viewer_from = None
         if self.login_from is not None:
-            self.site.connections.logins.remove(self.login_from)
+            self.site.connections.logins.end(self)
             self.login_from = None
             self.viewer_from = None
         # Refused before websockets knew of it: no handler, nothing in a cycle (below), so

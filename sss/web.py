@@ -641,11 +641,15 @@ def login_handshake(site: Site, connection: Any, request: Request,
     refusal = banned_response(site, address, "", now)
     if refusal is not None:
         return refusal
-    crowded = site.connections.logins.add(address)
+    crowded, oldest = site.connections.logins.start(connection, address, now)
     if crowded:
         site.refuse("logins", ("logins", address_key(address)),
                     f"sign-in socket from {address} refused: {crowded}", now)
         return text_response(HTTPStatus.TOO_MANY_REQUESTS, crowded, {"Retry-After": "5"})
+    if oldest is not None:  # the one that waited longest makes room
+        site.refuse("logins_dropped", ("logins_dropped",), "a sign-in socket that said "
+                    "nothing was dropped: every place was taken", now)
+        oldest.transport.abort()
     connection.agent, connection.login_from = None, address
     connection.protocol.available_extensions = []
     return None

@@ -393,27 +393,27 @@ def test_a_failure_counted_as_it_arrives_is_forgiven_when_right() -> None:
 
 
 def test_past_the_total_the_oldest_handshake_makes_room() -> None:
-    connections = Connections(handshakes_total=3, handshakes_per_address=2)
-    assert connections.start_handshake("slow-1", "192.0.2.1", 0.0) == ("", None)
-    assert connections.start_handshake("slow-2", "192.0.2.1", 0.0) == ("", None)
-    refusal, _ = connections.start_handshake("slow-3", "192.0.2.1", 0.0)
+    handshakes = Connections(handshakes_total=3, handshakes_per_address=2).handshakes
+    assert handshakes.start("slow-1", "192.0.2.1", 0.0) == ("", None)
+    assert handshakes.start("slow-2", "192.0.2.1", 0.0) == ("", None)
+    refusal, _ = handshakes.start("slow-3", "192.0.2.1", 0.0)
     assert refusal == "2 handshakes in progress from this address"
-    assert connections.start_handshake("agent-1", "198.51.100.1", 1.0) == ("", None)
-    assert connections.start_handshake("agent-2", "198.51.100.2", 5.0) == ("", "slow-1")
-    connections.end_handshake("agent-1")
-    assert connections.start_handshake("slow-4", "192.0.2.1", 5.0) == ("", None)  # slow-1 left
-    assert dict(connections.handshakes) == {"192.0.2.1": 2, "198.51.100.2": 1}
+    assert handshakes.start("agent-1", "198.51.100.1", 1.0) == ("", None)
+    assert handshakes.start("agent-2", "198.51.100.2", 5.0) == ("", "slow-1")
+    handshakes.end("agent-1")
+    assert handshakes.start("slow-4", "192.0.2.1", 5.0) == ("", None)  # slow-1 left
+    assert dict(handshakes.by_address) == {"192.0.2.1": 2, "198.51.100.2": 1}
 
 
 def test_a_reconnecting_fleet_is_told_to_retry_not_dropped_halfway() -> None:
     """All places taken by handshakes younger than 2 s (a fleet coming back at once): the
     newcomer waits, instead of each one dropping another before it can finish."""
-    connections = Connections(handshakes_total=2, handshakes_per_address=2)
-    assert connections.start_handshake("agent-1", "198.51.100.1", 10.0) == ("", None)
-    assert connections.start_handshake("agent-2", "198.51.100.2", 10.5) == ("", None)
-    assert connections.start_handshake("agent-3", "198.51.100.3", 11.9) == (
+    handshakes = Connections(handshakes_total=2, handshakes_per_address=2).handshakes
+    assert handshakes.start("agent-1", "198.51.100.1", 10.0) == ("", None)
+    assert handshakes.start("agent-2", "198.51.100.2", 10.5) == ("", None)
+    assert handshakes.start("agent-3", "198.51.100.3", 11.9) == (
         "2 handshakes in progress", None)
-    assert connections.start_handshake("agent-3", "198.51.100.3", 12.0) == ("", "agent-1")
+    assert handshakes.start("agent-3", "198.51.100.3", 12.0) == ("", "agent-1")
 
 
 # Programs run from the checkout: the tests' helpers and bench.py importable there.

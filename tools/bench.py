@@ -1048,16 +1048,21 @@ def attack_source(kind: int, n: int) -> str:
     return f"127.{9 + kind}.{n // 250 % 250}.{n % 250 + 1}"
 
 
-ATTACKS = ("idle_viewers", "slow_headers", "guesses", "flood_reports")
+ATTACKS = ("idle_viewers", "slow_headers", "guesses", "flood_reports", "sign_ins",
+           "slow_readers", "refusals", "year_queries", "idle_logins")
+BENCH_PASSWORD = "bench-password-123"  # the sign-in attacks' user, alice, has this one
 
 
 async def attack(port: int, duration: float, flooder: str,
                  kinds: tuple[str, ...] = ATTACKS) -> dict[str, int]:
-    """Four attacks at once, for `duration` s: viewers that never read, reconnecting in
-    a loop; request headers that never end; wrong secrets from rotating addresses; an
-    authenticated agent flooding reports. Counts what each got done."""
+    """The attacks at once, for `duration` s: viewers that never read, reconnecting in a
+    loop; request headers that never end; wrong secrets from rotating addresses; an
+    authenticated agent flooding reports; sign-in guesses sent together from 20 addresses;
+    requests for /api/servers whose answers are never read; connect-and-close from
+    addresses over their handshake limit; year-long history queries from 32 clients; idle
+    sign-in sockets. Counts what each got done."""
     deadline = time.monotonic() + duration
-    done = {"idle_viewers": 0, "slow_headers": 0, "guesses": 0, "flood_reports": 0}
+    done = dict.fromkeys(ATTACKS, 0)
     upgrade = upgrade_request("/ws-frontend")
     # Just under the limits (16 KiB of headers, 8 KiB a line), and never finished.
     slow = (b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Pad: " + b"p" * 8000 + b"\r\nX-Pad: "
@@ -1114,9 +1119,72 @@ async def attack(port: int, duration: float, flooder: str,
                         done["flood_reports"] += 1
             await asyncio.sleep(1)
 
+    async def sign_ins(n: int) -> None:
+        """Guesses sent together, four sockets at a time, from one of 20 addresses."""
+        source = attack_source(3, n)
+        login = f"ws://127.0.0.1:{port}/ws-login"
+        while time.monotonic() < deadline:
+            with contextlib.suppress(Exception):
+                sockets = [await connect(login, open_timeout=10, local_addr=(source, 0))
+                           for _ in range(4)]
+                for ws in sockets:
+                    await ws.send(json.dumps({"user": "alice", "password": f"guess-{n}"}))
+                    done["sign_ins"] += 1
+                for ws in sockets:
+                    with contextlib.suppress(Exception):
+                        await asyncio.wait_for(ws.recv(), 10)
+                    await ws.close()
+            await asyncio.sleep(0.1)
+
+    async def slow_reader(n: int) -> None:
+        """/api/servers, never read; again every 2 s."""
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError):
+                _, writer = await opened(attack_source(4, n % ATTACK_ADDRESSES))
+                writer.write(b"GET /api/servers HTTP/1.1\r\nHost: x\r\n\r\n")
+                done["slow_readers"] += 1
+                await asyncio.sleep(2)
+                writer.transport.abort()
+            await asyncio.sleep(0.1)
+
+    async def refusals(n: int) -> None:
+        """Connect and close at once, from the addresses slow_headers holds at their limit."""
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError):
+                _, writer = await opened(attack_source(1, n % ATTACK_ADDRESSES))
+                writer.transport.close()
+                done["refusals"] += 1
+            await asyncio.sleep(0.01)
+
+    async def year_query(n: int) -> None:
+        """A year of one server's history, again and again, from 32 clients on 16 addresses."""
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError, asyncio.TimeoutError):
+                reader, writer = await opened(attack_source(5, n // 2))
+                writer.write(b"GET /api/history?id=host-00000&range=1y HTTP/1.1\r\n"
+                             b"Host: x\r\n\r\n")
+                await asyncio.wait_for(reader.read(), 30)
+                done["year_queries"] += 1
+                writer.transport.abort()
+
+    async def idle_login(n: int) -> None:
+        """A sign-in socket that never says anything, again when it is closed."""
+        while time.monotonic() < deadline:
+            with contextlib.suppress(Exception):
+                async with connect(f"ws://127.0.0.1:{port}/ws-login", open_timeout=10,
+                                   local_addr=(attack_source(6, n % 10), 0)) as ws:
+                    done["idle_logins"] += 1
+                    await ws.recv()
+            await asyncio.sleep(0.5)
+
     attackers = {"idle_viewers": [idle_viewer(n) for n in range(1000)],
                  "slow_headers": [slow_headers(n) for n in range(1000)],
-                 "guesses": [guesses(n) for n in range(20)], "flood_reports": [flood()]}
+                 "guesses": [guesses(n) for n in range(20)], "flood_reports": [flood()],
+                 "sign_ins": [sign_ins(n) for n in range(20)],
+                 "slow_readers": [slow_reader(n) for n in range(300)],
+                 "refusals": [refusals(n) for n in range(20)],
+                 "year_queries": [year_query(n) for n in range(32)],
+                 "idle_logins": [idle_login(n) for n in range(100)]}
     for kind, coroutines in attackers.items():
         if kind not in kinds:
             for coroutine in coroutines:
@@ -1148,9 +1216,12 @@ def bench_attack(servers: int, duration: float, kinds: tuple[str, ...] = ATTACKS
     ids = [f"host-{i:05d}" for i in range(servers)]
     with tempfile.TemporaryDirectory() as tmp:
         config = Path(tmp) / "servers.json"
+        from sss.sessions import hash_password
         config.write_text(json.dumps({"servers": [
             {"id": sid, "secret": SECRET, "name": f"{sid}.example.net", "group": "Fleet"}
-            for sid in [*ids, "flooder"]]}))
+            for sid in [*ids, "flooder"]],
+            "viewers": {"users": {"alice": hash_password(BENCH_PASSWORD)}}}))
+        year_of_history(Path(tmp) / "data", ids[0], targets=16)
         dash, port = start_server([sys.executable, str(CHECKOUT / "dashboard.py"), "--config",
                                    str(config), "--host", "127.0.0.1", "--port", "0"],
                                   Path(tmp) / "dashboard.log")
@@ -1197,6 +1268,33 @@ def bench_attack(servers: int, duration: float, kinds: tuple[str, ...] = ATTACKS
             "viewers_cut": int(cut)}
 
 
+def year_of_history(data: Path, sid: str, targets: int) -> None:
+    """400 days of six-hour rows for one server, with `targets` probe targets: what a
+    year-long query reads."""
+    from sss import history
+    from sss.reports import validate_report
+    data.mkdir(parents=True, exist_ok=True)
+    store = history.History(data)
+    db = store.writer.connection()
+    bucket = history.Bucket(0)
+    record = validate_report(json.dumps(fake_report(sid, random.Random(1))))
+    bucket.add(history.metric_values(record), (None, None), 0.0)
+    bucket.add_probes([{"name": f"target-{i:02d}", "rtt": 20.0 + i, "loss": 0.0}
+                       for i in range(targets)])
+    quarter, now = 6 * 3600, time.time()
+    end = int(now) // quarter * quarter
+    starts = range(end - 400 * 86400, end, quarter)
+    row = history.bucket_row(history.FINE, sid, bucket)
+    db.executemany(history.ADD_SAMPLE, [history.in_tier(row, history.QUARTER_DAY, t)
+                                        for t in starts])
+    db.executemany(history.ADD_PROBE, [(history.QUARTER_DAY, sid, r[2], t, *r[4:])
+                                       for t in starts
+                                       for r in history.probe_rows(history.FINE, sid, bucket)])
+    db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                   [("rolled_until_1", int(now) // 3600 * 3600), ("rolled_until_2", end)])
+    store.close()
+
+
 def watch_fleet(port: int, duration: float, seen: dict[str, Any]) -> None:
     """A real viewer: while the attacks run, the longest time between two messages and
     the fewest servers online in what it is shown."""
@@ -1222,7 +1320,7 @@ def watch_fleet(port: int, duration: float, seen: dict[str, Any]) -> None:
 
 def print_attack(r: dict[str, Any]) -> None:
     print(f"attack bench: {r['servers']} agents reporting every 5 s, one viewer watching; "
-          f"four attacks at once for {r['duration']:.0f} s")
+          f"{len(r['attacks'])} attacks at once for {r['duration']:.0f} s")
     print("  done by the attackers: " + ", ".join(f"{k} {v}" for k, v in r["attacks"].items()))
     print("  refused by the dashboard: " + ", ".join(f"{k} {v}" for k, v in r["refused"].items())
           + f"; viewers cut {r['viewers_cut']}")
@@ -1378,11 +1476,11 @@ def main(argv: list[str] | None = None) -> int:
     watch_cmd.add_argument("--viewers", type=int)
     watch_cmd.add_argument("--duration", type=float)
     commands.add_parser("_floor")  # internal: the bare receiving server
-    attack_cmd = commands.add_parser("attack", help="four attacks at once on a live fleet")
+    attack_cmd = commands.add_parser("attack", help="the attacks at once on a live fleet")
     attack_cmd.add_argument("--servers", type=int, default=500)
     attack_cmd.add_argument("--duration", type=float, default=60)
     attack_cmd.add_argument("--only", nargs="+", choices=ATTACKS, default=list(ATTACKS),
-                            help="some of the attacks (default: all four at once)")
+                            help="some of the attacks (default: all of them at once)")
     attack_cmd.add_argument("--warmup", type=float, default=30,
                             help="seconds for the fleet to connect before the attacks")
     attack_cmd.add_argument("--settle", type=float, default=65,
