@@ -443,14 +443,10 @@ class Delivery:
     def stop(self) -> None:
         self.stopping.set()
 
-    def metrics_lines(self) -> list[str]:
+    def totals(self) -> dict[tuple[str, str], int]:
+        """Messages by (notifier, result), for /metrics."""
         with self.lock:
-            counts = sorted(self.counts.items())
-        lines = ["# HELP sss_alert_notifications_total Alert messages by notifier and result.",
-                 "# TYPE sss_alert_notifications_total counter"]
-        lines += [f'sss_alert_notifications_total{{notifier="{name}",result="{result}"}} {n}'
-                  for (name, result), n in counts]
-        return lines
+            return dict(self.counts)
 
 
 def missing_apprise(config: Config) -> str:
@@ -520,11 +516,3 @@ class Alerting:
                            "threshold": rule.above if rule.above is not None else rule.below,
                            "since": int(state.since)})
         return json.dumps(listed, allow_nan=False)
-
-    def metrics_lines(self, label: Callable[[str], str],
-                      visible: Callable[[str], bool] = lambda sid: True) -> list[str]:
-        lines = ["# HELP sss_alert_firing 1 for each alert firing for a server.",
-                 "# TYPE sss_alert_firing gauge"]
-        lines += [f'sss_alert_firing{{alert="{label(rule)}",id="{label(sid)}"}} 1'
-                  for rule, sid in sorted(self.evaluator.firing) if visible(sid)]
-        return lines + self.delivery.metrics_lines()

@@ -25,7 +25,7 @@ import time
 from collections.abc import Awaitable, Iterator
 from http import HTTPStatus
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
@@ -33,7 +33,7 @@ from websockets.frames import CloseCode
 from websockets.http11 import Request, Response
 
 from . import runtime
-from .alerts import Alerting, missing_apprise
+from .alerts import Alerting, Observed, missing_apprise, observed_values
 from .config import Config, ConfigError, ServerConfig, load_config
 from .history import History
 from .hub import Closing, Hub
@@ -55,7 +55,7 @@ from .probes import probes_frame
 from .reports import MAX_FRAME_BYTES, ReportError, validate_report
 from .sessions import Sessions, check_password
 from .timings import TICK_SECONDS, WallWatch, jump_words, reconnect_spread
-from .traffic import SAVE_SECONDS, Traffic, zone
+from .traffic import SAVE_SECONDS, Traffic, days_left, traffic_json, zone
 from .transport import Connection, broadcast_framed, forget_handshake, ignore_frame
 from .web import (
     Files,
@@ -86,8 +86,8 @@ class Dashboard:
         self.history = history
         self.traffic = Traffic(data / "traffic.json", zone(config.timezone))
         self.traffic.load()
-        self.hub = Hub(config, broadcast_framed, asyncio.get_running_loop(), history, self.traffic,
-                       options.viewer_memory)
+        self.hub = Hub(config, broadcast_framed, time.time, time.monotonic,
+                       asyncio.get_running_loop(), self.reported, options.viewer_memory)
         self.alerting = Alerting(data / "alerts.json", time.monotonic(), time.time())
         self.alerting.configure(config.notifiers)
         self.wall_watch = WallWatch(time.monotonic(), time.time())
@@ -95,14 +95,14 @@ class Dashboard:
         self.sessions.load()
         self.sessions.expire(config.viewers.users, self.steady())
         self.sessions_expired = time.monotonic()
-        self.site = Site.create(self.hub, files, options, self.alerting,
-                                self.sessions)
+        self.site = Site.create(self.hub, files, options, self.alerting, self.sessions,
+                                history, self.traffic)
         self.site.steady = self.steady
         if history is not None:
             now, wall = time.monotonic(), time.time()
             self.hub.restore(history.restore(now, wall))
             self.hub.take_history(history.fields(list(self.hub.servers), wall))
-        self.hub.refresh_traffic(time.time())
+        self.refresh_traffic(time.time())
         self.closing: set[asyncio.Future[None]] = set()  # kept referenced until done
         # Every agent's Connection.take_frame: one bound method, not one per connection.
         self.take_whole_frame = self.take_agent_frame
@@ -415,12 +415,55 @@ class Dashboard:
         if int(now) % runtime.TRIM_SECONDS == 0:
             runtime.give_back_memory()
 
+    def reported(self, sid: str, record: dict[str, Any], now: float, wall: float) -> None:
+        """The hub accepted a report: traffic counts it, history folds it (the hot path)."""
+        state = self.hub.servers[sid]
+        self.traffic.observe(sid, record, state.config.traffic, wall)
+        if "traffic" not in state.extras:  # then refresh_traffic() keeps it current
+            self.hub.set_extra(sid, "traffic", self.traffic_field(state.config, wall))
+        if self.history is not None:
+            self.history.fold(sid, record, now, wall)
+
+    def traffic_field(self, server: ServerConfig, wall: float) -> str:
+        """A server's `traffic` field, encoded, once counting started or a limit is set;
+        else ""."""
+        if server.id not in self.traffic.meters and not server.traffic.limit:
+            return ""
+        return traffic_json(self.traffic.view(server.id, server.traffic, wall))
+
+    def refresh_traffic(self, wall: float) -> None:
+        """Every server's period totals on its card, once a minute (keep_traffic) rather
+        than with each report: a monthly total needs no fresher, and at every report it was
+        an eighth of what viewers receive. The changes go out over the next few updates,
+        or with a server's own next report; a new period starts even without reports."""
+        for sid, state in self.hub.servers.items():
+            self.hub.set_extra(sid, "traffic", self.traffic_field(state.config, wall),
+                               soon=False)
+
+    def observe(self, wall: float) -> list[Observed]:
+        """What alert rules see of every server now."""
+        return [Observed(state.config, state.online, state.record is not None,
+                         state.report_interval,
+                         observed_values(state.record) if state.online else {},
+                         self.plan_values(state.config, wall))
+                for state in self.hub.servers.values()]
+
+    def plan_values(self, server: ServerConfig, wall: float) -> dict[str, float]:
+        """`traffic` (% of the limit) and `expiry` (days left): judged online or not."""
+        values: dict[str, float] = {}
+        if server.traffic.limit:
+            used = self.traffic.view(server.id, server.traffic, wall)["used"]
+            values["traffic"] = round(used / server.traffic.limit * 100, 2)
+        if server.expires:
+            values["expiry"] = days_left(server.expires, wall, self.traffic.zone)
+        return values
+
     def evaluate_alerts(self, now: float, wall: float) -> None:
         """Alert rules against the live state; a change shows on the servers' cards."""
         rules = self.hub.config.alerts
         if not rules and not self.alerting.evaluator.firing:
             return
-        for sid in self.alerting.tick(rules, self.hub.observe(wall), now, wall):
+        for sid in self.alerting.tick(rules, self.observe(wall), now, wall):
             self.hub.set_extra(sid, "alerts", self.alerting.view_value(sid))
 
     async def keep_traffic(self) -> None:
@@ -431,7 +474,7 @@ class Dashboard:
             await asyncio.sleep(every)
             with self.surviving("traffic"):
                 self.traffic.save()
-                self.hub.refresh_traffic(time.time())
+                self.refresh_traffic(time.time())
 
     async def write_history(self, history: History) -> None:
         """At the end of every resolution step: the closed buckets go to SQLite."""
@@ -475,7 +518,7 @@ class Dashboard:
                 self.tell_probes(state.connection, state.config, unless_none=False)
         self.alerting.configure(config.notifiers)
         self.traffic.zone = zone(config.timezone)
-        self.hub.refresh_traffic(time.time())
+        self.refresh_traffic(time.time())
         ended = self.sessions.expire(config.viewers.users, self.steady())
         if ended:
             log.info("config reload: %d sessions ended (password changed or user removed)",

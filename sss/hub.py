@@ -15,17 +15,13 @@ import itertools
 import json
 import logging
 import math
-import time
 from json.encoder import c_make_encoder, encode_basestring_ascii  # type: ignore[attr-defined]
 from typing import TYPE_CHECKING, Any, Callable, NamedTuple
 
-from .alerts import Observed, observed_values
 from .config import COUNTRY_PATTERN, Config, ServerConfig
-from .history import History
 from .limits import VIEWER_BACKLOG_BYTES, LogLimiter, held_back, viewer_memory_budget
 from .reports import REPORT_SCHEMA, VIEW_FIELDS, ReportError
 from .timings import COALESCE_SECONDS, DEFAULT_REPORT_INTERVAL, offline_after, silent_close_after
-from .traffic import Traffic, days_left, traffic_json, zone
 
 if TYPE_CHECKING:
     from websockets.asyncio.server import ServerConnection
@@ -64,6 +60,7 @@ SNAPSHOT_SHARED_SECONDS = 1.0
 HISTORY_SERVERS_PER_UPDATE = 500  # a history step's changes go out this many at a time
 
 Broadcast = Callable[[list[Any], str], None]
+Reported = Callable[[str, dict[str, Any], float, float], None]  # sid, record, now, wall
 
 
 class Before(NamedTuple):
@@ -435,14 +432,16 @@ class ServerState:
 class Hub:
     """Servers, agents, viewers and counters."""
 
-    def __init__(self, config: Config, broadcast: Broadcast,
-                 loop: asyncio.AbstractEventLoop | None = None,
-                 history: History | None = None, traffic: Traffic | None = None,
+    def __init__(self, config: Config, broadcast: Broadcast, wall: Callable[[], float],
+                 monotonic: Callable[[], float], loop: asyncio.AbstractEventLoop | None = None,
+                 reported: Reported = lambda sid, record, now, wall: None,
                  viewer_memory: int | None = None) -> None:
         self.config = config
         self.broadcast = broadcast
-        self.history = history
-        self.traffic = traffic
+        # The clocks, given: the hub reads none itself (updates carry wall time; log lines
+        # are limited by the monotonic one).
+        self.wall, self.monotonic = wall, monotonic
+        self.reported = reported  # told of each accepted report (history, traffic)
         self.loop = loop  # None in unit tests: updates then wait in `dirty`
         self.servers = {sid: ServerState(cfg) for sid, cfg in config.servers.items()}
         self.viewers: dict[ServerConnection, bool] = {}  # -> may see hidden servers
@@ -501,33 +500,9 @@ class Hub:
         if not state.online or state.report_interval < interval:
             self.next_deadline = 0.0  # its offline deadline is new, or may come sooner
             state.online = True
-        if self.traffic is not None:
-            self.traffic.observe(sid, record, state.config.traffic, wall)
-            if "traffic" not in state.extras:  # then refresh_traffic() keeps it current
-                state.set_extra("traffic", self.traffic_value(state.config, wall))
         self.accepted += 1
         self.mark_dirty(sid, before)
-        if self.history is not None:
-            self.history.fold(sid, record, now, wall)
-
-    def traffic_value(self, server: ServerConfig, wall: float) -> str:
-        """The server's `traffic` field, encoded, once counting started or a limit is set;
-        else ""."""
-        assert self.traffic is not None
-        if server.id not in self.traffic.meters and not server.traffic.limit:
-            return ""
-        return traffic_json(self.traffic.view(server.id, server.traffic, wall))
-
-    def refresh_traffic(self, wall: float) -> None:
-        """Every server's period totals on its card, once a minute (dashboard.keep_traffic)
-        rather than with each report: a monthly total needs no fresher, and at every report
-        it was an eighth of what viewers receive. The changes go out over the next few
-        updates, or with a server's own next report; a new period starts even without
-        reports."""
-        if self.traffic is not None:
-            for sid, state in self.servers.items():
-                self.set_extra(sid, "traffic", self.traffic_value(state.config, wall),
-                               soon=False)
+        self.reported(sid, record, now, wall)
 
     def last_record(self, sid: str) -> tuple[int, str] | None:
         """(Unix time, view JSON) of the server's last accepted report, for history."""
@@ -558,27 +533,6 @@ class Hub:
         state = self.servers.get(sid)
         if state is not None and state.set_extra(field, value):
             self.mark_dirty(sid, soon=soon)
-
-    def observe(self, wall: float) -> list[Observed]:
-        """What alert rules see of every server now."""
-        return [Observed(state.config, state.online, state.record is not None,
-                         state.report_interval,
-                         observed_values(state.record) if state.online else {},
-                         self.plan_values(state.config, wall))
-                for state in self.servers.values()]
-
-    def plan_values(self, server: ServerConfig, wall: float) -> dict[str, float]:
-        """`traffic` (% of the limit) and `expiry` (days left): judged online or not."""
-        values: dict[str, float] = {}
-        if self.traffic is not None and server.traffic.limit:
-            used = self.traffic.view(server.id, server.traffic, wall)["used"]
-            values["traffic"] = round(used / server.traffic.limit * 100, 2)
-        if server.expires:
-            values["expiry"] = days_left(server.expires, wall, self.traffic_zone())
-        return values
-
-    def traffic_zone(self) -> Any:
-        return self.traffic.zone if self.traffic is not None else zone(self.config.timezone)
 
     def reject_report(self, error: ReportError) -> None:
         self.rejected[error.reason] += 1
@@ -773,7 +727,7 @@ class Hub:
         budget = viewer_memory_budget(self.snapshot_bytes, self.viewer_memory)
         cut = to_cut(backlogs, VIEWER_BACKLOG_BYTES + self.snapshot_bytes, budget)
         for ws in cut:
-            held = self.quiet.allow(("viewer cut",), time.monotonic())
+            held = self.quiet.allow(("viewer cut",), self.monotonic())
             if held is not None:
                 log.warning("viewer disconnected: not reading (%d bytes queued)%s",
                             backlogs[ws], held_back(held))
@@ -782,23 +736,15 @@ class Hub:
         self.viewers_cut += len(cut)
         return cut
 
-    @staticmethod
-    def wall() -> float:
-        """Unix time for messages; the rules run on the monotonic `now`."""
-        return time.time()
-
     # --- read-outs ---
+
+    def viewer_backlog(self) -> int:
+        """Bytes queued for all viewers, not sent yet."""
+        return sum(ws.transport.get_write_buffer_size() for ws in self.viewers)
 
     def agents_connected(self, sees_hidden: bool = True) -> int:
         """Agents connected, of the servers this audience may see."""
         return sum(s.connection is not None for s in self.visible(sees_hidden))
-
-    def health(self, sees_hidden: bool = True) -> str:
-        """/healthz: the counts of what this audience may see, and history's state."""
-        history = "off" if self.history is None else self.history.status
-        return json.dumps({"status": "ok", "servers": len(self.visible(sees_hidden)),
-                           "agents": self.agents_connected(sees_hidden),
-                           "viewers": len(self.viewers), "history": history})
 
     def servers_json(self, sees_hidden: bool = True) -> bytes:
         """/api/servers for one audience, built once while nothing changes (a crowd of

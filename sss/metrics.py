@@ -1,12 +1,16 @@
-"""Prometheus text exposition (format 0.0.4) of the fleet and the dashboard (pure).
+"""Prometheus text exposition (format 0.0.4) of the fleet and the dashboard (pure): every
+line of /metrics is written here, from what web.metrics gathers for one audience.
 
 PROTOCOL.md lists every metric; the tests parse the output with prometheus_client.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Iterable, Mapping
 from typing import Any
 
+from .config import ServerConfig
 from .hub import ServerState
 
 # (name, help, type, path into the record)
@@ -43,9 +47,26 @@ def _dig(record: dict[str, Any], path: tuple[str, ...]) -> Any:
     return record
 
 
-def render_metrics(states: list[ServerState], agents: int, viewers: int,
-                   accepted: int, rejected: dict[str, int], extra: list[str] | None = None) -> str:
+@dataclasses.dataclass(frozen=True)
+class Exposition:
+    """What /metrics shows one audience: gathered by web.metrics, rendered here."""
+
+    servers: list[ServerState]  # those this audience may see
+    agents: int
+    viewers: int
+    accepted: int
+    rejected: Mapping[str, int]  # reports dropped, by reason
+    refused: Mapping[str, int]  # connections refused before the upgrade, by reason
+    viewers_cut: int
+    viewer_backlog: int  # bytes queued for all viewers
+    traffic: list[tuple[ServerConfig, dict[str, Any]]]  # (server, Traffic.view())
+    firing: list[tuple[str, str]]  # (rule, server id) of the alerts firing now
+    notifications: Mapping[tuple[str, str], int]  # (notifier, result) -> messages
+
+
+def render_metrics(shown: Exposition) -> str:
     """Prometheus text exposition (format 0.0.4) of the fleet and the dashboard."""
+    states = shown.servers
     labels = {s.config.id: f'id="{label(s.config.id)}",name="{label(s.config.name)}",'
               f'group="{label(s.config.group)}"' for s in states}
     lines = ["# HELP sss_up 1 when the server reports, 0 when offline or never seen.",
@@ -62,18 +83,69 @@ def render_metrics(states: list[ServerState], agents: int, viewers: int,
               "# TYPE sss_last_report_timestamp_seconds gauge"]
     lines += [f"sss_last_report_timestamp_seconds{{{labels[s.config.id]}}} {s.last_report}"
               for s in reported]
+    lines += probe_lines((s.config, s.record if s.online else None) for s in states)
+    lines += traffic_lines(shown.traffic)
+    lines += ["# HELP sss_alert_firing 1 for each alert firing for a server.",
+              "# TYPE sss_alert_firing gauge"]
+    lines += [f'sss_alert_firing{{alert="{label(rule)}",id="{label(sid)}"}} 1'
+              for rule, sid in sorted(shown.firing)]
+    lines += ["# HELP sss_alert_notifications_total Alert messages by notifier and result.",
+              "# TYPE sss_alert_notifications_total counter"]
+    lines += [f'sss_alert_notifications_total{{notifier="{label(name)}",result="{result}"}} {n}'
+              for (name, result), n in sorted(shown.notifications.items())]
     lines += ["# HELP sss_agents_connected Agent connections open.",
-              "# TYPE sss_agents_connected gauge", f"sss_agents_connected {agents}",
+              "# TYPE sss_agents_connected gauge", f"sss_agents_connected {shown.agents}",
               "# HELP sss_viewers_connected Browser connections open.",
-              "# TYPE sss_viewers_connected gauge", f"sss_viewers_connected {viewers}",
+              "# TYPE sss_viewers_connected gauge", f"sss_viewers_connected {shown.viewers}",
               "# HELP sss_reports_accepted_total Reports validated and applied.",
               "# TYPE sss_reports_accepted_total counter",
-              f"sss_reports_accepted_total {accepted}"]
-    lines += counter_lines("sss_reports_rejected_total", "Reports dropped, by reason.", rejected)
-    return "\n".join(lines + (extra or [])) + "\n"
+              f"sss_reports_accepted_total {shown.accepted}"]
+    lines += counter_lines("sss_reports_rejected_total", "Reports dropped, by reason.",
+                           shown.rejected)
+    lines += counter_lines("sss_refused_total", "Connections refused before the upgrade, "
+                           "by reason.", shown.refused)
+    lines += ["# HELP sss_viewers_cut_total Viewers disconnected for not reading.",
+              "# TYPE sss_viewers_cut_total counter", f"sss_viewers_cut_total {shown.viewers_cut}",
+              "# HELP sss_viewer_backlog_bytes Bytes queued for all viewers, not sent yet.",
+              "# TYPE sss_viewer_backlog_bytes gauge",
+              f"sss_viewer_backlog_bytes {shown.viewer_backlog}"]
+    return "\n".join(lines) + "\n"
 
 
-def counter_lines(name: str, help_text: str, counts: dict[str, int]) -> list[str]:
+def probe_lines(servers: Iterable[tuple[ServerConfig, dict[str, Any] | None]]) -> list[str]:
+    """sss_probe_rtt_ms and sss_probe_loss_ratio per server and target, from the reports."""
+    rtt = ["# HELP sss_probe_rtt_ms Median round trip of the last probe round, per target.",
+           "# TYPE sss_probe_rtt_ms gauge"]
+    loss = ["# HELP sss_probe_loss_ratio Share of the last round's probes lost, per target.",
+            "# TYPE sss_probe_loss_ratio gauge"]
+    for server, record in servers:
+        results = ((record or {}).get("extraInfo") or {}).get("probes") or []
+        for result in results:
+            who = (f'id="{label(server.id)}",name="{label(server.name)}",'
+                   f'target="{label(result["name"])}"')
+            if "rtt" in result:
+                rtt.append(f"sss_probe_rtt_ms{{{who}}} {result['rtt']}")
+            if "loss" in result:
+                loss.append(f"sss_probe_loss_ratio{{{who}}} {result['loss']}")
+    return rtt + loss
+
+
+def traffic_lines(traffic: list[tuple[ServerConfig, dict[str, Any]]]) -> list[str]:
+    """sss_traffic_period_bytes{direction} and sss_traffic_limit_bytes, per server."""
+    lines = ["# HELP sss_traffic_period_bytes Bytes counted in the current billing period.",
+             "# TYPE sss_traffic_period_bytes gauge"]
+    limits = ["# HELP sss_traffic_limit_bytes The period's traffic limit.",
+              "# TYPE sss_traffic_limit_bytes gauge"]
+    for server, view in traffic:
+        who = f'id="{label(server.id)}",name="{label(server.name)}"'
+        lines += [f'sss_traffic_period_bytes{{{who},direction="in"}} {view["in"]}',
+                  f'sss_traffic_period_bytes{{{who},direction="out"}} {view["out"]}']
+        if view["limit"]:
+            limits.append(f"sss_traffic_limit_bytes{{{who}}} {view['limit']}")
+    return lines + limits
+
+
+def counter_lines(name: str, help_text: str, counts: Mapping[str, int]) -> list[str]:
     """A counter with one series per reason."""
     return [f"# HELP {name} {help_text}", f"# TYPE {name} counter"] + [
         f'{name}{{reason="{label(reason)}"}} {count}' for reason, count in sorted(counts.items())]

@@ -31,7 +31,7 @@ from websockets.http11 import Request, Response
 
 from .alerts import Alerting
 from .config import PLACEHOLDER_SECRET
-from .history import RANGES, Busy
+from .history import RANGES, Busy, History
 from .hub import Hub
 from .limits import (
     VIEWER_SEND_BUFFER,
@@ -44,9 +44,9 @@ from .limits import (
     address_key,
     held_back,
 )
-from .metrics import counter_lines, label, render_metrics
-from .probes import probe_metrics
+from .metrics import Exposition, render_metrics
 from .sessions import COOKIE, Sessions, cookie_value, token_key
+from .traffic import Traffic
 
 log = logging.getLogger("sss.dashboard")
 
@@ -132,6 +132,8 @@ class Site:
     connections: Connections
     alerting: Alerting | None = None
     sessions: Sessions | None = None
+    history: History | None = None
+    traffic: Traffic | None = None
     quiet: LogLimiter = dataclasses.field(default_factory=LogLimiter)
     answers: Answers = dataclasses.field(default_factory=Answers)  # plain answers not taken
     # Wall time that never jumps forward (timings.WallWatch.steady): what sessions expire by.
@@ -145,11 +147,13 @@ class Site:
 
     @classmethod
     def create(cls, hub: Hub, files: Files, options: Options,
-               alerting: Alerting | None = None, sessions: Sessions | None = None) -> Site:
+               alerting: Alerting | None = None, sessions: Sessions | None = None,
+               history: History | None = None, traffic: Traffic | None = None) -> Site:
         csp = content_security_policy(files.page.decode()) if files.page else ""
         connections = Connections(options.max_viewers, options.viewers_per_address,
                                   exempt=options.trusted_proxies)
-        return cls(hub, files, options, FailureLimiter(), csp, connections, alerting, sessions)
+        return cls(hub, files, options, FailureLimiter(), csp, connections, alerting, sessions,
+                   history, traffic)
 
     def refuse(self, reason: str, key: tuple[str, ...], message: str, now: float) -> None:
         """Count a refused connection and log it, quietly."""
@@ -384,7 +388,7 @@ def visible_server(site: Site, request: Request, access: Access) -> tuple[str, R
 def api_history(site: Site, request: Request,
                 access: Access) -> Response | Awaitable[Response]:
     """GET /api/history?id=ID&range=1h|6h|24h|7d|30d|1y: columnar JSON for charts."""
-    history = site.hub.history
+    history = site.history
     if history is None:
         return text_response(HTTPStatus.NOT_FOUND, "history is off (--no-history)")
     sid, refusal = visible_server(site, request, access)
@@ -405,7 +409,7 @@ def api_history(site: Site, request: Request,
 
 async def history_answer(site: Site, sid: str, range_name: str, address: str) -> Response:
     """The query's answer, from history's query threads (the event loop goes on)."""
-    history = site.hub.history
+    history = site.history
     assert history is not None
     try:
         return json_response(await history.answer(sid, range_name, time.time()))
@@ -420,12 +424,16 @@ async def history_answer(site: Site, sid: str, range_name: str, address: str) ->
 
 
 def healthz(site: Site, request: Request, access: Access) -> Response:
-    """Counts for those who may see them; on a private dashboard, anonymous visitors are
-    told only that it is up."""
+    """The counts of what this audience may see, and history's state; on a private
+    dashboard, anonymous visitors are told only that it is up."""
     sees_hidden = access.sees_hidden or bears_metrics_token(site, request)
     if site.private and not sees_hidden:
         return json_response('{"status":"ok"}')
-    return json_response(site.hub.health(sees_hidden))
+    hub = site.hub
+    return json_response(json.dumps({
+        "status": "ok", "servers": len(hub.visible(sees_hidden)),
+        "agents": hub.agents_connected(sees_hidden), "viewers": len(hub.viewers),
+        "history": "off" if site.history is None else site.history.status}))
 
 
 def bears_metrics_token(site: Site, request: Request) -> bool:
@@ -439,10 +447,10 @@ def bears_metrics_token(site: Site, request: Request) -> bool:
 def api_traffic(site: Site, request: Request, access: Access) -> Response:
     """GET /api/traffic?id=ID: the current and the last 12 periods of one server."""
     sid, refusal = visible_server(site, request, access)
-    if refusal is not None or site.hub.traffic is None:
+    if refusal is not None or site.traffic is None:
         return refusal or text_response(HTTPStatus.NOT_FOUND, "traffic is not counted")
     plan = site.hub.servers[sid].config.traffic
-    periods = site.hub.traffic.periods(sid, plan, time.time())
+    periods = site.traffic.periods(sid, plan, time.time())
     return json_response(json.dumps({"id": sid, "periods": periods}, allow_nan=False))
 
 
@@ -472,20 +480,17 @@ def metrics(site: Site, request: Request, access: Access) -> Response:
         return text_response(HTTPStatus.UNAUTHORIZED, why,
                              {"WWW-Authenticate": 'Bearer realm="metrics"'})
     sees_hidden = bool(token) or access.sees_hidden  # hidden servers: never anonymously
-    shown = {state.config.id for state in hub.visible(sees_hidden)}
-    extra = site.alerting.metrics_lines(label, shown.__contains__) if site.alerting else []
-    extra += traffic_metrics(hub, time.time(), sees_hidden)
-    extra += probe_metrics((state.config, state.record if state.online else None)
-                           for state in hub.visible(sees_hidden))
-    extra += counter_lines("sss_refused_total", "Connections refused before the upgrade, "
-                           "by reason.", site.refused)
-    backlog = sum(ws.transport.get_write_buffer_size() for ws in hub.viewers)
-    extra += ["# HELP sss_viewers_cut_total Viewers disconnected for not reading.",
-              "# TYPE sss_viewers_cut_total counter", f"sss_viewers_cut_total {hub.viewers_cut}",
-              "# HELP sss_viewer_backlog_bytes Bytes queued for all viewers, not sent yet.",
-              "# TYPE sss_viewer_backlog_bytes gauge", f"sss_viewer_backlog_bytes {backlog}"]
-    text = render_metrics(hub.visible(sees_hidden), hub.agents_connected(sees_hidden),
-                          len(hub.viewers), hub.accepted, hub.rejected, extra)
+    visible = hub.visible(sees_hidden)
+    shown = {state.config.id for state in visible}
+    wall = time.time()
+    alerting = site.alerting
+    text = render_metrics(Exposition(
+        visible, hub.agents_connected(sees_hidden), len(hub.viewers), hub.accepted,
+        hub.rejected, site.refused, hub.viewers_cut, hub.viewer_backlog(),
+        [(s.config, site.traffic.view(s.config.id, s.config.traffic, wall))
+         for s in visible] if site.traffic else [],
+        [key for key in alerting.evaluator.firing if key[1] in shown] if alerting else [],
+        alerting.delivery.totals() if alerting else {}))
     return http_response(HTTPStatus.OK, text.encode(), "text/plain; version=0.0.4")
 
 
@@ -529,25 +534,6 @@ def secure(site: Site) -> str:
 def redirect(location: str, headers: dict[str, str]) -> Response:
     return http_response(HTTPStatus.SEE_OTHER, b"", "text/plain; charset=utf-8",
                          {"Location": location, **headers})
-
-
-def traffic_metrics(hub: Hub, wall: float, sees_hidden: bool = True) -> list[str]:
-    """sss_traffic_period_bytes{direction} and sss_traffic_limit_bytes, per server."""
-    if hub.traffic is None:
-        return []
-    lines = ["# HELP sss_traffic_period_bytes Bytes counted in the current billing period.",
-             "# TYPE sss_traffic_period_bytes gauge"]
-    limits = ["# HELP sss_traffic_limit_bytes The period's traffic limit.",
-              "# TYPE sss_traffic_limit_bytes gauge"]
-    for state in hub.visible(sees_hidden):
-        sid = state.config.id
-        view = hub.traffic.view(sid, state.config.traffic, wall)
-        who = f'id="{label(sid)}",name="{label(state.config.name)}"'
-        lines += [f'sss_traffic_period_bytes{{{who},direction="in"}} {view["in"]}',
-                  f'sss_traffic_period_bytes{{{who},direction="out"}} {view["out"]}']
-        if view["limit"]:
-            limits.append(f"sss_traffic_limit_bytes{{{who}}} {view['limit']}")
-    return lines + limits
 
 
 ROUTES: dict[str, Handler] = {

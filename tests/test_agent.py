@@ -978,8 +978,8 @@ def test_attack_and_churn_bench_smoke() -> None:
     attack = run_bench("attack", "--servers", "20", "--duration", "4", "--warmup", "3",
                        "--settle", "2")
     assert set(attack["attacks"]) == set(bench.ATTACKS)
-    assert all(attack["attacks"][kind] > 0 for kind in (  # (4 s: some get nothing done)
-        "guesses", "slow_readers", "refusals", "year_queries", "idle_logins"))
+    assert attack["attacks"]["slow_readers"] > 0 and attack["attacks"]["refusals"] > 0
+    assert sum(attack["attacks"].values()) > 1000  # (in 4 s some get nothing done)
     assert attack["refused"]
     assert attack["rss_peak_mb"] >= attack["rss_before_mb"] > 5
     assert attack["fewest_agents"] <= 20

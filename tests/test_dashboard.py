@@ -236,7 +236,8 @@ class FakeConnection:
 
 def fleet(*sids: str) -> Hub:
     config, _ = parse_config({"servers": [server_entry(sid) for sid in sids]}, "servers.json")
-    return Hub(config, broadcast=lambda viewers, message: None)
+    return Hub(config, broadcast=lambda viewers, message: None, wall=time.time,
+               monotonic=time.monotonic)
 
 
 def test_offline_rule_follows_each_servers_interval() -> None:
@@ -925,8 +926,9 @@ def test_connections_read_into_one_buffer_not_a_new_block_per_read() -> None:
     often a block mapped from the system for one report. Measured as the peak of what
     Python allocated while a real socket sent 20 frames and the handler read them."""
     config, _ = parse_config({"servers": [server_entry("alpha")]}, "x")
-    site = Site.create(Hub(config, broadcast=lambda viewers, message: None),
-                       Files(None, None, None, None), Options())
+    hub = Hub(config, broadcast=lambda viewers, message: None, wall=time.time,
+              monotonic=time.monotonic)
+    site = Site.create(hub, Files(None, None, None, None), Options())
     frames = [Frame(Opcode.TEXT, b"x" * 1000).serialize(mask=True, extensions=[])
               for _ in range(20)]
 
@@ -1564,8 +1566,9 @@ def test_docs_state_what_the_code_does() -> None:
     """Each number and message a reader relies on, checked against the code that sets it."""
     config, _ = parse_config({"servers": [server_entry("web-1"),
                                           server_entry("demo", secret=PLACEHOLDER_SECRET)]}, "x")
-    site = Site.create(Hub(config, broadcast=lambda viewers, message: None),
-                       Files(None, None, None, None), Options())
+    hub = Hub(config, broadcast=lambda viewers, message: None, wall=time.time,
+              monotonic=time.monotonic)
+    site = Site.create(hub, Files(None, None, None, None), Options())
     bodies = []
     for headers, address in (
             ([("X-SERVER-ID", "web-1"), ("X-SERVER-ID", "web-1"), ("X-AUTH-SECRET", SECRET)],
