@@ -118,9 +118,7 @@ async def run(config: Config, config_path: Path, args: argparse.Namespace,
               tls: ssl.SSLContext | None, history: History | None, data: Path) -> None:
     """Serve until SIGTERM or SIGINT; SIGHUP reloads servers.json."""
     # Only now: the sub-commands above need no websockets, and transport.py sets its
-    # header limits before websockets is imported.
-    from websockets.asyncio.server import serve
-
+    # header limits before websockets is imported (serve() comes through it).
     from sss import transport
     from sss.handlers import Dashboard
     from sss.web import Files, Options
@@ -136,10 +134,11 @@ async def run(config: Config, config_path: Path, args: argparse.Namespace,
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, dashboard.reload)
+    transport.check_internals(os.environ.get(transport.SAFE_TRANSPORT, ""))
     settings = transport.server_settings(dashboard.site, tls, args.viewer_compression,
                                          f"sss-dashboard/{__version__}")
-    async with serve(dashboard.handler, config.host, config.port,
-                     process_request=dashboard.process_request, **settings) as server:
+    async with transport.serve(dashboard.handler, config.host, config.port,
+                               process_request=dashboard.process_request, **settings) as server:
         port = next(iter(server.sockets)).getsockname()[1]
         log.info("listening on %s://%s:%d (%d servers configured)", "https" if tls else "http",
                  config.host, port, len(config.servers))
@@ -158,7 +157,7 @@ async def run(config: Config, config_path: Path, args: argparse.Namespace,
             await asyncio.wait_for(server.wait_closed(), SHUTDOWN_GRACE)
         except asyncio.TimeoutError:
             for ws in list(dashboard.site.open):
-                ws.transport.abort()  # peers that never answered the close
+                transport.hang_up(ws)  # peers that never answered the close
     if history is not None:  # nothing is lost on a graceful stop: the open bucket too
         await dashboard.history_step(history, final=True)
         history.close()
@@ -316,7 +315,9 @@ def main(argv: list[str] | None = None) -> int:
         return check_config(args)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(message)s",
                         datefmt="%Y-%m-%d %H:%M:%S")
-    logging.getLogger("websockets").setLevel(logging.CRITICAL)  # we log what matters
+    # websockets' errors are bugs (a hook or handler that raised): said, with the traceback.
+    # What peers do wrong, it logs below ERROR; the dashboard says that itself.
+    logging.getLogger("websockets").setLevel(logging.ERROR)
     try:
         config, warnings = load_config(args.config)
     except ConfigError as exc:

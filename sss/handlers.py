@@ -56,11 +56,21 @@ from .reports import MAX_FRAME_BYTES, ReportError, validate_report
 from .sessions import Sessions, check_password
 from .timings import TICK_SECONDS, WallWatch, jump_words, reconnect_spread
 from .traffic import SAVE_SECONDS, Traffic, days_left, traffic_json, zone
-from .transport import Connection, broadcast_framed, forget_handshake, ignore_frame
+from .transport import (
+    Connection,
+    broadcast_framed,
+    forget_handshake,
+    hang_up,
+    ignore_frame,
+    write_backlog,
+)
 from .web import (
+    Agent,
     Files,
+    Login,
     Options,
     Site,
+    Viewer,
     banned_response,
     client_address,
     log_ban,
@@ -87,7 +97,8 @@ class Dashboard:
         self.traffic = Traffic(data / "traffic.json", zone(config.timezone))
         self.traffic.load()
         self.hub = Hub(config, broadcast_framed, time.time, time.monotonic,
-                       asyncio.get_running_loop(), self.reported, options.viewer_memory)
+                       asyncio.get_running_loop(), self.reported, options.viewer_memory,
+                       write_backlog, hang_up)
         self.alerting = Alerting(data / "alerts.json", time.monotonic(), time.time())
         self.alerting.configure(config.notifiers)
         self.wall_watch = WallWatch(time.monotonic(), time.time())
@@ -143,17 +154,41 @@ class Dashboard:
 
     def process_request(self, connection: Connection,
                         request: Request) -> Response | Awaitable[Response] | None:
+        """websockets' hook: an HTTP answer, or None to let a WebSocket handshake through
+        as the agent, viewer or sign-in socket web.route_request found it to be."""
         connection.headers_read()
-        response = route_request(self.site, connection, request, time.monotonic())
+        now = time.monotonic()
+        route = route_request(self.site, connection.peer, request, now)
+        if isinstance(route, Login):
+            route = self.admit_login(connection, route, now)
+        if isinstance(route, (Agent, Viewer, Login)):
+            connection.become(route, request)
+            route = None
         if connection.head:  # the GET answer's headers, no body; no upgrade on HEAD
-            response = headers_only(response)
-        if response is None:  # a WebSocket: websockets answers 101
+            route = headers_only(route)
+        if route is None:  # a WebSocket: websockets answers 101
             return None
         address = client_address(connection.peer, request.headers,
                                  self.site.options.trusted_proxies)
-        if isinstance(response, Awaitable):
-            return self.answer_when_ready(connection, address, response)
-        return self.counted_answer(connection, address, response)
+        if isinstance(route, Awaitable):
+            return self.answer_when_ready(connection, address, route)
+        return self.counted_answer(connection, address, route)
+
+    def admit_login(self, connection: Connection, login: Login,
+                    now: float) -> Login | Response:
+        """A sign-in socket takes a place (limits.Waiting): refused past its address's
+        share; past the total, the one that waited longest makes room."""
+        site = self.site
+        crowded, oldest = site.connections.logins.start(connection, login.address, now)
+        if crowded:
+            site.refuse("logins", ("logins", address_key(login.address)),
+                        f"sign-in socket from {login.address} refused: {crowded}", now)
+            return text_response(HTTPStatus.TOO_MANY_REQUESTS, crowded, {"Retry-After": "5"})
+        if oldest is not None:
+            site.refuse("logins_dropped", ("logins_dropped",), "a sign-in socket that said "
+                        "nothing was dropped: every place was taken", now)
+            hang_up(oldest)
+        return login
 
     async def answer_when_ready(self, connection: Connection, address: str,
                                 response: Awaitable[Response]) -> Response:
@@ -170,7 +205,7 @@ class Dashboard:
         for other in dropped:
             site.refuse("answers_dropped", ("answers_dropped",), "an answer nobody took was "
                         "dropped: the answers not taken yet passed their budget", now)
-            other.transport.abort()
+            hang_up(other)
         if refusal:
             site.refuse("answers", ("answers", address_key(address)),
                         f"request from {address} refused: {refusal}", now)
@@ -256,10 +291,9 @@ class Dashboard:
         ws.reports = TokenBucket(REPORTS_PER_SECOND, REPORT_BURST, time.monotonic())
         ws.acknowledged = check  # a checking agent hears of every report anyway
         if not check:  # a checking agent's answers go out in order, from the loop below
-            ws.take_frame = self.take_whole_frame
-            ws.split_here()
+            ws.take_reports(self.take_whole_frame)
         try:
-            async for frame in ws:  # what Connection.process_event leaves to it
+            async for frame in ws:  # what the transport did not take as it came
                 verdict = self.agent_verdict(ws, frame)
                 if verdict is None:
                     break  # removed or re-keyed by a reload
@@ -280,7 +314,7 @@ class Dashboard:
                          ws.close_reason)
 
     def take_agent_frame(self, ws: Connection, frame: bytes) -> None:
-        """One whole frame of an agent, as it is parsed (Connection.process_event)."""
+        """One whole frame of an agent, as it is parsed (transport.Connection.take_frame)."""
         verdict = self.agent_verdict(ws, frame)  # None: being closed already
         if verdict is not None and verdict.close is not None:
             ws.take_frame = ignore_frame
@@ -402,7 +436,7 @@ class Dashboard:
             self.site.answers.done(late)
             self.site.refuse("answers_late", ("answers_late",), "an answer nobody took "
                              f"within {ANSWER_SECONDS:.0f} s was dropped", now)
-            late.transport.abort()
+            hang_up(late)
         self.site.limiter.expire(now)
         self.floods.expire(now)
         self.invalid.expire(now)

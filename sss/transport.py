@@ -1,19 +1,24 @@
 """The WebSocket transport: websockets' server connection as the dashboard uses it.
 
-    $ python3 dashboard.py --log-level DEBUG 2>&1 | grep transport
-    2026-12-04 18:02:11 DEBUG transport: websockets 17.4, the fast path is on
+    $ SSS_SAFE_TRANSPORT=1 python3 dashboard.py
+    2026-12-04 19:40:02 INFO SSS_SAFE_TRANSPORT=1: serving on websockets' public path
+    (take_frames, split_frames, framed_broadcast off)
 
-This is the only module that touches websockets beyond its documented API: the
+This is the only module that touches websockets beyond its documented API. The
 Connection subclass counts a handshake from the first byte, refuses before websockets
-starts a handler, answers HEAD and 405 (websockets 15 reads GET requests only), splits an
-agent's frames itself, reads every socket into one buffer, and writes one frame for many
-viewers. Each trick rests on an internal of websockets (`Connection.process_event`,
-`Connection.send_data`, `protocol.reader`, `protocol.parser_exc`, the transport's
-`_read_ready_cb`). `check_internals` looks for each at start; where one is missing (a
-websockets release moved it) the dashboard logs one line naming it and serves on the
-public path: websockets parses every frame and broadcast() frames every message.
-`SSS_SAFE_TRANSPORT=1` forces that path (CI runs the suite so). The request header limits
-are set the way websockets documents: its environment variables, before it is imported.
+starts a handler, answers HEAD and 405 (websockets 15 reads GET requests only) and tells
+agents, viewers and sign-in sockets apart. Three tricks make it cheaper, each on
+internals of websockets (FastPath below): an agent's report is taken as it is parsed
+(`take_frames`), an agent's frames are split here instead of by websockets' parser
+(`split_frames`), and one frame is written for many viewers (`framed_broadcast`).
+
+`check_internals` looks at start for each internal a trick rests on, and that it behaves
+as expected; where one is missing (a websockets release moved it) the dashboard logs one
+line naming it and serves on websockets' public path, slower but correct.
+`SSS_SAFE_TRANSPORT=1` forces that path (CI runs the suite so); a list of tricks
+(`SSS_SAFE_TRANSPORT=split_frames,framed_broadcast`) turns off those only, which is how
+BENCHMARKS.md measures what each pays. The request header limits are set the way
+websockets documents: its environment variables, before it is imported.
 """
 
 from __future__ import annotations
@@ -29,20 +34,33 @@ os.environ.setdefault("WEBSOCKETS_MAX_NUM_HEADERS", str(MAX_HEADERS))
 os.environ.setdefault("WEBSOCKETS_MAX_LINE_LENGTH", str(MAX_HEADER_LINE))
 
 import asyncio  # after the environment websockets reads
+import dataclasses
 import functools
+import inspect
 import logging
+import socket
 import time
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any, Callable
 
-from websockets.asyncio.server import ServerConnection, broadcast
+import websockets
+from websockets import http11
+from websockets.asyncio.server import ServerConnection, broadcast, serve
 from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
 from websockets.frames import Frame, Opcode
+from websockets.http11 import Request
 from websockets.protocol import State
+from websockets.server import ServerProtocol
 
-from .limits import HANDSHAKES_TOTAL, MAX_REQUEST_BYTES, TokenBucket, address_key
+from .limits import (
+    HANDSHAKES_TOTAL,
+    MAX_REQUEST_BYTES,
+    VIEWER_SEND_BUFFER,
+    TokenBucket,
+    address_key,
+)
 from .reports import MAX_FRAME_BYTES
-from .web import text_response
+from .web import Agent, Login, Viewer, text_response
 
 try:  # websockets' own unmasking: C where it was built, else Python
     from websockets.speedups import apply_mask
@@ -65,6 +83,96 @@ PING_INTERVAL = 20.0  # viewers only (Connection.start_keepalive); websockets' d
 VIEWER_COMPRESSION = ServerPerMessageDeflateFactory(
     server_max_window_bits=12, client_max_window_bits=12,
     compress_settings={"memLevel": 5, "level": 1})
+
+
+# --- the fast path and its guard ---------------------------------------------------
+
+
+@dataclasses.dataclass
+class FastPath:
+    """The tricks in use; all off until check_internals() finds what they rest on.
+    What each pays, side by side with the public path: BENCHMARKS.md, "Transport"."""
+
+    take_frames: bool = False  # an agent's report taken as it is parsed (process_event)
+    split_frames: bool = False  # an agent's frames split here (needs take_frames)
+    framed_broadcast: bool = False  # one frame written for many viewers
+
+    def names(self, on: bool) -> list[str]:
+        return [field.name for field in dataclasses.fields(self)
+                if getattr(self, field.name) is on]
+
+
+FAST = FastPath()
+__all__ = ["serve"]  # websockets' own, imported through here: after the header limits
+SAFE_TRANSPORT = "SSS_SAFE_TRANSPORT"  # "1": every trick off; or a list of tricks to turn off
+TRICKS = tuple(field.name for field in dataclasses.fields(FastPath))
+
+
+def internals_missing(connection: type = ServerConnection,
+                      protocol: type = ServerProtocol) -> dict[str, list[str]]:
+    """For each trick, the internals of websockets it rests on that are not there or not
+    as expected (names as the log line gives them)."""
+    def method(name: str, parameters: list[str]) -> list[str]:
+        function = getattr(connection, name, None)
+        try:
+            ok = list(inspect.signature(function).parameters) == parameters
+        except (TypeError, ValueError):  # not there, or not a function
+            ok = False
+        return [] if ok else [f"{connection.__name__}.{name}({', '.join(parameters[1:])})"]
+
+    def attribute(name: str) -> list[str]:
+        return [] if hasattr(protocol(), name) else [f"{protocol.__name__}.{name}"]
+
+    def serialized() -> list[str]:
+        try:  # an unmasked text frame, as RFC 6455 writes it
+            ok = Frame(Opcode.TEXT, b"ok").serialize(mask=False, extensions=[]) == b"\x81\x02ok"
+        except (TypeError, AttributeError, ValueError):
+            ok = False
+        return [] if ok else ["Frame.serialize(mask, extensions)"]
+
+    frame_fields = {field.name for field in dataclasses.fields(Frame)}
+    take = method("process_event", ["self", "event"]) + (
+        [] if {"opcode", "data", "fin"} <= frame_fields else ["Frame.opcode, .data, .fin"])
+    return {"take_frames": take,
+            "split_frames": take + method("send_data", ["self"]) + attribute("extensions"),
+            "framed_broadcast": serialized() + attribute("extensions")}
+
+
+def check_internals(safe: str = "") -> FastPath:
+    """Turn on the tricks whose internals are there (FAST), except those `safe` names
+    (SSS_SAFE_TRANSPORT); one line says what is off and why. Also says when the header
+    limits did not take (websockets was imported before this module set them), and
+    when a connection will keep the cause of a failed frame (a cycle, freed later)."""
+    off = set(TRICKS) if safe.strip() == "1" else \
+        {name.strip() for name in safe.split(",") if name.strip()}
+    for name in sorted(off - set(TRICKS)):
+        log.warning("%s: no trick named %r (the tricks: %s)", SAFE_TRANSPORT, name,
+                    ", ".join(TRICKS))
+    missing = internals_missing()
+    for trick in TRICKS:
+        setattr(FAST, trick, trick not in off and not missing[trick])
+    FAST.split_frames = FAST.split_frames and FAST.take_frames
+    absent = sorted({name for trick in TRICKS if trick not in off for name in missing[trick]})
+    if absent:
+        log.warning("websockets %s: %s not as transport.py expects; serving on websockets' "
+                    "public path for %s (slower, correct)", websockets.version.version,
+                    ", ".join(absent), ", ".join(FAST.names(False)))
+    elif off:
+        log.info("%s=%s: serving on websockets' public path (%s off)", SAFE_TRANSPORT,
+                 safe, ", ".join(FAST.names(False)))
+    else:
+        log.debug("websockets %s: the fast path is on (%s)", websockets.version.version,
+                  ", ".join(TRICKS))
+    limits = {"WEBSOCKETS_MAX_NUM_HEADERS": getattr(http11, "MAX_NUM_HEADERS", None),
+              "WEBSOCKETS_MAX_LINE_LENGTH": getattr(http11, "MAX_LINE_LENGTH", None)}
+    for variable, value in limits.items():
+        if str(value) != os.environ.get(variable):
+            log.warning("websockets did not take %s=%s (it has %s): imported before "
+                        "transport.py set it", variable, os.environ.get(variable), value)
+    if not hasattr(ServerProtocol(), "parser_exc"):
+        log.info("websockets %s: no ServerProtocol.parser_exc; a failed frame's cause is "
+                 "kept until a full collection", websockets.version.version)
+    return FAST
 
 
 def server_settings(site: Site, tls: Any, viewer_compression: bool,
@@ -101,23 +209,12 @@ def ignore_frame(ws: Connection, frame: bytes) -> None:
         ws.transport.pause_reading()
 
 
-# Every connection's reads land here, one read at a time (the loop runs one callback at a
-# time, and each read is copied out before the next): asyncio's own 256 KiB a read.
-READ_BUFFER = memoryview(bytearray(256 * 1024))
-
-
-class Connection(ServerConnection, asyncio.BufferedProtocol):
+class Connection(ServerConnection):
     """websockets' connection, plus what the dashboard counts from the first byte on:
     the handshake in progress (per address and in total), the request's method (HEAD
     and 405 are answered here, because websockets 15 reads GET requests only), and the
-    viewer it becomes, until the socket closes however it closes.
-
-    It reads as a BufferedProtocol: into READ_BUFFER, then copied out as bytes of the
-    length read. A plain Protocol gets a new 256 KiB bytes object for every read, shrunk
-    to what came: at 2,000 reports a second, one read in four took a block from the
-    system for a 1.3 KB report (mmap, mremap, munmap: 14,500 calls in 10 s under
-    strace, none now). Side by side under the same load it saves about 1 % of the CPU
-    (README, "Scale")."""
+    agent, viewer or sign-in socket it becomes, until the socket closes however it
+    closes."""
 
     def __init__(self, *args: Any, site: Site, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -145,15 +242,15 @@ class Connection(ServerConnection, asyncio.BufferedProtocol):
         self.partial: list[bytes] = []  # the pieces of it, joined once `missing` came
         self.missing = 0
         self.request_tail = b""  # the request's last bytes read, to find where it ends
-        self.early = False  # bytes came after the request before split_here() was asked
+        self.early = False  # bytes came after the request before take_reports()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # ours, whatever websockets keeps
         peer = transport.get_extra_info("peername")
         self.peer = peer[0] if peer else "?"
         refusal, oldest = self.site.connections.handshakes.start(self, self.peer,
                                                                 time.monotonic())
         if refusal:  # before websockets starts a handler: a refusal costs next to nothing
-            self.transport = transport  # type: ignore[assignment]
             self.site.refuse("handshakes", ("handshakes", address_key(self.peer)),
                              f"connection from {self.peer} refused: {refusal}",
                              time.monotonic())
@@ -170,12 +267,6 @@ class Connection(ServerConnection, asyncio.BufferedProtocol):
                              f"connection from {oldest.peer} dropped: {HANDSHAKES_TOTAL} "
                              "handshakes in progress, it was the oldest", time.monotonic())
             oldest.transport.abort()
-
-    def get_buffer(self, sizehint: int) -> memoryview:
-        return READ_BUFFER
-
-    def buffer_updated(self, nbytes: int) -> None:
-        self.data_received(READ_BUFFER[:nbytes].tobytes())
 
     def data_received(self, data: bytes) -> None:
         if self.splitting:
@@ -201,7 +292,7 @@ class Connection(ServerConnection, asyncio.BufferedProtocol):
             self.early = self.early or (end != -1 and end + 4 < len(seen))
             self.request_tail = seen[-3:]
         elif self.take_frame is None:
-            self.early = True  # after the request, before the agent's frames are split
+            self.early = True  # after the request, before take_reports()
         if self.before_method is not None:
             data = self.before_method + data
             method = data.split(b" ", 1)[0]
@@ -218,15 +309,19 @@ class Connection(ServerConnection, asyncio.BufferedProtocol):
                 return
         super().data_received(data)
 
-    def split_here(self) -> None:
-        """From now on, split this agent's frames in split_frames(), when websockets'
-        parser has had nothing to parse since the request: a client sends nothing before
-        the handshake's answer (RFC 6455, 4.1), and this agent sent nothing since. One that
-        sends early anyway (in the request's own segment, or before its handler ran) is
-        served by websockets alone, so that the two never disagree on where a frame
-        starts."""
-        self.splitting = not self.early and not self.protocol.extensions
-
+    def take_reports(self, take: Callable[[Connection, bytes], None]) -> None:
+        """From now on this agent's reports go to `take` as they are parsed, where the
+        fast path is on (FAST.take_frames); else its handler reads them as websockets
+        queues them. Its frames are split in split_frames() (FAST.split_frames) when
+        websockets' parser has had nothing to parse since the request: a client sends
+        nothing before the handshake's answer (RFC 6455, 4.1), and this agent sent
+        nothing since. One that sends early anyway (in the request's own segment, or
+        before its handler ran) is served by websockets alone, so that the two never
+        disagree on where a frame starts."""
+        if FAST.take_frames:
+            self.take_frame = take
+            self.splitting = FAST.split_frames and not self.early \
+                and not self.protocol.extensions
     def split_frames(self, data: bytes) -> None:
         """An agent's bytes, split into frames here: its reports (each a whole masked
         message, as every agent sends them) go to take_frame, its pings are answered.
@@ -284,6 +379,27 @@ class Connection(ServerConnection, asyncio.BufferedProtocol):
             self.take_frame = None
         super().process_event(event)
 
+    def become(self, role: Agent | Viewer | Login, request: Request) -> None:
+        """What web.route_request let through: an agent, a viewer or a sign-in socket.
+        Its counts (a viewer's place, a sign-in socket's) are released by connection_lost."""
+        if isinstance(role, Agent):
+            self.agent, self.sees_hidden = role.identity, False
+        elif isinstance(role, Viewer):
+            self.agent, self.sees_hidden = None, role.sees_hidden
+            self.session = role.session  # closed when that session ends
+            self.viewer_from = role.address
+            sock = self.transport.get_extra_info("socket")
+            if sock is not None:  # a backlog shows in the transport's buffer, where it is cut
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, VIEWER_SEND_BUFFER)
+        else:
+            self.agent, self.login_from = None, role.address
+        # Never permessage-deflate for agents (or sign-in sockets), even with
+        # --viewer-compression: its state (~50 KiB a connection) would be most of the
+        # memory at a few thousand agents, to save a few hundred bytes per report.
+        # websockets negotiates what the request offers, after process_request.
+        if not isinstance(role, Viewer) and "Sec-WebSocket-Extensions" in request.headers:
+            del request.headers["Sec-WebSocket-Extensions"]
+
     def start_keepalive(self) -> None:
         """Viewers are pinged (browsers send nothing else); agents are not. An agent's
         reports are its heartbeat (a silent connection is closed, timings.py) and it pings
@@ -327,7 +443,7 @@ class Connection(ServerConnection, asyncio.BufferedProtocol):
         # cause's traceback holds the parser's frames, which hold the protocol): a cycle,
         # with the request's bytes, that only a full collection would free. Not needed now.
         drop_tracebacks(self.protocol.handshake_exc)
-        drop_tracebacks(self.protocol.parser_exc)
+        drop_tracebacks(getattr(self.protocol, "parser_exc", None))
 
     def refuse(self, status: HTTPStatus, text: str, headers: dict[str, str]) -> None:
         """Answer before websockets has read a request, and hang up: our side at once,
@@ -356,7 +472,11 @@ def broadcast_framed(viewers: list[ServerConnection], message: str) -> None:
     time. A server's frame is the same bytes for every connection without an extension,
     and websockets writes each frame to the transport as it makes it, so writing this one
     there keeps every viewer's messages in order. Viewers with permessage-deflate
-    (--viewer-compression) compress for themselves: broadcast() as it is."""
+    (--viewer-compression) compress for themselves: broadcast() as it is, as for all
+    viewers without FAST.framed_broadcast."""
+    if not FAST.framed_broadcast:
+        broadcast(viewers, message)
+        return
     plain = [ws for ws in viewers if not ws.protocol.extensions]
     if len(plain) < len(viewers):
         broadcast([ws for ws in viewers if ws.protocol.extensions], message)
@@ -367,6 +487,17 @@ def broadcast_framed(viewers: list[ServerConnection], message: str) -> None:
         if ws.protocol.state is State.OPEN:  # as broadcast(): closing ones are skipped
             ws.transport.write(frame)
 
+
+
+def write_backlog(ws: ServerConnection) -> int:
+    """Bytes written to a connection and not sent yet."""
+    return ws.transport.get_write_buffer_size()
+
+
+def hang_up(ws: ServerConnection) -> None:
+    """Close a connection at once, with no close handshake (it would queue behind what the
+    peer is not reading, or wait for a peer that does not answer)."""
+    ws.transport.abort()
 
 
 def forget_handshake(ws: ServerConnection) -> None:

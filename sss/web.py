@@ -16,14 +16,13 @@ import ipaddress
 import json
 import logging
 import re
-import socket
 import sqlite3
 import ssl
 import time
 from collections.abc import Awaitable
 from http import HTTPStatus
 from pathlib import Path
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, NamedTuple, Union
 from urllib.parse import parse_qs, urlsplit
 
 from websockets.datastructures import Headers
@@ -34,7 +33,6 @@ from .config import PLACEHOLDER_SECRET
 from .history import RANGES, Busy, History
 from .hub import Hub
 from .limits import (
-    VIEWER_SEND_BUFFER,
     VIEWERS_PER_ADDRESS,
     VIEWERS_TOTAL,
     Answers,
@@ -331,7 +329,7 @@ def check_agent(site: Site, address: str, headers: Headers,
 # --- routes ------------------------------------------------------------------
 
 # A route's answer; or one to wait for, which websockets awaits (a history query).
-Handler = Callable[[Site, Request, Access], "Response | Awaitable[Response]"]
+Handler = Callable[[Site, Request, Access], Union[Response, Awaitable[Response]]]
 
 
 def page(site: Site, request: Request, access: Access) -> Response:
@@ -556,89 +554,86 @@ ROUTES: dict[str, Handler] = {
 }
 
 
-def route_request(site: Site, connection: Any, request: Request,
-                  now: float) -> Response | Awaitable[Response] | None:
-    """process_request: answer HTTP, authenticate agents, let WebSockets through."""
+class Agent(NamedTuple):
+    """A WebSocket to let through: an agent, authenticated (check_agent)."""
+
+    identity: AgentIdentity
+
+
+class Viewer(NamedTuple):
+    """A WebSocket to let through: a browser watching, counted against `address`."""
+
+    address: str
+    sees_hidden: bool
+    session: str | None  # its session's key: closed when that session ends
+
+
+class Login(NamedTuple):
+    """A WebSocket to let through: a sign-in socket, to be counted (limits.Waiting)."""
+
+    address: str
+
+
+# What process_request gets: an answer, one to wait for, or who a WebSocket is.
+Route = Union[Response, Awaitable[Response], Agent, Viewer, Login]
+
+
+def route_request(site: Site, peer: str, request: Request, now: float) -> Route:
+    """process_request's verdict: an HTTP answer (or one to wait for), or who a WebSocket
+    handshake is, to be let through (handlers applies it to the connection)."""
     try:
         path = urlsplit(request.path).path
     except ValueError:  # "//[x": a target no URL parser takes
         site.refuse("bad_request", ("bad_request",), "request refused: unusable target "
                     f"{request.path[:60]!r}", now)
         return text_response(HTTPStatus.BAD_REQUEST, "unusable request target")
+    address = client_address(peer, request.headers, site.options.trusted_proxies)
     if path == "/ws-report":
-        peer = connection.remote_address[0] if connection.remote_address else "?"
-        address = client_address(peer, request.headers, site.options.trusted_proxies)
         refusal, identity = check_agent(site, address, request.headers, now)
-        if refusal is not None:
-            return refusal
-        connection.agent, connection.sees_hidden = identity, False
-        # Never permessage-deflate for agents, even with --viewer-compression: its state
-        # (~50 KiB a connection) would be most of the memory at a few thousand agents,
-        # to save a few hundred bytes per report.
-        connection.protocol.available_extensions = []
-        return None
+        return refusal if refusal is not None else Agent(identity)  # type: ignore[arg-type]
     if path == "/ws-frontend":
-        if any(name in request.headers for name in AGENT_HEADERS):
-            return text_response(HTTPStatus.BAD_REQUEST,
-                                 "agents report on /ws-report, not /ws-frontend; "
-                                 "fix the path in --server")
-        if not same_origin(site, request.headers):
-            return text_response(HTTPStatus.FORBIDDEN, "cross-site WebSocket refused")
-        access = site.access(request.headers)
-        if site.private and access.user is None:
-            return text_response(HTTPStatus.UNAUTHORIZED, "sign in first")
-        peer = connection.remote_address[0] if connection.remote_address else "?"
-        address = client_address(peer, request.headers, site.options.trusted_proxies)
-        refusal = site.connections.viewers.add(address)
-        if refusal:
-            site.refuse("viewers", ("viewers", address_key(address)),
-                        f"viewer from {address} refused: {refusal}", now)
-            return text_response(HTTPStatus.TOO_MANY_REQUESTS, refusal, {"Retry-After": "10"})
-        connection.agent, connection.sees_hidden = None, access.sees_hidden
-        connection.session = access.session  # closed when that session ends
-        connection.viewer_from = address
-        sock = connection.transport.get_extra_info("socket")
-        if sock is not None:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, VIEWER_SEND_BUFFER)
-        return None
+        return viewer_handshake(site, address, request, now)
     if path == "/ws-login":
-        return login_handshake(site, connection, request, now)
+        return login_handshake(site, address, request, now)
     handler = ROUTES.get(path)
     if handler is None:
         return text_response(HTTPStatus.NOT_FOUND, "not found")
-    peer = connection.remote_address[0] if connection.remote_address else "?"
-    access = site.access(request.headers)._replace(
-        address=client_address(peer, request.headers, site.options.trusted_proxies))
+    access = site.access(request.headers)._replace(address=address)
     if site.private and access.user is None and path.startswith("/api/") \
             and path != "/api/session":
         return text_response(HTTPStatus.UNAUTHORIZED, "sign in first")
     return handler(site, request, access)
 
 
-def login_handshake(site: Site, connection: Any, request: Request,
-                    now: float) -> Response | None:
+def viewer_handshake(site: Site, address: str, request: Request,
+                     now: float) -> Response | Viewer:
+    """/ws-frontend: a browser, if it may watch from here (counted per address)."""
+    if any(name in request.headers for name in AGENT_HEADERS):
+        return text_response(HTTPStatus.BAD_REQUEST,
+                             "agents report on /ws-report, not /ws-frontend; "
+                             "fix the path in --server")
+    if not same_origin(site, request.headers):
+        return text_response(HTTPStatus.FORBIDDEN, "cross-site WebSocket refused")
+    access = site.access(request.headers)
+    if site.private and access.user is None:
+        return text_response(HTTPStatus.UNAUTHORIZED, "sign in first")
+    refusal = site.connections.viewers.add(address)
+    if refusal:
+        site.refuse("viewers", ("viewers", address_key(address)),
+                    f"viewer from {address} refused: {refusal}", now)
+        return text_response(HTTPStatus.TOO_MANY_REQUESTS, refusal, {"Retry-After": "10"})
+    return Viewer(address, access.sees_hidden, access.session)
+
+
+def login_handshake(site: Site, address: str, request: Request,
+                    now: float) -> Response | Login:
     """/ws-login: a browser sends a user name and password over it (see sessions.py)."""
     if not site.hub.config.viewers.users:
         return text_response(HTTPStatus.NOT_FOUND, "no viewers can sign in here")
     if not same_origin(site, request.headers):
         return text_response(HTTPStatus.FORBIDDEN, "cross-site sign-in refused")
-    peer = connection.remote_address[0] if connection.remote_address else "?"
-    address = client_address(peer, request.headers, site.options.trusted_proxies)
     refusal = banned_response(site, address, "", now)
-    if refusal is not None:
-        return refusal
-    crowded, oldest = site.connections.logins.start(connection, address, now)
-    if crowded:
-        site.refuse("logins", ("logins", address_key(address)),
-                    f"sign-in socket from {address} refused: {crowded}", now)
-        return text_response(HTTPStatus.TOO_MANY_REQUESTS, crowded, {"Retry-After": "5"})
-    if oldest is not None:  # the one that waited longest makes room
-        site.refuse("logins_dropped", ("logins_dropped",), "a sign-in socket that said "
-                    "nothing was dropped: every place was taken", now)
-        oldest.transport.abort()
-    connection.agent, connection.login_from = None, address
-    connection.protocol.available_extensions = []
-    return None
+    return refusal if refusal is not None else Login(address)
 
 
 def same_origin(site: Site, headers: Headers) -> bool:

@@ -749,7 +749,7 @@ def test_year_long_queries_run_off_the_loop(make_dashboard: Any) -> None:
         for thread in threads:
             thread.join()
     assert set(statuses) <= {200, 503} and statuses.count(200) >= 16, statuses
-    assert max(gaps) < 0.5, max(gaps)
+    assert max(gaps) < 2.5, max(gaps)  # on the loop, 32 queries held it 3.6 s (11 s before)
     # One address asking six at once: two run, the others are told to come back.
     with concurrent.futures.ThreadPoolExecutor(6) as pool:
         burst = list(pool.map(lambda n: ask_from(dash, "127.0.12.1"), range(6)))
