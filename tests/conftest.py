@@ -88,6 +88,23 @@ def require_system_websockets() -> Path:
     return system
 
 
+def wait_accepted(agent: ClientConnection, timeout: float = 5) -> None:
+    """Until the dashboard says it accepted a report of this connection (its first one:
+    PROTOCOL.md, "Accepted")."""
+    while json.loads(agent.recv(timeout=timeout)).get("type") != "accepted":
+        pass
+
+
+def wait_until(condition: Any, timeout: float = 20, poll: float = 0.1) -> Any:
+    """Poll what no event announces (a counter in /metrics, rows in a file) until it
+    holds; what it returned."""
+    deadline = time.monotonic() + timeout
+    while not (value := condition()):
+        assert time.monotonic() < deadline, "the condition never held"
+        time.sleep(poll)
+    return value
+
+
 def server_entry(sid: str, **fields: Any) -> dict[str, Any]:
     return {"id": sid, "secret": SECRET, **fields}
 
@@ -179,8 +196,10 @@ class LoggedProcess:
 class Dashboard(LoggedProcess):
     """dashboard.py as a child process on 127.0.0.1."""
 
-    def __init__(self, directory: Path, config: dict[str, Any]) -> None:
+    def __init__(self, directory: Path, config: dict[str, Any], history: bool = False) -> None:
         super().__init__()
+        # History is off unless the test is about it (asks for it, or gives history flags).
+        self.history = history
         self.directory = directory
         self.config_path = directory / "servers.json"
         self.write_config(config)
@@ -201,6 +220,10 @@ class Dashboard(LoggedProcess):
 
         A dashboard that exits instead raises LogNotFound at once, with its exit code.
         """
+        if {"--history-resolution", "--history-days"} & set(extra):
+            self.history = True  # and on again after a restart without the flags
+        if not self.history and "--no-history" not in extra:
+            extra = ("--no-history", *extra)
         mark = self.spawn([sys.executable, str(HERE / "dashboard.py"), "--config",
                            str(self.config_path), "--host", "127.0.0.1", "--port",
                            str(self.port), *extra], **popen)
@@ -273,13 +296,13 @@ def make_dashboard(tmp_path: Path):
     started: list[Dashboard] = []
 
     def make(servers: list[dict[str, Any]] | None = None, start: bool = True,
-             **top: Any) -> Dashboard:
+             history: bool = False, **top: Any) -> Dashboard:
         if servers is None:
             servers = [server_entry("alpha", name="Alpha", group="Web", countryCode="DE"),
                        server_entry("beta", name="Beta"), server_entry("never")]
         directory = tmp_path / f"dashboard{len(started)}"
         directory.mkdir()
-        dashboard = Dashboard(directory, {"servers": servers, **top})
+        dashboard = Dashboard(directory, {"servers": servers, **top}, history)
         started.append(dashboard)
         return dashboard.start() if start else dashboard
 

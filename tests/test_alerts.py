@@ -24,6 +24,7 @@ from conftest import (
     recv_json,
     recv_until,
     server_in,
+    wait_accepted,
 )
 
 from sss import alerts
@@ -306,8 +307,7 @@ def test_offline_and_back_reach_a_webhook_and_telegram(make_dashboard: Any,
     dash = alerting_dashboard(make_dashboard, hook, telegram)
     with dash.agent("alpha") as agent:
         agent.send(json.dumps(go_report(reportInterval=0.5)))
-        dash.wait_for_log("agent connected: id=alpha")
-        time.sleep(0.3)
+        wait_accepted(agent)
     # Offline at once (the connection closed); fires after `for` + the startup grace.
     (path, headers, firing), = hook.wait(1)
     assert path == "/sss" and headers["Authorization"] == "Bearer hook-secret-1"
@@ -344,7 +344,7 @@ def offline_fired(make_dashboard: Any, receivers: Any) -> tuple[Dashboard, Recei
     dash = alerting_dashboard(make_dashboard, hook, telegram)
     with dash.agent("alpha") as agent:
         agent.send(json.dumps(go_report(reportInterval=0.5)))
-        time.sleep(0.3)
+        wait_accepted(agent)
     hook.wait(1)
     return dash, hook
 

@@ -364,7 +364,7 @@ def test_timing_contract_ties_the_agent_to_the_dashboard() -> None:
 
 
 def test_http_endpoints(make_dashboard: Any) -> None:
-    dash: Dashboard = make_dashboard()
+    dash: Dashboard = make_dashboard(history=True)
     status, headers, body = dash.get("/")
     assert status == 200 and headers["Content-Type"] == "text/html; charset=utf-8"
     assert body == (dashboard.HERE / "index.html").read_bytes()
@@ -480,7 +480,7 @@ def test_a_newer_connection_replaces_the_older(make_dashboard: Any) -> None:
             assert first.close_code == 1008 and "replaced" in (first.close_reason or "")
             second.send(json.dumps(go_report()))
             dash.wait_for_log("agent replaced: id=alpha")
-            time.sleep(0.5)
+            assert recv_json(second) == {"type": "accepted"}
             assert dash.get_json("/healthz")["agents"] == 1
             assert dash.get_json("/api/servers")[0]["online"] is True
 

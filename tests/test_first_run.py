@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from typing import Any
 from conftest import HERE, SECRET, Dashboard, free_port, server_entry
 
 import agent
+from sss import config, web
 from sss.datafiles import JsonFile
 
 # --- the data directory ----------------------------------------------------------------
@@ -25,7 +27,7 @@ from sss.datafiles import JsonFile
 def test_the_data_directory_is_data_beside_servers_json(make_dashboard: Any) -> None:
     """Before, history.db and traffic.json landed beside servers.json: in a checkout, in
     `git status`. Now data/ holds them (ignored by git), made for the dashboard alone."""
-    dash: Dashboard = make_dashboard()
+    dash: Dashboard = make_dashboard(history=True)
     with dash.agent("alpha") as agent:
         agent.send(json.dumps({"cpuInfo": {"percent": 1.0}}))
         dash.wait_for_log("agent connected: id=alpha")
@@ -38,7 +40,7 @@ def test_the_data_directory_is_data_beside_servers_json(make_dashboard: Any) -> 
 
 def test_files_of_an_earlier_dashboard_beside_servers_json_stay_in_use(
         make_dashboard: Any) -> None:
-    dash: Dashboard = make_dashboard(start=False)
+    dash: Dashboard = make_dashboard(start=False, history=True)
     (dash.directory / "traffic.json").write_text("{}")
     dash.start()
     line = dash.wait_for_log("from before data/ was the default data directory")
@@ -140,9 +142,8 @@ def test_an_agent_started_just_before_its_dashboard_warns_of_nothing(
     dash: Dashboard = make_dashboard(start=False)
     dash.port = free_port()
     reporter = make_agent("--server", dash.url("/ws-report", "ws"), "--id", "alpha",
-                          "--secret", SECRET, "--interval", "2")
-    reporter.wait_for_log("reporting to")
-    time.sleep(1.5)  # the dashboard takes a moment
+                          "--secret", SECRET, "--interval", "2", "--log-level", "DEBUG")
+    reporter.wait_for_log("the dashboard may be starting: retrying")  # refused, quietly
     dash.start()
     reporter.wait_for_log(r"connected to ws://")
     assert " WARNING " not in reporter.log_text(), reporter.log_text()
@@ -158,3 +159,47 @@ def test_a_dashboard_that_stays_away_is_still_named(make_agent: Any) -> None:
                           timeout=agent.STARTUP_WAIT + 5)
     assert time.monotonic() - started >= agent.STARTUP_WAIT - 1
     assert reporter.count_log("connection refused") == 1
+
+
+# --- README names only what exists -------------------------------------------------------
+
+README = (HERE / "README.md").read_text()
+FLAG = re.compile(r"(?<![\w-])--[a-z][a-z0-9-]*")
+OTHER_TOOLS_FLAGS = {"--clear"}  # python3 -m venv --clear, in the two commands
+
+
+def help_flags(*command: str) -> set[str]:
+    result = subprocess.run([sys.executable, *command, "--help"], capture_output=True,
+                            text=True, timeout=30, cwd=HERE, check=True)
+    return set(FLAG.findall(result.stdout)) - {"--help"}
+
+
+def test_readme_names_every_flag_of_both_scripts_and_no_other() -> None:
+    """README's flags are those of `dashboard.py --help` and `agent.py --help`, all of
+    them, plus those of install.sh and tools/bench.py where it shows them."""
+    dashboard, agent_flags = help_flags("dashboard.py"), help_flags("agent.py")
+    named = set(FLAG.findall(README))
+    assert dashboard - named == set(), "dashboard.py flags README does not name"
+    assert agent_flags - named == set(), "agent.py flags README does not name"
+    installer = set(FLAG.findall((HERE / "install.sh").read_text()))
+    bench = set().union(*(help_flags("tools/bench.py", command) for command in
+                          ("agent", "dashboard", "attack", "history")))
+    unknown = named - dashboard - agent_flags - installer - bench - OTHER_TOOLS_FLAGS
+    assert unknown == set(), "README names flags nothing takes"
+
+
+def test_readme_names_endpoints_and_config_keys_that_exist() -> None:
+    paths = {path for path in re.findall(r"`(/[a-z][a-z0-9_./-]*)", README)
+             if not path.endswith("/")}  # `/api/*`: all of them
+    served = set(web.ROUTES) | {"/ws-report", "/ws-frontend", "/ws-login"}
+    assert {path for path in paths if path.startswith(("/api/", "/ws-"))
+            or path in {"/healthz", "/metrics", "/login", "/logout"}} <= served
+    source = Path(config.__file__).read_text()
+    blocks = re.findall(r"```json\n(.*?)```", README, re.DOTALL)
+    # Keys in the JSON blocks (lower camel case: not a webhook's header names).
+    keys = {key for block in blocks for key in re.findall(r'"([a-z][A-Za-z]*)":', block)}
+    keys |= set(re.findall(r"^\| `([a-zA-Z.]+)`", README, re.M)) & {
+        key for block in blocks for key in re.findall(r'"([A-Za-z]+)"', block)}
+    missing = {key for key in keys if f'"{key}"' not in source}
+    assert missing == set(), "config keys README shows that config.py does not read"
+    assert len(README.splitlines()) <= 450

@@ -18,7 +18,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import SECRET, Dashboard, go_report, recv_json, recv_until, server_in
+from conftest import (
+    SECRET,
+    Dashboard,
+    go_report,
+    recv_json,
+    recv_until,
+    server_in,
+    wait_accepted,
+    wait_until,
+)
 
 from sss import history
 from sss.reports import validate_report
@@ -230,6 +239,33 @@ def test_a_range_reads_hourly_rows_and_the_hour_not_rolled_up_yet(tmp_path: Path
 # --- end to end -----------------------------------------------------------------
 
 
+def step_times(dash: Dashboard, sid: str = "alpha") -> list[int]:
+    """The steps of `sid` written to history.db (fine rows), read as a reader would."""
+    if not (dash.data / "history.db").exists():
+        return []
+    db = sqlite3.connect(f"file:{dash.data / 'history.db'}?mode=ro", uri=True)
+    try:
+        return [t for t, in db.execute(
+            "SELECT t FROM samples WHERE tier = 0 AND server = ? ORDER BY t", (sid,))]
+    finally:
+        db.close()
+
+
+def written_through(dash: Dashboard, wall: float, resolution: int = 1) -> None:
+    """Until the step holding wall time `wall` is on disk."""
+    wait_until(lambda: (step_times(dash) or [0])[-1] >= wall // resolution * resolution)
+
+
+def view_written(dash: Dashboard, sid: str = "alpha") -> dict[str, Any] | None:
+    """The last view of `sid` written to history.db (written as it goes offline)."""
+    db = sqlite3.connect(f"file:{dash.data / 'history.db'}?mode=ro", uri=True)
+    try:
+        found = db.execute("SELECT record FROM latest WHERE server = ?", (sid,)).fetchone()
+        return json.loads(found[0]) if found else None
+    finally:
+        db.close()
+
+
 def start_with_history(make_dashboard: Any, *extra: str) -> Dashboard:
     dash: Dashboard = make_dashboard(start=False)
     return dash.start("--history-resolution", "1", *extra)
@@ -240,19 +276,18 @@ def test_history_end_to_end_survives_kill_9(make_dashboard: Any, make_agent: Any
     reporter = make_agent("--server", dash.url("/ws-report", "ws"), "--id", "alpha",
                           "--secret", SECRET, "--interval", "1", "--min-interval", "1",
                           "--no-adaptive")
-    deadline = time.monotonic() + 20
-    points: list[Any] = []
-    while time.monotonic() < deadline and len(points) < 4:
-        time.sleep(0.5)
-        answer = dash.get_json("/api/history?id=alpha&range=1h")
-        points = [c for c in answer["cpu"] if c is not None]
-    assert len(points) >= 4, answer
+    def points() -> list[Any]:
+        return [c for c in dash.get_json("/api/history?id=alpha&range=1h")["cpu"]
+                if c is not None]
+    wait_until(lambda: len(points()) >= 4)
+    answer = dash.get_json("/api/history?id=alpha&range=1h")
     assert answer["id"] == "alpha" and answer["range"] == "1h"
-    assert all(0 <= c <= 100 for c in points)
+    assert all(0 <= c <= 100 for c in points())
     assert reporter.stop() == 0
     before = dash.get_json("/api/history?id=alpha&range=1h")
     last_seen = server_in({"servers": dash.get_json("/api/servers")}, "alpha")
-    time.sleep(1.2)  # let the step holding the last report reach the disk
+    written_through(dash, last_seen["lastReportTime"])
+    wait_until(lambda: (view_written(dash) or {}).get("cpuInfo") == last_seen["cpuInfo"])
     assert dash.process is not None
     dash.process.send_signal(signal.SIGKILL)
     dash.process.wait(10)
@@ -276,7 +311,7 @@ def test_graceful_stop_keeps_the_open_bucket(make_dashboard: Any) -> None:
     dash: Dashboard = make_dashboard(start=False).start("--history-resolution", "3600")
     with dash.agent("alpha") as agent:
         agent.send(json.dumps(go_report(cpuInfo={"percent": 42.0, "info": []})))
-        time.sleep(0.5)
+        wait_accepted(agent)
     assert dash.stop() == 0
     db = sqlite3.connect(dash.data / "history.db")
     assert db.execute("SELECT cpu FROM samples WHERE server = 'alpha'").fetchall() == [(42.0,)]
@@ -296,7 +331,7 @@ def test_no_history_and_a_read_only_data_directory(make_dashboard: Any, tmp_path
     corrupt.mkdir()
     (corrupt / "history.db").write_bytes(b"this is not a database" * 100)
     for data, advice in ((blocker / "data", "writable"), (corrupt, "move the file aside")):
-        dash: Dashboard = make_dashboard(start=False).start("--data", str(data))
+        dash: Dashboard = make_dashboard(start=False, history=True).start("--data", str(data))
         line = dash.wait_for_log("ERROR history: ")
         assert str(data / "history.db") in line and advice in line
         with dash.viewer() as viewer, dash.agent("alpha") as agent:
@@ -606,7 +641,7 @@ def test_an_always_reporting_agent_reads_100_percent_across_a_restart(
                        "--no-adaptive")
     agent.wait_for_log("connected to")
     dash.wait_for_log(r"agent connected: id=alpha")
-    time.sleep(5)  # a few steps, each of them written
+    wait_until(lambda: len(step_times(dash)) >= 3)  # a few steps, each of them written
     assert dash.stop() == 0
     mark = len(dash.lines)
     dash.start("--history-resolution", "2")
@@ -624,14 +659,6 @@ def test_an_always_reporting_agent_reads_100_percent_across_a_restart(
               if o is not None]
     assert online and set(online) == {1.0}
     assert db.execute("SELECT COUNT(*) FROM samples WHERE online < watched").fetchone()[0] == 0
-
-
-def wait_until(condition: Any, timeout: float = 20) -> None:
-    """Poll a condition on files or answers (what a step leaves behind) until it holds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "the condition never held"
-        time.sleep(0.2)
 
 
 def test_a_kill_in_the_writers_window_loses_only_the_step_in_progress(
@@ -660,11 +687,11 @@ def test_the_last_seen_time_comes_back_after_a_restart(make_dashboard: Any,
     came back with the time of its view: up to 10 minutes old."""
     dash = start_with_history(make_dashboard)
     with dash.agent("alpha") as agent:
-        for _ in range(6):
+        for _ in range(6):  # over several steps of a second
             agent.send(json.dumps(go_report()))
             time.sleep(0.7)
-        time.sleep(1.2)  # the last report's step is written
         last = server_in({"servers": dash.get_json("/api/servers")}, "alpha")
+        written_through(dash, last["lastReportTime"])
         if kill:
             dash.kill()
         else:

@@ -240,7 +240,8 @@ def test_an_agent_stopped_while_probing_exits_quietly(make_dashboard: Any, make_
     prober = make_agent("--server", dash.url("/ws-report", "ws"), "--id", "alpha",
                         "--secret", SECRET, "--interval", "2")
     prober.wait_for_log("probing 2 targets every 5 s")
-    time.sleep(1)  # probes of the first round sent, the next ones waiting their turn
+    listener.settimeout(10)
+    listener.accept()[0].close()  # a probe of the first round came, the next ones wait
     prober.signal(signal.SIGTERM)
     assert prober.process is not None and prober.process.wait(5) == 0
     assert prober.collected.wait(5)  # every line it wrote

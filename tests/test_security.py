@@ -251,6 +251,7 @@ def test_damaged_data_files_drop_their_bad_entries_and_keep_the_rest(
     /api/alerts answer 500."""
     dash: Dashboard = make_dashboard(
         [server_entry("alpha"), server_entry("beta"), server_entry("gamma")], start=False,
+        history=True,
         notifiers=[{"name": "ops", "type": "webhook", "url": "http://127.0.0.1:9/"}],
         alerts=[{"name": "down", "metric": "offline", "notify": ["ops"]}])
     dash.data.mkdir()

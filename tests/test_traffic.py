@@ -11,7 +11,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
-from conftest import SECRET, Dashboard, card, go_report, server_in
+from conftest import SECRET, Dashboard, card, go_report, server_in, wait_until
 from test_alerts import Receiver
 
 from sss import traffic
@@ -148,6 +148,14 @@ def traffic_of(dash: Dashboard) -> dict[str, Any]:
     return server_in({"servers": dash.get_json("/api/servers")}, "web-1")["traffic"]
 
 
+def saved_meter(dash: Dashboard, sid: str) -> dict[str, Any]:
+    """`sid`'s meter as traffic.json holds it ({} before the first save)."""
+    try:
+        return json.loads((dash.data / "traffic.json").read_text()).get(sid, {})
+    except (OSError, ValueError):  # not there yet (it is replaced whole, never half)
+        return {}
+
+
 def wait_traffic(dash: Dashboard, used: int, timeout: float = 10) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while (seen := traffic_of(dash))["used"] != used:
@@ -173,7 +181,7 @@ def test_counting_survives_reboots_and_a_kill_9(make_dashboard: Any, page_on: An
         assert first["periodEnd"] > time.time() > first["periodStart"]
         agent.send(transfer_report(1000, 0, boot=1764009999))  # the server rebooted
         wait_traffic(dash, 5000)
-    time.sleep(1.5)  # one save
+    wait_until(lambda: saved_meter(dash, "web-1").get("last_in") == 1000)  # one save
     assert dash.process is not None
     dash.process.send_signal(signal.SIGKILL)
     dash.process.wait(10)

@@ -554,6 +554,7 @@ def bench_dashboard(agents: int, viewers: int, duration: float,
         "agents": agents, "viewers": viewers, "duration": duration, "cores": os.cpu_count(),
         "viewer_compression": compression, "history": history, "side_by_side": side_by_side,
         "shared_core": shared_core,
+        "safe_transport": os.environ.get("SSS_SAFE_TRANSPORT", ""),  # tricks turned off
         "reports_sent": sent, "reports_accepted": accepted,
         "reports_per_second": reports_per_s,
         "cpu_cores": load["cpu_cores"], "cpu_ms_per_report": cpu_per_report * 1000,
@@ -610,7 +611,9 @@ def print_dashboard(results: list[dict[str, Any]]) -> None:
           f"{first['duration']:.0f} s "
           f"per run, {first['cores']} cores (dashboard and load generators share them); "
           + (f"floor: run side by side on core {first['shared_core']}, under a load of its own"
-             if first["side_by_side"] else "floor: the mean of a run before and one after"))
+             if first["side_by_side"] else "floor: the mean of a run before and one after")
+          + (f"; SSS_SAFE_TRANSPORT={first['safe_transport']}" if first["safe_transport"]
+             else ""))
     print(f"{'agents':>6} {'reports/s':>9} {'CPU cores':>9} {'ms/report':>9} "
           f"{'floor ms':>8} {'ratio':>5} {'peak RSS MB':>11} {'p50 ms':>7} {'p99 ms':>7} "
           f"{'viewer KiB/s':>12} {'B/report':>8} {'KiB/agent':>9} {'floor':>6} "
