@@ -135,6 +135,7 @@ async def run(config: Config, config_path: Path, args: argparse.Namespace,
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, dashboard.reload)
     transport.check_internals(os.environ.get(transport.SAFE_TRANSPORT, ""))
+    transport.quiet_peer_errors()
     settings = transport.server_settings(dashboard.site, tls, args.viewer_compression,
                                          f"sss-dashboard/{__version__}")
     async with transport.serve(dashboard.handler, config.host, config.port,
@@ -315,9 +316,6 @@ def main(argv: list[str] | None = None) -> int:
         return check_config(args)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(message)s",
                         datefmt="%Y-%m-%d %H:%M:%S")
-    # websockets' errors are bugs (a hook or handler that raised): said, with the traceback.
-    # What peers do wrong, it logs below ERROR; the dashboard says that itself.
-    logging.getLogger("websockets").setLevel(logging.ERROR)
     try:
         config, warnings = load_config(args.config)
     except ConfigError as exc:

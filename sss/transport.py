@@ -175,6 +175,17 @@ def check_internals(safe: str = "") -> FastPath:
     return FAST
 
 
+def quiet_peer_errors() -> None:
+    """websockets' errors are bugs (a hook or handler that raised): said, with the
+    traceback. What peers do wrong it logs below ERROR, except "opening handshake failed"
+    before 15.0.2 or so (a socket closed before its request, a request over the header
+    limits): that one is a peer's doing, and the dashboard counts refusals itself."""
+    logging.getLogger("websockets").setLevel(logging.ERROR)
+    # A logger's filters see only its own records: the server's connections log here.
+    logging.getLogger("websockets.server").addFilter(
+        lambda record: record.msg != "opening handshake failed")
+
+
 def server_settings(site: Site, tls: Any, viewer_compression: bool,
                     server_header: str) -> dict[str, Any]:
     """websockets' serve() arguments for the dashboard: its Connection, the limits and

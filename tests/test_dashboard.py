@@ -1556,7 +1556,10 @@ def test_requests_with_more_headers_than_clients_send_are_refused(
             sock.sendall(f"GET /healthz HTTP/1.1\r\nHost: x\r\n{padding}\r\n".encode())
             return sock.recv(64).split(b"\r\n")[0]
     assert status_with(MAX_HEADERS - 2) == b"HTTP/1.1 200 OK"
-    assert status_with(MAX_HEADERS + 8) == b"HTTP/1.1 431 Request Header Fields Too Large"
+    # websockets answers 431 since 15.0.2 or so; 15.0.1 hangs up without an answer
+    assert status_with(MAX_HEADERS + 8) in (b"HTTP/1.1 431 Request Header Fields Too Large",
+                                            b"")
+    assert "Traceback" not in dash.log_text()
     assert "WEBSOCKETS_MAX" not in dash.log_text()  # no "did not take" line
 
 
