@@ -28,6 +28,7 @@ import dataclasses
 import errno
 import fnmatch
 import functools
+import hashlib
 import json
 import logging
 import math
@@ -182,6 +183,7 @@ class Settings:
     once: bool = False
     check: bool = False
     use_psutil: bool = False
+    auto_update: bool = False  # take agent.py from the dashboard when it offers one
 
 
 class UsageError(Exception):
@@ -193,7 +195,8 @@ def parse_settings(argv: list[str] | None, environ: Mapping[str, str]) -> tuple[
     parser = argparse.ArgumentParser(
         description="SimpleServerStatus agent: reports this machine to a dashboard.",
         epilog="The connection settings may come from the environment instead: SSS_SERVER, "
-               "SSS_ID, SSS_SECRET, SSS_SECRET_FILE, and SSS_USE_PSUTIL=1 (flags win).")
+               "SSS_ID, SSS_SECRET, SSS_SECRET_FILE, SSS_USE_PSUTIL=1 and SSS_AUTO_UPDATE=1 "
+               "(flags win).")
     parser.add_argument("--server", default=environ.get("SSS_SERVER"),
                         help="dashboard URL, ws://HOST:8900/ws-report or wss://... (SSS_SERVER)")
     parser.add_argument("--id", dest="server_id", default=environ.get("SSS_ID"),
@@ -230,7 +233,12 @@ def parse_settings(argv: list[str] | None, environ: Mapping[str, str]) -> tuple[
     parser.add_argument("--check", action="store_true",
                         help="connect once, send one report, say whether the dashboard "
                              "accepted it; exit 0 or 1")
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--auto-update", action="store_true",
+                        default=environ.get("SSS_AUTO_UPDATE") == "1",
+                        help="run the agent.py the dashboard serves when it offers updates "
+                             "(wss:// or a dashboard on this machine only); SSS_AUTO_UPDATE=1")
+    parser.add_argument("--version", action="version",
+                        version=f"%(prog)s {__version__} ({AGENT_VERSION})")
     args = parser.parse_args(argv)
 
     if args.secret_file and not args.secret:
@@ -262,7 +270,8 @@ def parse_settings(argv: list[str] | None, environ: Mapping[str, str]) -> tuple[
         interval=args.interval, min_interval=args.min_interval, max_interval=args.max_interval,
         adaptive=not args.no_adaptive, nics=tuple(args.nic),
         exclude_nics=tuple(args.exclude_nic), exclude_mounts=tuple(args.exclude_mount),
-        ca_file=args.ca_file, once=args.once, check=args.check, use_psutil=args.use_psutil)
+        ca_file=args.ca_file, once=args.once, check=args.check, use_psutil=args.use_psutil,
+        auto_update=args.auto_update)
     return settings, args.log_level
 
 
@@ -749,7 +758,7 @@ def build_message(server_id: str, facts: HostFacts, before: Sample, after: Sampl
                         "netOutTransfer": sum(tx for _, tx in after.nic_bytes.values())},
         "ip": "", "loc": "",
         "reportInterval": round(report_interval, 2),
-        "extraInfo": extra_info(before, after, seconds),
+        "extraInfo": {**extra_info(before, after, seconds), "agentVersion": AGENT_VERSION},
     }
 
 
@@ -1125,6 +1134,258 @@ class Prober:
         return await tcp_rtt(address, target.port or ICMP_FALLBACK_PORT)
 
 
+# --- self-update: opt-in on both sides, from its own dashboard, checked by hash ---------
+#
+# The one exception to "monitor-only": with --auto-update, and only when its dashboard
+# offers it (servers.json "agentUpdates"), the agent replaces its own file with the
+# agent.py that dashboard serves, once the file's size and SHA-256 match what the
+# dashboard said over the same authenticated connection. Never over plain ws:// to
+# another machine (whoever sits in between could hand out code). The new file runs on
+# trial: until its first report is accepted a marker stays, and a start that finds the
+# marker (the new file crashed, or never got a report accepted) goes back to the file
+# before and refuses that hash for a day. PROTOCOL.md, "Agent updates".
+
+MAX_AGENT_BYTES = 1 << 20  # no agent.py is bigger
+MAX_UPDATE_SPREAD = 600.0
+UPDATE_TRIAL = 120.0  # a new file's first report must be accepted within this long
+REFUSED_FOR = 86400.0  # a hash that failed its trial is not tried again for a day
+UPDATE_FOLDER = ".sss-agent-update"  # beside agent.py, where there is no StateDirectory
+TRIAL_ENV = "SSS_AGENT_TRIAL"  # set for the new file's first run: the switch, not a restart
+INSTALLED_ENV = "SSS_AGENT_INSTALLED"  # the agent.py first started: what a rollback runs
+HEX64 = re.compile(r"[0-9a-f]{64}")
+
+
+def file_sha256(path: Path) -> str:
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return ""
+
+
+AGENT_FILE = Path(__file__).resolve()
+AGENT_SHA256 = file_sha256(AGENT_FILE)
+AGENT_VERSION = AGENT_SHA256[:12]  # each report's extraInfo.agentVersion
+
+
+class Offer(NamedTuple):
+    """The dashboard's agent.py, as its update frame describes it."""
+
+    sha256: str
+    size: int
+    spread: float  # seconds over which the fleet's fetches are spread
+
+
+def parse_update(frame: str | bytes) -> Offer | None:
+    """The dashboard's update frame (PROTOCOL.md, "Agent updates"), checked; None for any
+    other frame or one that does not fit."""
+    message = dashboard_message(frame, "update")
+    if message is None:
+        return None
+    sha256, size, spread = message.get("sha256"), message.get("size"), message.get("spread")
+    if not (isinstance(sha256, str) and HEX64.fullmatch(sha256) and type(size) is int
+            and 0 < size <= MAX_AGENT_BYTES and type(spread) in (int, float)
+            and 0 <= spread <= MAX_UPDATE_SPREAD):
+        return None
+    return Offer(sha256, size, float(spread))
+
+
+def update_refusal(server: str) -> str:
+    """Why updates may not come from this dashboard ("" when they may): only over wss://,
+    or from a dashboard on this machine."""
+    parts = urlsplit(server)
+    if parts.scheme == "wss":
+        return ""
+    host = parts.hostname or ""
+    import ipaddress  # here: only agents run with --auto-update need it
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    return "" if loopback else (f"updates come only over wss:// or from a dashboard on this "
+                                f"machine, and {server} is neither")
+
+
+def agent_url(server: str) -> str:
+    """Where the dashboard serves agent.py: beside /ws-report, on the same origin."""
+    parts = urlsplit(server)
+    path = parts.path.rsplit("/", 1)[0] + "/agent.py"
+    return f"{'https' if parts.scheme == 'wss' else 'http'}://{parts.netloc}{path}"
+
+
+def fetch_agent(settings: Settings, offer: Offer) -> bytes:
+    """agent.py from the dashboard, with the TLS checks the reports get, following no
+    redirect; raises ValueError when it is not what the dashboard said."""
+    import urllib.request  # here: 1.5 MB of imports that an agent without updates never needs
+
+    class NoRedirects(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *args: Any) -> None:
+            return None  # a 3xx is an error: agent.py comes from this dashboard only
+
+    context = ssl.create_default_context(cafile=settings.ca_file) \
+        if settings.server.startswith("wss:") else None
+    opener = urllib.request.build_opener(NoRedirects(),
+                                         urllib.request.HTTPSHandler(context=context))
+    with opener.open(agent_url(settings.server), timeout=30) as response:
+        body = response.read(offer.size + 1)
+    if len(body) != offer.size or hashlib.sha256(body).hexdigest() != offer.sha256:
+        raise ValueError(f"got {len(body)} bytes that are not the {offer.size} the dashboard "
+                         "announced")
+    compile(body, "agent.py", "exec")  # a file that does not even compile is not switched to
+    return body
+
+
+def update_folder(installed: Path, environ: Mapping[str, str]) -> Path:
+    """Where updates go: systemd's StateDirectory, else a folder beside agent.py."""
+    state = environ.get("STATE_DIRECTORY", "").split(":")[0]
+    return Path(state) if state else installed.parent / UPDATE_FOLDER
+
+
+class Updates:
+    """The update folder: agent.py (the update in use), agent.py.previous, trial.json
+    (the marker of a file on trial) and refused.json (hashes not to try until then)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.current, self.previous = folder / "agent.py", folder / "agent.py.previous"
+        self.trial, self.refused_file = folder / "trial.json", folder / "refused.json"
+
+    def refused(self, wall: float) -> dict[str, float]:
+        try:
+            saved = json.loads(self.refused_file.read_text())
+            return {sha: float(until) for sha, until in saved.items()
+                    if HEX64.fullmatch(sha) and float(until) > wall}
+        except (OSError, ValueError, AttributeError, TypeError):
+            return {}
+
+    def on_trial(self) -> str:
+        """The hash of the file on trial, or ""."""
+        try:
+            sha = json.loads(self.trial.read_text()).get("sha256", "")
+        except (OSError, ValueError, AttributeError):
+            return ""
+        return sha if isinstance(sha, str) and HEX64.fullmatch(sha) else ""
+
+    def roll_back(self, sha: str, wall: float) -> None:
+        """The file on trial goes: the one before it comes back (or none: the installed
+        agent.py runs), and its hash is refused for a day."""
+        refused = {**self.refused(wall), sha: wall + REFUSED_FOR}
+        write_atomically(self.refused_file, json.dumps(refused).encode())
+        if self.previous.exists():
+            os.replace(self.previous, self.current)
+        else:
+            self.current.unlink(missing_ok=True)
+        self.trial.unlink(missing_ok=True)
+
+    def start(self, environ: Mapping[str, str], wall: float) -> Path | None:
+        """At start: the update to run (None: this file). A file on trial that is not
+        starting for the first time failed it: rolled back."""
+        sha = self.on_trial()
+        if sha and environ.get(TRIAL_ENV) != sha:
+            self.roll_back(sha, wall)
+            log.warning("agent.py %s did not get a report accepted: back to the one before "
+                        "it; that version is not tried again for a day", sha[:12])
+        return self.current if self.current.exists() else None
+
+    def switch(self, body: bytes, wall: float) -> None:
+        """Put `body` in place, keeping the file before it, and mark it on trial."""
+        self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        staged = self.folder / "agent.py.new"
+        write_atomically(staged, body)
+        if self.current.exists():
+            os.replace(self.current, self.previous)
+        write_atomically(self.trial, json.dumps(
+            {"sha256": hashlib.sha256(body).hexdigest(), "since": wall}).encode())
+        os.replace(staged, self.current)
+
+    def passed(self) -> None:
+        """The file on trial got a report accepted: it stays."""
+        self.trial.unlink(missing_ok=True)
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    temporary = path.with_name(path.name + ".tmp")
+    with open(temporary, "wb") as file:
+        file.write(data)
+        file.flush()
+        os.fsync(file.fileno())
+    os.replace(temporary, path)
+
+
+def exec_agent(path: Path, environ: dict[str, str]) -> None:
+    """Run `path` in this process's place, with the same arguments."""
+    os.execve(sys.executable, [sys.executable, str(path), *sys.argv[1:]], environ)
+
+
+class Updater:
+    """Waits for the dashboard's offer, fetches within its spread, switches, and says
+    when the file on trial passed (its first report accepted) or ran out of time."""
+
+    def __init__(self, settings: Settings, updates: Updates) -> None:
+        self.settings, self.updates = settings, updates
+        self.offers: asyncio.Queue[Offer] = asyncio.Queue(1)
+        self.switched_to: Path | None = None  # set once a new file is in place: run it
+        self.on_trial = updates.on_trial() == AGENT_SHA256 and bool(AGENT_SHA256)
+
+    def offered(self, offer: Offer) -> None:
+        if self.offers.full():
+            self.offers.get_nowait()  # the newest offer wins
+        self.offers.put_nowait(offer)
+
+    def accepted(self) -> None:
+        if self.on_trial:
+            self.updates.passed()
+            self.on_trial = False
+            log.info("agent.py %s passed: its first report was accepted", AGENT_VERSION)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Until a new file is in place (then `stop` is set so that it runs)."""
+        loop = asyncio.get_running_loop()
+        trial_ends = time.monotonic() + UPDATE_TRIAL
+        offer: Offer | None = None
+        while True:
+            timeout = trial_ends - time.monotonic() if self.on_trial else None
+            if offer is None:
+                try:
+                    offer = await asyncio.wait_for(self.offers.get(), timeout)
+                except asyncio.TimeoutError:  # on trial, and no report accepted in time?
+                    if not self.on_trial:
+                        continue  # one was, while this waited
+                    self.updates.roll_back(AGENT_SHA256, time.time())
+                    log.warning("agent.py %s got no report accepted within %.0f s: back to "
+                                "the one before it", AGENT_VERSION, UPDATE_TRIAL)
+                    self.switched_to = Path(os.environ.get(INSTALLED_ENV) or AGENT_FILE)
+                    stop.set()
+                    return
+            refused = offer.sha256 in self.updates.refused(time.time())
+            if refused:
+                log.info("agent.py %s offered: refused, it failed its trial here within a "
+                         "day", offer.sha256[:12])
+            if refused or offer.sha256 == AGENT_SHA256:
+                offer = None
+                continue
+            delay = random.uniform(0, offer.spread)
+            log.info("agent.py %s offered: fetching it in %.1f s (the fleet's spread: %g s)",
+                     offer.sha256[:12], delay, offer.spread)
+            try:  # the fleet's fetches spread; a newer offer meanwhile starts the wait over
+                offer = await asyncio.wait_for(self.offers.get(), delay)
+                continue
+            except asyncio.TimeoutError:
+                pass
+            try:
+                body = await loop.run_in_executor(None, fetch_agent, self.settings, offer)
+                self.updates.switch(body, time.time())
+            except (OSError, ValueError, SyntaxError) as exc:
+                log.warning("update to agent.py %s failed: %s; this one goes on running",
+                            offer.sha256[:12], exc)
+                offer = None
+                continue
+            log.info("updated to agent.py %s (was %s): starting it", offer.sha256[:12],
+                     AGENT_VERSION)
+            self.switched_to = self.updates.current
+            stop.set()
+            return
+
+
 # --- transport ---------------------------------------------------------------
 
 
@@ -1136,6 +1397,8 @@ def open_connection(settings: Settings, check: bool = False) -> Any:
     headers = {"X-SERVER-ID": settings.server_id, "X-AUTH-SECRET": settings.secret}
     if check:
         headers["X-SSS-Check"] = "1"  # the dashboard answers each report (PROTOCOL.md)
+    elif settings.auto_update:
+        headers["X-SSS-Auto-Update"] = "1"  # offer this agent updates (PROTOCOL.md)
     common = {"ssl": context, "open_timeout": 10, "ping_interval": PING_INTERVAL,
               "ping_timeout": PING_TIMEOUT, "close_timeout": 1, "compression": None,
               "user_agent_header": f"sss-agent/{__version__}"}
@@ -1158,6 +1421,7 @@ class Reporter:
         self.prober = Prober()
         self.restart_spread = RESTART_SPREAD  # until the dashboard says (parse_reconnect)
         self.accepted = False  # the dashboard accepted a report on this connection
+        self.updater: Updater | None = None  # with --auto-update, where updates may come
 
     async def collect(self) -> None:
         """Sample every interval; enqueue while connected, drop (logged once) while not."""
@@ -1212,6 +1476,13 @@ class Reporter:
         """One frame from the dashboard (PROTOCOL.md: "reconnect", "accepted", "probes")."""
         if dashboard_message(frame, "accepted") is not None:
             self.accepted = True  # this connection works: a loss starts the backoff over
+            if self.updater is not None:
+                self.updater.accepted()
+            return
+        offer = parse_update(frame)
+        if offer is not None:
+            if self.updater is not None:
+                self.updater.offered(offer)
             return
         spread = parse_reconnect(frame)
         if spread is not None:
@@ -1301,35 +1572,44 @@ class Reporter:
             log.debug("next attempt in %.1f s", delay)
             await asyncio.sleep(delay)
 
-    async def close(self) -> None:
+    async def close(self, code: int = 1000, reason: str = "agent shutting down") -> None:
         self.stopping = True
         if self.connection is not None:
-            await self.connection.close(1000, "agent shutting down")
+            await self.connection.close(code, reason)
 
 
-async def run(settings: Settings) -> None:
-    """Report until SIGTERM or SIGINT, then close with 1000."""
+async def run(settings: Settings, updates: Updates | None = None) -> Path | None:
+    """Report until SIGTERM or SIGINT, then close with 1000; or, with `updates`, until a
+    new agent.py is in place: then close with 1001 and return it, to be run."""
     reporter = Reporter(settings)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    log.info("reporting to %s as %s", settings.server, settings.server_id)
+    log.info("reporting to %s as %s (agent.py %s)", settings.server, settings.server_id,
+             AGENT_VERSION)
     tasks = [asyncio.ensure_future(reporter.collect()),
              asyncio.ensure_future(reporter.connect_forever()),
              asyncio.ensure_future(reporter.prober.run())]
+    if updates is not None:
+        reporter.updater = Updater(settings, updates)
+        tasks.append(asyncio.ensure_future(reporter.updater.run(stop)))
     stopping = asyncio.ensure_future(stop.wait())
     await asyncio.wait([stopping, *tasks], return_when=asyncio.FIRST_COMPLETED)
     stopping.cancel()
     for task in tasks:
         if task.done():
             task.result()  # a bug surfaced as a traceback, not a silent hang
+    switched_to = reporter.updater.switched_to if reporter.updater is not None else None
+    closing = (1001, "agent updating") if switched_to else (1000, "agent shutting down")
     with contextlib.suppress(asyncio.TimeoutError, ConnectionClosed):
-        await asyncio.wait_for(reporter.close(), 1.5)
+        await asyncio.wait_for(reporter.close(*closing), 1.5)
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
-    log.info("stopped")
+    if switched_to is None:
+        log.info("stopped")
+    return switched_to
 
 
 def one_message(settings: Settings) -> dict[str, Any]:
@@ -1381,8 +1661,38 @@ def main(argv: list[str] | None = None) -> int:
         accepted, verdict = asyncio.run(check_once(settings, one_message(settings)))
         print(("ok: " if accepted else "failed: ") + verdict)
         return 0 if accepted else 1
-    asyncio.run(run(settings))
+    updates = None
+    if settings.auto_update:
+        updates = updates_at_start(settings)
+        if updates is None:  # then it does not ask for them either
+            settings = dataclasses.replace(settings, auto_update=False)
+    switched_to = asyncio.run(run(settings, updates))
+    if switched_to is not None:
+        exec_agent(switched_to, {**os.environ, TRIAL_ENV: file_sha256(switched_to),
+                                 INSTALLED_ENV: os.environ.get(INSTALLED_ENV, str(AGENT_FILE))})
     return 0
+
+
+def updates_at_start(settings: Settings) -> Updates | None:
+    """--auto-update at start: run the update in place (this process becomes it), or roll
+    back one whose trial failed; the update folder, or None where updates cannot come."""
+    refusal = update_refusal(settings.server)
+    if refusal:
+        log.warning("--auto-update: %s; this agent.py stays", refusal)
+        return None
+    installed = Path(os.environ.get(INSTALLED_ENV) or AGENT_FILE)
+    updates = Updates(update_folder(installed, os.environ))
+    try:
+        chosen = updates.start(os.environ, time.time())
+    except OSError as exc:
+        log.warning("--auto-update: %s: %s; this agent.py stays", updates.folder,
+                    exc.strerror or exc)
+        return None
+    os.environ.pop(TRIAL_ENV, None)  # only this first run of a new file is its switch
+    target = chosen or installed
+    if target.resolve() != AGENT_FILE:
+        exec_agent(target, {**os.environ, INSTALLED_ENV: str(installed)})
+    return updates
 
 
 if __name__ == "__main__":

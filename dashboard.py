@@ -18,7 +18,7 @@ The modules are in sss/ (README, "Layout"): handlers.py serves agents, viewers a
 sign-ins, transport.py is websockets as the dashboard uses it, web.py answers HTTP,
 hub.py keeps the live state, and the features keep their files in the data directory.
 The sub-commands that only read the config (--hash-password, --check-config,
---test-notify) need no websockets.
+--test-notify) need no websockets; add-server and the other server commands are fleet.py.
 """
 
 from __future__ import annotations
@@ -35,11 +35,11 @@ import ssl
 import sys
 from pathlib import Path
 
-from sss import runtime
+from sss import fleet, runtime
 from sss.alerts import firing_from, missing_apprise
 from sss.alerts import test_notify as alerts_test_notify
-from sss.config import SAFE_URL, Config, ConfigError, load_config
-from sss.datafiles import JsonFile
+from sss.config import SAFE_URL, Config, ConfigError, config_sha256, load_config
+from sss.datafiles import JsonFile, Running, remove_pid_file, write_pid_file
 from sss.history import DEFAULT_DAYS, DEFAULT_RESOLUTION, History, history_problems
 from sss.limits import (
     VIEWER_MEMORY_BUDGET,
@@ -123,7 +123,7 @@ async def run(config: Config, config_path: Path, args: argparse.Namespace,
     from sss.handlers import Dashboard
     from sss.web import Files, Options
 
-    options = Options(args.public_url, tls, args.viewer_compression,
+    options = Options(args.public_url or config.public_url, tls, args.viewer_compression,
                       frozenset(args.trusted_proxy), args.max_viewers,
                       args.viewers_per_address,
                       None if args.viewer_memory is None else args.viewer_memory << 20)
@@ -143,6 +143,11 @@ async def run(config: Config, config_path: Path, args: argparse.Namespace,
         port = next(iter(server.sockets)).getsockname()[1]
         log.info("listening on %s://%s:%d (%d servers configured)", "https" if tls else "http",
                  config.host, port, len(config.servers))
+        running = Running(os.getpid(), local_url(config.host, port, tls is not None),
+                          config_sha256(config_path))
+        write_pid_file(data, running)  # how add-server finds it, and sees it reloaded
+        dashboard.reloaded = lambda: write_pid_file(
+            data, running._replace(config_sha256=config_sha256(config_path)))
         tasks = [asyncio.ensure_future(dashboard.housekeeping()),
                  asyncio.ensure_future(dashboard.keep_traffic())]
         if history is not None:
@@ -162,11 +167,27 @@ async def run(config: Config, config_path: Path, args: argparse.Namespace,
     if history is not None:  # nothing is lost on a graceful stop: the open bucket too
         await dashboard.history_step(history, final=True)
         history.close()
+    remove_pid_file(data)
+
+
+def local_url(host: str, port: int, tls: bool) -> str:
+    """Where this machine reaches the dashboard (what dashboard.pid says).
+
+    >>> local_url("0.0.0.0", 8900, False), local_url("::", 443, True)
+    ('http://127.0.0.1:8900', 'https://[::1]:443')
+    """
+    address = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "[::1]"}.get(host, host)
+    if ":" in address and not address.startswith("["):
+        address = f"[{address}]"
+    return f"{'https' if tls else 'http'}://{address}:{port}"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="SimpleServerStatus dashboard.",
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description="SimpleServerStatus dashboard.",
+        epilog="Servers from the command line: dashboard.py add-server ID, remove-server ID, "
+               "rotate-secret ID, list-servers (each with --help).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG,
                         help="servers.json to use")
     parser.add_argument("--host", help="address to listen on (overrides the file's host)")
@@ -309,6 +330,9 @@ def tls_context(args: argparse.Namespace) -> ssl.SSLContext | None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in fleet.COMMANDS:  # add-server, remove-server, rotate-secret, ...
+        return fleet.main(argv, DEFAULT_CONFIG, lambda a: data_directory(a, create=False))
     args = parse_args(argv)
     if args.hash_password:
         return print_password_hash()

@@ -21,6 +21,7 @@ SYSTEMD=auto
 SYSTEM_SITE=no
 FORCE_VENV=no
 UNINSTALL=no
+AUTO_UPDATE=
 UNIT_DIR=/etc/systemd/system
 STEP="starting"
 FRESH=no
@@ -40,6 +41,8 @@ Usage: install.sh --id ID --secret SECRET [options]
                        distribution ships python3-websockets 10.1 or newer
   --system-site-packages
                        let the agent's venv use Debian's python3-psutil and python3-websockets
+  --auto-update        run the agent.py the dashboard serves whenever it offers a new one
+                       (servers.json "agentUpdates"; over https, or on this machine only)
   --uninstall          remove everything this script installed
   -h, --help           this text
 
@@ -76,6 +79,7 @@ while [ $# -gt 0 ]; do
         --system-site-packages) SYSTEM_SITE=yes; FORCE_VENV=yes; shift ;;
         --venv) FORCE_VENV=yes; shift ;;
         --uninstall) UNINSTALL=yes; shift ;;
+        --auto-update) AUTO_UPDATE=1; shift ;;
         -h|--help) usage; exit 0 ;;
         *) usage >&2; printf '\nsss-agent: unknown option %s\n' "$1" >&2; exit 2 ;;
     esac
@@ -192,6 +196,7 @@ fi
 SERVER=${SERVER:-$(env_value SSS_SERVER)}
 ID=${ID:-$(env_value SSS_ID)}
 SECRET=${SECRET:-$(env_value SSS_SECRET)}
+AUTO_UPDATE=${AUTO_UPDATE:-$(env_value SSS_AUTO_UPDATE)}
 [ -n "$ID" ] || fail "no --id given" "pass --id with this server's id from the dashboard's servers.json"
 [ -n "$SECRET" ] || fail "no --secret given" "pass --secret with this server's secret from servers.json"
 [ -n "$SERVER" ] || fail "no dashboard known" "pass --dashboard http://HOST:8900"
@@ -247,6 +252,11 @@ fetch "$DASHBOARD_URL/agent.py" "$PREFIX/agent.py.new" ||
 "$PYTHON" "$PREFIX/agent.py.new" --version >/dev/null 2>&1 ||
     fail "the downloaded agent.py does not run" "check $DASHBOARD_URL/agent.py in a browser"
 mv "$PREFIX/agent.py.new" "$PREFIX/agent.py"
+# An agent.py it updated itself to would run instead of this one: this one is newer.
+rm -rf "$PREFIX/.sss-agent-update"
+if [ "$SYSTEMD" = yes ]; then
+    rm -f /var/lib/sss-agent/agent.py /var/lib/sss-agent/agent.py.previous /var/lib/sss-agent/trial.json
+fi
 # Run as `python3 -m agent` from this bytecode: compiling agent.py at every start costs memory.
 "$PYTHON" -m compileall -q "$PREFIX/agent.py" >/dev/null ||
     fail "could not compile agent.py" "check that $PREFIX is writable"
@@ -261,7 +271,8 @@ say "$VERDICT"
 
 STEP="writing $ENV_FILE"
 mkdir -p "$(dirname "$ENV_FILE")"
-(umask 077 && printf "SSS_SERVER='%s'\nSSS_ID='%s'\nSSS_SECRET='%s'\n" "$SERVER" "$ID" "$SECRET" > "$ENV_FILE.new") ||
+(umask 077 && { printf "SSS_SERVER='%s'\nSSS_ID='%s'\nSSS_SECRET='%s'\n" "$SERVER" "$ID" "$SECRET" &&
+    if [ "$AUTO_UPDATE" = 1 ]; then printf "SSS_AUTO_UPDATE='1'\n"; fi; } > "$ENV_FILE.new") ||
     fail "cannot write $ENV_FILE" "run as root (sudo sh) or pass --env-file"
 mv "$ENV_FILE.new" "$ENV_FILE"
 

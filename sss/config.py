@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import hashlib
 import json
 import re
 from collections.abc import Iterator
@@ -36,7 +37,7 @@ ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{3,50}")
 SAFE_URL = re.compile(r"https?://[A-Za-z0-9.\[\]:-]+(?:/[A-Za-z0-9._~/-]*)?")
 COUNTRY_PATTERN = re.compile(r"[A-Za-z]{2}")
 TOP_LEVEL_KEYS = ("host", "port", "servers", "notifiers", "alerts", "timezone", "viewers",
-                  "metricsToken", "probes")
+                  "metricsToken", "probes", "agentUpdates", "publicUrl")
 SERVER_KEYS = ("id", "name", "group", "secret", "countryCode", "traffic", "expires", "price",
                "hidden", "probes")
 PROBES_KEYS = ("interval", "targets")
@@ -148,6 +149,8 @@ class Config:
     viewers: Viewers = dataclasses.field(default_factory=Viewers)
     metrics_token: str = dataclasses.field(default="", repr=False)
     probes: Probes = dataclasses.field(default_factory=Probes)
+    agent_updates: bool = False  # offer agents run with --auto-update the agent.py served
+    public_url: str = ""  # where agents reach the dashboard; --public-url overrides it
 
 
 class ConfigError(Exception):
@@ -170,6 +173,14 @@ def load_config(path: Path) -> tuple[Config, list[str]]:
     except ValueError as exc:
         raise ConfigError([f"{path}: not valid JSON ({exc}); fix the syntax there"]) from exc
     return parse_config(data, str(path))
+
+
+def config_sha256(path: Path) -> str:
+    """The SHA-256 of servers.json as it is on disk ("" when unreadable)."""
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return ""
 
 
 def parse_config(data: Any, source: str) -> tuple[Config, list[str]]:
@@ -226,10 +237,19 @@ def parse_config(data: Any, source: str) -> tuple[Config, list[str]]:
                   f"which is not among the probe targets "
                   f"({', '.join(sorted(known)) or 'none are configured'})"
                   for rule in alerts if rule.target and rule.target not in known)
+    agent_updates = data.get("agentUpdates", False)
+    if not isinstance(agent_updates, bool):
+        errors.append(f'{source}: field "agentUpdates" must be true or false, got '
+                      f"{agent_updates!r}")
+    public_url = data.get("publicUrl", "")
+    if not isinstance(public_url, str) or (public_url and not SAFE_URL.fullmatch(public_url)):
+        errors.append(f'{source}: field "publicUrl" must look like '
+                      f'"https://status.example.com/", got {public_url!r}')
+        public_url = ""
     if errors:
         raise ConfigError(errors)
     return Config(host, port, servers, notifiers, alerts, timezone, viewers,
-                  metrics_token, probes), warnings
+                  metrics_token, probes, agent_updates is True, public_url), warnings
 
 
 def known_object(entry: Any, where: str, example: str, keys: tuple[str, ...],

@@ -1,4 +1,5 @@
-"""The small JSON files in the data directory: alerts.json, traffic.json, sessions.json.
+"""The small files in the data directory: alerts.json, traffic.json, sessions.json, and
+the running dashboard's dashboard.pid.
 
 Each is written whole and atomically (a crash leaves the old file or the new one, never
 half of one); a problem writing or reading it is one log line per distinct problem, and
@@ -18,8 +19,9 @@ import json
 import logging
 import math
 import os
+import re
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 log = logging.getLogger("sss.dashboard")
 
@@ -34,20 +36,11 @@ class JsonFile:
         self.problem = ""
 
     def save(self, data: Any) -> bool:
-        """Write `data` whole: a temporary file, then renamed over the file. A failed write
-        (a full disk) leaves the old file, and no temporary one."""
-        temporary = self.path.with_name(self.path.name + ".tmp")
+        """Write `data` whole (replace_file). A failed write (a full disk) leaves the old
+        file, and no temporary one."""
         try:
             text = json.dumps(data, allow_nan=False)  # json.dump encodes in Python, 5x slower
-            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, self.mode)
-            try:
-                with os.fdopen(fd, "w") as file:
-                    file.write(text)
-                os.replace(temporary, self.path)
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.unlink(temporary)
-                raise
+            replace_file(self.path, text.encode(), self.mode, durable=False)
         except (OSError, ValueError) as exc:  # ValueError: a value JSON cannot hold (inf)
             problem = f"{self.path}: {getattr(exc, 'strerror', None) or exc}"
             if problem != self.problem:
@@ -82,6 +75,41 @@ class JsonFile:
         return kept
 
 
+def replace_file(path: Path, data: bytes, mode: int = 0o600, durable: bool = True) -> None:
+    """Write `data` to a temporary file beside `path`, then rename it over `path`: a crash
+    leaves the old file or the new one, never half of one. An existing file keeps its mode
+    and owner; a new one gets `mode`. `durable`: on disk before the rename (fsync), as for
+    servers.json; the data directory's files are rewritten every minute anyway."""
+    temporary = path.with_name(path.name + ".tmp")
+    try:
+        existing = os.stat(path)
+    except FileNotFoundError:
+        existing = None
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC,
+                 existing.st_mode & 0o7777 if existing else mode)
+    try:
+        with os.fdopen(fd, "wb") as file:
+            file.write(data)
+            if existing is not None:
+                os.fchmod(file.fileno(), existing.st_mode & 0o7777)
+                if os.geteuid() == 0 and (existing.st_uid, existing.st_gid) != (0, 0):
+                    os.fchown(file.fileno(), existing.st_uid, existing.st_gid)
+            if durable:
+                file.flush()
+                os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+    if durable:  # the rename itself, on disk
+        directory = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+
+
 def whole(value: Any, low: int = 0) -> bool:
     """A JSON integer of at least `low`: no bool, no float (1e400 reads as infinity)."""
     return type(value) is int and value >= low
@@ -109,3 +137,53 @@ def entries(data: Any, kind: type, check: Callable[[Any, Any], Any],
             name = repr(key[:60]) if isinstance(key, str) else key
             problems.append(f"entry {name}: {exc}; dropped, the rest kept")
     return (kept if kind is dict else list(kept.values())), problems
+
+
+# --- the running dashboard -----------------------------------------------------------------
+
+PID_FILE = "dashboard.pid"
+LOCAL_URL = re.compile(r"https?://(?:127\.0\.0\.1|\[::1\]|[A-Za-z0-9.-]{1,253}):\d{1,5}")
+HEX64 = re.compile(r"[0-9a-f]{64}")
+
+
+class Running(NamedTuple):
+    """dashboard.pid: the running dashboard's process, where it answers on this machine,
+    and the SHA-256 of the servers.json it runs with (what add-server waits for)."""
+
+    pid: int
+    url: str
+    config_sha256: str
+
+
+def write_pid_file(data: Path, running: Running) -> None:
+    """Said once when it cannot be written: the server commands then ask for a reload by hand."""
+    try:
+        replace_file(data / PID_FILE, "".join(f"{v}\n" for v in running).encode(), 0o644,
+                     durable=False)
+    except OSError as exc:
+        log.warning("%s: cannot write it (%s): add-server and the other server commands "
+                    "will ask for a reload by hand", data / PID_FILE, exc.strerror or exc)
+
+
+def read_pid_file(data: Path) -> Running | None:
+    """The dashboard running with `data`, when its pid file holds what one writes and
+    that process is alive; None otherwise."""
+    try:
+        pid, url, digest = (data / PID_FILE).read_text().split("\n")[:3]
+        running = Running(int(pid), url, digest)
+    except (OSError, ValueError):
+        return None
+    if running.pid <= 1 or not LOCAL_URL.fullmatch(url) or not HEX64.fullmatch(digest):
+        return None
+    try:
+        os.kill(running.pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        pass  # alive, another user's
+    return running
+
+
+def remove_pid_file(data: Path) -> None:
+    with contextlib.suppress(OSError):
+        (data / PID_FILE).unlink()

@@ -25,7 +25,7 @@ import time
 from collections.abc import Awaitable, Iterator
 from http import HTTPStatus
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
@@ -54,7 +54,7 @@ from .limits import (
 from .probes import probes_frame
 from .reports import MAX_FRAME_BYTES, ReportError, validate_report
 from .sessions import Sessions, check_password
-from .timings import TICK_SECONDS, WallWatch, jump_words, reconnect_spread
+from .timings import TICK_SECONDS, WallWatch, jump_words, reconnect_spread, update_spread
 from .traffic import SAVE_SECONDS, Traffic, days_left, traffic_json, zone
 from .transport import (
     Connection,
@@ -115,6 +115,7 @@ class Dashboard:
             self.hub.take_history(history.fields(list(self.hub.servers), wall))
         self.refresh_traffic(time.time())
         self.closing: set[asyncio.Future[None]] = set()  # kept referenced until done
+        self.reloaded: Callable[[], None] = lambda: None  # after each reload that took
         # Every agent's Connection.take_frame: one bound method, not one per connection.
         self.take_whole_frame = self.take_agent_frame
         # Passwords are checked here, on threads of their own (16 MiB and ~50 ms each).
@@ -277,7 +278,7 @@ class Dashboard:
     async def serve_agent(self, ws: ServerConnection) -> None:
         """Apply each report of one agent until it leaves or misbehaves."""
         hub = self.hub
-        sid, address, check = ws.agent  # type: ignore[attr-defined]
+        sid, address, check = ws.agent.server_id, ws.agent.address, ws.agent.check
         older = hub.attach_agent(sid, ws, time.monotonic())
         if older is not None:
             log.info("agent replaced: id=%s by a new connection from %s", sid, address)
@@ -287,6 +288,7 @@ class Dashboard:
         if not check:  # a checking agent reads one answer (older ones skip a probes frame)
             broadcast_framed([ws], reconnect_frame(len(hub.servers)))
         self.tell_probes(ws, hub.servers[sid].config)
+        self.offer_update(ws)
         forget_handshake(ws)
         ws.reports = TokenBucket(REPORTS_PER_SECOND, REPORT_BURST, time.monotonic())
         ws.acknowledged = check  # a checking agent hears of every report anyway
@@ -366,6 +368,14 @@ class Dashboard:
         if unless_none and not probes.for_server(server):
             return
         broadcast_framed([ws], probes_frame(probes, server))
+
+    def offer_update(self, ws: ServerConnection) -> None:
+        """Tell an agent that takes updates which agent.py this dashboard serves, where
+        servers.json offers updates (agents whose file differs fetch it)."""
+        files = self.site.files
+        if ws.agent.updates and self.hub.config.agent_updates and files.agent is not None:
+            broadcast_framed([ws], update_frame(files.agent_sha256, len(files.agent),
+                                                len(self.hub.servers)))
 
     def drop_report(self, sid: str, error: ReportError, now: float) -> None:
         """Count a dropped report; log it once a minute per agent and reason, with how many
@@ -541,15 +551,24 @@ class Dashboard:
         if problem:
             log.error("config reload failed, keeping the previous config: %s", problem)
             return
-        old = self.hub.config
+        old, served = self.hub.config, self.site.files
         told = {sid: (old.probes.interval, old.probes.for_server(state.config))
                 for sid, state in self.hub.servers.items()}
+        self.site.files = served.with_agent_read_again()
         closes, added, removed = self.hub.apply_config(config)
         runtime.take_over_full_collections(len(config.servers))
         for sid, state in self.hub.servers.items():
             plan = (config.probes.interval, config.probes.for_server(state.config))
             if state.connection is not None and told.get(sid, (0, ())) != plan:
                 self.tell_probes(state.connection, state.config, unless_none=False)
+        if config.agent_updates and (not old.agent_updates or
+                                     self.site.files.agent_sha256 != served.agent_sha256):
+            offered = [state.connection for state in self.hub.servers.values()
+                       if state.connection is not None and state.connection.agent.updates]
+            for ws in offered:
+                self.offer_update(ws)
+            log.info("config reload: agent.py %s offered to %d agents that take updates",
+                     self.site.files.agent_version, len(offered))
         self.alerting.configure(config.notifiers)
         self.traffic.zone = zone(config.timezone)
         self.refresh_traffic(time.time())
@@ -565,6 +584,7 @@ class Dashboard:
             log.warning("config reload: host and port changes apply after a restart")
         log.info("config reloaded: %d servers (%d added, %d removed)",
                  len(config.servers), added, removed)
+        self.reloaded()
 
 
 def headers_only(response: Response | Awaitable[Response] | None
@@ -594,6 +614,17 @@ def reconnect_frame(servers: int) -> str:
     '{"type":"reconnect","spread":15.4}'
     """
     return f'{{"type":"reconnect","spread":{reconnect_spread(servers)}}}'
+
+
+def update_frame(sha256: str, size: int, servers: int) -> str:
+    """The frame telling an agent that takes updates which agent.py is served here, and
+    over how long the fleet spreads fetching it (PROTOCOL.md, "Agent updates").
+
+    >>> update_frame("ab" * 32, 71234, 2000)[-31:]
+    'b","size":71234,"spread":100.0}'
+    """
+    return json.dumps({"type": "update", "sha256": sha256, "size": size,
+                       "spread": update_spread(servers)}, separators=(",", ":"))
 
 
 def check_answer(error: str) -> str:

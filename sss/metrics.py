@@ -62,6 +62,26 @@ class Exposition:
     traffic: list[tuple[ServerConfig, dict[str, Any]]]  # (server, Traffic.view())
     firing: list[tuple[str, str]]  # (rule, server id) of the alerts firing now
     notifications: Mapping[tuple[str, str], int]  # (notifier, result) -> messages
+    agent_version: str = ""  # of the agent.py this dashboard serves ("" without one)
+
+
+def agent_lines(reported: list[ServerState], labels: Mapping[str, str],
+                served: str) -> list[str]:
+    """Which agent.py each server runs (its reports' extraInfo.agentVersion) and whether
+    it is the one this dashboard serves."""
+    versions = [(s, v) for s in reported
+                if isinstance(v := (s.record or {}).get("extraInfo", {}).get("agentVersion"),
+                              str)]
+    lines = ["# HELP sss_agent_info The agent.py version a server reports (short SHA-256).",
+             "# TYPE sss_agent_info gauge"]
+    lines += [f'sss_agent_info{{{labels[s.config.id]},version="{label(v)}"}} 1'
+              for s, v in versions]
+    if served:
+        lines += ["# HELP sss_agent_outdated 1 when a server's agent.py is not the one this "
+                  "dashboard serves.", "# TYPE sss_agent_outdated gauge"]
+        lines += [f"sss_agent_outdated{{{labels[s.config.id]}}} {int(v != served)}"
+                  for s, v in versions]
+    return lines
 
 
 def render_metrics(shown: Exposition) -> str:
@@ -83,6 +103,7 @@ def render_metrics(shown: Exposition) -> str:
               "# TYPE sss_last_report_timestamp_seconds gauge"]
     lines += [f"sss_last_report_timestamp_seconds{{{labels[s.config.id]}}} {s.last_report}"
               for s in reported]
+    lines += agent_lines(reported, labels, shown.agent_version)
     lines += probe_lines((s.config, s.record if s.online else None) for s in states)
     lines += traffic_lines(shown.traffic)
     lines += ["# HELP sss_alert_firing 1 for each alert firing for a server.",

@@ -53,6 +53,8 @@ REPORT_SCHEMA: dict[str, Any] = {
     "reportInterval": INTERVAL,
     "extraInfo": {"tcpConnections": NUMBER, "udpConnections": NUMBER, "processes": NUMBER,
                   "diskReadSpeed": BYTES, "diskWriteSpeed": BYTES,
+                  # The short SHA-256 of the agent.py that sent it ("Agent updates").
+                  "agentVersion": NAME,
                   # The last round of latency probes (PROTOCOL.md, "Probes").
                   "probes": [{"name": NAME, "rtt": MILLISECONDS, "loss": RATIO}, MAX_PROBES]},
 }

@@ -81,6 +81,21 @@ def reconnect_spread(servers: int) -> float:
     return round(spread, 1)
 
 
+UPDATES_PER_SECOND = 20  # agents fetching a new agent.py at once, on average
+MIN_UPDATE_SPREAD, MAX_UPDATE_SPREAD = 1.0, 600.0
+
+
+def update_spread(servers: int) -> float:
+    """Seconds over which the agents of a fleet of `servers` spread fetching a new
+    agent.py (PROTOCOL.md, "Agent updates").
+
+    >>> update_spread(3), update_spread(2000), update_spread(100_000)
+    (1.0, 100.0, 600.0)
+    """
+    spread = min(max(servers / UPDATES_PER_SECOND, MIN_UPDATE_SPREAD), MAX_UPDATE_SPREAD)
+    return round(spread, 1)
+
+
 # --- the clocks: monotonic for durations, wall time for what is shown and stored ---
 
 JUMP_TOLERANCE = 5.0  # seconds the wall clock may move apart from the monotonic one per tick

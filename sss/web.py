@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import collections
 import dataclasses
+import functools
 import hashlib
 import hmac
 import ipaddress
@@ -59,6 +60,7 @@ VENDOR_TYPES = {"uPlot.iife.min.js": "text/javascript; charset=utf-8",
                 "uPlot.min.css": "text/css; charset=utf-8",
                 "uPlot.LICENSE": "text/plain; charset=utf-8"}
 CHECK_HEADER = "X-SSS-Check"  # agent.py --check: answer each report (PROTOCOL.md)
+UPDATE_HEADER = "X-SSS-Auto-Update"  # agent.py --auto-update: offer it updates (PROTOCOL.md)
 
 
 # --- what is served ----------------------------------------------------------
@@ -73,6 +75,17 @@ class Files:
     installer: bytes | None
     agent_unit: bytes | None
     vendor: dict[str, bytes] = dataclasses.field(default_factory=dict)  # name -> content
+    directory: Path | None = None  # where they were read
+
+    @functools.cached_property
+    def agent_sha256(self) -> str:
+        """agent.py's SHA-256 ("" without it): its ETag, and what updates are checked by."""
+        return hashlib.sha256(self.agent).hexdigest() if self.agent is not None else ""
+
+    @property
+    def agent_version(self) -> str:
+        """What agents report as extraInfo.agentVersion when they run this agent.py."""
+        return self.agent_sha256[:12]
 
     @classmethod
     def beside(cls, directory: Path) -> Files:
@@ -84,7 +97,17 @@ class Files:
         vendor = {name: body for name in VENDOR_TYPES
                   if (body := read(f"vendor/{name}")) is not None}
         return cls(read("index.html"), read("agent.py"), read("install.sh"),
-                   read("deploy/sss-agent.service"), vendor)
+                   read("deploy/sss-agent.service"), vendor, directory)
+
+    def with_agent_read_again(self) -> Files:
+        """agent.py as it is now (a reload: agents that take updates get the new one)."""
+        if self.directory is None:
+            return self
+        try:
+            agent = (self.directory / "agent.py").read_bytes()
+        except OSError:
+            agent = None
+        return dataclasses.replace(self, agent=agent)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,6 +129,7 @@ class AgentIdentity(NamedTuple):
     server_id: str
     address: str
     check: bool  # answer each report with a "check" frame (agent.py --check)
+    updates: bool = False  # it takes agent.py from here when offered (agent.py --auto-update)
 
 
 class Access(NamedTuple):
@@ -316,7 +340,8 @@ def check_agent(site: Site, address: str, headers: Headers,
             why, kind = "placeholder secret from a non-loopback address", "placeholder_secret"
         elif matches:
             site.limiter.succeeded(address, now)
-            return None, AgentIdentity(sid, address, headers.get(CHECK_HEADER) == "1")
+            return None, AgentIdentity(sid, address, headers.get(CHECK_HEADER) == "1",
+                                       headers.get(UPDATE_HEADER) == "1")
         else:
             status, reason = HTTPStatus.UNAUTHORIZED, "unknown server id or wrong secret"
             why = "wrong secret" if server else "id not in servers.json"
@@ -346,6 +371,20 @@ def served_file(name: str, body: Callable[[Files], bytes | None]) -> Handler:
             return text_response(HTTPStatus.NOT_FOUND, f"{name} is missing beside dashboard.py")
         return http_response(HTTPStatus.OK, content, "text/plain; charset=utf-8")
     return serve
+
+
+def agent_file(site: Site, request: Request, access: Access) -> Response:
+    """/agent.py, with a strong ETag (its SHA-256): a fleet that already has it gets 304."""
+    files = site.files
+    if files.agent is None:
+        return text_response(HTTPStatus.NOT_FOUND, "agent.py is missing beside dashboard.py")
+    etag = f'"{files.agent_sha256}"'
+    if etag in [tag.strip() for value in request.headers.get_all("If-None-Match")
+                for tag in value.split(",")]:
+        return Response(HTTPStatus.NOT_MODIFIED.value, HTTPStatus.NOT_MODIFIED.phrase,
+                        Headers({"ETag": etag, "Cache-Control": "no-cache"}), b"")
+    return http_response(HTTPStatus.OK, files.agent, "text/x-python; charset=utf-8",
+                         {"ETag": etag, "Cache-Control": "no-cache"})
 
 
 def vendored(name: str) -> Handler:
@@ -465,7 +504,8 @@ def api_session(site: Site, request: Request, access: Access) -> Response:
     """Whether the page may show data, and who is signed in: the page asks first."""
     viewers = site.hub.config.viewers
     return json_response(json.dumps({"user": access.user, "public": viewers.public,
-                                     "signIn": bool(viewers.users)}))
+                                     "signIn": bool(viewers.users),
+                                     "agentVersion": site.files.agent_version}))
 
 
 def metrics(site: Site, request: Request, access: Access) -> Response:
@@ -488,7 +528,7 @@ def metrics(site: Site, request: Request, access: Access) -> Response:
         [(s.config, site.traffic.view(s.config.id, s.config.traffic, wall))
          for s in visible] if site.traffic else [],
         [key for key in alerting.evaluator.firing if key[1] in shown] if alerting else [],
-        alerting.delivery.totals() if alerting else {}))
+        alerting.delivery.totals() if alerting else {}, site.files.agent_version))
     return http_response(HTTPStatus.OK, text.encode(), "text/plain; version=0.0.4")
 
 
@@ -537,7 +577,7 @@ def redirect(location: str, headers: dict[str, str]) -> Response:
 ROUTES: dict[str, Handler] = {
     "/": page,
     "/index.html": page,
-    "/agent.py": served_file("agent.py", lambda files: files.agent),
+    "/agent.py": agent_file,
     "/sss-agent.service": served_file("deploy/sss-agent.service",
                                       lambda files: files.agent_unit),
     "/install.sh": installer,

@@ -88,6 +88,16 @@ def require_system_websockets() -> Path:
     return system
 
 
+def checkout_copy(where: Path) -> Path:
+    """What a dashboard runs and serves, copied to `where`: its agent.py can change."""
+    for name in ("dashboard.py", "index.html", "agent.py", "install.sh"):
+        shutil.copy2(HERE / name, where / name)
+    for folder in ("sss", "vendor", "deploy"):
+        shutil.copytree(HERE / folder, where / folder,
+                        ignore=shutil.ignore_patterns("__pycache__"))
+    return where
+
+
 def wait_accepted(agent: ClientConnection, timeout: float = 5) -> None:
     """Until the dashboard says it accepted a report of this connection (its first one:
     PROTOCOL.md, "Accepted")."""
@@ -196,8 +206,10 @@ class LoggedProcess:
 class Dashboard(LoggedProcess):
     """dashboard.py as a child process on 127.0.0.1."""
 
-    def __init__(self, directory: Path, config: dict[str, Any], history: bool = False) -> None:
+    def __init__(self, directory: Path, config: dict[str, Any], history: bool = False,
+                 checkout: Path = HERE) -> None:
         super().__init__()
+        self.checkout = checkout  # where dashboard.py and what it serves are
         # History is off unless the test is about it (asks for it, or gives history flags).
         self.history = history
         self.directory = directory
@@ -224,7 +236,7 @@ class Dashboard(LoggedProcess):
             self.history = True  # and on again after a restart without the flags
         if not self.history and "--no-history" not in extra:
             extra = ("--no-history", *extra)
-        mark = self.spawn([sys.executable, str(HERE / "dashboard.py"), "--config",
+        mark = self.spawn([sys.executable, str(self.checkout / "dashboard.py"), "--config",
                            str(self.config_path), "--host", "127.0.0.1", "--port",
                            str(self.port), *extra], **popen)
         line = self.wait_for_log(LISTENING, after=mark, timeout=15)
@@ -296,13 +308,13 @@ def make_dashboard(tmp_path: Path):
     started: list[Dashboard] = []
 
     def make(servers: list[dict[str, Any]] | None = None, start: bool = True,
-             history: bool = False, **top: Any) -> Dashboard:
+             history: bool = False, checkout: Path = HERE, **top: Any) -> Dashboard:
         if servers is None:
             servers = [server_entry("alpha", name="Alpha", group="Web", countryCode="DE"),
                        server_entry("beta", name="Beta"), server_entry("never")]
         directory = tmp_path / f"dashboard{len(started)}"
         directory.mkdir()
-        dashboard = Dashboard(directory, {"servers": servers, **top}, history)
+        dashboard = Dashboard(directory, {"servers": servers, **top}, history, checkout)
         started.append(dashboard)
         return dashboard.start() if start else dashboard
 

@@ -428,10 +428,11 @@ def test_psutil_readings_agree_with_proc() -> None:
     later = via_psutil.sample()
     message = agent.build_message("web-1", FACTS, b, later, 5)
     assert set(message["extraInfo"]) == {"tcpConnections", "udpConnections", "processes",
-                                         "diskReadSpeed", "diskWriteSpeed"}
+                                         "diskReadSpeed", "diskWriteSpeed", "agentVersion"}
     unreadable = later._replace(tcp=None, udp=None, disk_io=None)
     extra = agent.build_message("web-1", FACTS, b, unreadable, 5)["extraInfo"]
-    assert extra == {"processes": later.processes}  # left out, never a made-up zero
+    # left out, never a made-up zero
+    assert extra == {"processes": later.processes, "agentVersion": agent.AGENT_VERSION}
     assert agent.make_collector(SETTINGS).__class__ is agent.Collector
     forced = agent.parse_settings(["--once"], {"SSS_USE_PSUTIL": "1"})[0]
     assert agent.make_collector(forced).__class__ is agent.PsutilCollector

@@ -1093,6 +1093,9 @@ def test_page_shows_a_live_agent(make_dashboard: Any, make_agent: Any, page_on: 
     alpha.locator("button.more").click()
     details = alpha.locator(".details")
     assert "Processes" in details.inner_text() and "/" in details.locator("td").first.inner_text()
+    # The agent's version, unmarked: it runs the agent.py this dashboard serves.
+    assert sss_agent.AGENT_VERSION in details.inner_text()
+    assert details.locator("dd.outdated").count() == 0
     never = card(page, "never")
     assert "waiting for first report" in never.inner_text()
     origin = dash.url("/").rstrip("/")

@@ -18,7 +18,7 @@ from typing import Any
 from conftest import HERE, SECRET, Dashboard, free_port, server_entry
 
 import agent
-from sss import config, web
+from sss import config, fleet, web
 from sss.datafiles import JsonFile
 
 # --- the data directory ----------------------------------------------------------------
@@ -178,6 +178,8 @@ def test_readme_names_every_flag_of_both_scripts_and_no_other() -> None:
     """README's flags are those of `dashboard.py --help` and `agent.py --help`, all of
     them, plus those of install.sh and tools/bench.py where it shows them."""
     dashboard, agent_flags = help_flags("dashboard.py"), help_flags("agent.py")
+    dashboard |= set().union(*(help_flags("dashboard.py", command)
+                               for command in fleet.COMMANDS))
     named = set(FLAG.findall(README))
     assert dashboard - named == set(), "dashboard.py flags README does not name"
     assert agent_flags - named == set(), "agent.py flags README does not name"

@@ -31,6 +31,7 @@ from conftest import (
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
+import agent
 from sss import handlers, limits, sessions
 from sss.config import ConfigError, parse_config
 
@@ -146,8 +147,9 @@ def test_private_page_needs_a_session(make_dashboard: Any) -> None:
     for path in ("/api/servers", "/api/history?id=alpha&range=1h", "/api/alerts",
                  "/api/traffic?id=alpha"):
         assert request(dash, path)[0] == 401, path
-    assert json.loads(request(dash, "/api/session")[2]) == {"user": None, "public": False,
-                                                            "signIn": True}
+    # agentVersion: the hash of the agent.py that /agent.py serves to anyone anyway
+    assert json.loads(request(dash, "/api/session")[2]) == {
+        "user": None, "public": False, "signIn": True, "agentVersion": agent.AGENT_VERSION}
     assert handshake(dash, "/ws-frontend", {}) == 401
     foreign = {"Origin": "http://evil.example"}
     assert handshake(dash, "/ws-frontend", foreign) == 403  # before anything else
