@@ -2,46 +2,33 @@
 """Benchmarks: the agent's footprint, the dashboard's capacity, history, restarts, the page,
 and the dashboard under attack (attack, churn).
 
-Real runs on this project's 2-core test machines (2026-11-27 and -28; the dashboard and
-restart runs on the faster of the two, README "Scale"):
+Real runs on this project's 2-core test machine (2026-12-05; BENCHMARKS.md has every table
+and the method):
 
     $ python3 tools/bench.py agent --duration 60
-    agent bench: 53 samples at 1 s, 60 s, 2 cores
+    agent bench: 55 samples at 1 s, 60 s, 2 cores
                                        CPU/sample  RSS MB  USS MB  RSS growth MB
-    agent.py (/proc, no psutil)          1.509 ms    26.3    15.6           0.01
-    agent.py --use-psutil               20.377 ms    27.4    16.6           0.09
-    floor (imports + 1 connection)       0.000 ms    25.3    14.6           0.00
-    floor + import psutil                0.000 ms    26.1    15.4           0.00
-    agent RSS above the floor: 1.0 MB without psutil, 2.1 MB with it
-    of which collect + build + encode (median, in-process, 1 Hz): 0.861 ms per sample
-
-    $ python3 tools/bench.py dashboard --agents 10000 --interval 5 --viewers 20 --duration 60
-    dashboard bench: 20 viewers, history on, reports every 5 s, 60 s per run, 2 cores (...)
-    agents reports/s CPU cores ms/report floor ms ratio peak RSS MB  p50 ms  p99 ms ...
-     10000      2002      0.27     0.135    0.075  1.80       214.0     148     297 ...
+    agent.py (/proc, no psutil)          1.091 ms    26.7    15.9           0.01
+    agent.py --use-psutil               13.636 ms    27.8    16.8           0.05
+    floor (imports + 1 connection)       0.000 ms    25.3    14.5           0.00
+    floor + import psutil                0.000 ms    25.9    15.3           0.00
+    agent RSS above the floor: 1.4 MB without psutil, 2.5 MB with it
+    of which collect + build + encode (median, in-process, 1 Hz): 0.623 ms per sample
+    latency probes, 4 TCP targets: 17.3 ms CPU per round (20 probes, in-process)
 
     $ python3 tools/bench.py dashboard --agents 10000 --interval 5 --duration 60 --side-by-side
     dashboard bench: 20 viewers, history on, reports every 5 s, 60 s per run, 2 cores (...);
     floor: run side by side on core 0, under a load of its own
     agents reports/s CPU cores ms/report floor ms ratio peak RSS MB  p50 ms  p99 ms ...
-     10000      2008      0.22     0.111    0.067  1.66       211.8     154     331 ...
+     10000      2002      0.23     0.114    0.062  1.85       219.6     151     352 ...
 
     $ python3 tools/bench.py history
     history bench: 2000 servers, 60 s resolution
-      fold per report            6.48 µs  (validating it: 34.49 µs)
-      one step, 2000 servers: 428.4 ms the first of an hour, 310.4 ms the others, ...
+      fold per report            3.92 µs  (validating it: 18.91 µs)
+      one step, 2000 servers: 146.7 ms the first of an hour, 111.0 ms the others, ...
+      write window                 69 ms  (from a step's end until its rows are committed: ...)
       ...
-      in memory per server        1.1 KiB after a day (the availability of its last 24 hours)
-
-    $ python3 tools/bench.py restart --agents 10000 --down 5
-    restart bench: 10000 agents, dashboard down 5 s: all back 16.1 s after it restarted;
-    dashboard CPU meanwhile 0.44 cores on average, at most 0.86 (half seconds), at a full
-    core for 0.0 s
-
-    $ python3 tools/bench.py attack --duration 60
-    attack bench: 500 agents reporting every 5 s, one viewer watching; four attacks at once ...
-      dashboard RSS: 41.4 MB before, peak 136.3 MB, 79.1 MB after
-      servers online: at least 500 of 500; the viewer's longest wait between updates: 1.55 s
+      in memory per server        0.8 KiB after a day (the availability of its last 24 hours)
 
 Everything runs on 127.0.0.1: a real dashboard.py process, real agent.py or
 load-generator processes holding real WebSocket connections, and Debian's Chromium.
