@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import calendar
 import collections
 import contextlib
 import dataclasses
@@ -29,6 +30,7 @@ import errno
 import fnmatch
 import functools
 import hashlib
+import http.client
 import json
 import logging
 import math
@@ -162,6 +164,12 @@ DEFAULT_EXCLUDED_NICS = ("lo", "docker*", "veth*", "br-*", "virbr*", "vnet*", "t
                          "cni*", "cali*", "flannel*", "kube*", "ifb*")
 VIRTUAL_FSTYPES = frozenset({"squashfs", "tmpfs", "devtmpfs", "overlay", "ramfs", "iso9660"})
 PROC = Path("/proc")
+MAX_TEMPERATURES = 32  # sensors reported (PROTOCOL.md); a board with more sends its first 32
+SENSORS_REFRESH = 60.0  # the sensor list is looked up this often, read every sample
+MAX_CONTAINERS = 64  # reported, the busiest first; the rest only counted
+CONTAINERS_REFRESH = 15.0  # the cgroup tree is searched for containers this often
+NAMES_REFRESH = 60.0  # Docker's or Podman's API is asked for names this often (at most)
+CONTAINER_SOCKETS = ("/var/run/docker.sock", "/run/podman/podman.sock")
 
 
 # --- settings ----------------------------------------------------------------
@@ -184,6 +192,8 @@ class Settings:
     check: bool = False
     use_psutil: bool = False
     auto_update: bool = False  # take agent.py from the dashboard when it offers one
+    sysfs: str = "/sys"  # where sysfs is: the host's, for an agent in a container
+    process_args: bool = False  # top processes named by their command line, not just name
 
 
 class UsageError(Exception):
@@ -195,8 +205,8 @@ def parse_settings(argv: list[str] | None, environ: Mapping[str, str]) -> tuple[
     parser = argparse.ArgumentParser(
         description="SimpleServerStatus agent: reports this machine to a dashboard.",
         epilog="The connection settings may come from the environment instead: SSS_SERVER, "
-               "SSS_ID, SSS_SECRET, SSS_SECRET_FILE, SSS_USE_PSUTIL=1 and SSS_AUTO_UPDATE=1 "
-               "(flags win).")
+               "SSS_ID, SSS_SECRET, SSS_SECRET_FILE, SSS_USE_PSUTIL=1, SSS_AUTO_UPDATE=1, "
+               "SSS_SYSFS and SSS_PROCESS_ARGS=1 (flags win).")
     parser.add_argument("--server", default=environ.get("SSS_SERVER"),
                         help="dashboard URL, ws://HOST:8900/ws-report or wss://... (SSS_SERVER)")
     parser.add_argument("--id", dest="server_id", default=environ.get("SSS_ID"),
@@ -226,17 +236,24 @@ def parse_settings(argv: list[str] | None, environ: Mapping[str, str]) -> tuple[
                         help="(default: %(default)s)")
     parser.add_argument("--once", action="store_true",
                         help="print one message as JSON on stdout and exit (no network)")
-    parser.add_argument("--use-psutil", action="store_true",
-                        default=environ.get("SSS_USE_PSUTIL") == "1",
-                        help="read through psutil even where /proc is (as on macOS and the "
-                             "BSDs); SSS_USE_PSUTIL=1")
+
+    def switch(flag: str, variable: str, what: str) -> None:
+        """A flag that the variable set to 1 turns on as well."""
+        parser.add_argument(flag, action="store_true", default=environ.get(variable) == "1",
+                            help=f"{what}; {variable}=1")
+
+    switch("--use-psutil", "SSS_USE_PSUTIL",
+           "read through psutil even where /proc is (as on macOS and the BSDs)")
     parser.add_argument("--check", action="store_true",
                         help="connect once, send one report, say whether the dashboard "
                              "accepted it; exit 0 or 1")
-    parser.add_argument("--auto-update", action="store_true",
-                        default=environ.get("SSS_AUTO_UPDATE") == "1",
-                        help="run the agent.py the dashboard serves when it offers updates "
-                             "(wss:// or a dashboard on this machine only); SSS_AUTO_UPDATE=1")
+    switch("--auto-update", "SSS_AUTO_UPDATE", "run the agent.py the dashboard serves when it "
+           "offers updates (wss:// or a dashboard on this machine only)")
+    parser.add_argument("--sysfs", default=environ.get("SSS_SYSFS", "/sys"), metavar="PATH",
+                        help="where the host's sysfs is mounted, for temperatures from an "
+                             "agent in a container (default: %(default)s; SSS_SYSFS)")
+    switch("--process-args", "SSS_PROCESS_ARGS", "name top processes by their command line "
+           "with its arguments (64 characters), not only the program")
     parser.add_argument("--version", action="version",
                         version=f"%(prog)s {__version__} ({AGENT_VERSION})")
     args = parser.parse_args(argv)
@@ -271,7 +288,7 @@ def parse_settings(argv: list[str] | None, environ: Mapping[str, str]) -> tuple[
         adaptive=not args.no_adaptive, nics=tuple(args.nic),
         exclude_nics=tuple(args.exclude_nic), exclude_mounts=tuple(args.exclude_mount),
         ca_file=args.ca_file, once=args.once, check=args.check, use_psutil=args.use_psutil,
-        auto_update=args.auto_update)
+        auto_update=args.auto_update, sysfs=args.sysfs, process_args=args.process_args)
     return settings, args.log_level
 
 
@@ -285,6 +302,17 @@ class Partition(NamedTuple):
     total: int
     used: int
     free: int
+
+
+class ContainerReading(NamedTuple):
+    """One container's counters at one instant (cgroup v2; its network from its netns)."""
+
+    key: str  # its cgroup, relative to the cgroup root
+    name: str
+    cpu_usec: int  # CPU time used since it started
+    memory: int  # bytes
+    io: tuple[int, int]  # bytes read and written since it started
+    net: tuple[int, int] | None  # bytes received and sent; None: the host's network, unknown
 
 
 class Sample(NamedTuple):
@@ -303,6 +331,8 @@ class Sample(NamedTuple):
     processes: int | None  # None where the platform will not tell (never a made-up 0)
     tcp: int | None
     udp: int | None
+    temperatures: tuple[tuple[str, float], ...] = ()  # (sensor, °C); () where there are none
+    containers: tuple[ContainerReading, ...] = ()  # () without cgroup v2 or containers
 
 
 class HostFacts(NamedTuple):
@@ -326,16 +356,23 @@ def read_text(path: Path) -> str:
 
 
 class ProcFiles:
-    """/proc files kept open and re-read with pread: half the cost of open, read, close."""
+    """/proc (or /sys) files kept open and re-read with pread: half the cost of open, read,
+    close. sysfs attributes are produced afresh by each read from offset 0, as /proc's are."""
 
-    def __init__(self) -> None:
+    def __init__(self, base: Path = PROC) -> None:
+        self.base = base
         self.fds: dict[str, int] = {}
+
+    def close(self) -> None:
+        for fd in self.fds.values():
+            os.close(fd)
+        self.fds.clear()
 
     def read(self, name: str) -> str:
         fd = self.fds.get(name)
         try:
             if fd is None:
-                fd = self.fds[name] = os.open(PROC / name, os.O_RDONLY)
+                fd = self.fds[name] = os.open(self.base / name, os.O_RDONLY)
             chunks, offset = [], 0
             while True:
                 chunk = os.pread(fd, 65536, offset)
@@ -393,6 +430,307 @@ def host_facts() -> HostFacts:
         cpu_info=(f"{model} x {os.cpu_count() or 1} Virtual Core",))
 
 
+# --- temperatures: hwmon chips, else thermal zones -------------------------------------
+#
+# Linux shows a sensor as a hwmon chip's temp*_input (millidegrees; a temp*_label, a chip
+# `name`) and often again as a thermal zone (`type`, `temp`). hwmon is read where it has
+# any sensor, thermal zones only where it has none (some ARM boards), so no sensor counts
+# twice. A VPS has neither, and sends nothing.
+
+
+def numbered(paths: Iterator[Path]) -> list[Path]:
+    """hwmon2 before hwmon10, temp2_input before temp10_input."""
+    return sorted(paths, key=lambda p: (tuple(int(n) for n in re.findall(r"\d+", p.name)),
+                                        p.name))
+
+
+def find_temperature_sensors(sys_root: Path) -> list[tuple[str, str]]:
+    """(name, file relative to sys_root) of each temperature sensor, in the kernel's order:
+    named by its temp*_label, else by its chip's name (thermal zones: by their type);
+    names made distinct, at most MAX_TEMPERATURES."""
+    found: list[tuple[str, Path]] = []
+    for chip in numbered((sys_root / "class/hwmon").glob("hwmon*")):
+        chip_name = (read_text(chip / "name").strip() or read_text(chip / "device/name").strip()
+                     or chip.name)
+        # Drivers before Linux 5.x kept their attributes in the device's folder.
+        inputs = numbered(chip.glob("temp*_input")) or numbered(chip.glob("device/temp*_input"))
+        for path in inputs:
+            label = read_text(path.with_name(path.name[:-len("input")] + "label")).strip()
+            found.append((label or chip_name, path))
+    if not found:
+        for zone in numbered((sys_root / "class/thermal").glob("thermal_zone*")):
+            if (zone / "temp").exists():
+                found.append((read_text(zone / "type").strip() or zone.name, zone / "temp"))
+    return [(name, str(path.relative_to(sys_root)))
+            for name, path in distinct_names(found)[:MAX_TEMPERATURES]]
+
+
+def distinct_names(items: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
+    """Names that repeat (two NVMe drives' "Composite") numbered "Composite #1", "#2"."""
+    repeated = {name for name, count in collections.Counter(n for n, _ in items).items()
+                if count > 1}
+    numbers: collections.Counter[str] = collections.Counter()
+    named = []
+    for name, value in items:
+        if name in repeated:
+            numbers[name] += 1
+            name = f"{name[:60]} #{numbers[name]}"
+        named.append((name[:64], value))
+    return named
+
+
+def plausible_celsius(value: float) -> float | None:
+    """A reading rounded to 0.1 °C, or None for one no sensor could have (drivers give
+    -128 °C, or 255, for "no reading")."""
+    return round(value, 1) if -60 <= value <= 200 else None
+
+
+def celsius(millidegrees: str) -> float | None:
+    """A temp*_input or thermal zone's temp (millidegrees) in °C; None for a failed read."""
+    try:
+        return plausible_celsius(int(millidegrees) / 1000)
+    except ValueError:
+        return None
+
+
+class Thermometer:
+    """The temperatures of this box, from sysfs: the sensor list looked up every
+    SENSORS_REFRESH s, each sensor's file kept open and re-read every sample."""
+
+    def __init__(self, sys_root: Path) -> None:
+        self.sys_root = sys_root
+        self.files = ProcFiles(sys_root)
+        self.sensors: list[tuple[str, str]] = []
+        self.looked = -math.inf
+
+    def read(self) -> tuple[tuple[str, float], ...]:
+        if time.monotonic() - self.looked > SENSORS_REFRESH:
+            self.sensors = find_temperature_sensors(self.sys_root)
+            self.files.close()
+            self.looked = time.monotonic()
+        readings = ((name, celsius(self.files.read(path))) for name, path in self.sensors)
+        return tuple((name, value) for name, value in readings if value is not None)
+
+
+# --- containers: cgroup v2 groups of Docker, Podman, LXC/Incus and systemd-nspawn -------
+#
+# Each container is a cgroup whose files count its CPU time (cpu.stat), memory
+# (memory.current) and block IO (io.stat); its network is its network namespace's, read
+# from /proc/PID/net/dev of one of its processes. The tree is searched every
+# CONTAINERS_REFRESH s, each file kept open and read once a sample. Names come from the
+# Docker or Podman API over its unix socket where the agent may read it (once a minute),
+# else from the cgroup (a short id). cgroup v1 hosts have none of this: said once, nothing
+# sent.
+
+CONTAINER_GROUPS = (  # (kind, pattern of the cgroup's folder name: the id or name)
+    ("docker", re.compile(r"docker-([0-9a-f]{64})\.scope")),  # systemd cgroup driver
+    ("podman", re.compile(r"libpod-([0-9a-f]{64})\.scope")),
+    ("lxc", re.compile(r"lxc\.payload\.(.+)")),  # LXC 4+, LXD, Incus
+    ("nspawn", re.compile(r"systemd-nspawn@(.+)\.service")),
+    ("machine", re.compile(r"machine-(?!qemu)(.+)\.scope")),  # nspawn run by hand
+)
+CGROUPFS_DOCKER = re.compile(r"[0-9a-f]{64}")  # docker/ID with the cgroupfs driver
+SEARCH_DEPTH = 6  # user.slice/user-1000.slice/user@1000.service/user.slice/libpod-ID.scope
+
+
+def find_containers(cgroup_root: Path) -> list[tuple[str, str]]:
+    """(cgroup relative to cgroup_root, name) of each container under a cgroup v2 root, in
+    the tree's order. Only slices, services and docker/ are searched; a container's own
+    subgroups (Podman's "container", nspawn's "payload") are part of it."""
+    found: list[tuple[str, str]] = []
+
+    def search(folder: Path, depth: int) -> None:
+        try:
+            children = sorted(entry.name for entry in os.scandir(folder) if entry.is_dir())
+        except OSError:
+            return
+        for name in children:
+            container = container_name(folder.name, name)
+            if container:
+                found.append((str((folder / name).relative_to(cgroup_root)), container))
+            elif depth < SEARCH_DEPTH and (name.endswith((".slice", ".service"))
+                                           or name == "docker"):
+                search(folder / name, depth + 1)
+
+    search(cgroup_root, 0)
+    return found
+
+
+def container_name(parent: str, folder: str) -> str | None:
+    """A container's name as its cgroup says it (an id shortened as `docker ps` does), or
+    None for a cgroup that is no container."""
+    if parent == "docker" and CGROUPFS_DOCKER.fullmatch(folder):
+        return folder[:12]
+    for kind, pattern in CONTAINER_GROUPS:
+        match = pattern.fullmatch(folder)
+        if match:
+            name = match[1]
+            return name[:12] if kind in ("docker", "podman") else systemd_unescape(name)
+    return None
+
+
+def systemd_unescape(name: str) -> str:
+    r"""systemd's escaping of unit names undone: "web-1" is "web-1"."""
+    return re.sub(r"\\x([0-9a-f]{2})", lambda m: chr(int(m[1], 16)), name)
+
+
+def cpu_usage_usec(cpu_stat: str) -> int:
+    """usage_usec from a cgroup's cpu.stat."""
+    for line in cpu_stat.splitlines():
+        key, _, value = line.partition(" ")
+        if key == "usage_usec":
+            return int(value)
+    raise ValueError("cpu.stat without usage_usec")
+
+
+def io_totals(io_stat: str) -> tuple[int, int]:
+    """Bytes read and written over every device of a cgroup's io.stat
+    ("259:0 rbytes=4096 wbytes=0 rios=1 wios=0 dbytes=0 dios=0")."""
+    read = written = 0
+    for line in io_stat.splitlines():
+        for field in line.split()[1:]:
+            key, _, value = field.partition("=")
+            if key == "rbytes":
+                read += int(value)
+            elif key == "wbytes":
+                written += int(value)
+    return read, written
+
+
+def docker_names(payload: bytes) -> dict[str, str]:
+    """Full id -> name from the Docker (or Podman) API's /containers/json; {} for anything
+    else. A name is data from the box: at most 64 characters, escaped where shown."""
+    try:
+        listed = json.loads(payload)
+    except (ValueError, RecursionError):
+        return {}
+    names = {}
+    for item in listed if isinstance(listed, list) else []:
+        if isinstance(item, dict) and isinstance(item.get("Id"), str) \
+                and isinstance(item.get("Names"), list) and item["Names"] \
+                and isinstance(item["Names"][0], str):
+            names[item["Id"]] = item["Names"][0].lstrip("/")[:64]
+    return names
+
+
+class UnixHTTPConnection(http.client.HTTPConnection):
+    """http.client over a unix socket: the Docker and Podman APIs."""
+
+    def __init__(self, path: str, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self.path = path
+
+    def connect(self) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(self.timeout)
+        self.sock.connect(self.path)
+
+
+def ask_container_names(sockets: tuple[str, ...], timeout: float = 1.0) -> dict[str, str]:
+    """Names of the running containers from each API socket this process may use."""
+    names: dict[str, str] = {}
+    for path in sockets:
+        if not os.access(path, os.R_OK | os.W_OK):
+            continue
+        connection = UnixHTTPConnection(path, timeout)
+        try:
+            connection.request("GET", "/containers/json")
+            response = connection.getresponse()
+            if response.status == 200:
+                names.update(docker_names(response.read(4 << 20)))
+        except (OSError, http.client.HTTPException):
+            continue
+        finally:
+            connection.close()
+    return names
+
+
+class ContainerWatch:
+    """The containers of this host: found in the cgroup tree every CONTAINERS_REFRESH s,
+    their files read every sample."""
+
+    def __init__(self, sys_root: Path, sockets: tuple[str, ...] = CONTAINER_SOCKETS) -> None:
+        self.root = sys_root / "fs/cgroup"
+        self.sockets = sockets
+        self.v2 = (self.root / "cgroup.controllers").exists()
+        if not self.v2 and self.root.exists():
+            log.info("containers are read from cgroup v2; this host mounts cgroup v1: no "
+                     "container figures")
+        self.files = ProcFiles(self.root)
+        self.proc = ProcFiles(PROC)
+        self.groups: list[tuple[str, str]] = []
+        self.looked = self.named = -math.inf
+        self.names: dict[str, str] = {}  # full id -> name, from the API
+        self.pids: dict[str, str] = {}  # cgroup -> a process in it (its network namespace)
+        self.own_netns = netns_of("self")
+
+    def read(self) -> tuple[ContainerReading, ...]:
+        if not self.v2:
+            return ()
+        now = time.monotonic()
+        if now - self.looked > CONTAINERS_REFRESH:
+            self.groups = find_containers(self.root)
+            self.files.close()
+            self.proc.close()
+            self.pids.clear()
+            self.looked = now
+            if self.groups and self.sockets and now - self.named > NAMES_REFRESH:
+                self.names = ask_container_names(self.sockets)
+                self.named = now
+        readings = []
+        for key, name in self.groups:
+            try:
+                cpu = cpu_usage_usec(self.files.read(f"{key}/cpu.stat"))
+                memory = int(self.files.read(f"{key}/memory.current"))
+            except ValueError:
+                continue  # gone since the tree was searched
+            readings.append(ContainerReading(
+                key, self.name_of(key, name), cpu, memory,
+                io_totals(self.files.read(f"{key}/io.stat")), self.network(key)))
+        return tuple(readings)
+
+    def name_of(self, key: str, name: str) -> str:
+        """The API's name for a Docker or Podman container, else the cgroup's."""
+        match = re.search(r"[0-9a-f]{64}", key)
+        return self.names.get(match[0], name) if match else name
+
+    def network(self, key: str) -> tuple[int, int] | None:
+        """Bytes received and sent in the container's network namespace (lo left out);
+        None where it shares the host's, or has no process."""
+        pid = self.pids.get(key)
+        if pid is None:
+            pid = first_process(self.root / key)
+            if pid is None or netns_of(pid) in (None, self.own_netns):
+                return None
+            self.pids[key] = pid
+        counters = nic_counters(self.proc.read(f"{pid}/net/dev"), lambda nic: nic != "lo")
+        if not counters:
+            del self.pids[key]  # that process is gone: another one, next time
+            return None
+        return (sum(rx for rx, _ in counters.values()), sum(tx for _, tx in counters.values()))
+
+
+def first_process(group: Path) -> str | None:
+    """A process of a cgroup: its own, or its subgroups' (Podman's "container", nspawn's
+    "payload", an LXC guest's init.scope: v2 keeps processes out of inner groups)."""
+    procs = read_text(group / "cgroup.procs").split()
+    if procs:
+        return procs[0]
+    try:
+        inner = sorted(entry.path for entry in os.scandir(group) if entry.is_dir())
+    except OSError:
+        return None
+    return next((found for path in inner if (found := first_process(Path(path)))), None)
+
+
+def netns_of(pid: str) -> int | None:
+    """The inode of a process's network namespace; None where it cannot be seen."""
+    try:
+        return os.stat(PROC / pid / "ns/net").st_ino
+    except OSError:
+        return None
+
+
 class Collector:
     """Reads samples on Linux, from /proc and statvfs: the only code here that touches it.
 
@@ -405,6 +743,8 @@ class Collector:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.proc = ProcFiles()
+        self.thermometer = Thermometer(Path(settings.sysfs))
+        self.containers = ContainerWatch(Path(settings.sysfs))
         self.boot_time = boot_time_from_stat(self.proc.read("stat"))
         self.mounts: list[tuple[str, str, str]] = []
         self.mounts_read = -math.inf
@@ -443,7 +783,8 @@ class Collector:
             nic_bytes=nic_counters(read("net/dev"), self.wanted),
             disk_io=disk_bytes(read("diskstats"), self.is_disk),
             load=os.getloadavg(), boot_time=self.boot_time,
-            processes=count_processes(), tcp=tcp, udp=udp)
+            processes=count_processes(), tcp=tcp, udp=udp,
+            temperatures=self.thermometer.read(), containers=self.containers.read())
 
 
 def count_processes() -> int:
@@ -496,7 +837,20 @@ class PsutilCollector:
             load=ps.getloadavg(), boot_time=self.boot_time,
             processes=self.guarded(lambda: len(ps.pids())),
             tcp=self.guarded(lambda: len(ps.net_connections(kind="tcp"))),
-            udp=self.guarded(lambda: len(ps.net_connections(kind="udp"))))
+            udp=self.guarded(lambda: len(ps.net_connections(kind="udp"))),
+            temperatures=self.temperatures())
+
+    def temperatures(self) -> tuple[tuple[str, float], ...]:
+        """psutil's sensors (Linux and FreeBSD have them; elsewhere none)."""
+        sensors = getattr(self.psutil, "sensors_temperatures", None)
+        try:
+            chips = sensors() if sensors else {}
+        except (self.psutil.Error, OSError, RuntimeError):
+            return ()
+        found = [(t.label or chip, plausible_celsius(t.current))
+                 for chip, readings in chips.items() for t in readings]
+        return tuple((name, value) for name, value in distinct_names(found)[:MAX_TEMPERATURES]
+                     if value is not None)
 
     def guarded(self, read: Any) -> int | None:
         try:
@@ -762,14 +1116,44 @@ def build_message(server_id: str, facts: HostFacts, before: Sample, after: Sampl
     }
 
 
-def extra_info(before: Sample, after: Sample, seconds: float) -> dict[str, int]:
+def extra_info(before: Sample, after: Sample, seconds: float) -> dict[str, Any]:
     """Our extensions; a reading the platform does not give is left out (PROTOCOL.md)."""
-    extra = {"tcpConnections": after.tcp, "udpConnections": after.udp,
-             "processes": after.processes}
+    extra: dict[str, Any] = {"tcpConnections": after.tcp, "udpConnections": after.udp,
+                             "processes": after.processes}
     if before.disk_io is not None and after.disk_io is not None:
         extra["diskReadSpeed"] = rate(before.disk_io[0], after.disk_io[0], seconds)
         extra["diskWriteSpeed"] = rate(before.disk_io[1], after.disk_io[1], seconds)
+    if after.temperatures:
+        extra["temperatures"] = [{"name": name, "celsius": value}
+                                 for name, value in after.temperatures]
+    if after.containers:
+        extra["containers"] = container_rows(before.containers, after.containers,
+                                             seconds)[:MAX_CONTAINERS]
+        extra["containerCount"] = len(after.containers)
     return {key: value for key, value in extra.items() if value is not None}
+
+
+def container_rows(before: tuple[ContainerReading, ...], after: tuple[ContainerReading, ...],
+                   seconds: float) -> list[dict[str, Any]]:
+    """Each container's CPU (percent of one CPU, as `docker stats` shows it), memory, and
+    network and block IO rates over the interval, the busiest first; a container seen only
+    in `after` waits for its second sample."""
+    earlier = {c.key: c for c in before}
+    rows = []
+    for now in after:
+        was = earlier.get(now.key)
+        if was is None:
+            continue
+        row = {"name": now.name, "cpu": round(max(now.cpu_usec - was.cpu_usec, 0)
+                                              / (seconds * 1e4), 2),
+               "memory": now.memory, "read": rate(was.io[0], now.io[0], seconds),
+               "write": rate(was.io[1], now.io[1], seconds)}
+        if now.net is not None and was.net is not None:
+            row["rx"], row["tx"] = (rate(was.net[0], now.net[0], seconds),
+                                    rate(was.net[1], now.net[1], seconds))
+        rows.append(row)
+    rows.sort(key=lambda row: -row["cpu"])
+    return rows
 
 
 def encode(message: dict[str, Any]) -> str:
@@ -948,12 +1332,17 @@ PROBE_TIMEOUT = 2.0
 PROBES_AT_ONCE = 4
 MAX_PROBE_TARGETS = 16
 ICMP_FALLBACK_PORT = 443  # where ICMP echo is not permitted, TCP connect to this port
+HTTP_TIMEOUT = 10.0  # an HTTP check: connect, TLS, request and status line, all in this
+HTTP_HEAD_LIMIT = 64 * 1024  # the status line is read, at most this long; never the body
+MAX_URL = 2048
 
 
 class ProbeTarget(NamedTuple):
     name: str
     host: str
     port: int | None  # None: ICMP echo
+    url: str | None = None  # an HTTP(S) check of this URL instead
+    expect: int = 200  # the status that passes it
 
 
 def dashboard_message(frame: str | bytes, kind: str) -> dict[str, Any] | None:
@@ -984,14 +1373,26 @@ def parse_probes(frame: str | bytes) -> tuple[float, tuple[ProbeTarget, ...]] | 
         return None
     try:
         interval = float(message["interval"])
-        targets = tuple(ProbeTarget(str(t["name"])[:64], str(t["host"])[:253],
-                                    int(t["port"]) if t.get("port") else None)
-                        for t in message["targets"][:MAX_PROBE_TARGETS])
+        targets = tuple(probe_target(t) for t in message["targets"][:MAX_PROBE_TARGETS])
     except (ValueError, KeyError, TypeError, AttributeError):
         return None
     if not 5 <= interval <= MAX_INTERVAL:
         return None
     return interval, targets
+
+
+def probe_target(target: dict[str, Any]) -> ProbeTarget:
+    """One target of a probes frame; ValueError (and the like) where it does not fit."""
+    name = str(target["name"])[:64]
+    if target.get("url") is None:
+        return ProbeTarget(name, str(target["host"])[:253],
+                           int(target["port"]) if target.get("port") else None)
+    url = str(target["url"])
+    parts = urlsplit(url)
+    if len(url) > MAX_URL or parts.scheme not in ("http", "https") or not parts.hostname \
+            or any(ord(c) <= 32 or ord(c) == 127 for c in url):
+        raise ValueError(f"not an http(s) URL: {url[:80]!r}")
+    return ProbeTarget(name, "", None, url, int(target.get("expect", 200)))
 
 
 def summarize(name: str, rtts: list[float | None]) -> dict[str, Any]:
@@ -1045,6 +1446,115 @@ async def icmp_rtt(address: str, family: int) -> float | None:
     return None
 
 
+async def http_get(url: str, context: ssl.SSLContext | None
+                   ) -> tuple[int, float, bytes | None]:
+    """GET `url`, redirects not followed: (status, ms to the first byte of the answer, the
+    server's certificate in DER for https). Reads the status line only, never the body."""
+    parts = urlsplit(url)
+    start = time.monotonic()
+    reader, writer = await asyncio.open_connection(
+        parts.hostname, parts.port or (443 if context else 80), ssl=context,
+        server_hostname=parts.hostname if context else None, limit=HTTP_HEAD_LIMIT)
+    try:
+        ssl_object = writer.get_extra_info("ssl_object")
+        der = ssl_object.getpeercert(binary_form=True) if ssl_object else None
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        writer.write(f"GET {target} HTTP/1.1\r\nHost: {parts.netloc.rpartition('@')[2]}\r\n"
+                     f"User-Agent: sss-agent/{__version__}\r\nAccept: */*\r\n"
+                     "Connection: close\r\n\r\n".encode())
+        line = await reader.readline()  # ValueError past HTTP_HEAD_LIMIT
+        ttfb = (time.monotonic() - start) * 1000
+    finally:
+        writer.transport.abort()
+    return http_status(line), ttfb, der
+
+
+def http_status(line: bytes) -> int:
+    """The code of an HTTP status line ("HTTP/1.1 200 OK"); ValueError for anything else."""
+    version, _, rest = line.partition(b" ")
+    if not version.startswith(b"HTTP/") or not rest[:3].isdigit():
+        raise ValueError("not an HTTP answer")
+    return int(rest[:3])
+
+
+async def peer_certificate(url: str) -> bytes | None:
+    """The certificate an https server shows, unverified: to say how long one that failed
+    verification (expired, say) has left."""
+    parts = urlsplit(url)
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    _, writer = await asyncio.open_connection(parts.hostname, parts.port or 443, ssl=context,
+                                              server_hostname=parts.hostname)
+    try:
+        return writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
+    finally:
+        writer.transport.abort()
+
+
+def der_not_after(der: bytes) -> float:
+    """When an X.509 certificate (DER) expires, as Unix time. RFC 5280: Certificate holds
+    tbsCertificate: [0] version (optional), serialNumber, signature, issuer, validity
+    (notBefore, notAfter). ValueError where the bytes are not that."""
+    def element(at: int) -> tuple[int, int, int]:  # (tag, where its content starts, ends)
+        tag, length, at = der[at], der[at + 1], at + 2
+        if length & 0x80:
+            size = length & 0x7F
+            length, at = int.from_bytes(der[at:at + size], "big"), at + size
+        return tag, at, at + length
+
+    try:
+        _, tbs, _ = element(0)
+        _, at, _ = element(tbs)
+        if der[at] == 0xA0:  # version
+            at = element(at)[2]
+        for _ in range(3):  # serialNumber, signature, issuer
+            at = element(at)[2]
+        _, validity, _ = element(at)
+        tag, start, end = element(element(validity)[2])
+        text = der[start:end].decode("ascii")
+        layout = "%y%m%d%H%M%SZ" if tag == 0x17 else "%Y%m%d%H%M%SZ"  # UTCTime, or Generalized
+        return float(calendar.timegm(time.strptime(text, layout)))
+    except (IndexError, UnicodeDecodeError) as exc:
+        raise ValueError("not an X.509 certificate") from exc
+
+
+async def http_check(target: ProbeTarget, context: ssl.SSLContext | None) -> dict[str, Any]:
+    """One HTTP(S) check: its status (0: no answer), time to first byte as `rtt`, `loss` 1
+    unless the status is the expected one, an https certificate's days left, the error."""
+    url = target.url or ""
+    status, ttfb, der, error = 0, None, None, ""
+    try:
+        status, ttfb, der = await asyncio.wait_for(http_get(url, context), HTTP_TIMEOUT)
+    except ssl.SSLCertVerificationError as exc:
+        error = exc.verify_message  # "certificate has expired", "self-signed certificate"
+        with contextlib.suppress(OSError, asyncio.TimeoutError):
+            der = await asyncio.wait_for(peer_certificate(url), HTTP_TIMEOUT)
+    except asyncio.TimeoutError:
+        error = "timeout"
+    except ConnectionRefusedError:
+        error = "refused"
+    except (OSError, ValueError, EOFError) as exc:  # ssl.SSLError is an OSError
+        error = str(exc) or type(exc).__name__
+    return http_result(target, status, ttfb, der, error, time.time())
+
+
+def http_result(target: ProbeTarget, status: int, ttfb: float | None, der: bytes | None,
+                error: str, wall: float) -> dict[str, Any]:
+    """The report's entry for one HTTP check (PROTOCOL.md, "Probes")."""
+    result: dict[str, Any] = {"name": target.name, "status": status,
+                              "loss": 0.0 if status == target.expect else 1.0}
+    if ttfb is not None:
+        result["rtt"] = round(ttfb, 2)
+    if der:
+        with contextlib.suppress(ValueError):
+            result["certDays"] = round((der_not_after(der) - wall) / 86400, 2)
+    if status and status != target.expect:
+        error = f"expected {target.expect}"
+    if error:
+        result["error"] = error[:64]
+    return result
+
+
 class Prober:
     """Rounds of probes every `interval` s to the targets the dashboard named; the last
     round's results wait in `results` for the next report (probing never delays one)."""
@@ -1056,6 +1566,7 @@ class Prober:
         self.changed = asyncio.Event()
         self.icmp_permitted = True
         self.unresolved: set[str] = set()  # targets whose name did not resolve (logged once)
+        self.tls: ssl.SSLContext | None = None  # HTTPS checks: the system's CAs, once needed
 
     def plan(self, interval: float, targets: tuple[ProbeTarget, ...]) -> None:
         if (interval, targets) != (self.interval, self.targets):
@@ -1088,9 +1599,21 @@ class Prober:
 
     async def measure(self, target: ProbeTarget, interval: float,
                       gate: asyncio.Semaphore) -> dict[str, Any]:
-        """One round for one target: PROBES_PER_ROUND probes spread over the interval."""
+        """One round for one target: PROBES_PER_ROUND probes spread over the interval (an
+        HTTP check: one request)."""
         spacing = interval / PROBES_PER_ROUND
         start = time.monotonic() + random.uniform(0, spacing)  # targets apart, too
+        if target.url is not None:
+            await asyncio.sleep(max(start - time.monotonic(), 0))
+            if target.url.startswith("https:") and self.tls is None:
+                self.tls = ssl.create_default_context()
+            async with gate:
+                result = await http_check(target, self.tls if target.url.startswith("https:")
+                                          else None)
+            # A round lasts as long as one of probes does: one check per interval.
+            await asyncio.sleep(max(start + (PROBES_PER_ROUND - 1) * spacing
+                                    - time.monotonic(), 0))
+            return result
         address = await self.resolve(target)
         rtts: list[float | None] = []
         for n in range(PROBES_PER_ROUND):
@@ -1132,6 +1655,112 @@ class Prober:
                             "sysctl net.ipv4.ping_group_range); probing ICMP targets by TCP "
                             "port %d instead", ICMP_FALLBACK_PORT)
         return await tcp_rtt(address, target.port or ICMP_FALLBACK_PORT)
+
+
+# --- top processes, only while someone watches -------------------------------------------
+#
+# When a viewer opens this server's detail view the dashboard sends {"type": "processes",
+# "seconds": 60}, again every 20 s while it stays open, and "seconds": 0 when the last
+# viewer leaves (PROTOCOL.md, "Top processes"). Until then nothing is read. While
+# watched, every report carries the top processes by CPU (over the interval) and by memory,
+# from /proc/PID/stat and statm: the program's name (comm), or with --process-args its
+# command line, cut at 64 characters. Linux only: where there is no /proc, none are sent.
+
+MAX_WATCH_SECONDS = 120.0  # a frame asking for longer is held to this
+MAX_TOP = 10
+
+
+def parse_processes(frame: str | bytes) -> tuple[float, int] | None:
+    """(seconds to send top processes for, how many of each) from the dashboard's frame;
+    None for any other frame or one that does not fit."""
+    message = dashboard_message(frame, "processes")
+    seconds = message.get("seconds") if message else None
+    top = message.get("top", MAX_TOP) if message else None
+    if type(seconds) not in (int, float) or not 0 <= seconds < math.inf \
+            or type(top) is not int or not 1 <= top <= MAX_TOP:
+        return None
+    return min(float(seconds), MAX_WATCH_SECONDS), top
+
+
+def stat_fields(stat: str) -> tuple[str, int]:
+    """(name, CPU ticks used) from /proc/PID/stat; the name may hold spaces and ")"."""
+    head, _, rest = stat.rpartition(")")
+    fields = rest.split()
+    return head.partition("(")[2], int(fields[11]) + int(fields[12])  # utime + stime
+
+
+def read_processes(proc: Path, with_args: bool) -> dict[int, tuple[str, int, int]]:
+    """pid -> (name, CPU ticks, resident pages) of every process there is now."""
+    found = {}
+    with os.scandir(proc) as entries:
+        pids = [entry.name for entry in entries if entry.name.isdigit()]
+    for pid in pids:
+        try:
+            with open(proc / pid / "stat", "rb") as stat, open(proc / pid / "statm", "rb") as statm:
+                name, ticks = stat_fields(stat.read().decode(errors="replace"))
+                resident = int(statm.read().split()[1])
+            if with_args:
+                with open(proc / pid / "cmdline", "rb") as cmdline:
+                    name = cmdline.read(256).replace(b"\0", b" ").decode(errors="replace"
+                                                                         ).strip() or name
+        except (OSError, ValueError, IndexError):
+            continue  # gone meanwhile, or not ours to read
+        found[int(pid)] = (name[:64], ticks, resident)
+    return found
+
+
+def top_processes(before: Mapping[int, int], now: Mapping[int, tuple[str, int, int]],
+                  ticks_in_interval: float, page_size: int, top: int) -> list[dict[str, Any]]:
+    """The `top` processes by CPU (percent of one CPU over the interval) and by memory
+    (resident bytes): at most 2 × top, each once. A process not in `before` started
+    within the interval: all its ticks count."""
+    rows = {pid: {"pid": pid, "name": name,
+                  "cpu": round(max(ticks - before.get(pid, 0), 0) / ticks_in_interval * 100, 1),
+                  "memory": resident * page_size}
+            for pid, (name, ticks, resident) in now.items()}
+    by_cpu = sorted(rows, key=lambda pid: -rows[pid]["cpu"])[:top]
+    by_memory = sorted(rows, key=lambda pid: -rows[pid]["memory"])[:top]
+    return [rows[pid] for pid in dict.fromkeys(by_cpu + by_memory)]
+
+
+class ProcessWatch:
+    """Top processes while the dashboard says someone watches; nothing read otherwise."""
+
+    def __init__(self, with_args: bool, proc: Path = PROC) -> None:
+        self.with_args, self.proc = with_args, proc
+        self.until = -math.inf  # monotonic time the last request lapses
+        self.top = MAX_TOP
+        self.ticks: dict[int, int] = {}  # pid -> CPU ticks at the last read
+        self.read_at = 0.0
+        self.clock_ticks = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+        self.page_size = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+    def asked(self, seconds: float, top: int, now: float) -> None:
+        """The dashboard's frame: collect until `now + seconds` (0: stop now)."""
+        was = now < self.until
+        self.until, self.top = now + seconds, top
+        if seconds > 0 and not was:
+            log.info("a viewer watches: top processes go with each report")
+            self.read(now)  # the first report's CPU needs a reading before it
+        elif seconds == 0 and was:
+            log.info("nobody watches: no more top processes")
+            self.ticks.clear()
+
+    def read(self, now: float) -> list[dict[str, Any]] | None:
+        """The top processes for a report, or None while nobody watches."""
+        if now >= self.until:
+            self.ticks.clear()
+            return None
+        try:
+            processes = read_processes(self.proc, self.with_args)
+        except OSError:
+            return None  # no /proc here
+        ticks = (now - self.read_at) * self.clock_ticks
+        rows = top_processes(self.ticks, processes, ticks, self.page_size, self.top) \
+            if self.ticks and ticks > 0 else None
+        self.ticks = {pid: cpu for pid, (_, cpu, _) in processes.items()}
+        self.read_at = now
+        return rows
 
 
 # --- self-update: opt-in on both sides, from its own dashboard, checked by hash ---------
@@ -1419,6 +2048,7 @@ class Reporter:
         self.stopping = False
         self.refused = False  # the dashboard is up but refuses this agent
         self.prober = Prober()
+        self.processes = ProcessWatch(settings.process_args)
         self.restart_spread = RESTART_SPREAD  # until the dashboard says (parse_reconnect)
         self.accepted = False  # the dashboard accepted a report on this connection
         self.updater: Updater | None = None  # with --auto-update, where updates may come
@@ -1440,6 +2070,9 @@ class Reporter:
             before = after
             if self.prober.results:  # the last finished round, however old the sample
                 message.setdefault("extraInfo", {})["probes"] = self.prober.results
+            top = self.processes.read(time.monotonic())
+            if top:
+                message.setdefault("extraInfo", {})["topProcesses"] = top
             self.pace = adapt(self.pace, message["cpuInfo"]["percent"], self.settings)
             if self.connection is None:
                 if not self.dropping:
@@ -1489,6 +2122,10 @@ class Reporter:
             if spread != self.restart_spread:
                 log.info("the dashboard asks to retry within %g s after losing it", spread)
                 self.restart_spread = spread
+            return
+        watch = parse_processes(frame)
+        if watch is not None:
+            self.processes.asked(*watch, time.monotonic())
             return
         plan = parse_probes(frame)
         if plan is None:

@@ -68,16 +68,27 @@ def observed_values(record: dict[str, Any] | None) -> dict[str, float]:
 
 def probe_values(probes: list[dict[str, Any]]) -> dict[str, float]:
     """latency (ms) and loss (%) of each probe target ("latency:NAME"), and the worst of
-    all targets ("latency", "loss"). A target with no reply has loss, not latency."""
+    all targets ("latency", "loss"). A target with no reply has loss, not latency. An HTTP
+    check also has its status ("http:NAME"; 0: no answer) and whether it failed
+    ("httpFailed:NAME", 0 or 1), an https one its certificate's days left."""
     values: dict[str, float] = {}
     for probe in probes:
-        values[f"loss:{probe['name']}"] = round(probe["loss"] * 100, 1)
+        name = probe["name"]
+        values[f"loss:{name}"] = round(probe["loss"] * 100, 1)
         if "rtt" in probe:
-            values[f"latency:{probe['name']}"] = probe["rtt"]
-    for metric in ("latency", "loss"):
-        mine = [value for key, value in values.items() if key.startswith(metric + ":")]
+            values[f"latency:{name}"] = probe["rtt"]
+        if "status" in probe:
+            values[f"http:{name}"], values[f"httpFailed:{name}"] = probe["status"], probe["loss"]
+        if "certDays" in probe:
+            values[f"certificate:{name}"] = probe["certDays"]
+    for metric, worst in (("latency", max), ("loss", max), ("httpFailed", max),
+                          ("certificate", min)):
+        mine = {key: value for key, value in values.items() if key.startswith(metric + ":")}
         if mine:
-            values[metric] = max(mine)
+            values[metric] = worst(mine.values())
+            if metric == "httpFailed":  # the status of the first failing check
+                key = next(k for k, v in mine.items() if v == values[metric])
+                values["http"] = values["http:" + key.partition(":")[2]]
     return values
 
 
@@ -163,6 +174,11 @@ class Evaluator:
         """(holds, value); holds is None when the rule cannot judge now."""
         if rule.metric == "offline":
             return not seen.online, None
+        if rule.metric == "http":  # no threshold: the check failed, or not
+            failed = seen.values.get(rule.value_key.replace("http", "httpFailed", 1))
+            if not seen.online or failed is None:
+                return None, None
+            return failed == 1, seen.values[rule.value_key]
         if rule.metric in PLAN_METRICS:  # kept by the dashboard: judged online or not
             if rule.metric not in seen.plan:
                 return None, None
@@ -216,7 +232,8 @@ METRIC_NAMES = {"cpu": "CPU", "memory": "memory", "swap": "swap", "disk": "disk"
                 "load1": "load (1 min)", "load5": "load (5 min)", "netIn": "download",
                 "netOut": "upload", "tcp": "TCP connections", "udp": "UDP sockets",
                 "processes": "processes", "traffic": "traffic", "expiry": "plan",
-                "latency": "latency", "loss": "packet loss"}
+                "latency": "latency", "loss": "packet loss", "temperature": "temperature",
+                "http": "HTTP check", "certificate": "certificate"}
 PERCENT_METRICS = {"cpu", "memory", "swap", "disk", "traffic", "loss"}
 BYTE_RATE_METRICS = {"netIn", "netOut"}
 
@@ -247,7 +264,20 @@ def metric_value(metric: str, value: float | None) -> str:
             value /= 1024
     if metric == "latency":
         return f"{value:.0f} ms"
+    if metric == "temperature":
+        return f"{value:.0f} °C"
+    if metric == "certificate":
+        return f"{value:.0f} days left" if value >= 0 else f"expired {-value:.0f} days ago"
+    if metric == "http":
+        return f"status {value:.0f}" if value else "no answer"
     return f"{value:g}"
+
+
+def threshold_text(metric: str, value: float | None) -> str:
+    """A rule's threshold as its message says it: "90", "150", "14 days", "80 °C"."""
+    if metric == "certificate" and value is not None:
+        return f"{value:g} days"
+    return metric_value(metric, value).replace(" %", "").replace(" ms", "")
 
 
 def message_text(event: Event) -> str:
@@ -259,8 +289,13 @@ def message_text(event: Event) -> str:
         if event.state == "firing":
             return f"🔴 {who} offline for {lasted}"
         return f"✅ {who} back after {lasted}"
-    name = METRIC_NAMES[rule.metric] + (f" to {rule.target}" if rule.target else "")
+    preposition = " of " if rule.metric in ("http", "certificate") else " to "
+    name = METRIC_NAMES[rule.metric] + (preposition + rule.target if rule.target else "")
     value = metric_value(rule.metric, event.value)
+    if rule.metric == "http":
+        if event.state == "firing":
+            return f"🔥 {who} {name} fails: {value}"
+        return f"✅ {who} {name} passes again after {lasted}"
     if rule.metric == "expiry":
         days = int(event.value or 0)
         if event.state == "firing":
@@ -269,7 +304,7 @@ def message_text(event: Event) -> str:
         return f"✅ {who} plan renewed ({days} d left)"
     if event.state == "firing":
         side = "above" if rule.above is not None else "below"
-        limit = metric_value(rule.metric, event.threshold).replace(" %", "").replace(" ms", "")
+        limit = threshold_text(rule.metric, event.threshold)
         held = f" for {lasted}" if event.lasted >= 1 else ""  # a rule without "for": at once
         return f"🔥 {who} {name} {value}{held} ({side} {limit})"
     return f"✅ {who} {name} back to {value} after {lasted}"

@@ -41,7 +41,9 @@ TOP_LEVEL_KEYS = ("host", "port", "servers", "notifiers", "alerts", "timezone", 
 SERVER_KEYS = ("id", "name", "group", "secret", "countryCode", "traffic", "expires", "price",
                "hidden", "probes")
 PROBES_KEYS = ("interval", "targets")
-PROBE_KEYS = ("name", "host", "port")
+PROBE_KEYS = ("name", "host", "port", "url", "expect")
+PROBE_URL_PATTERN = re.compile(r"https?://[^\x00-\x20\x7f/?#@]+(?:[/?#][^\x00-\x20\x7f]*)?")
+MAX_URL = 2048
 MAX_PROBE_TARGETS = 16
 PROBE_NAME_PATTERN = re.compile(r"[^\x00-\x1f\x7f]{1,64}")
 PROBE_HOST_PATTERN = re.compile(r"[A-Za-z0-9.-]{1,253}|[0-9A-Fa-f:.]{2,45}")
@@ -96,7 +98,7 @@ class AlertRule:
     servers: tuple[str, ...]  # ids and "group:NAME"; empty means every server
     repeat: float | None  # seconds between reminders while firing; None: never
     notify: tuple[str, ...]
-    target: str | None = None  # latency and loss: one probe target (default: the worst)
+    target: str | None = None  # PROBE_METRICS: one probe target (default: the worst)
 
     @property
     def value_key(self) -> str:
@@ -119,11 +121,14 @@ class Viewers:
 
 @dataclasses.dataclass(frozen=True)
 class ProbeTarget:
-    """Where agents measure latency: ICMP echo, or TCP connect time with `port`."""
+    """Where agents measure latency: ICMP echo, TCP connect time with `port`, or an HTTP(S)
+    check of `url` (status, time to first byte, the certificate's days left)."""
 
     name: str
     host: str
     port: int | None = None
+    url: str | None = None
+    expect: int = 200  # an HTTP check passes with this status
 
 
 @dataclasses.dataclass(frozen=True)
@@ -294,6 +299,9 @@ def parse_probes(entry: Any, source: str, errors: list[str]) -> Probes:
             continue
         if name in targets:
             errors.append(f'{place}: field "name" repeats {name!r}; name each target once')
+        if "url" in target or "expect" in target:
+            targets[name] = http_target(target, f"{place} ({name!r})", errors)
+            continue
         if not isinstance(host, str) or not PROBE_HOST_PATTERN.fullmatch(host):
             errors.append(f'{place} ({name!r}): field "host" must be a host name or an IP '
                           f"address such as 1.1.1.1, got {host!r}")
@@ -303,6 +311,22 @@ def parse_probes(entry: Any, source: str, errors: list[str]) -> Probes:
                           f"for ICMP echo), got {port!r}")
         targets[name] = ProbeTarget(name, str(host), port)
     return Probes(float(interval), tuple(targets.values()))
+
+
+def http_target(target: dict[str, Any], place: str, errors: list[str]) -> ProbeTarget:
+    """{"name", "url", "expect"?}: an HTTP(S) check."""
+    url, expect = target.get("url"), target.get("expect", 200)
+    if not isinstance(url, str) or len(url) > MAX_URL or not PROBE_URL_PATTERN.fullmatch(url):
+        errors.append(f'{place}: field "url" must be an http:// or https:// URL such as '
+                      f'"https://example.com/health" (no spaces, no user:password@), got '
+                      f"{str(url)[:80]!r}")
+    if isinstance(expect, bool) or not isinstance(expect, int) or not 100 <= expect <= 599:
+        errors.append(f'{place}: field "expect" must be the HTTP status that passes, '
+                      f"100-599 (default 200), got {expect!r}")
+    errors.extend(f'{place}: field "{key}" is for ICMP and TCP targets; an HTTP check has '
+                  f'"url" (and "expect")' for key in ("host", "port") if key in target)
+    return ProbeTarget(str(target["name"]), "", None, str(url),
+                       expect if isinstance(expect, int) else 200)
 
 
 def parse_viewers(entry: Any, source: str, errors: list[str]) -> Viewers:
@@ -452,8 +476,12 @@ def parse_traffic(entry: Any, where: str, errors: list[str]) -> Plan:
 NOTIFIER_TYPES = ("webhook", "telegram", "apprise")
 # Metrics an alert can watch (PROTOCOL.md, "Alerts").
 ALERT_METRICS = ("offline", "cpu", "memory", "swap", "disk", "load1", "load5", "netIn", "netOut",
-                 "tcp", "udp", "processes", "traffic", "expiry", "latency", "loss")
-PROBE_METRICS = ("latency", "loss")  # of the probe targets: the worst, or "target"
+                 "tcp", "udp", "processes", "traffic", "expiry", "latency", "loss",
+                 "temperature", "http", "certificate")
+# Of the probe targets: the worst, or "target". (latency ms, loss %, an HTTP check failing,
+# its certificate's days left)
+PROBE_METRICS = ("latency", "loss", "http", "certificate")
+NO_THRESHOLD = ("offline", "http")  # these fire on a state, not on a number
 DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd]?)")
 DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,40}")
@@ -562,10 +590,10 @@ def parse_alerts(entries: Any, source: str, notifiers: dict[str, NotifierConfig]
             if value is not None and (isinstance(value, bool)
                                       or not isinstance(value, (int, float))):
                 errors.append(f'{where}: field "{field}" must be a number')
-        if metric != "offline" and above is None and below is None:
+        if metric not in NO_THRESHOLD and above is None and below is None:
             errors.append(f'{where}: a threshold is missing; add "above": N or "below": N')
-        if metric == "offline" and (above is not None or below is not None):
-            errors.append(f'{where}: "offline" takes no threshold; remove "above"/"below"')
+        if metric in NO_THRESHOLD and (above is not None or below is not None):
+            errors.append(f'{where}: "{metric}" takes no threshold; remove "above"/"below"')
         durations = {}
         for field, default in (("for", 0), ("repeat", None)):
             raw = entry.get(field, default)

@@ -46,6 +46,8 @@ from .limits import (
     REPORT_BURST,
     REPORTS_PER_SECOND,
     SIGN_IN_WORKERS,
+    VIEWER_FRAME_BURST,
+    VIEWER_FRAMES_PER_SECOND,
     Burst,
     TokenBucket,
     address_key,
@@ -64,6 +66,7 @@ from .transport import (
     ignore_frame,
     write_backlog,
 )
+from .watch import Watches, processes_frame, viewer_request
 from .web import (
     Agent,
     Files,
@@ -126,6 +129,7 @@ class Dashboard:
         # 10,000 connections do not each carry two).
         self.floods = Burst(FLOOD_DROPS, FLOOD_WINDOW)
         self.invalid = Burst(BAD_REPORTS_LIMIT, BAD_REPORTS_WINDOW)
+        self.watches = Watches()  # who has which server's detail view open
 
     def steady(self) -> float:
         """Wall time that never jumps forward: what retention and sessions go by."""
@@ -289,6 +293,7 @@ class Dashboard:
             broadcast_framed([ws], reconnect_frame(len(hub.servers)))
         self.tell_probes(ws, hub.servers[sid].config)
         self.offer_update(ws)
+        self.watches.agent_connected(sid)  # told again at the next tick, if watched
         forget_handshake(ws)
         ws.reports = TokenBucket(REPORTS_PER_SECOND, REPORT_BURST, time.monotonic())
         ws.acknowledged = check  # a checking agent hears of every report anyway
@@ -397,16 +402,44 @@ class Dashboard:
         self.site.log_quietly(logging.INFO, ("viewer connected",),
                               f"viewer connected ({len(hub.viewers)} watching)",
                               time.monotonic())
+        frames = TokenBucket(VIEWER_FRAMES_PER_SECOND, VIEWER_FRAME_BURST, time.monotonic())
         try:
-            async for _ in ws:
-                pass  # browsers have nothing to say; reading keeps pings answered
+            async for frame in ws:  # "watch" and "unwatch"; reading keeps pings answered
+                now = time.monotonic()
+                if not frames.take(now):
+                    await ws.close(CloseCode.POLICY_VIOLATION, "too many frames")
+                    break
+                self.viewer_said(ws, frame, now)
         except ConnectionClosed:
             pass
         finally:
+            self.watches.forget(ws)
             hub.remove_viewer(ws)
             self.site.log_quietly(logging.INFO, ("viewer disconnected",),
                                   f"viewer disconnected ({len(hub.viewers)} watching)",
                                   time.monotonic())
+
+    def viewer_said(self, ws: ServerConnection, frame: str | bytes, now: float) -> None:
+        """A viewer opened or left a server's detail view (PROTOCOL.md, "Top processes"):
+        counted only for a server it may see; anything else is ignored."""
+        request = viewer_request(frame)
+        state = self.hub.servers.get(request[1]) if request else None
+        if request is None or state is None or (
+                state.config.hidden and not ws.sees_hidden):  # type: ignore[attr-defined]
+            return
+        if request[0] == "watch":
+            self.watches.watch(ws, request[1], now)
+        else:
+            self.watches.unwatch(ws, request[1])
+        self.tell_watched(now)
+
+    def tell_watched(self, now: float) -> None:
+        """Tell agents to start, renew or stop sending their top processes."""
+        for sid, seconds in self.watches.frames_due(now):
+            state = self.hub.servers.get(sid)
+            agent = state.connection if state is not None else None
+            if agent is not None and not agent.agent.check:
+                broadcast_framed([agent], processes_frame(seconds))
 
     # --- housekeeping ---
 
@@ -451,6 +484,7 @@ class Dashboard:
         self.floods.expire(now)
         self.invalid.expire(now)
         self.evaluate_alerts(now, wall)
+        self.tell_watched(now)
         if now - self.sessions_expired >= SESSIONS_EXPIRE_EVERY:
             self.sessions.expire(self.hub.config.viewers.users, self.steady())
             self.sessions_expired = now

@@ -82,7 +82,7 @@ TEST_STALL = float(os.environ.get("SSS_TEST_HISTORY_STALL", "0") or 0)
 METRICS = (("cpu", "cpu"), ("memory", "memory"), ("swap", "swap"), ("disk", "disk"),
            ("load1", "load1"), ("netIn", "net_in"), ("netOut", "net_out"),
            ("diskRead", "disk_read"), ("diskWrite", "disk_write"), ("tcp", "tcp"),
-           ("udp", "udp"), ("processes", "processes"))
+           ("udp", "udp"), ("processes", "processes"), ("temperature", "temperature"))
 EMPTY: dict[str, Any] = {}
 
 
@@ -99,7 +99,13 @@ def metric_values(record: dict[str, Any]) -> tuple[Any, ...]:
             host.get("avgStat", EMPTY).get("load1"),
             net.get("netInSpeed"), net.get("netOutSpeed"),
             extra.get("diskReadSpeed"), extra.get("diskWriteSpeed"),
-            extra.get("tcpConnections"), extra.get("udpConnections"), extra.get("processes"))
+            extra.get("tcpConnections"), extra.get("udpConnections"), extra.get("processes"),
+            hottest(extra.get("temperatures")))
+
+
+def hottest(temperatures: list[dict[str, Any]] | None) -> float | None:
+    """The hottest sensor of a report (°C), or None without sensors."""
+    return max(t["celsius"] for t in temperatures) if temperatures else None
 
 
 METRIC_COUNT = len(METRICS)
@@ -513,10 +519,12 @@ CREATE TABLE IF NOT EXISTS probe_samples (
 
 
 def migrate(db: sqlite3.Connection) -> None:
-    """Bring a history.db of an earlier version up to SCHEMA: `seen` came later."""
+    """Bring a history.db of an earlier version up to SCHEMA: `seen` and metrics came later
+    (rows from before hold NULL for them: no data, as for a report without them)."""
     columns = {row[1] for row in db.execute("PRAGMA table_info(samples)")}
-    if "seen" not in columns:
-        db.execute("ALTER TABLE samples ADD COLUMN seen REAL")
+    for column in ("seen", *(c for _, col in METRICS for c in (col, f"{col}_max"))):
+        if column not in columns:
+            db.execute(f"ALTER TABLE samples ADD COLUMN {column} REAL")
 
 
 # What rows read back must hold to count (a damaged file can hold anything): seconds that a

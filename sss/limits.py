@@ -90,6 +90,10 @@ ANSWER_SECONDS = 30.0
 # flushes its queue of up to 100, so a burst is allowed.
 REPORTS_PER_SECOND = 10.0
 REPORT_BURST = 100
+# Frames from a viewer ("watch", "unwatch": a page sends one every 20 s, and one per view
+# it opens): past this rate it is hung up on (1008).
+VIEWER_FRAMES_PER_SECOND = 2.0
+VIEWER_FRAME_BURST = 20
 FLOOD_DROPS = 200  # dropped reports within FLOOD_WINDOW close the connection
 FLOOD_WINDOW = 10.0
 BAD_REPORTS_LIMIT = 5  # invalid reports within BAD_REPORTS_WINDOW close the connection

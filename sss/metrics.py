@@ -104,7 +104,7 @@ def render_metrics(shown: Exposition) -> str:
     lines += [f"sss_last_report_timestamp_seconds{{{labels[s.config.id]}}} {s.last_report}"
               for s in reported]
     lines += agent_lines(reported, labels, shown.agent_version)
-    lines += probe_lines((s.config, s.record if s.online else None) for s in states)
+    lines += item_lines((s.config, s.record if s.online else None) for s in states)
     lines += traffic_lines(shown.traffic)
     lines += ["# HELP sss_alert_firing 1 for each alert firing for a server.",
               "# TYPE sss_alert_firing gauge"]
@@ -133,22 +133,35 @@ def render_metrics(shown: Exposition) -> str:
     return "\n".join(lines) + "\n"
 
 
-def probe_lines(servers: Iterable[tuple[ServerConfig, dict[str, Any] | None]]) -> list[str]:
-    """sss_probe_rtt_ms and sss_probe_loss_ratio per server and target, from the reports."""
-    rtt = ["# HELP sss_probe_rtt_ms Median round trip of the last probe round, per target.",
-           "# TYPE sss_probe_rtt_ms gauge"]
-    loss = ["# HELP sss_probe_loss_ratio Share of the last round's probes lost, per target.",
-            "# TYPE sss_probe_loss_ratio gauge"]
-    for server, record in servers:
-        results = ((record or {}).get("extraInfo") or {}).get("probes") or []
-        for result in results:
-            who = (f'id="{label(server.id)}",name="{label(server.name)}",'
-                   f'target="{label(result["name"])}"')
-            if "rtt" in result:
-                rtt.append(f"sss_probe_rtt_ms{{{who}}} {result['rtt']}")
-            if "loss" in result:
-                loss.append(f"sss_probe_loss_ratio{{{who}}} {result['loss']}")
-    return rtt + loss
+# Gauges per server and item of a list in extraInfo: (list, item label, [(metric, key, help)]).
+ITEM_METRICS = (
+    ("probes", "target", (("sss_probe_rtt_ms", "rtt",
+                           "Median round trip of the last probe round, per target."),
+                          ("sss_probe_loss_ratio", "loss",
+                           "Share of the last round's probes lost, per target."),
+                          ("sss_http_status", "status",
+                           "Status of the last HTTP check, per target (0: no answer)."),
+                          ("sss_certificate_days_left", "certDays",
+                           "Days until the certificate of an https target expires."))),
+    ("temperatures", "sensor", (("sss_temperature_celsius", "celsius",
+                                 "Temperature of each sensor of the box."),)),
+)
+
+
+def item_lines(servers: Iterable[tuple[ServerConfig, dict[str, Any] | None]]) -> list[str]:
+    """ITEM_METRICS of online servers: sss_probe_rtt_ms{target}, sss_temperature_celsius
+    {sensor} and the like, one series per server and item."""
+    servers = list(servers)
+    lines: list[str] = []
+    for field, item_label, gauges in ITEM_METRICS:
+        for name, key, help_text in gauges:
+            lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge"]
+            for server, record in servers:
+                for item in ((record or {}).get("extraInfo") or {}).get(field) or []:
+                    if key in item:
+                        lines.append(f'{name}{{id="{label(server.id)}",name="{label(server.name)}"'
+                                     f',{item_label}="{label(item["name"])}"}} {item[key]}')
+    return lines
 
 
 def traffic_lines(traffic: list[tuple[ServerConfig, dict[str, Any]]]) -> list[str]:

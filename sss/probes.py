@@ -17,7 +17,8 @@ from .config import Probes, ServerConfig
 
 def probes_frame(probes: Probes, server: ServerConfig) -> str:
     """The frame telling one agent what to probe (an empty list: nothing, stop)."""
-    targets = [{"name": t.name, "host": t.host, **({"port": t.port} if t.port else {})}
+    targets = [{"name": t.name, "url": t.url, "expect": t.expect} if t.url else
+               {"name": t.name, "host": t.host, **({"port": t.port} if t.port else {})}
                for t in probes.for_server(server)]
     return json.dumps({"type": "probes", "interval": probes.interval, "targets": targets},
                       separators=(",", ":"))

@@ -26,8 +26,12 @@ MAX_BYTES_VALUE = 2**64  # Go's uint64
 # Leaf kinds of the report schema; dicts are objects, lists are arrays ([item] holds up to
 # MAX_ITEMS, [item, n] up to n).
 STR, BYTES, PERCENT, NUMBER, INTERVAL = "str", "bytes", "percent", "number", "interval"
-NAME, RATIO, MILLISECONDS = "name", "ratio", "milliseconds"
+NAME, RATIO, MILLISECONDS, CELSIUS = "name", "ratio", "milliseconds", "celsius"
+STATUS, DAYS = "status", "days"
+REQUIRED = "(required)"  # in an object's spec: the keys without which it is refused
 MAX_PROBES = 16
+MAX_TEMPERATURES = 32
+TOP_PROCESSES = 10  # asked for by CPU and by memory (watch.py): at most 20 in a report
 MAX_NAME = 64
 MAX_RTT_MS = 60_000.0
 
@@ -56,7 +60,23 @@ REPORT_SCHEMA: dict[str, Any] = {
                   # The short SHA-256 of the agent.py that sent it ("Agent updates").
                   "agentVersion": NAME,
                   # The last round of latency probes (PROTOCOL.md, "Probes").
-                  "probes": [{"name": NAME, "rtt": MILLISECONDS, "loss": RATIO}, MAX_PROBES]},
+                  "probes": [{"name": NAME, "rtt": MILLISECONDS, "loss": RATIO,
+                              # HTTP checks: the status (0: no answer), an https
+                              # certificate's days left, what went wrong
+                              "status": STATUS, "certDays": DAYS, "error": NAME,
+                              REQUIRED: ("name", "loss")}, MAX_PROBES],
+                  # Sensors of the box ("Temperatures"); none from a VPS.
+                  "temperatures": [{"name": NAME, "celsius": CELSIUS,
+                                    REQUIRED: ("name", "celsius")}, MAX_TEMPERATURES],
+                  # Containers ("Containers"): the busiest 64, and how many there are.
+                  "containers": [{"name": NAME, "cpu": NUMBER, "memory": BYTES, "rx": BYTES,
+                                  "tx": BYTES, "read": BYTES, "write": BYTES,
+                                  REQUIRED: ("name", "cpu")}],
+                  "containerCount": NUMBER,
+                  # Only while a viewer watches ("Top processes"): top 10 by CPU and by memory.
+                  "topProcesses": [{"pid": NUMBER, "name": NAME, "cpu": NUMBER, "memory": BYTES,
+                                    REQUIRED: ("pid", "name", "cpu", "memory")},
+                                   2 * TOP_PROCESSES]},
 }
 # What a browser may see of a report: never ip, nor the agent's own name/group/id.
 VIEW_FIELDS = ("hostInfo", "cpuInfo", "virtualMemoryInfo", "swapMemoryInfo", "diskInfo",
@@ -119,7 +139,7 @@ def compile_schema(spec: Any, path: str) -> Check:
         v1 = v0.get('n')
         if v1 is not None:
             if not ((k := type(v1)) is float or k is int) or not 0 <= v1 <= 100.01:
-                raise number_error(v1, 'report.n', 100.01)
+                raise number_error(v1, 'report.n', 100.01, 0)
             if v1 > 100:
                 v1 = 100
             c0['n'] = v1
@@ -146,9 +166,16 @@ def schema_source(spec: Any, path: str) -> str:
             emit(depth, f"if type({var}) is not dict:")
             emit(depth + 1, f"raise ReportError('wrong_type', {path + ' must be an object'!r})")
             emit(depth, f"{clean} = {{}}")
+            required = spec.get(REQUIRED, ())
             for key, sub in spec.items():
+                if key == REQUIRED:
+                    continue
                 item = f"v{next(names)}"
                 emit(depth, f"{item} = {var}.get({key!r})")
+                if key in required:  # what reads a list's items counts on these
+                    emit(depth, f"if {item} is None:")
+                    emit(depth + 1, f"raise ReportError('missing_field', "
+                                    f"{f'{path}.{key} is missing'!r})")
                 emit(depth, f"if {item} is not None:")
                 checked = value(sub, item, f"{path}.{key}", depth + 1)
                 if not (depth == 1 and key in NOT_KEPT):
@@ -177,11 +204,11 @@ def schema_source(spec: Any, path: str) -> str:
             # each for 10,000 records.
             return f"intern({var})"
         limit = NUMBER_LIMITS.get(spec, 1e15)
-        low = math.ulp(0) if spec == INTERVAL else 0  # an interval of 0 is no interval
+        low = NUMBER_LOWS.get(spec, 0)
         # One chained comparison passes every good number; NaN and inf fail it too.
         emit(depth, f"if not ((k := type({var})) is float or k is int) "
                     f"or not {low!r} <= {var} <= {limit!r}:")
-        emit(depth + 1, f"raise number_error({var}, {path!r}, {limit!r})")
+        emit(depth + 1, f"raise number_error({var}, {path!r}, {limit!r}, {low!r})")
         if spec == PERCENT:
             emit(depth, f"if {var} > 100:")
             emit(depth + 1, f"{var} = 100")
@@ -192,19 +219,23 @@ def schema_source(spec: Any, path: str) -> str:
 
 
 NUMBER_LIMITS = {BYTES: MAX_BYTES_VALUE, PERCENT: 100 + PERCENT_SLACK,
-                 INTERVAL: MAX_REPORT_INTERVAL, RATIO: 1.0, MILLISECONDS: MAX_RTT_MS}
+                 INTERVAL: MAX_REPORT_INTERVAL, RATIO: 1.0, MILLISECONDS: MAX_RTT_MS,
+                 CELSIUS: 300.0, STATUS: 999, DAYS: 36500.0}
+# Numbers are 0 or more, but an interval of 0 is no interval, a sensor can be below 0, and
+# a certificate can have expired days ago.
+NUMBER_LOWS = {INTERVAL: math.ulp(0), CELSIUS: -100.0, DAYS: -36500.0}
 
 
-def number_error(value: Any, path: str, limit: float) -> ReportError:
+def number_error(value: Any, path: str, limit: float, low: float = 0) -> ReportError:
     """Why a number was refused (the slow path, off the hot one)."""
     if type(value) not in (int, float):
         return ReportError("wrong_type", f"{path} must be a number")
     if type(value) is float and not math.isfinite(value):
         return ReportError("not_finite", f"{path} is not finite")
-    if value < 0:
+    if value < 0 <= low:
         return ReportError("negative", f"{path} is negative")
     # An int of any size compares fine; formatting it with :g would overflow.
-    return ReportError("out_of_range", f"{path} is outside 0-{limit:g}")
+    return ReportError("out_of_range", f"{path} is outside {low:g}-{limit:g}")
 
 
 _check_report = compile_schema(REPORT_SCHEMA, "report")

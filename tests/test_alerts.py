@@ -209,10 +209,11 @@ def test_every_alert_config_error_names_item_field_and_fix() -> None:
             {"name": "ops", "type": "webhook", "url": "ftp://x"},
             {"name": "tg", "type": "telegram", "token": "nope", "chatId": "x"},
             {"name": "odd", "type": "pager"}], "alerts": [
-            {"name": "a", "metric": "temperature", "above": 1, "notify": ["ops"]},
+            {"name": "a", "metric": "humidity", "above": 1, "notify": ["ops"]},
             {"name": "b", "metric": "cpu", "notify": ["ops"]},
             {"name": "c", "metric": "cpu", "above": 1, "for": "5 minutes", "notify": ["ops"]},
-            {"name": "d", "metric": "cpu", "above": 1, "notify": ["pager"]}]}, "servers.json")
+            {"name": "d", "metric": "cpu", "above": 1, "notify": ["pager"]},
+            {"name": "e", "metric": "http", "below": 1, "notify": ["ops"]}]}, "servers.json")
     problems = caught.value.problems
     expected = [
         "notifiers[0] ('ops'): field \"url\" must be an http:// or https:// URL",
@@ -224,6 +225,7 @@ def test_every_alert_config_error_names_item_field_and_fix() -> None:
         "alerts[2] ('c'): field \"for\" must be seconds or a duration such as \"30s\"",
         "alerts[3] ('d'): field \"notify\" names 'pager', which is not in \"notifiers\"",
         "alerts[0] ('a'): field \"notify\" names 'ops'",  # ops was refused above
+        "alerts[4] ('e'): \"http\" takes no threshold; remove \"above\"/\"below\"",
     ]
     for part in expected:
         assert any(part in p for p in problems), (part, problems)
@@ -478,3 +480,32 @@ def test_latency_and_loss_judge_one_target_or_the_worst() -> None:
             {"name": "ops", "type": "webhook", "url": "http://127.0.0.1:9/"}],
             "alerts": [{"name": "x", "metric": "loss", "above": 5, "target": "Nowhere",
                         "notify": ["ops"]}]}, "servers.json")
+
+
+def test_http_checks_fire_while_failing_and_certificates_below_days() -> None:
+    def observed(*probes: dict[str, Any]) -> alerts.Observed:
+        return seen(**alerts.observed_values({"extraInfo": {"probes": list(probes)}}))
+
+    shop = {"name": "Shop", "status": 503, "loss": 1.0, "rtt": 20.0, "certDays": 5.5}
+    home = {"name": "Home", "status": 200, "loss": 0.0, "certDays": 80.0}
+    down = AlertRule("down", "http", None, None, 0, (), None, ("ops",), "Shop")
+    any_down = AlertRule("any", "http", None, None, 0, (), None, ("ops",))
+    home_down = AlertRule("home", "http", None, None, 0, (), None, ("ops",), "Home")
+    cert = AlertRule("cert", "certificate", None, 14, 0, (), None, ("ops",))
+    rules = (down, any_down, home_down, cert)
+    evaluator = alerts.Evaluator(started=T0 - 3600)
+    assert sorted(event.text() for event in judge(evaluator, rules, [observed(shop, home)],
+                                                 T0)) == [
+        "🔥 Web 1 (Frankfurt) HTTP check fails: status 503",  # the worst: the failing one
+        "🔥 Web 1 (Frankfurt) HTTP check of Shop fails: status 503",
+        "🔥 Web 1 (Frankfurt) certificate 6 days left (below 14 days)"]
+    renewed = {"name": "Shop", "status": 200, "loss": 0.0, "certDays": 89.0}
+    assert sorted(event.text() for event in judge(evaluator, rules, [observed(renewed, home)],
+                                                 T0 + 60)) == [
+        "✅ Web 1 (Frankfurt) HTTP check of Shop passes again after 1m",
+        "✅ Web 1 (Frankfurt) HTTP check passes again after 1m",
+        "✅ Web 1 (Frankfurt) certificate back to 80 days left after 1m"]
+    silent = {"name": "Shop", "status": 0, "loss": 1.0, "error": "timeout"}
+    assert [event.text() for event in judge(evaluator, (down,), [observed(silent)],
+                                            T0 + 120)] == [
+        "🔥 Web 1 (Frankfurt) HTTP check of Shop fails: no answer"]

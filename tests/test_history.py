@@ -156,6 +156,7 @@ def test_columnar_answer_has_a_slot_for_every_step_and_null_in_gaps() -> None:
     assert answer["online"] == [None, 1.0, None, 0.0, None]  # offline is 0, a gap is null
     expected = {"id", "range", "step", "time", "cpu", "cpuMax", "memory", "swap", "disk",
                 "load1", "netIn", "netOut", "diskRead", "diskWrite", "tcp", "udp", "processes",
+                "temperature",
                 "online"}
     assert set(answer) == expected
 

@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import datetime
+import http.server
 import json
 import signal
 import socket
+import ssl
+import threading
 import time
 from typing import Any
 
@@ -249,3 +253,176 @@ def test_an_agent_stopped_while_probing_exits_quietly(make_dashboard: Any, make_
     assert "stopped" in text
     assert "Traceback" not in text and "never retrieved" not in text, text
 
+
+
+# --- HTTP(S) and certificate checks ----------------------------------------------------
+
+class AnyMilliseconds:
+    """Equal to any time a check could take (its exact value is the network's)."""
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, float) and 0 < other < 10_000
+
+
+ANY_MS = AnyMilliseconds()
+
+
+class Site:
+    """A local HTTP server, or HTTPS with `cert`: / answers 200, /missing 404, /moved 301
+    (not followed), /huge a status line longer than the agent reads."""
+
+    def __init__(self, cert: Any = None) -> None:
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                if self.path == "/huge":
+                    self.wfile.write(b"HTTP/1.1 200 " + b"x" * 70_000 + b"\r\n\r\n")
+                    return
+                status = {"/": 200, "/moved": 301}.get(self.path, 404)
+                self.send_response(status)
+                if status == 301:
+                    self.send_header("Location", "/")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        if cert is not None:
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            cert.configure_cert(context)
+            self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        scheme = "https" if cert is not None else "http"
+        self.url = f"{scheme}://127.0.0.1:{self.server.server_address[1]}"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def sites() -> Any:
+    """sites(days) -> an HTTPS Site whose certificate expires in `days` (negative: expired
+    that long ago), from one test CA; sites() -> a plain HTTP Site; sites.ca."""
+    trustme = pytest.importorskip("trustme")
+    made: list[Site] = []
+
+    def make(days: float | None = None) -> Site:
+        cert = None
+        if days is not None:
+            now = datetime.datetime.now(datetime.timezone.utc)
+            cert = make.ca.issue_cert("127.0.0.1", not_before=now - datetime.timedelta(days=400),
+                                      not_after=now + datetime.timedelta(days=days))
+        made.append(Site(cert))
+        return made[-1]
+
+    make.ca = trustme.CA()  # type: ignore[attr-defined]
+    yield make
+    for site in made:
+        site.close()
+
+
+def trusting(ca: Any) -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    return context
+
+
+def check(url: str, context: ssl.SSLContext | None, expect: int = 200) -> dict[str, Any]:
+    return run(agent.http_check(agent.ProbeTarget("Site", "", None, url, expect), context))
+
+
+def test_http_checks_report_status_first_byte_and_what_went_wrong(sites: Any,
+                                                                  black_hole: int) -> None:
+    site = sites()
+    good = check(site.url + "/", None)
+    assert good["status"] == 200 and good["loss"] == 0 and 0 < good["rtt"] < 10_000
+    assert "certDays" not in good and "error" not in good
+    assert check(site.url + "/missing", None) == {
+        "name": "Site", "status": 404, "loss": 1.0, "rtt": ANY_MS, "error": "expected 200"}
+    assert check(site.url + "/moved", None, expect=301)["loss"] == 0  # not followed
+    huge = check(site.url + "/huge", None)  # the status line only, and at most 64 KiB of it
+    assert huge["status"] == 0 and huge["loss"] == 1 and huge["error"]
+    closed = check(f"http://127.0.0.1:{free_port()}/", None)
+    assert closed == {"name": "Site", "status": 0, "loss": 1.0, "error": "refused"}
+    agent.HTTP_TIMEOUT, saved = 0.5, agent.HTTP_TIMEOUT
+    try:
+        assert check(f"http://127.0.0.1:{black_hole}/", None)["error"] == "timeout"
+    finally:
+        agent.HTTP_TIMEOUT = saved
+
+
+def test_https_checks_say_how_long_the_certificate_has(sites: Any) -> None:
+    fresh, soon, expired = sites(90), sites(3), sites(-2)
+    context = trusting(sites.ca)
+    result = check(fresh.url + "/", context)
+    assert result["status"] == 200 and result["loss"] == 0 and 89.9 < result["certDays"] < 90.1
+    assert 2.9 < check(soon.url + "/", context)["certDays"] < 3.1
+    late = check(expired.url + "/", context)  # refused, yet how late it is is known
+    assert late["status"] == 0 and late["loss"] == 1 and -2.1 < late["certDays"] < -1.9
+    assert late["error"] == "certificate has expired"
+    untrusted = check(fresh.url + "/", ssl.create_default_context())
+    assert "self-signed" in untrusted["error"] or "issuer" in untrusted["error"]
+    assert 89.9 < untrusted["certDays"] < 90.1
+
+
+def test_the_probes_frame_with_http_targets_is_checked() -> None:
+    frame = json.dumps({"type": "probes", "interval": 30, "targets": [
+        {"name": "Site", "url": "https://example.com/health?x=1", "expect": 204}]})
+    assert agent.parse_probes(frame) == (30.0, (agent.ProbeTarget(
+        "Site", "", None, "https://example.com/health?x=1", 204),))
+    for url in ("ftp://example.com/", "https://", "http://a b/", "http://a/\r\nX: y",
+                "https://example.com/" + "x" * 2048):
+        assert agent.parse_probes(json.dumps({"type": "probes", "interval": 30, "targets": [
+            {"name": "Bad", "url": url}]})) is None, url
+    assert agent.http_status(b"HTTP/1.0 503 Service Unavailable\r\n") == 503
+    for line in (b"", b"SSH-2.0-OpenSSH\r\n", b"HTTP/1.1 OK\r\n"):
+        with pytest.raises(ValueError):
+            agent.http_status(line)
+    with pytest.raises(ValueError):
+        agent.der_not_after(b"\x30\x03\x02\x01")
+
+
+def test_http_checks_from_servers_json_to_alerts_metrics_and_the_page(
+        make_dashboard: Any, make_agent: Any, sites: Any, page_on: Any,
+        tmp_path: Any) -> None:
+    from test_alerts import Receiver
+    hook = Receiver()
+    plain, expired = sites(), sites(-2)
+    sites.ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    try:
+        dash: Dashboard = make_dashboard(
+            [server_entry("alpha", name="Alpha")],
+            probes={"interval": 5, "targets": [
+                {"name": "Home", "url": plain.url + "/"},
+                {"name": "Gone", "url": plain.url + "/missing"},
+                {"name": "Shop", "url": expired.url + "/"}]},
+            notifiers=[{"name": "ops", "type": "webhook", "url": hook.url + "/sss"}],
+            alerts=[{"name": "gone", "metric": "http", "target": "Gone", "notify": ["ops"]},
+                    {"name": "cert", "metric": "certificate", "below": 14,
+                     "notify": ["ops"]}])
+        make_agent("--server", dash.url("/ws-report", "ws"), "--id", "alpha",
+                   "--secret", SECRET, "--interval", "1", "--min-interval", "1",
+                   "--no-adaptive", env={"SSL_CERT_FILE": str(tmp_path / "ca.pem")})
+        texts = sorted(post[2]["text"] for post in hook.wait(2))
+        assert texts == ["🔥 Alpha HTTP check of Gone fails: status 404",
+                         "🔥 Alpha certificate expired 2 days ago (below 14 days)"]
+        probes = wait_for_probes(dash, "alpha", {"Home", "Gone", "Shop"})
+        home = next(p for p in probes if p["name"] == "Home")
+        assert home["status"] == 200 and home["loss"] == 0
+        metrics = dash.get("/metrics")[2].decode()
+        assert 'sss_http_status{id="alpha",name="Alpha",target="Gone"} 404' in metrics
+        assert 'sss_certificate_days_left{id="alpha",name="Alpha",target="Shop"} -' in metrics
+        for width in (1280, 375):
+            page = page_on(dash, viewport={"width": width, "height": 900})
+            line = card(page, "alpha").locator(".probe")
+            line.wait_for(timeout=10_000)
+            assert line.inner_text() == "Shop certificate expired 2 d ago"
+            assert "bad" in (line.get_attribute("class") or "")
+            assert "Gone 404 · " in (line.get_attribute("title") or "")
+            assert "(expected 200)" in (line.get_attribute("title") or "")
+            assert page.evaluate("document.documentElement.scrollWidth") <= width
+    finally:
+        hook.close()

@@ -46,6 +46,7 @@ import math
 import os
 import random
 import re
+import shutil
 import signal
 import socket
 import statistics
@@ -324,10 +325,50 @@ def probe_round_cpu(targets: int = 4) -> float:
             listener.close()
 
 
+def inside_sysfs(where: Path, containers: int = 20) -> Path:
+    """A sysfs with the desktop's 8 temperature sensors (tests/fixtures) and `containers`
+    Docker containers under cgroup v2, for the agent's --sysfs."""
+    shutil.copytree(CHECKOUT / "tests/fixtures/sys/intel-desktop", where)
+    cgroup = where / "fs/cgroup"
+    cgroup.mkdir(parents=True)
+    (cgroup / "cgroup.controllers").write_text("cpuset cpu io memory pids\n")
+    for n in range(containers):
+        group = cgroup / f"system.slice/docker-{n:064x}.scope"
+        group.mkdir(parents=True)
+        (group / "cpu.stat").write_text(f"usage_usec {n * 1000}\nuser_usec 0\nsystem_usec 0\n")
+        (group / "memory.current").write_text(f"{(n + 1) * 2**20}\n")
+        (group / "io.stat").write_text("259:0 rbytes=1093632 wbytes=40960 rios=38 wios=10\n")
+        (group / "cgroup.procs").write_text("4194500\n")  # no such process: no network read
+    return where
+
+
+def top_processes_cpu(count: int = 200, reads: int = 20) -> tuple[int, float]:
+    """(processes, median CPU ms of one read of the top processes) with at least `count`
+    processes running: what a report costs while someone watches."""
+    extra = max(count - len(psutil.pids()), 0)
+    sleepers = [subprocess.Popen(["sleep", "600"]) for _ in range(extra)]
+    try:
+        watch = agent.ProcessWatch(with_args=False)
+        watch.asked(60.0, 10, time.monotonic())
+        times = []
+        for _ in range(reads):
+            time.sleep(0.05)
+            start = time.thread_time()
+            watch.read(time.monotonic())
+            times.append(time.thread_time() - start)
+        return len(psutil.pids()), statistics.median(times) * 1000
+    finally:
+        for sleeper in sleepers:
+            sleeper.kill()
+            sleeper.wait()
+
+
 def bench_agent(duration: float) -> dict[str, Any]:
     """agent.py at 1 Hz against a real dashboard, next to the floor process."""
     with tempfile.TemporaryDirectory() as tmp:
-        dash, port = start_dashboard(Path(tmp), ["bench", "bench-psutil", "floor"], "--no-history")
+        dash, port = start_dashboard(Path(tmp), ["bench", "bench-psutil", "bench-inside",
+                                                 "floor"], "--no-history")
+        sysfs = inside_sysfs(Path(tmp) / "sys")
         url = f"ws://127.0.0.1:{port}/ws-report"
         # Started as the systemd unit starts it: `python3 -m agent`, from bytecode.
         # Linux readings from /proc need no psutil; --use-psutil is how other systems run.
@@ -335,12 +376,14 @@ def bench_agent(duration: float) -> dict[str, Any]:
                                     "--id", sid, "--secret", SECRET, "--interval", "1",
                                     "--min-interval", "1", "--no-adaptive",
                                     "--log-level", "WARNING", *extra], cwd=CHECKOUT)
-                  for sid, extra in (("bench", []), ("bench-psutil", ["--use-psutil"]))]
+                  for sid, extra in (("bench", []), ("bench-psutil", ["--use-psutil"]),
+                                     ("bench-inside", ["--sysfs", str(sysfs)]))]
         floors = [subprocess.Popen([sys.executable, "-c", AGENT_FLOOR, url, SECRET, kind])
                   for kind in ("bare", "psutil")]
         try:
             procs = {name: psutil.Process(p.pid) for name, p in
-                     zip(("agent", "agent_psutil", "floor", "floor_psutil"), agents + floors)}
+                     zip(("agent", "agent_psutil", "agent_inside", "floor", "floor_psutil"),
+                         agents + floors)}
             warmup = min(5.0, duration / 3)
             time.sleep(warmup)  # imports done, connection open, first samples sent
             start = {name: (cpu_seconds(p), p.memory_full_info()) for name, p in procs.items()}
@@ -354,12 +397,13 @@ def bench_agent(duration: float) -> dict[str, Any]:
                 for name, p in procs.items():
                     rss[name].append(p.memory_info().rss)
                 time.sleep(min(1.0, max(deadline - time.monotonic(), 0)))
-            samples = (reports_accepted(port) - reports_start) // 2  # per agent
+            samples = (reports_accepted(port) - reports_start) // 3  # per agent
             timer.join()
             result: dict[str, Any] = {
                 "samples": samples, "duration": duration,
                 "sampling_ms": statistics.median(sampling) * 1000 if sampling else None,
-                "probe_round_ms": probe_round_cpu() * 1000}
+                "probe_round_ms": probe_round_cpu() * 1000,
+                "top_processes": top_processes_cpu()}
             for name, p in procs.items():
                 cpu0, mem0 = start[name]
                 mem = p.memory_full_info()
@@ -381,6 +425,7 @@ def print_agent(result: dict[str, Any]) -> None:
     print(f"{'':34} {'CPU/sample':>10} {'RSS MB':>7} {'USS MB':>7} {'RSS growth MB':>14}")
     for name, label in (("agent", "agent.py (/proc, no psutil)"),
                         ("agent_psutil", "agent.py --use-psutil"),
+                        ("agent_inside", "agent.py, 8 sensors, 20 containers"),
                         ("floor", "floor (imports + 1 connection)"),
                         ("floor_psutil", "floor + import psutil")):
         r = result[name]
@@ -388,13 +433,17 @@ def print_agent(result: dict[str, Any]) -> None:
               f"{r['uss_mb']:7.1f} {r['rss_growth_mb']:14.2f}")
     above = result["agent"]["rss_mb"] - result["floor"]["rss_mb"]
     above_psutil = result["agent_psutil"]["rss_mb"] - result["floor"]["rss_mb"]
+    above_inside = result["agent_inside"]["rss_mb"] - result["floor"]["rss_mb"]
     print(f"agent RSS above the floor: {above:.1f} MB without psutil, "
-          f"{above_psutil:.1f} MB with it")
+          f"{above_psutil:.1f} MB with it, {above_inside:.1f} MB with sensors and containers")
     if result["sampling_ms"] is not None:
         print(f"of which collect + build + encode (median, in-process, 1 Hz): "
               f"{result['sampling_ms']:.3f} ms per sample")
     print(f"latency probes, 4 TCP targets: {result['probe_round_ms']:.1f} ms CPU per round "
           "(20 probes, in-process)")
+    processes, top_ms = result["top_processes"]
+    print(f"top processes while watched, {processes} processes: {top_ms:.2f} ms CPU per "
+          "report (in-process)")
 
 
 # --- bench: dashboard ------------------------------------------------------------
