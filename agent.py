@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import calendar
 import collections
 import contextlib
 import dataclasses
@@ -30,7 +29,6 @@ import errno
 import fnmatch
 import functools
 import hashlib
-import http.client
 import json
 import logging
 import math
@@ -613,26 +611,28 @@ def docker_names(payload: bytes) -> dict[str, str]:
     return names
 
 
-class UnixHTTPConnection(http.client.HTTPConnection):
-    """http.client over a unix socket: the Docker and Podman APIs."""
-
-    def __init__(self, path: str, timeout: float) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self.path = path
-
-    def connect(self) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(self.timeout)
-        self.sock.connect(self.path)
-
-
 def ask_container_names(sockets: tuple[str, ...], timeout: float = 1.0) -> dict[str, str]:
     """Names of the running containers from each API socket this process may use."""
+    # Imported here, on hosts with such a socket only: http.client is 1.9 MB of modules.
+    import http.client
+
+    class UnixHTTPConnection(http.client.HTTPConnection):
+        """http.client over a unix socket: the Docker and Podman APIs."""
+
+        def __init__(self, path: str) -> None:
+            super().__init__("localhost", timeout=timeout)
+            self.socket_path = path
+
+        def connect(self) -> None:
+            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self.sock.settimeout(timeout)
+            self.sock.connect(self.socket_path)
+
     names: dict[str, str] = {}
     for path in sockets:
         if not os.access(path, os.R_OK | os.W_OK):
             continue
-        connection = UnixHTTPConnection(path, timeout)
+        connection = UnixHTTPConnection(path)
         try:
             connection.request("GET", "/containers/json")
             response = connection.getresponse()
@@ -661,7 +661,9 @@ class ContainerWatch:
         self.groups: list[tuple[str, str]] = []
         self.looked = self.named = -math.inf
         self.names: dict[str, str] = {}  # full id -> name, from the API
-        self.pids: dict[str, str] = {}  # cgroup -> a process in it (its network namespace)
+        # cgroup -> a process in it (its network namespace), None where the container shares
+        # the host's network or has no process: looked up once a CONTAINERS_REFRESH
+        self.pids: dict[str, str | None] = {}
         self.own_netns = netns_of("self")
 
     def read(self) -> tuple[ContainerReading, ...]:
@@ -697,12 +699,13 @@ class ContainerWatch:
     def network(self, key: str) -> tuple[int, int] | None:
         """Bytes received and sent in the container's network namespace (lo left out);
         None where it shares the host's, or has no process."""
-        pid = self.pids.get(key)
-        if pid is None:
+        if key not in self.pids:
             pid = first_process(self.root / key)
-            if pid is None or netns_of(pid) in (None, self.own_netns):
-                return None
-            self.pids[key] = pid
+            own = pid is None or netns_of(pid) in (None, self.own_netns)
+            self.pids[key] = None if own else pid
+        pid = self.pids[key]
+        if pid is None:
+            return None
         counters = nic_counters(self.proc.read(f"{pid}/net/dev"), lambda nic: nic != "lo")
         if not counters:
             del self.pids[key]  # that process is gone: another one, next time
@@ -1495,6 +1498,8 @@ def der_not_after(der: bytes) -> float:
     """When an X.509 certificate (DER) expires, as Unix time. RFC 5280: Certificate holds
     tbsCertificate: [0] version (optional), serialNumber, signature, issuer, validity
     (notBefore, notAfter). ValueError where the bytes are not that."""
+    import calendar  # here: only agents with https checks need it (0.6 MB)
+
     def element(at: int) -> tuple[int, int, int]:  # (tag, where its content starts, ends)
         tag, length, at = der[at], der[at + 1], at + 2
         if length & 0x80:
@@ -1663,7 +1668,7 @@ class Prober:
 # "seconds": 60}, again every 20 s while it stays open, and "seconds": 0 when the last
 # viewer leaves (PROTOCOL.md, "Top processes"). Until then nothing is read. While
 # watched, every report carries the top processes by CPU (over the interval) and by memory,
-# from /proc/PID/stat and statm: the program's name (comm), or with --process-args its
+# from /proc/PID/stat (one read each): the program's name (comm), or with --process-args its
 # command line, cut at 64 characters. Linux only: where there is no /proc, none are sent.
 
 MAX_WATCH_SECONDS = 120.0  # a frame asking for longer is held to this
@@ -1682,11 +1687,12 @@ def parse_processes(frame: str | bytes) -> tuple[float, int] | None:
     return min(float(seconds), MAX_WATCH_SECONDS), top
 
 
-def stat_fields(stat: str) -> tuple[str, int]:
-    """(name, CPU ticks used) from /proc/PID/stat; the name may hold spaces and ")"."""
+def stat_fields(stat: str) -> tuple[str, int, int]:
+    """(name, CPU ticks used, resident pages) from /proc/PID/stat; the name may hold spaces
+    and ")"."""
     head, _, rest = stat.rpartition(")")
-    fields = rest.split()
-    return head.partition("(")[2], int(fields[11]) + int(fields[12])  # utime + stime
+    fields = rest.split()  # from the state on: utime, stime, rss are fields 14, 15 and 24
+    return head.partition("(")[2], int(fields[11]) + int(fields[12]), int(fields[21])
 
 
 def read_processes(proc: Path, with_args: bool) -> dict[int, tuple[str, int, int]]:
@@ -1696,9 +1702,8 @@ def read_processes(proc: Path, with_args: bool) -> dict[int, tuple[str, int, int
         pids = [entry.name for entry in entries if entry.name.isdigit()]
     for pid in pids:
         try:
-            with open(proc / pid / "stat", "rb") as stat, open(proc / pid / "statm", "rb") as statm:
-                name, ticks = stat_fields(stat.read().decode(errors="replace"))
-                resident = int(statm.read().split()[1])
+            with open(proc / pid / "stat", "rb") as stat:
+                name, ticks, resident = stat_fields(stat.read().decode(errors="replace"))
             if with_args:
                 with open(proc / pid / "cmdline", "rb") as cmdline:
                     name = cmdline.read(256).replace(b"\0", b" ").decode(errors="replace"

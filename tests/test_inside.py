@@ -435,7 +435,7 @@ def test_top_processes_by_cpu_and_by_memory() -> None:
         {"pid": 20, "name": "postgres", "cpu": 50.0, "memory": 90000 * 4096},
         {"pid": 1, "name": "systemd", "cpu": 0.0, "memory": 6000 * 4096}]  # by memory
     assert agent.stat_fields("42 (tmux: server) S 1 42 42 0 -1 4194624 1 2 3 4 "
-                             "170 31 0 0 20 0 1 0 99 1 2") == ("tmux: server", 201)
+                             "170 31 0 0 20 0 1 0 99 1 2") == ("tmux: server", 201, 2)
     assert agent.parse_processes('{"type": "processes", "seconds": 60, "top": 10}') == (60.0, 10)
     assert agent.parse_processes('{"type": "processes", "seconds": 9999}') == (120.0, 10)
     for frame in ('{"type": "processes"}', '{"type": "processes", "seconds": -1}',

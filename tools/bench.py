@@ -6,15 +6,17 @@ Real runs on this project's 2-core test machine (2026-12-05; BENCHMARKS.md has e
 and the method):
 
     $ python3 tools/bench.py agent --duration 60
-    agent bench: 55 samples at 1 s, 60 s, 2 cores
+    agent bench: 54 samples at 1 s, 60 s, 2 cores
                                        CPU/sample  RSS MB  USS MB  RSS growth MB
-    agent.py (/proc, no psutil)          1.091 ms    26.7    15.9           0.01
-    agent.py --use-psutil               13.636 ms    27.8    16.8           0.05
-    floor (imports + 1 connection)       0.000 ms    25.3    14.5           0.00
-    floor + import psutil                0.000 ms    25.9    15.3           0.00
-    agent RSS above the floor: 1.4 MB without psutil, 2.5 MB with it
-    of which collect + build + encode (median, in-process, 1 Hz): 0.623 ms per sample
-    latency probes, 4 TCP targets: 17.3 ms CPU per round (20 probes, in-process)
+    agent.py (/proc, no psutil)          1.111 ms    27.1    16.1           0.01
+    agent.py --use-psutil               16.296 ms    27.9    16.9           0.04
+    agent.py, 8 sensors, 20 containers   1.667 ms    27.1    16.2           0.05
+    floor (imports + 1 connection)       0.000 ms    25.2    14.5           0.00
+    floor + import psutil                0.000 ms    26.1    15.3           0.00
+    agent RSS above the floor: 1.9 MB; --use-psutil 2.8 MB; sensors and containers 2.0 MB
+    of which collecting, building, encoding (median): 0.612 ms; 0.975 ms with sensors, containers
+    latency probes, 4 TCP targets: 19.6 ms CPU per round (20 probes, in-process)
+    top processes while watched, 200 processes: 5.73 ms CPU per report (in-process)
 
     $ python3 tools/bench.py dashboard --agents 10000 --interval 5 --duration 60 --side-by-side
     dashboard bench: 20 viewers, history on, reports every 5 s, 60 s per run, 2 cores (...);
@@ -44,6 +46,7 @@ import itertools
 import json
 import math
 import os
+import py_compile
 import random
 import re
 import shutil
@@ -290,9 +293,9 @@ def reports_accepted(port: int) -> int:
 # --- bench: agent --------------------------------------------------------------
 
 
-def time_sampling(duration: float, result: list[float]) -> None:
+def time_sampling(duration: float, result: list[float], sysfs: str = "/sys") -> None:
     """CPU of collect + build + encode alone, at 1 Hz as in the agent (caches cold)."""
-    settings = agent.Settings(server="", server_id="bench", secret="")
+    settings = agent.Settings(server="", server_id="bench", secret="", sysfs=sysfs)
     collector, facts = agent.Collector(settings), agent.host_facts()
     before = collector.sample()
     deadline = time.monotonic() + duration
@@ -370,12 +373,18 @@ def bench_agent(duration: float) -> dict[str, Any]:
                                                  "floor"], "--no-history")
         sysfs = inside_sysfs(Path(tmp) / "sys")
         url = f"ws://127.0.0.1:{port}/ws-report"
-        # Started as the systemd unit starts it: `python3 -m agent`, from bytecode.
+        # Started as the systemd unit starts it: `python3 -m agent`, from the bytecode the
+        # installer compiles (py_compile writes it even under PYTHONDONTWRITEBYTECODE=1;
+        # compiling 2,300 lines at start leaves about 2 MB more in RSS).
+        installed = Path(tmp) / "opt"
+        installed.mkdir()
+        shutil.copy(CHECKOUT / "agent.py", installed)
+        py_compile.compile(str(installed / "agent.py"), doraise=True)
         # Linux readings from /proc need no psutil; --use-psutil is how other systems run.
         agents = [subprocess.Popen([sys.executable, "-m", "agent", "--server", url,
                                     "--id", sid, "--secret", SECRET, "--interval", "1",
                                     "--min-interval", "1", "--no-adaptive",
-                                    "--log-level", "WARNING", *extra], cwd=CHECKOUT)
+                                    "--log-level", "WARNING", *extra], cwd=installed)
                   for sid, extra in (("bench", []), ("bench-psutil", ["--use-psutil"]),
                                      ("bench-inside", ["--sysfs", str(sysfs)]))]
         floors = [subprocess.Popen([sys.executable, "-c", AGENT_FLOOR, url, SECRET, kind])
@@ -390,18 +399,24 @@ def bench_agent(duration: float) -> dict[str, Any]:
             reports_start = reports_accepted(port)
             rss: dict[str, list[int]] = {name: [] for name in procs}
             sampling: list[float] = []
-            timer = threading.Thread(target=time_sampling, args=(duration - warmup, sampling))
-            timer.start()
+            sampling_inside: list[float] = []
+            timers = [threading.Thread(target=time_sampling, args=(duration - warmup, times, where))
+                      for times, where in ((sampling, "/sys"), (sampling_inside, str(sysfs)))]
+            for timer in timers:
+                timer.start()
             deadline = time.monotonic() + duration - warmup
             while time.monotonic() < deadline:
                 for name, p in procs.items():
                     rss[name].append(p.memory_info().rss)
                 time.sleep(min(1.0, max(deadline - time.monotonic(), 0)))
             samples = (reports_accepted(port) - reports_start) // 3  # per agent
-            timer.join()
+            for timer in timers:
+                timer.join()
             result: dict[str, Any] = {
                 "samples": samples, "duration": duration,
                 "sampling_ms": statistics.median(sampling) * 1000 if sampling else None,
+                "sampling_inside_ms": statistics.median(sampling_inside) * 1000
+                if sampling_inside else None,
                 "probe_round_ms": probe_round_cpu() * 1000,
                 "top_processes": top_processes_cpu()}
             for name, p in procs.items():
@@ -434,11 +449,11 @@ def print_agent(result: dict[str, Any]) -> None:
     above = result["agent"]["rss_mb"] - result["floor"]["rss_mb"]
     above_psutil = result["agent_psutil"]["rss_mb"] - result["floor"]["rss_mb"]
     above_inside = result["agent_inside"]["rss_mb"] - result["floor"]["rss_mb"]
-    print(f"agent RSS above the floor: {above:.1f} MB without psutil, "
-          f"{above_psutil:.1f} MB with it, {above_inside:.1f} MB with sensors and containers")
+    print(f"agent RSS above the floor: {above:.1f} MB; --use-psutil {above_psutil:.1f} MB; "
+          f"sensors and containers {above_inside:.1f} MB")
     if result["sampling_ms"] is not None:
-        print(f"of which collect + build + encode (median, in-process, 1 Hz): "
-              f"{result['sampling_ms']:.3f} ms per sample")
+        print(f"of which collecting, building, encoding (median): {result['sampling_ms']:.3f} "
+              f"ms; {result['sampling_inside_ms']:.3f} ms with sensors, containers")
     print(f"latency probes, 4 TCP targets: {result['probe_round_ms']:.1f} ms CPU per round "
           "(20 probes, in-process)")
     processes, top_ms = result["top_processes"]
