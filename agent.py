@@ -533,8 +533,9 @@ SEARCH_DEPTH = 6  # user.slice/user-1000.slice/user@1000.service/user.slice/libp
 
 def find_containers(cgroup_root: Path) -> list[tuple[str, str]]:
     """(cgroup relative to cgroup_root, name) of each container under a cgroup v2 root, in
-    the tree's order. Only slices, services and docker/ are searched; a container's own
-    subgroups (Podman's "container", nspawn's "payload") are part of it."""
+    the tree's order. Only slices, users' service managers and docker/ are searched (not
+    every service's group); a container's own subgroups (Podman's "container", nspawn's
+    "payload") are part of it."""
     found: list[tuple[str, str]] = []
 
     def search(folder: Path, depth: int) -> None:
@@ -546,8 +547,8 @@ def find_containers(cgroup_root: Path) -> list[tuple[str, str]]:
             container = container_name(folder.name, name)
             if container:
                 found.append((str((folder / name).relative_to(cgroup_root)), container))
-            elif depth < SEARCH_DEPTH and (name.endswith((".slice", ".service"))
-                                           or name == "docker"):
+            elif depth < SEARCH_DEPTH and (name.endswith(".slice") or name == "docker"
+                                           or name.startswith("user@")):  # rootless
                 search(folder / name, depth + 1)
 
     search(cgroup_root, 0)

@@ -81,14 +81,14 @@ def probe_values(probes: list[dict[str, Any]]) -> dict[str, float]:
             values[f"http:{name}"], values[f"httpFailed:{name}"] = probe["status"], probe["loss"]
         if "certDays" in probe:
             values[f"certificate:{name}"] = probe["certDays"]
-    for metric, worst in (("latency", max), ("loss", max), ("httpFailed", max),
-                          ("certificate", min)):
-        mine = {key: value for key, value in values.items() if key.startswith(metric + ":")}
+    for metric, worst in (("latency", max), ("loss", max), ("certificate", min)):
+        mine = [value for key, value in values.items() if key.startswith(metric + ":")]
         if mine:
-            values[metric] = worst(mine.values())
-            if metric == "httpFailed":  # the status of the first failing check
-                key = next(k for k, v in mine.items() if v == values[metric])
-                values["http"] = values["http:" + key.partition(":")[2]]
+            values[metric] = worst(mine)
+    checks = [probe for probe in probes if "status" in probe]
+    if checks:  # the first failing check, else the first
+        check = max(checks, key=lambda probe: probe["loss"])
+        values["http"], values["httpFailed"] = check["status"], check["loss"]
     return values
 
 

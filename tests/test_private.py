@@ -281,7 +281,9 @@ def test_guesses_sent_together_are_counted_as_they_arrive(make_dashboard: Any) -
     one last got a ticket; from 20 addresses, a real sign-in took 57 s."""
     dash: Dashboard = make_dashboard(private_servers(), viewers={
         "public": False, "users": {"alice": HASH}}, metricsToken="m" * 24)
+    started = time.monotonic()
     assert sign_in(dash, source="127.0.0.100")["ok"]  # the real user, known here
+    alone = time.monotonic() - started  # one sign-in on this machine, under its load now
 
     def burst(source: str, count: int = limits.LOGINS_PER_ADDRESS) -> list[dict[str, Any]]:
         """Guesses sent at once, on sockets opened before."""
@@ -305,7 +307,8 @@ def test_guesses_sent_together_are_counted_as_they_arrive(make_dashboard: Any) -
     assert all(not a["ok"] for a in answers)
     assert sign_in(dash, source="127.0.8.1")["ok"] is False  # right, but banned by now
     assert dash.refused("sign_in") <= limits.FAILED_HANDSHAKES_LIMIT
-    # Twenty addresses at once while the real user signs in: under 2 s.
+    # Twenty addresses at once while the real user signs in: under 2 s, or (on a machine
+    # busy with other tests) ten sign-ins alone. Queued behind the attack it took 57 s.
     refused = dash.refused("sign_in") + dash.refused("sign_in_busy")
     with concurrent.futures.ThreadPoolExecutor(20) as pool:
         attack = [pool.submit(lambda n=n: [burst(f"127.0.9.{n}") for _ in range(3)])
@@ -317,7 +320,7 @@ def test_guesses_sent_together_are_counted_as_they_arrive(make_dashboard: Any) -
         took = time.monotonic() - started
         for done in attack:
             done.result()
-    assert took < 2, took
+    assert took < max(2, 10 * alone), (took, alone)
     assert dash.refused("sign_in_busy") > 0  # the rest waited for no thread
     assert "Traceback" not in dash.log_text()
 
