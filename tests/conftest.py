@@ -139,10 +139,12 @@ class LoggedProcess:
     def spawn(self, args: list[str], **popen: Any) -> int:
         """Start `args` in its own process group; where its lines begin in self.lines."""
         self.collected.clear()
+        with self.changed:  # counted before it starts: on a busy machine its first lines
+            mark = len(self.lines)  # can be in before this thread runs again
         self.process = subprocess.Popen(args, stderr=subprocess.PIPE, text=True,
                                         start_new_session=True, **popen)
         threading.Thread(target=self._collect, args=(self.process,), daemon=True).start()
-        return len(self.lines)
+        return mark
 
     def _collect(self, process: subprocess.Popen[str]) -> None:
         assert process.stderr is not None
