@@ -419,6 +419,11 @@ def test_watches_open_renew_close_lapse_and_coalesce() -> None:
     w.frames_due(400.0)
     w.agent_connected("s0")
     assert w.frames_due(401.0) == [("s0", watch.AGENT_SECONDS)]
+    # The page renews as often as the dashboard expects, well within a watch's life.
+    page = (HERE / "index.html").read_text()
+    assert f"const WATCH_RENEW_MS = {watch.RENEW_SECONDS * 1000:.0f};" in page
+    assert 2 * watch.RENEW_SECONDS < watch.WATCH_SECONDS <= watch.AGENT_SECONDS
+    assert watch.AGENT_SECONDS <= agent.MAX_WATCH_SECONDS
     assert watch.viewer_request('{"type": "watch", "id": "web"}') == ("watch", "web")
     for frame in ("", "[]", '{"type": "watch"}', '{"type": "run", "id": "web"}',
                   '{"type": "watch", "id": 5}'):
