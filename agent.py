@@ -874,11 +874,13 @@ def require_psutil() -> Any:
     return psutil
 
 
-def make_collector(settings: Settings) -> Collector | PsutilCollector:
+def reads_proc(settings: Settings) -> bool:
     """/proc where there is one (no psutil needed), psutil elsewhere or when asked."""
-    if settings.use_psutil or not (PROC / "stat").exists():
-        return PsutilCollector(settings)
-    return Collector(settings)
+    return not settings.use_psutil and (PROC / "stat").exists()
+
+
+def make_collector(settings: Settings) -> Collector | PsutilCollector:
+    return Collector(settings) if reads_proc(settings) else PsutilCollector(settings)
 
 
 # --- sample -> message (pure) -------------------------------------------------
@@ -1669,8 +1671,8 @@ class Prober:
 # "seconds": 60}, again every 20 s while it stays open, and "seconds": 0 when the last
 # viewer leaves (PROTOCOL.md, "Top processes"). Until then nothing is read. While
 # watched, every report carries the top processes by CPU (over the interval) and by memory,
-# from /proc/PID/stat (one read each): the program's name (comm), or with --process-args its
-# command line, cut at 64 characters. Linux only: where there is no /proc, none are sent.
+# from /proc/PID/stat (one read each; psutil's process_iter where the agent reads through
+# psutil): the program's name, or with --process-args its command line, cut at 64 characters.
 
 MAX_WATCH_SECONDS = 120.0  # a frame asking for longer is held to this
 MAX_TOP = 10
@@ -1696,8 +1698,12 @@ def stat_fields(stat: str) -> tuple[str, int, int]:
     return head.partition("(")[2], int(fields[11]) + int(fields[12]), int(fields[21])
 
 
-def read_processes(proc: Path, with_args: bool) -> dict[int, tuple[str, int, int]]:
-    """pid -> (name, CPU ticks, resident pages) of every process there is now."""
+Processes = dict[int, tuple[str, float, int]]  # pid -> (name, CPU seconds, resident bytes)
+
+
+def read_processes(proc: Path, with_args: bool) -> Processes:
+    """Every process there is now, from /proc."""
+    clock_ticks, page_size = os.sysconf("SC_CLK_TCK"), os.sysconf("SC_PAGE_SIZE")
     found = {}
     with os.scandir(proc) as entries:
         pids = [entry.name for entry in entries if entry.name.isdigit()]
@@ -1711,19 +1717,34 @@ def read_processes(proc: Path, with_args: bool) -> dict[int, tuple[str, int, int
                                                                          ).strip() or name
         except (OSError, ValueError, IndexError):
             continue  # gone meanwhile, or not ours to read
-        found[int(pid)] = (name[:64], ticks, resident)
+        found[int(pid)] = (name[:64], ticks / clock_ticks, resident * page_size)
     return found
 
 
-def top_processes(before: Mapping[int, int], now: Mapping[int, tuple[str, int, int]],
-                  ticks_in_interval: float, page_size: int, top: int) -> list[dict[str, Any]]:
-    """The `top` processes by CPU (percent of one CPU over the interval) and by memory
-    (resident bytes): at most 2 × top, each once. A process not in `before` started
-    within the interval: all its ticks count."""
+def psutil_processes(psutil: Any, with_args: bool) -> Processes:
+    """Every process there is now, through psutil (where there is no /proc); those it may
+    not read are left out."""
+    found = {}
+    wanted = ["name", "cpu_times", "memory_info", *(["cmdline"] if with_args else [])]
+    for process in psutil.process_iter(wanted):
+        info = process.info
+        times, memory = info.get("cpu_times"), info.get("memory_info")
+        if times is None or memory is None:
+            continue
+        name = " ".join(info.get("cmdline") or ()) or info.get("name") or "?"
+        found[process.pid] = (name[:64], times.user + times.system, memory.rss)
+    return found
+
+
+def top_processes(before: Mapping[int, float], now: Processes, seconds: float,
+                  top: int) -> list[dict[str, Any]]:
+    """The `top` processes by CPU (percent of one CPU over the `seconds` since `before`)
+    and by memory (resident bytes): at most 2 × top, each once. A process not in `before`
+    started within the interval: all its CPU time counts."""
     rows = {pid: {"pid": pid, "name": name,
-                  "cpu": round(max(ticks - before.get(pid, 0), 0) / ticks_in_interval * 100, 1),
-                  "memory": resident * page_size}
-            for pid, (name, ticks, resident) in now.items()}
+                  "cpu": round(max(cpu - before.get(pid, 0.0), 0.0) / seconds * 100, 1),
+                  "memory": memory}
+            for pid, (name, cpu, memory) in now.items()}
     by_cpu = sorted(rows, key=lambda pid: -rows[pid]["cpu"])[:top]
     by_memory = sorted(rows, key=lambda pid: -rows[pid]["memory"])[:top]
     return [rows[pid] for pid in dict.fromkeys(by_cpu + by_memory)]
@@ -1732,14 +1753,13 @@ def top_processes(before: Mapping[int, int], now: Mapping[int, tuple[str, int, i
 class ProcessWatch:
     """Top processes while the dashboard says someone watches; nothing read otherwise."""
 
-    def __init__(self, with_args: bool, proc: Path = PROC) -> None:
-        self.with_args, self.proc = with_args, proc
+    def __init__(self, with_args: bool, use_psutil: bool) -> None:
+        self.with_args = with_args
+        self.psutil = require_psutil() if use_psutil else None
         self.until = -math.inf  # monotonic time the last request lapses
         self.top = MAX_TOP
-        self.ticks: dict[int, int] = {}  # pid -> CPU ticks at the last read
+        self.cpu: dict[int, float] = {}  # pid -> CPU seconds at the last read
         self.read_at = 0.0
-        self.clock_ticks = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-        self.page_size = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
     def asked(self, seconds: float, top: int, now: float) -> None:
         """The dashboard's frame: collect until `now + seconds` (0: stop now)."""
@@ -1750,21 +1770,22 @@ class ProcessWatch:
             self.read(now)  # the first report's CPU needs a reading before it
         elif seconds == 0 and was:
             log.info("nobody watches: no more top processes")
-            self.ticks.clear()
+            self.cpu.clear()
 
     def read(self, now: float) -> list[dict[str, Any]] | None:
         """The top processes for a report, or None while nobody watches."""
         if now >= self.until:
-            self.ticks.clear()
+            self.cpu.clear()
             return None
         try:
-            processes = read_processes(self.proc, self.with_args)
-        except OSError:
-            return None  # no /proc here
-        ticks = (now - self.read_at) * self.clock_ticks
-        rows = top_processes(self.ticks, processes, ticks, self.page_size, self.top) \
-            if self.ticks and ticks > 0 else None
-        self.ticks = {pid: cpu for pid, (_, cpu, _) in processes.items()}
+            processes = psutil_processes(self.psutil, self.with_args) if self.psutil \
+                else read_processes(PROC, self.with_args)
+        except (OSError, RuntimeError):
+            return None  # the platform would not tell
+        seconds = now - self.read_at
+        rows = top_processes(self.cpu, processes, seconds, self.top) \
+            if self.cpu and seconds > 0 else None
+        self.cpu = {pid: cpu for pid, (_, cpu, _) in processes.items()}
         self.read_at = now
         return rows
 
@@ -2054,7 +2075,7 @@ class Reporter:
         self.stopping = False
         self.refused = False  # the dashboard is up but refuses this agent
         self.prober = Prober()
-        self.processes = ProcessWatch(settings.process_args)
+        self.processes = ProcessWatch(settings.process_args, not reads_proc(settings))
         self.restart_spread = RESTART_SPREAD  # until the dashboard says (parse_reconnect)
         self.accepted = False  # the dashboard accepted a report on this connection
         self.updater: Updater | None = None  # with --auto-update, where updates may come

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 from conftest import (
     HERE,
@@ -431,14 +432,14 @@ def test_watches_open_renew_close_lapse_and_coalesce() -> None:
 
 
 def test_top_processes_by_cpu_and_by_memory() -> None:
-    now = {1: ("systemd", 500, 6000), 20: ("postgres", 700, 90000), 30: ("python3", 300, 5000),
-           40: ("new one", 50, 10)}
-    before = {1: 500, 20: 600, 30: 100}  # pid 40 started within the interval
-    rows = agent.top_processes(before, now, ticks_in_interval=200.0, page_size=4096, top=2)
+    now = {1: ("systemd", 5.0, 6000), 20: ("postgres", 7.0, 90000), 30: ("python3", 3.0, 5000),
+           40: ("new one", 0.5, 10)}
+    before = {1: 5.0, 20: 6.0, 30: 1.0}  # pid 40 started within the interval
+    rows = agent.top_processes(before, now, seconds=2.0, top=2)
     assert rows == [
-        {"pid": 30, "name": "python3", "cpu": 100.0, "memory": 5000 * 4096},  # 200 of 200
-        {"pid": 20, "name": "postgres", "cpu": 50.0, "memory": 90000 * 4096},
-        {"pid": 1, "name": "systemd", "cpu": 0.0, "memory": 6000 * 4096}]  # by memory
+        {"pid": 30, "name": "python3", "cpu": 100.0, "memory": 5000},  # 2 s of CPU in 2 s
+        {"pid": 20, "name": "postgres", "cpu": 50.0, "memory": 90000},
+        {"pid": 1, "name": "systemd", "cpu": 0.0, "memory": 6000}]  # by memory
     assert agent.stat_fields("42 (tmux: server) S 1 42 42 0 -1 4194624 1 2 3 4 "
                              "170 31 0 0 20 0 1 0 99 1 2") == ("tmux: server", 201, 2)
     assert agent.parse_processes('{"type": "processes", "seconds": 60, "top": 10}') == (60.0, 10)
@@ -448,9 +449,10 @@ def test_top_processes_by_cpu_and_by_memory() -> None:
         assert agent.parse_processes(frame) is None
 
 
-def test_processes_are_read_from_proc_only_while_watched() -> None:
-    names = agent.ProcessWatch(with_args=False)
-    assert names.read(time.monotonic()) is None and names.ticks == {}  # not watched: nothing
+@pytest.mark.parametrize("use_psutil", [False, True], ids=["proc", "psutil"])
+def test_processes_are_read_only_while_watched(use_psutil: bool) -> None:
+    names = agent.ProcessWatch(with_args=False, use_psutil=use_psutil)
+    assert names.read(time.monotonic()) is None and names.cpu == {}  # not watched: nothing
     names.asked(60.0, 10, time.monotonic())
     busy_until = time.monotonic() + 0.3
     while time.monotonic() < busy_until:
@@ -461,11 +463,10 @@ def test_processes_are_read_from_proc_only_while_watched() -> None:
     assert mine["cpu"] > 20 and mine["memory"] > 10 * 2**20
     assert mine["name"] == Path(sys.executable).name[:15] or mine["name"].startswith("python")
     names.asked(0.0, 10, time.monotonic())
-    assert names.read(time.monotonic()) is None and names.ticks == {}
-    args = agent.ProcessWatch(with_args=True)
-    args.asked(60.0, 10, time.monotonic())
-    args.read(time.monotonic())
-    command = agent.read_processes(agent.PROC, with_args=True)[os.getpid()][0]
+    assert names.read(time.monotonic()) is None and names.cpu == {}
+    everyone = agent.psutil_processes(psutil, with_args=True) if use_psutil else \
+        agent.read_processes(agent.PROC, with_args=True)
+    command = everyone[os.getpid()][0]
     assert Path(command.split()[0]).name.startswith("python") and " " in command
     assert len(command) <= 64
 
