@@ -672,14 +672,15 @@ class ContainerWatch:
             return ()
         now = time.monotonic()
         if now - self.looked > CONTAINERS_REFRESH:
-            self.groups = find_containers(self.root)
+            groups = find_containers(self.root)
             self.files.close()
             self.proc.close()
             self.pids.clear()
             self.looked = now
-            if self.groups and self.sockets and now - self.named > NAMES_REFRESH:
+            if groups and self.sockets and now - self.named > NAMES_REFRESH:
                 self.names = ask_container_names(self.sockets)
                 self.named = now
+            self.groups = [(key, self.name_of(key, name)) for key, name in groups]
         readings = []
         for key, name in self.groups:
             try:
@@ -688,7 +689,7 @@ class ContainerWatch:
             except ValueError:
                 continue  # gone since the tree was searched
             readings.append(ContainerReading(
-                key, self.name_of(key, name), cpu, memory,
+                key, name, cpu, memory,
                 io_totals(self.files.read(f"{key}/io.stat")), self.network(key)))
         return tuple(readings)
 

@@ -151,16 +151,20 @@ ITEM_METRICS = (
 def item_lines(servers: Iterable[tuple[ServerConfig, dict[str, Any] | None]]) -> list[str]:
     """ITEM_METRICS of online servers: sss_probe_rtt_ms{target}, sss_temperature_celsius
     {sensor} and the like, one series per server and item."""
-    servers = list(servers)
+    extras = [(server, (record or {}).get("extraInfo") or {}) for server, record in servers]
     lines: list[str] = []
-    for field, item_label, gauges in ITEM_METRICS:
-        for name, key, help_text in gauges:
-            lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge"]
-            for server, record in servers:
-                for item in ((record or {}).get("extraInfo") or {}).get(field) or []:
+    for field, item_label, gauges in ITEM_METRICS:  # one pass over the servers a list
+        series: list[list[str]] = [[f"# HELP {name} {help_text}", f"# TYPE {name} gauge"]
+                                   for name, _, help_text in gauges]
+        for server, extra in extras:
+            for item in extra.get(field) or ():
+                who = (f'id="{label(server.id)}",name="{label(server.name)}",'
+                       f'{item_label}="{label(item["name"])}"')
+                for (name, key, _), out in zip(gauges, series):
                     if key in item:
-                        lines.append(f'{name}{{id="{label(server.id)}",name="{label(server.name)}"'
-                                     f',{item_label}="{label(item["name"])}"}} {item[key]}')
+                        out.append(f"{name}{{{who}}} {item[key]}")
+        for out in series:
+            lines += out
     return lines
 
 
